@@ -1,0 +1,62 @@
+//! `patron run`: one pipeline run, with a summary on stdout.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use crate::config::{AsOf, Overrides, Plan};
+use crate::pipeline;
+use crate::progress::Progress;
+
+/// Arguments of `patron run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline file.
+    #[arg(long, default_value = "pipelines/default.toml")]
+    pub pipeline: PathBuf,
+    /// As-of date YYYY-MM-DD (or `latest`): events after this day are ignored.
+    #[arg(long, value_parser = AsOf::parse)]
+    pub as_of: Option<AsOf>,
+    /// Warehouse folder to publish into (overrides `run.warehouse`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Loads the plan, runs it and prints a summary.
+pub async fn run(args: RunArgs) -> Result<(), CliError> {
+    let overrides = Overrides {
+        as_of: args.as_of,
+        warehouse: args.out,
+    };
+    let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
+    let progress = Progress::for_stderr();
+    match pipeline::run(&plan, &progress).await {
+        Ok(report) => {
+            let m = &report.manifest;
+            println!("run {} succeeded in {:.1}s (as of {})", m.run_id, m.duration_ms as f64 / 1000.0, m.as_of.as_deref().unwrap_or("?"));
+            for s in &m.extract {
+                println!(
+                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined",
+                    s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
+                );
+            }
+            for s in &m.stages {
+                println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
+            }
+            println!("warehouse: {}", plan.warehouse.display());
+            println!("manifest:  {}", report.manifest_path.display());
+            Ok(())
+        }
+        Err(failure) => {
+            let mut message = format!("run failed: {}", failure.error);
+            if let Some(p) = &failure.manifest_path {
+                message.push_str(&format!("\nmanifest: {}", p.display()));
+            }
+            Err(CliError {
+                message,
+                code: failure.error.exit_code(),
+            })
+        }
+    }
+}

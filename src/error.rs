@@ -1,0 +1,69 @@
+//! The error of a whole run and the exit-code contract the CLI documents:
+//! 0 success, 1 the run failed, 2 usage or configuration error.
+
+use crate::config::ConfigError;
+use crate::extract::ExtractError;
+use crate::publish::PublishError;
+use crate::transform::TransformError;
+
+/// Exit code: the run succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the run failed (bad data over budget, SQL failure, I/O...).
+pub const EXIT_RUN_FAILED: u8 = 1;
+/// Exit code: usage or configuration error (bad flags, pipeline file, schema, missing
+/// inputs, stage files that do not parse or do not resolve).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Pipeline file or schema problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Extract failed.
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    /// Stage discovery or execution failed.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The query engine failed outside a stage (registering a table, building the session).
+    #[error("query engine: {0}")]
+    Engine(String),
+    /// The data holds no timestamp to take the as-of date from.
+    #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
+    NoAsOf,
+    /// Any other I/O failure, with its path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        let config = match self {
+            RunError::Config(_) => true,
+            RunError::Extract(e) => e.is_config_error(),
+            RunError::Transform(e) => e.is_config_error(),
+            _ => false,
+        };
+        if config { EXIT_USAGE } else { EXIT_RUN_FAILED }
+    }
+
+    /// The pipeline phase the error belongs to, for the manifest.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            RunError::Config(_) => "config",
+            RunError::Extract(_) | RunError::NoAsOf => "extract",
+            RunError::Transform(_) | RunError::Engine(_) => "transform",
+            RunError::Publish(_) | RunError::Io { .. } => "publish",
+        }
+    }
+}

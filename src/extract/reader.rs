@@ -1,0 +1,489 @@
+//! Readers turn one export file into [`TextBatch`]es: every declared column as text, with
+//! the line each row started on. They trust nothing: a row that cannot even be split into
+//! the declared columns (ragged CSV row, invalid UTF-8, a line that is not a JSON object)
+//! becomes a [`Reject`] right here, so typing and constraint checks see only whole rows.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use super::ExtractError;
+use crate::config::TableSchema;
+
+/// Longest raw text kept for one rejected record; longer text is cut and marked.
+const MAX_RAW_RECORD: usize = 64 * 1024;
+
+/// A rejected row or value: where it was, what it was, why it was rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    /// 1-based line (CSV/NDJSON) or row (Parquet) where the record starts.
+    pub line: u64,
+    /// Declared column at fault; empty when the record as a whole failed.
+    pub column: String,
+    /// The offending value as read.
+    pub raw_value: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The whole record as read.
+    pub raw_record: String,
+}
+
+/// Rows of one file as text, one column per declared field (null where a field is absent).
+#[derive(Debug)]
+pub struct TextBatch {
+    /// Line (or row) number of each row.
+    pub lines: Vec<u64>,
+    /// One string column per declared field, in schema order.
+    pub columns: Vec<ArrayRef>,
+    /// Records rejected while reading, before typing.
+    pub rejects: Vec<Reject>,
+}
+
+impl TextBatch {
+    /// Rows that made it into `columns`.
+    pub fn num_rows(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+/// What a reader learned about the file's columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderReport {
+    /// Declared columns the file does not have.
+    pub missing: Vec<String>,
+    /// Columns in the file that are not declared (ignored).
+    pub extra: Vec<String>,
+}
+
+/// A source of [`TextBatch`]es for one file.
+pub trait ExportReader {
+    /// The next batch, or `None` at the end of the file.
+    fn next_batch(&mut self) -> Result<Option<TextBatch>, ExtractError>;
+    /// How the file's columns matched the declared ones.
+    fn header(&self) -> &HeaderReport;
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_RAW_RECORD {
+        let mut end = MAX_RAW_RECORD;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("…[cut]");
+    }
+    s
+}
+
+/// Maps file column names onto declared fields (exact name first, then case-insensitive,
+/// ignoring surrounding spaces). Returns, per declared field, the file column index.
+fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<usize>>, HeaderReport), String> {
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].iter().any(|m| m.trim().eq_ignore_ascii_case(n.trim())) {
+            return Err(format!("column `{}` appears twice in the header", n.trim()));
+        }
+    }
+    let mut report = HeaderReport::default();
+    let positions: Vec<Option<usize>> = schema
+        .fields
+        .iter()
+        .map(|f| {
+            let pos = names
+                .iter()
+                .position(|n| n == &f.name)
+                .or_else(|| names.iter().position(|n| n.trim().eq_ignore_ascii_case(&f.name)));
+            if pos.is_none() {
+                report.missing.push(f.name.clone());
+            }
+            pos
+        })
+        .collect();
+    report.extra = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !positions.contains(&Some(*i)))
+        .map(|(_, n)| n.trim().to_string())
+        .collect();
+    Ok((positions, report))
+}
+
+fn open(path: &Path) -> Result<File, ExtractError> {
+    File::open(path).map_err(|source| ExtractError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Column builders for one batch.
+struct Builders {
+    columns: Vec<StringBuilder>,
+    lines: Vec<u64>,
+    rejects: Vec<Reject>,
+}
+
+impl Builders {
+    fn new(n: usize, capacity: usize) -> Self {
+        Builders {
+            columns: (0..n).map(|_| StringBuilder::with_capacity(capacity, capacity * 16)).collect(),
+            lines: Vec::with_capacity(capacity),
+            rejects: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.rejects.is_empty()
+    }
+
+    fn finish(&mut self) -> TextBatch {
+        TextBatch {
+            lines: std::mem::take(&mut self.lines),
+            columns: self
+                .columns
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef)
+                .collect(),
+            rejects: std::mem::take(&mut self.rejects),
+        }
+    }
+}
+
+/// Reads delimited text with a header line. Quoted fields may hold delimiters, quotes and
+/// newlines; a UTF-8 byte-order mark and CRLF line ends are accepted.
+pub struct CsvReader {
+    reader: csv::Reader<BufReader<File>>,
+    positions: Vec<Option<usize>>,
+    declared: Vec<String>,
+    header: HeaderReport,
+    width: usize,
+    delimiter: u8,
+    batch_size: usize,
+    record: csv::ByteRecord,
+    path: std::path::PathBuf,
+    done: bool,
+}
+
+impl CsvReader {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path, schema: &TableSchema, delimiter: u8, batch_size: usize) -> Result<Self, ExtractError> {
+        let file = open(path)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(BufReader::with_capacity(1 << 20, file));
+        let mut record = csv::ByteRecord::new();
+        let bad_file = |message: String| ExtractError::BadFile {
+            path: path.to_path_buf(),
+            line: 1,
+            message,
+        };
+        let has_header = reader.read_byte_record(&mut record).map_err(|e| bad_file(e.to_string()))?;
+        let names: Vec<String> = if has_header {
+            record
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let s = String::from_utf8_lossy(f);
+                    // A UTF-8 byte-order mark before the first name is not part of it.
+                    if i == 0 { s.trim_start_matches('\u{feff}').to_string() } else { s.into_owned() }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (positions, header) = if has_header {
+            match_columns(schema, &names).map_err(bad_file)?
+        } else {
+            (vec![None; schema.fields.len()], HeaderReport::default())
+        };
+        Ok(CsvReader {
+            reader,
+            positions,
+            declared: schema.fields.iter().map(|f| f.name.clone()).collect(),
+            header,
+            width: names.len(),
+            delimiter,
+            batch_size,
+            record,
+            path: path.to_path_buf(),
+            done: !has_header,
+        })
+    }
+
+    fn raw_record(&self) -> String {
+        let parts: Vec<String> = self.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        cut(parts.join(&(self.delimiter as char).to_string()))
+    }
+}
+
+impl ExportReader for CsvReader {
+    fn next_batch(&mut self) -> Result<Option<TextBatch>, ExtractError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut b = Builders::new(self.positions.len(), self.batch_size);
+        while b.lines.len() < self.batch_size {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(false) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    // The csv crate only fails on I/O here (it is flexible and byte based);
+                    // anything else would silently lose the rest of the file.
+                    return Err(ExtractError::BadFile {
+                        path: self.path.clone(),
+                        line: e.position().map(|p| p.line()).unwrap_or(0),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            if self.record.len() != self.width {
+                b.rejects.push(Reject {
+                    line,
+                    column: String::new(),
+                    raw_value: None,
+                    reason: format!("expected {} fields, found {}", self.width, self.record.len()),
+                    raw_record: self.raw_record(),
+                });
+                continue;
+            }
+            let mut fields = Vec::with_capacity(self.positions.len());
+            let mut bad_utf8 = None;
+            for (field_idx, pos) in self.positions.iter().enumerate() {
+                match pos {
+                    None => fields.push(None),
+                    Some(p) => match std::str::from_utf8(&self.record[*p]) {
+                        Ok(s) => fields.push(Some(s)),
+                        Err(_) => {
+                            bad_utf8 = Some(field_idx);
+                            break;
+                        }
+                    },
+                }
+            }
+            if let Some(field_idx) = bad_utf8 {
+                let p = self.positions[field_idx].unwrap_or(0);
+                b.rejects.push(Reject {
+                    line,
+                    column: self.declared[field_idx].clone(),
+                    raw_value: Some(String::from_utf8_lossy(&self.record[p]).into_owned()),
+                    reason: "not valid UTF-8 (set the source encoding)".into(),
+                    raw_record: self.raw_record(),
+                });
+                continue;
+            }
+            for (builder, value) in b.columns.iter_mut().zip(fields) {
+                builder.append_option(value);
+            }
+            b.lines.push(line);
+        }
+        Ok((!b.is_empty()).then(|| b.finish()))
+    }
+
+    fn header(&self) -> &HeaderReport {
+        &self.header
+    }
+}
+
+/// Reads newline-delimited JSON: one object per line, keys matched to declared fields.
+pub struct NdjsonReader {
+    lines: std::io::Lines<BufReader<File>>,
+    names: Vec<String>,
+    header: HeaderReport,
+    batch_size: usize,
+    line_no: u64,
+    path: std::path::PathBuf,
+}
+
+impl NdjsonReader {
+    /// Opens `path`.
+    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
+        Ok(NdjsonReader {
+            lines: BufReader::with_capacity(1 << 20, open(path)?).lines(),
+            names: schema.fields.iter().map(|f| f.name.clone()).collect(),
+            header: HeaderReport::default(),
+            batch_size,
+            line_no: 0,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn json_to_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+impl ExportReader for NdjsonReader {
+    fn next_batch(&mut self) -> Result<Option<TextBatch>, ExtractError> {
+        let mut b = Builders::new(self.names.len(), self.batch_size);
+        while b.lines.len() < self.batch_size {
+            let Some(next) = self.lines.next() else { break };
+            self.line_no += 1;
+            let line = self.line_no;
+            let text = match next {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    b.rejects.push(Reject {
+                        line,
+                        column: String::new(),
+                        raw_value: None,
+                        reason: "not valid UTF-8 (set the source encoding)".into(),
+                        raw_record: String::new(),
+                    });
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ExtractError::Io {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            };
+            let trimmed = text.trim_start_matches('\u{feff}').trim();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let object = match serde_json::from_str::<serde_json::Value>(trimmed) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) => {
+                    b.rejects.push(Reject {
+                        line,
+                        column: String::new(),
+                        raw_value: None,
+                        reason: "line is JSON but not an object".into(),
+                        raw_record: cut(text),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    b.rejects.push(Reject {
+                        line,
+                        column: String::new(),
+                        raw_value: None,
+                        reason: format!("not valid JSON: {e}"),
+                        raw_record: cut(text),
+                    });
+                    continue;
+                }
+            };
+            for (builder, name) in b.columns.iter_mut().zip(&self.names) {
+                builder.append_option(object.get(name).and_then(json_to_text));
+            }
+            for key in object.keys() {
+                if !self.names.contains(key) && !self.header.extra.contains(key) {
+                    self.header.extra.push(key.clone());
+                }
+            }
+            b.lines.push(line);
+        }
+        Ok((!b.is_empty()).then(|| b.finish()))
+    }
+
+    fn header(&self) -> &HeaderReport {
+        &self.header
+    }
+}
+
+/// Reads Parquet, turning every declared column into text so one validation path checks
+/// every format; timestamps without a zone are read as UTC.
+pub struct ParquetReader {
+    reader: ParquetRecordBatchReader,
+    positions: Vec<Option<usize>>,
+    header: HeaderReport,
+    next_row: u64,
+    path: std::path::PathBuf,
+}
+
+impl ParquetReader {
+    /// Opens `path` and matches its columns.
+    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
+        let bad = |message: String| ExtractError::BadFile {
+            path: path.to_path_buf(),
+            line: 0,
+            message,
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| bad(e.to_string()))?;
+        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let (positions, header) = match_columns(schema, &names).map_err(bad)?;
+        let reader = builder.with_batch_size(batch_size).build().map_err(|e| bad(e.to_string()))?;
+        Ok(ParquetReader {
+            reader,
+            positions,
+            header,
+            next_row: 1,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn to_text(array: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
+    match array.data_type() {
+        DataType::Utf8 => Ok(Arc::clone(array)),
+        DataType::Timestamp(unit, None) => {
+            let utc = cast(array, &DataType::Timestamp(*unit, Some("+00:00".into())))?;
+            cast(&utc, &DataType::Utf8)
+        }
+        DataType::Timestamp(_, Some(_)) => {
+            let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())))?;
+            cast(&micros, &DataType::Utf8)
+        }
+        _ => cast(array, &DataType::Utf8),
+    }
+}
+
+impl ExportReader for ParquetReader {
+    fn next_batch(&mut self) -> Result<Option<TextBatch>, ExtractError> {
+        let Some(batch) = self.reader.next() else {
+            return Ok(None);
+        };
+        let batch = batch.map_err(|e| ExtractError::BadFile {
+            path: self.path.clone(),
+            line: self.next_row,
+            message: e.to_string(),
+        })?;
+        let n = batch.num_rows();
+        let mut columns = Vec::with_capacity(self.positions.len());
+        for pos in &self.positions {
+            let col: ArrayRef = match pos {
+                Some(p) => to_text(batch.column(*p)).map_err(|e| ExtractError::BadFile {
+                    path: self.path.clone(),
+                    line: self.next_row,
+                    message: format!("column `{}`: {e}", batch.schema().field(*p).name()),
+                })?,
+                None => Arc::new(StringArray::new_null(n)),
+            };
+            columns.push(col);
+        }
+        let lines = (self.next_row..self.next_row + n as u64).collect();
+        self.next_row += n as u64;
+        Ok(Some(TextBatch {
+            lines,
+            columns,
+            rejects: Vec::new(),
+        }))
+    }
+
+    fn header(&self) -> &HeaderReport {
+        &self.header
+    }
+}
+
+/// Debug helper for tests: the text of column `c`, row `r`.
+#[cfg(test)]
+pub(crate) fn text_at(batch: &TextBatch, c: usize, r: usize) -> Option<String> {
+    let col = batch.columns[c].as_any().downcast_ref::<StringArray>()?;
+    col.is_valid(r).then(|| col.value(r).to_string())
+}

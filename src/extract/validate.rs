@@ -1,0 +1,408 @@
+//! Typing and constraint checks: a [`TextBatch`] becomes a typed Arrow [`RecordBatch`] of
+//! the rows that pass every declared rule, plus one [`Reject`] per failing value. Works
+//! column by column; the good rows are then taken with one filter mask, so the line
+//! number of every row, good or bad, is kept.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
+    StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
+};
+use arrow::compute::filter;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+
+use super::reader::{Reject, TextBatch};
+use crate::config::TableSchema;
+use crate::config::schema::{DatetimeFormat, FieldKind, FieldSpec};
+use crate::names::{SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN};
+
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01, for Arrow's Date32.
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// Arrow schema of an extracted table: the declared fields, then file and line.
+pub fn raw_schema(schema: &TableSchema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SOURCE_FILE_COLUMN, DataType::Utf8, false));
+    fields.push(Field::new(SOURCE_LINE_COLUMN, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The result of validating one batch.
+#[derive(Debug)]
+pub struct Validated {
+    /// Rows that passed, typed, with `_source_file` and `_source_line`.
+    pub good: RecordBatch,
+    /// One entry per failed value (a row can fail in several columns).
+    pub rejects: Vec<Reject>,
+    /// Rows rejected (each counted once).
+    pub rejected_rows: usize,
+    /// Largest datetime seen in the good rows, as UTC microseconds.
+    pub max_timestamp: Option<i64>,
+}
+
+/// Parses one value of a field; `Err` carries the reason.
+fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
+    let t = text.trim();
+    let fixed = |t: &str| DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_micros());
+    match format {
+        DatetimeFormat::Default => fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into()),
+        DatetimeFormat::Any => {
+            if let Ok(v) = fixed(t) {
+                return Ok(v);
+            }
+            for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+                if let Ok(d) = DateTime::parse_from_str(t, f) {
+                    return Ok(d.timestamp_micros());
+                }
+            }
+            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+                if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
+                    return Ok(d.and_utc().timestamp_micros());
+                }
+            }
+            NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_micros())
+                .ok_or_else(|| "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into())
+        }
+        DatetimeFormat::Pattern(p) => {
+            if p.contains("%z") || p.contains("%:z") || p.contains("%#z") {
+                DateTime::parse_from_str(t, p).map(|d| d.timestamp_micros())
+            } else {
+                NaiveDateTime::parse_from_str(t, p)
+                    .or_else(|_| NaiveDate::parse_from_str(t, p).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default()))
+                    .map(|d| d.and_utc().timestamp_micros())
+            }
+            .map_err(|_| format!("does not match the datetime format `{p}`"))
+        }
+    }
+}
+
+fn parse_bool(t: &str) -> Option<bool> {
+    match t.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "t" => Some(true),
+        "false" | "0" | "no" | "n" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+fn check_range(field: &FieldSpec, v: f64) -> Result<(), String> {
+    if let Some(lo) = field.minimum
+        && v < lo
+    {
+        return Err(format!("{v} is below the minimum {lo}"));
+    }
+    if let Some(hi) = field.maximum
+        && v > hi
+    {
+        return Err(format!("{v} is above the maximum {hi}"));
+    }
+    Ok(())
+}
+
+/// Typed output of one column.
+enum Typed {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Num(Float64Builder),
+    Bool(BooleanBuilder),
+    Date(Date32Builder),
+    Ts(TimestampMicrosecondBuilder),
+}
+
+impl Typed {
+    fn new(kind: &FieldKind, n: usize) -> Self {
+        match kind {
+            FieldKind::String => Typed::Str(StringBuilder::with_capacity(n, n * 12)),
+            FieldKind::Integer => Typed::Int(Int64Builder::with_capacity(n)),
+            FieldKind::Number => Typed::Num(Float64Builder::with_capacity(n)),
+            FieldKind::Boolean => Typed::Bool(BooleanBuilder::with_capacity(n)),
+            FieldKind::Date(_) => Typed::Date(Date32Builder::with_capacity(n)),
+            FieldKind::Datetime(_) => Typed::Ts(TimestampMicrosecondBuilder::with_capacity(n)),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Typed::Str(b) => b.append_null(),
+            Typed::Int(b) => b.append_null(),
+            Typed::Num(b) => b.append_null(),
+            Typed::Bool(b) => b.append_null(),
+            Typed::Date(b) => b.append_null(),
+            Typed::Ts(b) => b.append_null(),
+        }
+    }
+
+    /// Parses and checks `t`, appending the typed value (or a null placeholder on failure).
+    fn append(&mut self, field: &FieldSpec, t: &str) -> Result<Option<i64>, String> {
+        let mut ts = None;
+        let result = match (self, &field.kind) {
+            (Typed::Str(b), _) => {
+                let r = check_string(field, t);
+                if r.is_ok() {
+                    b.append_value(t);
+                } else {
+                    b.append_null();
+                }
+                return r.map(|_| None);
+            }
+            (Typed::Int(b), _) => match t.trim().parse::<i64>() {
+                Ok(v) => check_range(field, v as f64).map(|_| b.append_value(v)),
+                Err(_) => Err("not an integer".into()),
+            }
+            .inspect_err(|_| b.append_null()),
+            (Typed::Num(b), _) => match t.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() => check_range(field, v).map(|_| b.append_value(v)),
+                _ => Err("not a number".into()),
+            }
+            .inspect_err(|_| b.append_null()),
+            (Typed::Bool(b), _) => match parse_bool(t) {
+                Some(v) => {
+                    b.append_value(v);
+                    Ok(())
+                }
+                None => {
+                    b.append_null();
+                    Err("not a boolean".into())
+                }
+            },
+            (Typed::Date(b), FieldKind::Date(p)) => {
+                match NaiveDate::parse_from_str(t.trim(), p.as_deref().unwrap_or("%Y-%m-%d")) {
+                    Ok(d) => {
+                        b.append_value(d.num_days_from_ce_i32() - UNIX_EPOCH_DAYS_FROM_CE);
+                        Ok(())
+                    }
+                    Err(_) => {
+                        b.append_null();
+                        Err(format!("not a date ({})", p.as_deref().unwrap_or("YYYY-MM-DD")))
+                    }
+                }
+            }
+            (Typed::Ts(b), FieldKind::Datetime(f)) => match parse_datetime(t, f) {
+                Ok(v) => {
+                    b.append_value(v);
+                    ts = Some(v);
+                    Ok(())
+                }
+                Err(e) => {
+                    b.append_null();
+                    Err(e)
+                }
+            },
+            (typed, _) => {
+                typed.append_null();
+                Err("internal: builder does not match the field type".into())
+            }
+        };
+        result.map(|_| ts)
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Typed::Str(mut b) => Arc::new(b.finish()),
+            Typed::Int(mut b) => Arc::new(b.finish()),
+            Typed::Num(mut b) => Arc::new(b.finish()),
+            Typed::Bool(mut b) => Arc::new(b.finish()),
+            Typed::Date(mut b) => Arc::new(b.finish()),
+            Typed::Ts(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+trait NumDaysI32 {
+    fn num_days_from_ce_i32(&self) -> i32;
+}
+
+impl NumDaysI32 for NaiveDate {
+    fn num_days_from_ce_i32(&self) -> i32 {
+        chrono::Datelike::num_days_from_ce(self)
+    }
+}
+
+fn check_string(field: &FieldSpec, t: &str) -> Result<(), String> {
+    if let Some(allowed) = &field.allowed
+        && !allowed.iter().any(|a| a == t)
+    {
+        return Err(format!("not one of the allowed values: {}", allowed.join(", ")));
+    }
+    if let Some(p) = &field.pattern
+        && !p.is_match(t)
+    {
+        return Err(format!("does not match the pattern `{}`", p.as_str().trim_start_matches("^(?:").trim_end_matches(")$")));
+    }
+    Ok(())
+}
+
+/// Builds the raw record shown in the quarantine for a row that split fine but failed a
+/// check: a JSON object of the declared columns as read.
+fn record_json(schema: &TableSchema, columns: &[&StringArray], row: usize) -> String {
+    let mut map = serde_json::Map::new();
+    for (f, c) in schema.fields.iter().zip(columns) {
+        let v = if c.is_valid(row) {
+            serde_json::Value::String(c.value(row).to_string())
+        } else {
+            serde_json::Value::Null
+        };
+        map.insert(f.name.clone(), v);
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Types and checks every declared column of `batch`; `file` fills `_source_file`.
+pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: &str) -> Validated {
+    let n = batch.num_rows();
+    let text: Vec<&StringArray> = batch
+        .columns
+        .iter()
+        .map(|c| c.as_any().downcast_ref::<StringArray>())
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    let mut ok = vec![true; n];
+    let mut failures: Vec<(usize, usize, Option<String>, String)> = Vec::new();
+    let mut typed_columns = Vec::with_capacity(schema.fields.len());
+    let mut max_timestamp: Option<i64> = None;
+    for (fi, field) in schema.fields.iter().enumerate() {
+        let mut typed = Typed::new(&field.kind, n);
+        let Some(col) = text.get(fi) else {
+            break;
+        };
+        for row in 0..n {
+            let value = col.is_valid(row).then(|| col.value(row));
+            let value = value.filter(|v| !schema.missing_values.iter().any(|m| m == v));
+            match value {
+                None => {
+                    typed.append_null();
+                    if field.required {
+                        ok[row] = false;
+                        failures.push((row, fi, None, "required value is missing".into()));
+                    }
+                }
+                Some(v) => match typed.append(field, v) {
+                    Ok(ts) => {
+                        if let Some(t) = ts {
+                            max_timestamp = Some(max_timestamp.map_or(t, |m| m.max(t)));
+                        }
+                    }
+                    Err(reason) => {
+                        ok[row] = false;
+                        failures.push((row, fi, Some(v.to_string()), reason));
+                    }
+                },
+            }
+        }
+        typed_columns.push(typed.finish());
+    }
+    let mask = BooleanArray::from(ok);
+    let mut columns: Vec<ArrayRef> = typed_columns;
+    columns.push(Arc::new(StringArray::from(vec![file; n])));
+    columns.push(Arc::new(UInt64Array::from(batch.lines.clone())));
+    let good_columns: Vec<ArrayRef> = columns
+        .iter()
+        .map(|c| filter(c, &mask).unwrap_or_else(|_| Arc::clone(c)))
+        .collect();
+    let good = RecordBatch::try_new(Arc::clone(raw), good_columns)
+        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(raw)));
+    let rejected_rows = mask.false_count();
+    // Timestamps of rejected rows do not count towards the data's latest event.
+    if rejected_rows > 0 {
+        max_timestamp = None;
+        for (fi, field) in schema.fields.iter().enumerate() {
+            if matches!(field.kind, FieldKind::Datetime(_))
+                && let Some(ts) = good.column(fi).as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                && let Some(m) = arrow::compute::max(ts)
+            {
+                max_timestamp = Some(max_timestamp.map_or(m, |x| x.max(m)));
+            }
+        }
+    }
+    let rejects = failures
+        .into_iter()
+        .map(|(row, fi, raw_value, reason)| Reject {
+            line: batch.lines[row],
+            column: schema.fields[fi].name.clone(),
+            raw_value,
+            reason,
+            raw_record: record_json(schema, &text, row),
+        })
+        .collect();
+    Validated {
+        good,
+        rejects,
+        rejected_rows,
+        max_timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn schema() -> TableSchema {
+        TableSchema::parse(
+            r#"{"fields":[
+                {"name":"id","type":"string","constraints":{"required":true}},
+                {"name":"qty","type":"integer","constraints":{"minimum":1}},
+                {"name":"ts","type":"datetime","format":"any"},
+                {"name":"kind","type":"string","constraints":{"enum":["a","b"]}}
+            ]}"#,
+            Path::new("t.json"),
+        )
+        .unwrap()
+    }
+
+    fn batch(rows: &[[Option<&str>; 4]]) -> TextBatch {
+        let columns = (0..4)
+            .map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c]).collect::<Vec<_>>())) as ArrayRef)
+            .collect();
+        TextBatch {
+            lines: (2..2 + rows.len() as u64).collect(),
+            columns,
+            rejects: vec![],
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_line_column_and_reason() {
+        let s = schema();
+        let raw = raw_schema(&s);
+        let b = batch(&[
+            [Some("x1"), Some("2"), Some("2024-01-02T03:04:05Z"), Some("a")],
+            [Some("x2"), Some("three"), Some("2024-01-02 03:04:05"), Some("b")],
+            [Some(""), Some("0"), Some("not-a-date"), Some("c")],
+            [Some("x4"), Some(""), Some("2024-01-02T04:04:05+01:00"), None],
+        ]);
+        let v = validate(&s, &raw, &b, "f.csv");
+        assert_eq!(v.good.num_rows(), 2);
+        assert_eq!(v.rejected_rows, 2);
+        let reasons: Vec<(u64, &str, &str)> =
+            v.rejects.iter().map(|r| (r.line, r.column.as_str(), r.reason.as_str())).collect();
+        assert_eq!(reasons[0], (3, "qty", "not an integer"));
+        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "id" && r.2.contains("required")));
+        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "qty" && r.2.contains("below the minimum")));
+        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "ts"));
+        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "kind"));
+        // Lines of the good rows are kept.
+        let lines = v.good.column(5).as_any().downcast_ref::<UInt64Array>().unwrap();
+        assert_eq!(lines.values().to_vec(), vec![2, 5]);
+        // +01:00 is the same instant as 03:04:05Z, so the max is 03:04:05Z.
+        assert_eq!(v.max_timestamp, parse_datetime("2024-01-02T03:04:05Z", &DatetimeFormat::Any).ok());
+    }
+
+    #[test]
+    fn datetime_forms_agree_on_the_instant() {
+        let f = DatetimeFormat::Any;
+        let a = parse_datetime("2024-03-05T14:22:10Z", &f).unwrap();
+        assert_eq!(parse_datetime("2024-03-05 14:22:10", &f).unwrap(), a);
+        assert_eq!(parse_datetime("2024-03-05T15:22:10+01:00", &f).unwrap(), a);
+        assert!(parse_datetime("2024-03-05 14:22:10", &DatetimeFormat::Default).is_err());
+        assert_eq!(
+            parse_datetime("05/03/2024 14:22", &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())).unwrap(),
+            a - 10_000_000
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! The `patron` binary: parse arguments, set up logging, run, map the result to the
+//! documented exit code. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use patron::cli::{Cli, dispatch};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("patron=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("patron: cannot start the async runtime: {e}");
+            return ExitCode::from(patron::error::EXIT_RUN_FAILED);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("patron: {e}");
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! One source of truth for the names BI dashboards, SQL stages and tests depend on:
+//! warehouse folders, system columns added by extract, and the tables patron registers.
+
+/// Folder under the warehouse holding the extracted exports as Parquet, one folder a source.
+pub const RAW_DIR: &str = "raw";
+/// Folder under the warehouse holding rejected rows, one folder a source.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// Folder under the warehouse holding the published tables, one folder a table.
+pub const TABLES_DIR: &str = "tables";
+/// Folder under the warehouse holding one JSON manifest per run.
+pub const RUNS_DIR: &str = "runs";
+/// Folder under the warehouse holding each run's work in progress; never read by BI.
+pub const STAGING_DIR: &str = "_staging";
+/// Name of the file inside [`RUNS_DIR`] that always holds the latest successful manifest.
+pub const LATEST_MANIFEST: &str = "latest.json";
+
+/// Column added to every extracted row: the file it came from.
+pub const SOURCE_FILE_COLUMN: &str = "_source_file";
+/// Column added to every extracted row: the 1-based line (CSV/NDJSON) or row (Parquet).
+pub const SOURCE_LINE_COLUMN: &str = "_source_line";
+
+/// Prefix of the SQL table name under which an extracted source is visible to stages:
+/// the source `sales` is the table `raw_sales`.
+pub const RAW_TABLE_PREFIX: &str = "raw_";
+/// Table with every quarantined row of the run, all sources together.
+pub const QUARANTINE_TABLE: &str = "quarantine";
+
+/// The SQL table name of an extracted source.
+pub fn raw_table(source: &str) -> String {
+    format!("{RAW_TABLE_PREFIX}{source}")
+}
+
+/// Columns of the quarantine table, in order.
+pub mod quarantine {
+    /// Run that rejected the row.
+    pub const RUN_ID: &str = "run_id";
+    /// Source name from the pipeline file.
+    pub const SOURCE: &str = "source";
+    /// File the row came from.
+    pub const FILE: &str = "file";
+    /// 1-based line (CSV/NDJSON) or row number (Parquet).
+    pub const LINE: &str = "line";
+    /// Declared column that failed; empty when the row as a whole failed.
+    pub const COLUMN: &str = "column";
+    /// The offending value as read.
+    pub const RAW_VALUE: &str = "raw_value";
+    /// Why the value or row was rejected.
+    pub const REASON: &str = "reason";
+    /// The whole record as read, so nothing is lost.
+    pub const RAW_RECORD: &str = "raw_record";
+}

@@ -1,0 +1,253 @@
+//! One run, start to end: extract every source, run the SQL stages in dependency order,
+//! publish the tables and write the run manifest. The manifest is written for failed runs
+//! too, from the metrics gathered up to the failure.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+use crate::config::{AsOf, Plan};
+use crate::engine::build_context;
+use crate::error::RunError;
+use crate::extract::{self, SourceMetrics};
+use crate::names::{self, QUARANTINE_DIR, RAW_DIR, STAGING_DIR, TABLES_DIR};
+use crate::progress::Progress;
+use crate::publish::manifest::{PublishedTable, RunSettings};
+use crate::publish::{self, Outcome, RunManifest};
+use crate::transform::{self, runner};
+
+/// The result of a successful run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The manifest as written.
+    pub manifest: RunManifest,
+    /// Where it was written.
+    pub manifest_path: PathBuf,
+}
+
+/// A failed run: the error, and where its manifest was written (if it could be).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RunFailure {
+    /// Why the run stopped.
+    pub error: RunError,
+    /// The failed run's manifest, when it could be written.
+    pub manifest_path: Option<PathBuf>,
+}
+
+/// A new run id: UTC start time (sortable) plus a random suffix (unique).
+pub fn new_run_id(started: DateTime<Utc>) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", started.format("%Y%m%dT%H%M%S%.3fZ"), &suffix[..8])
+}
+
+/// What a run has gathered so far; becomes the manifest.
+struct RunState {
+    run_id: String,
+    staging: PathBuf,
+    as_of: Option<NaiveDate>,
+    extract: Vec<SourceMetrics>,
+    stages: Vec<runner::StageMetrics>,
+    tables: Vec<PublishedTable>,
+}
+
+/// Runs the plan once.
+pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailure> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let run_id = new_run_id(started_at);
+    let mut state = RunState {
+        staging: plan.warehouse.join(STAGING_DIR).join(&run_id),
+        run_id,
+        as_of: None,
+        extract: Vec::new(),
+        stages: Vec::new(),
+        tables: Vec::new(),
+    };
+    tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
+    let result = execute(plan, &mut state, progress).await;
+    progress.phase("writing the run manifest");
+    let manifest = RunManifest {
+        run_id: state.run_id.clone(),
+        pipeline: plan.name.clone(),
+        pipeline_file: plan.pipeline_file.to_string_lossy().into_owned(),
+        patron_version: env!("CARGO_PKG_VERSION").to_string(),
+        config_hash: plan.config_hash.clone(),
+        started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        duration_ms: clock.elapsed().as_millis() as u64,
+        as_of: state.as_of.map(|d| d.to_string()),
+        as_of_source: match plan.as_of {
+            AsOf::Latest => "latest".into(),
+            AsOf::Date(_) => "config".into(),
+        },
+        outcome: if result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
+        error: result.as_ref().err().map(|e| e.to_string()),
+        failed_phase: result.as_ref().err().map(|e| e.phase().to_string()),
+        rows_quarantined: state.extract.iter().map(|m| m.rows_quarantined).sum(),
+        extract: state.extract,
+        stages: state.stages,
+        tables: state.tables,
+        settings: RunSettings {
+            scoring: plan.scoring.clone(),
+            engine: plan.engine.clone(),
+        },
+        staging: result
+            .is_err()
+            .then(|| state.staging.to_string_lossy().into_owned())
+            .filter(|_| state.staging.exists()),
+    };
+    let written = publish::write_manifest(&plan.warehouse, &manifest);
+    progress.finish();
+    match (result, written) {
+        (Ok(()), Ok(manifest_path)) => {
+            tracing::info!(run_id = %manifest.run_id, ms = manifest.duration_ms, "run succeeded");
+            Ok(RunReport {
+                manifest,
+                manifest_path,
+            })
+        }
+        (Ok(()), Err(e)) => Err(RunFailure {
+            error: e.into(),
+            manifest_path: None,
+        }),
+        (Err(error), written) => Err(RunFailure {
+            error,
+            manifest_path: written.ok(),
+        }),
+    }
+}
+
+fn staging_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Result<(), RunError> {
+    // Resolve every input before reading any: a missing file is a configuration error.
+    let mut inputs = Vec::with_capacity(plan.sources.len());
+    for source in &plan.sources {
+        inputs.push(extract::list_files(source)?);
+    }
+    // Stage files are checked before the (long) extract too.
+    let project = transform::discover(&plan.sql_dir)?;
+    let external: BTreeSet<String> = plan
+        .sources
+        .iter()
+        .map(|s| names::raw_table(&s.name))
+        .chain([names::QUARANTINE_TABLE.to_string()])
+        .collect();
+    let order = transform::execution_order(&project, &external)?;
+
+    std::fs::create_dir_all(&state.staging).map_err(staging_io(&state.staging))?;
+    let raw_dir = state.staging.join(RAW_DIR);
+    let quarantine_dir = state.staging.join(QUARANTINE_DIR);
+    let tables_dir = state.staging.join(TABLES_DIR);
+
+    // Extract: sources in parallel, each on a blocking thread.
+    progress.phase(format!("extract: {} sources", plan.sources.len()));
+    let mut tasks = Vec::with_capacity(plan.sources.len());
+    for (source, files) in plan.sources.iter().zip(inputs) {
+        let (source, run_id, raw, quarantine) = (source.clone(), state.run_id.clone(), raw_dir.clone(), quarantine_dir.clone());
+        let batch_size = plan.engine.batch_size;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            extract::extract_source(&source, &files, &run_id, &raw, &quarantine, batch_size)
+        }));
+    }
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(m)) => state.extract.push(m),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(RunError::Extract(e));
+            }
+            Err(join) => {
+                first_error.get_or_insert(RunError::Engine(format!("extract task failed: {join}")));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    for (source, m) in plan.sources.iter().zip(&state.extract) {
+        extract::check_error_budget(source, m)?;
+    }
+
+    let as_of = match plan.as_of {
+        AsOf::Date(d) => d,
+        AsOf::Latest => state
+            .extract
+            .iter()
+            .filter_map(|m| m.max_timestamp_micros)
+            .max()
+            .and_then(DateTime::from_timestamp_micros)
+            .map(|t| t.date_naive())
+            .ok_or(RunError::NoAsOf)?,
+    };
+    state.as_of = Some(as_of);
+    tracing::info!(%as_of, "as-of date");
+
+    // Transform: one session, raw tables and seeds registered, stages in order.
+    let spill = state.staging.join("spill");
+    std::fs::create_dir_all(&spill).map_err(staging_io(&spill))?;
+    let ctx = build_context(&plan.engine, &spill).map_err(|e| RunError::Engine(e.to_string()))?;
+    for m in &state.extract {
+        runner::register_parquet(&ctx, &names::raw_table(&m.source), &m.raw_path)
+            .await
+            .map_err(|e| RunError::Engine(e.to_string()))?;
+    }
+    runner::register_parquet(&ctx, names::QUARANTINE_TABLE, &quarantine_dir)
+        .await
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    runner::register_seeds(&ctx, project.seeds.values()).await?;
+    let params = plan.scoring.sql_params(as_of);
+    for (i, name) in order.iter().enumerate() {
+        let Some(stage) = project.stages.get(name) else { continue };
+        progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
+        let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
+        state.stages.push(m);
+    }
+
+    // Publish: swap each folder into the warehouse, then drop the staging area.
+    progress.phase("publish");
+    let retired = state.staging.join("retired");
+    for m in &state.extract {
+        for (kind, dir) in [(RAW_DIR, &raw_dir), (QUARANTINE_DIR, &quarantine_dir)] {
+            let staged = dir.join(&m.source);
+            let target = plan.warehouse.join(kind).join(&m.source);
+            let (rows, bytes) = folder_stats(&staged, if kind == RAW_DIR { m.rows_loaded } else { m.quarantine_entries });
+            publish::swap_in(&staged, &target, &retired.join(kind).join(&m.source))?;
+            state.tables.push(PublishedTable {
+                name: if kind == RAW_DIR { names::raw_table(&m.source) } else { format!("{}_{}", names::QUARANTINE_TABLE, m.source) },
+                kind: kind.to_string(),
+                path: target.to_string_lossy().into_owned(),
+                rows,
+                bytes,
+            });
+        }
+    }
+    for m in &state.stages {
+        let target = plan.warehouse.join(TABLES_DIR).join(&m.name);
+        publish::swap_in(&tables_dir.join(&m.name), &target, &retired.join(TABLES_DIR).join(&m.name))?;
+        state.tables.push(PublishedTable {
+            name: m.name.clone(),
+            kind: "table".into(),
+            path: target.to_string_lossy().into_owned(),
+            rows: m.rows,
+            bytes: m.bytes,
+        });
+    }
+    publish::remove_staging(&state.staging)?;
+    Ok(())
+}
+
+fn folder_stats(dir: &Path, rows: u64) -> (u64, u64) {
+    let bytes = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    (rows, bytes)
+}

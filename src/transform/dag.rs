@@ -1,0 +1,134 @@
+//! Dependency order of stages: Kahn's algorithm with ties broken by name, so the order
+//! is the same on every run; unknown tables and cycles are errors naming the files.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Project, TransformError};
+
+/// Closest name to `wanted` among `known`, when it is close enough to be a likely typo.
+pub fn suggest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    known
+        .into_iter()
+        .map(|k| (strsim::levenshtein(wanted, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k.to_string())
+}
+
+/// The order to run the stages in; `external` are tables that exist before any stage runs
+/// (extracted sources, and anything else registered by patron).
+pub fn execution_order(project: &Project, external: &BTreeSet<String>) -> Result<Vec<String>, TransformError> {
+    // Check every read resolves.
+    for stage in project.stages.values() {
+        for table in &stage.reads {
+            if !(project.stages.contains_key(table) || project.seeds.contains_key(table) || external.contains(table)) {
+                let known = project
+                    .stages
+                    .keys()
+                    .chain(project.seeds.keys())
+                    .chain(external.iter())
+                    .map(String::as_str);
+                return Err(TransformError::UnknownTable {
+                    path: stage.path.clone(),
+                    table: table.clone(),
+                    suggestion: suggest(table, known),
+                });
+            }
+        }
+    }
+    let mut pending: BTreeMap<&str, BTreeSet<&str>> = project
+        .stages
+        .values()
+        .map(|s| {
+            let deps = s
+                .reads
+                .iter()
+                .map(String::as_str)
+                .filter(|t| project.stages.contains_key(*t))
+                .collect();
+            (s.name.as_str(), deps)
+        })
+        .collect();
+    let mut order = Vec::with_capacity(pending.len());
+    loop {
+        let ready: Vec<&str> = pending
+            .iter()
+            .filter(|(_, deps)| deps.is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        let Some(next) = ready.first().copied() else { break };
+        pending.remove(next);
+        for deps in pending.values_mut() {
+            deps.remove(next);
+        }
+        order.push(next.to_string());
+    }
+    if pending.is_empty() {
+        return Ok(order);
+    }
+    // Walk from any blocked stage along unresolved dependencies until a stage repeats.
+    let mut path: Vec<&str> = Vec::new();
+    let mut at = *pending.keys().next().unwrap_or(&"");
+    while !path.contains(&at) {
+        path.push(at);
+        at = pending
+            .get(at)
+            .and_then(|d| d.iter().next().copied())
+            .unwrap_or(at);
+    }
+    let start = path.iter().position(|p| *p == at).unwrap_or(0);
+    let mut files: Vec<_> = path[start..]
+        .iter()
+        .filter_map(|n| project.stages.get(*n).map(|s| s.path.clone()))
+        .collect();
+    if let Some(first) = files.first().cloned() {
+        files.push(first);
+    }
+    Err(TransformError::Cycle { files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::Stage;
+    use std::path::PathBuf;
+
+    fn project(stages: &[(&str, &[&str])]) -> Project {
+        let mut p = Project::default();
+        for (name, reads) in stages {
+            p.stages.insert(
+                name.to_string(),
+                Stage {
+                    name: name.to_string(),
+                    path: PathBuf::from(format!("sql/{name}.sql")),
+                    layer: String::new(),
+                    sql: String::new(),
+                    reads: reads.iter().map(|s| s.to_string()).collect(),
+                },
+            );
+        }
+        p
+    }
+
+    #[test]
+    fn stages_run_after_what_they_read() {
+        let p = project(&[("c", &["b"]), ("b", &["a", "raw_x"]), ("a", &["raw_x"]), ("d", &[])]);
+        let ext = BTreeSet::from(["raw_x".to_string()]);
+        assert_eq!(execution_order(&p, &ext).unwrap(), vec!["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_cycle_names_its_files() {
+        let p = project(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("z", &[])]);
+        let e = execution_order(&p, &BTreeSet::new()).unwrap_err().to_string();
+        assert!(e.contains("sql/a.sql") && e.contains("sql/b.sql") && e.contains("sql/c.sql"), "{e}");
+        assert!(!e.contains("z.sql"), "{e}");
+    }
+
+    #[test]
+    fn unknown_table_suggests_the_closest_name() {
+        let p = project(&[("fct_customer", &["stg_sale"]), ("stg_sales", &[])]);
+        let e = execution_order(&p, &BTreeSet::new()).unwrap_err().to_string();
+        assert!(e.contains("fct_customer.sql") && e.contains("`stg_sale`") && e.contains("did you mean `stg_sales`"), "{e}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Finding stages and seeds under the SQL folder and the tables each stage reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::resolve::resolve_table_references;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use super::TransformError;
+use crate::config::{collect_files, is_identifier};
+
+/// Subfolder of the SQL folder reserved for data tests; its files are not stages.
+pub const TESTS_DIR: &str = "tests";
+
+/// One SQL stage: a SELECT whose result becomes the table `name`.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Table name (the file stem).
+    pub name: String,
+    /// The `.sql` file.
+    pub path: PathBuf,
+    /// Folder under the SQL folder (`staging`, `marts`, `scoring`, ...); empty at the top.
+    pub layer: String,
+    /// The query text.
+    pub sql: String,
+    /// Tables the query reads (after removing its own CTE names), sorted.
+    pub reads: Vec<String>,
+}
+
+/// A seed: a CSV file under the SQL folder, loaded as the table `name`.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// Table name (the file stem).
+    pub name: String,
+    /// The `.csv` file.
+    pub path: PathBuf,
+}
+
+/// Everything under the SQL folder.
+#[derive(Debug, Clone, Default)]
+pub struct Project {
+    /// Stages by name.
+    pub stages: BTreeMap<String, Stage>,
+    /// Seeds by name.
+    pub seeds: BTreeMap<String, Seed>,
+}
+
+/// Finds the tables a query reads, using DataFusion's parser; CTE names are not tables.
+pub fn tables_read(path: &Path, sql: &str) -> Result<Vec<String>, TransformError> {
+    let parse_err = |message: String| TransformError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| parse_err(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(parse_err(format!("expected exactly one SELECT statement, found {}", statements.len())));
+    }
+    let statement = statements.pop_front().ok_or_else(|| parse_err("empty file".into()))?;
+    if !matches!(&statement, DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_))) {
+        return Err(parse_err(
+            "a stage must be one SELECT (or WITH ... SELECT) query; patron materialises the result itself".into(),
+        ));
+    }
+    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| parse_err(e.to_string()))?;
+    let mut names: Vec<String> = tables
+        .into_iter()
+        .filter(|t| t.schema().is_none_or(|s| s != "information_schema"))
+        .map(|t| t.table().to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Discovers every stage and seed under `sql_dir`.
+pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
+    if !sql_dir.is_dir() {
+        return Err(TransformError::Read {
+            path: sql_dir.to_path_buf(),
+            message: "not a folder".into(),
+        });
+    }
+    let mut files = Vec::new();
+    collect_files(sql_dir, &mut files);
+    files.sort();
+    let mut project = Project::default();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in files {
+        let rel = path.strip_prefix(sql_dir).unwrap_or(&path).to_path_buf();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !(ext == "sql" || ext == "csv") || rel.starts_with(TESTS_DIR) {
+            continue;
+        }
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        if !is_identifier(&name) {
+            return Err(TransformError::BadName { path, name });
+        }
+        if let Some(first) = seen.get(&name) {
+            return Err(TransformError::Duplicate {
+                name,
+                first: first.clone(),
+                second: path,
+            });
+        }
+        seen.insert(name.clone(), path.clone());
+        if ext == "csv" {
+            project.seeds.insert(name.clone(), Seed { name, path });
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path).map_err(|e| TransformError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let reads = tables_read(&path, &sql)?;
+        let layer = rel
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        project.stages.insert(
+            name.clone(),
+            Stage {
+                name,
+                path,
+                layer,
+                sql,
+                reads,
+            },
+        );
+    }
+    Ok(project)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctes_are_not_dependencies() {
+        let t = tables_read(
+            Path::new("x.sql"),
+            "WITH a AS (SELECT * FROM stg_sales) SELECT * FROM a JOIN dim_x USING (id)",
+        )
+        .unwrap();
+        assert_eq!(t, vec!["dim_x", "stg_sales"]);
+    }
+
+    #[test]
+    fn only_one_select_is_a_stage() {
+        let e = tables_read(Path::new("x.sql"), "DROP TABLE t").unwrap_err().to_string();
+        assert!(e.contains("x.sql") && e.contains("SELECT"), "{e}");
+        let e = tables_read(Path::new("y.sql"), "SELECT 1; SELECT 2").unwrap_err().to_string();
+        assert!(e.contains("y.sql") && e.contains("found 2"), "{e}");
+    }
+}

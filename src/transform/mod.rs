@@ -1,0 +1,88 @@
+//! Transform: every `sql/**/<table>.sql` file is one stage producing the table `<table>`;
+//! every `sql/**/<table>.csv` is a seed (a small hand-kept lookup table). Dependencies are
+//! the tables each query reads, found with DataFusion's SQL parser; stages run in
+//! dependency order ([`dag`]) and each result is materialised to Parquet ([`runner`]).
+
+pub mod dag;
+pub mod discover;
+pub mod runner;
+
+use std::path::PathBuf;
+
+pub use dag::execution_order;
+pub use discover::{Project, Seed, Stage, discover};
+
+/// Transform failures, each naming the stage file.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// The SQL folder or a file in it could not be read (exit code 2).
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// File or folder.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// A file name is not usable as a table name (exit code 2).
+    #[error("{path}: `{name}` is not a valid table name (use lower-case letters, digits and `_`)")]
+    BadName {
+        /// The file.
+        path: PathBuf,
+        /// Its stem.
+        name: String,
+    },
+    /// Two files define the same table (exit code 2).
+    #[error("table `{name}` is defined twice: {first} and {second}")]
+    Duplicate {
+        /// Table name.
+        name: String,
+        /// First file.
+        first: PathBuf,
+        /// Second file.
+        second: PathBuf,
+    },
+    /// A stage file does not parse or is not exactly one SELECT (exit code 2).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The stage file.
+        path: PathBuf,
+        /// Parser message, with line and column where known.
+        message: String,
+    },
+    /// A stage reads a table nobody produces (exit code 2).
+    #[error("{path}: unknown table `{table}`{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownTable {
+        /// The stage file.
+        path: PathBuf,
+        /// The table it reads.
+        table: String,
+        /// Closest known table name.
+        suggestion: Option<String>,
+    },
+    /// Stages depend on each other in a circle (exit code 2).
+    #[error("dependency cycle between stages: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
+    Cycle {
+        /// The stage files on the cycle, first repeated at the end.
+        files: Vec<PathBuf>,
+    },
+    /// Planning or executing a stage failed.
+    #[error("stage `{stage}` ({path}): {message}")]
+    Sql {
+        /// Stage (table) name.
+        stage: String,
+        /// The stage file.
+        path: PathBuf,
+        /// DataFusion's message, with the line shown where known.
+        message: String,
+    },
+    /// Writing a stage's result failed.
+    #[error(transparent)]
+    Write(#[from] crate::storage::WriteError),
+}
+
+impl TransformError {
+    /// True when the stage files themselves are wrong before anything ran.
+    pub fn is_config_error(&self) -> bool {
+        !matches!(self, TransformError::Sql { .. } | TransformError::Write(_))
+    }
+}

@@ -1,0 +1,140 @@
+//! Running stages: plan each SELECT on the run's one [`SessionContext`] with the run's
+//! named parameters, stream the result into Parquet in the staging area, and register it
+//! so later stages read the materialised table rather than recomputing it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{Seed, Stage, TransformError};
+use crate::storage::ParquetSink;
+
+/// What one stage did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageMetrics {
+    /// Table name.
+    pub name: String,
+    /// Stage file.
+    pub file: String,
+    /// Layer (folder under `sql/`).
+    pub layer: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Parquet bytes written.
+    pub bytes: u64,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// The materialised file.
+    #[serde(skip)]
+    pub output: PathBuf,
+}
+
+/// Finds a line/column for an error: DataFusion's diagnostic span, else the parser's
+/// "Line: L, Column: C" text.
+fn error_location(err: &DataFusionError) -> Option<(u64, u64)> {
+    if let Some(span) = err.diagnostic().and_then(|d| d.span) {
+        return Some((span.start.line, span.start.column));
+    }
+    let text = err.to_string();
+    let after = text.split("Line: ").nth(1)?;
+    let line: u64 = after.split(',').next()?.trim().parse().ok()?;
+    let col: u64 = after
+        .split("Column: ")
+        .nth(1)?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((line, col))
+}
+
+/// DataFusion's message, plus the offending line of the stage with a caret under the column.
+pub fn describe_sql_error(sql: &str, err: &DataFusionError) -> String {
+    let mut message = err.to_string();
+    if let Some((line, column)) = error_location(err)
+        && line > 0
+        && let Some(text) = sql.lines().nth((line - 1) as usize)
+    {
+        let gutter = format!("{line} | ");
+        message = format!(
+            "line {line}, column {column}: {message}\n  {gutter}{text}\n  {}^",
+            " ".repeat(gutter.len() + (column.saturating_sub(1)) as usize)
+        );
+    }
+    message
+}
+
+/// Registers every seed as a table (CSV with a header, types inferred).
+pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &Seed>) -> Result<(), TransformError> {
+    for seed in seeds {
+        let path = seed.path.to_string_lossy();
+        ctx.register_csv(&seed.name, path.as_ref(), CsvReadOptions::new().has_header(true))
+            .await
+            .map_err(|e| TransformError::Sql {
+                stage: seed.name.clone(),
+                path: seed.path.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Registers a Parquet file or folder as table `name`, replacing any earlier one.
+pub async fn register_parquet(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), DataFusionError> {
+    ctx.deregister_table(name)?;
+    ctx.register_parquet(name, path.to_string_lossy().as_ref(), ParquetReadOptions::default())
+        .await
+}
+
+/// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
+pub async fn run_stage(
+    ctx: &SessionContext,
+    stage: &Stage,
+    params: &HashMap<String, ScalarValue>,
+    out_dir: &Path,
+) -> Result<StageMetrics, TransformError> {
+    let started = Instant::now();
+    let sql_err = |e: DataFusionError| TransformError::Sql {
+        stage: stage.name.clone(),
+        path: stage.path.clone(),
+        message: describe_sql_error(&stage.sql, &e),
+    };
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(&stage.sql, options)
+        .await
+        .map_err(sql_err)?
+        .with_param_values(params.clone())
+        .map_err(sql_err)?;
+    let schema = df.schema().inner().clone();
+    let output = out_dir.join(&stage.name).join("part-00000.parquet");
+    let mut sink = ParquetSink::create(&output, schema)?;
+    let mut stream = df.execute_stream().await.map_err(sql_err)?;
+    while let Some(batch) = stream.next().await {
+        sink.write(&batch.map_err(sql_err)?)?;
+    }
+    let (rows, bytes) = sink.close()?;
+    register_parquet(ctx, &stage.name, &output).await.map_err(sql_err)?;
+    let metrics = StageMetrics {
+        name: stage.name.clone(),
+        file: stage.path.to_string_lossy().into_owned(),
+        layer: stage.layer.clone(),
+        rows,
+        bytes,
+        duration_ms: started.elapsed().as_millis() as u64,
+        output,
+    };
+    tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");
+    Ok(metrics)
+}
