@@ -37,10 +37,16 @@ impl EngineSettings {
     /// Records out-of-range values under `engine.*`.
     pub fn validate(&self, problems: &mut Problems) {
         if self.memory_limit_mb < 64 {
-            problems.push("engine.memory_limit_mb", format!("{} is below the minimum of 64", self.memory_limit_mb));
+            problems.push(
+                "engine.memory_limit_mb",
+                format!("{} is below the minimum of 64", self.memory_limit_mb),
+            );
         }
         if !(1..=1_048_576).contains(&self.batch_size) {
-            problems.push("engine.batch_size", format!("{} must be between 1 and 1048576", self.batch_size));
+            problems.push(
+                "engine.batch_size",
+                format!("{} must be between 1 and 1048576", self.batch_size),
+            );
         }
     }
 }
@@ -54,8 +60,13 @@ pub fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfResult<Se
     let mut config = SessionConfig::new()
         .with_batch_size(settings.batch_size)
         .with_information_schema(true);
+    // Keep token positions so planning errors can point at the line of the stage file.
+    config.options_mut().sql_parser.collect_spans = true;
     if settings.target_partitions > 0 {
         config = config.with_target_partitions(settings.target_partitions);
     }
-    Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))
+    Ok(SessionContext::new_with_config_rt(
+        config,
+        Arc::clone(&runtime),
+    ))
 }

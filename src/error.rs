@@ -33,7 +33,9 @@ pub enum RunError {
     #[error("query engine: {0}")]
     Engine(String),
     /// The data holds no timestamp to take the as-of date from.
-    #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
+    #[error(
+        "no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of"
+    )]
     NoAsOf,
     /// Any other I/O failure, with its path.
     #[error("{path}: {source}")]

@@ -41,7 +41,7 @@ pub mod quarantine {
     /// 1-based line (CSV/NDJSON) or row number (Parquet).
     pub const LINE: &str = "line";
     /// Declared column that failed; empty when the row as a whole failed.
-    pub const COLUMN: &str = "column";
+    pub const COLUMN: &str = "column_name";
     /// The offending value as read.
     pub const RAW_VALUE: &str = "raw_value";
     /// Why the value or row was rejected.

@@ -83,7 +83,11 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
             AsOf::Latest => "latest".into(),
             AsOf::Date(_) => "config".into(),
         },
-        outcome: if result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
+        outcome: if result.is_ok() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        },
         error: result.as_ref().err().map(|e| e.to_string()),
         failed_phase: result.as_ref().err().map(|e| e.phase().to_string()),
         rows_quarantined: state.extract.iter().map(|m| m.rows_quarantined).sum(),
@@ -152,7 +156,12 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     progress.phase(format!("extract: {} sources", plan.sources.len()));
     let mut tasks = Vec::with_capacity(plan.sources.len());
     for (source, files) in plan.sources.iter().zip(inputs) {
-        let (source, run_id, raw, quarantine) = (source.clone(), state.run_id.clone(), raw_dir.clone(), quarantine_dir.clone());
+        let (source, run_id, raw, quarantine) = (
+            source.clone(),
+            state.run_id.clone(),
+            raw_dir.clone(),
+            quarantine_dir.clone(),
+        );
         let batch_size = plan.engine.batch_size;
         tasks.push(tokio::task::spawn_blocking(move || {
             extract::extract_source(&source, &files, &run_id, &raw, &quarantine, batch_size)
@@ -200,13 +209,20 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             .await
             .map_err(|e| RunError::Engine(e.to_string()))?;
     }
-    runner::register_parquet(&ctx, names::QUARANTINE_TABLE, &quarantine_dir)
+    let quarantine_files: Vec<PathBuf> = state
+        .extract
+        .iter()
+        .map(|m| m.quarantine_path.clone())
+        .collect();
+    runner::register_parquet_files(&ctx, names::QUARANTINE_TABLE, &quarantine_files)
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     let params = plan.scoring.sql_params(as_of);
     for (i, name) in order.iter().enumerate() {
-        let Some(stage) = project.stages.get(name) else { continue };
+        let Some(stage) = project.stages.get(name) else {
+            continue;
+        };
         progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
         let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
         state.stages.push(m);
@@ -219,10 +235,21 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         for (kind, dir) in [(RAW_DIR, &raw_dir), (QUARANTINE_DIR, &quarantine_dir)] {
             let staged = dir.join(&m.source);
             let target = plan.warehouse.join(kind).join(&m.source);
-            let (rows, bytes) = folder_stats(&staged, if kind == RAW_DIR { m.rows_loaded } else { m.quarantine_entries });
+            let (rows, bytes) = folder_stats(
+                &staged,
+                if kind == RAW_DIR {
+                    m.rows_loaded
+                } else {
+                    m.quarantine_entries
+                },
+            );
             publish::swap_in(&staged, &target, &retired.join(kind).join(&m.source))?;
             state.tables.push(PublishedTable {
-                name: if kind == RAW_DIR { names::raw_table(&m.source) } else { format!("{}_{}", names::QUARANTINE_TABLE, m.source) },
+                name: if kind == RAW_DIR {
+                    names::raw_table(&m.source)
+                } else {
+                    format!("{}_{}", names::QUARANTINE_TABLE, m.source)
+                },
                 kind: kind.to_string(),
                 path: target.to_string_lossy().into_owned(),
                 rows,
@@ -232,7 +259,11 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     }
     for m in &state.stages {
         let target = plan.warehouse.join(TABLES_DIR).join(&m.name);
-        publish::swap_in(&tables_dir.join(&m.name), &target, &retired.join(TABLES_DIR).join(&m.name))?;
+        publish::swap_in(
+            &tables_dir.join(&m.name),
+            &target,
+            &retired.join(TABLES_DIR).join(&m.name),
+        )?;
         state.tables.push(PublishedTable {
             name: m.name.clone(),
             kind: "table".into(),
@@ -247,7 +278,13 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
 
 fn folder_stats(dir: &Path, rows: u64) -> (u64, u64) {
     let bytes = std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0);
     (rows, bytes)
 }

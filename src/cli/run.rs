@@ -29,12 +29,18 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         as_of: args.as_of,
         warehouse: args.out,
     };
-    let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
+    let plan =
+        Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();
     match pipeline::run(&plan, &progress).await {
         Ok(report) => {
             let m = &report.manifest;
-            println!("run {} succeeded in {:.1}s (as of {})", m.run_id, m.duration_ms as f64 / 1000.0, m.as_of.as_deref().unwrap_or("?"));
+            println!(
+                "run {} succeeded in {:.1}s (as of {})",
+                m.run_id,
+                m.duration_ms as f64 / 1000.0,
+                m.as_of.as_deref().unwrap_or("?")
+            );
             for s in &m.extract {
                 println!(
                     "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined",
@@ -42,7 +48,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 );
             }
             for s in &m.stages {
-                println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
+                println!(
+                    "  stage   {:<24} {:>9} rows  {:>6} ms",
+                    s.name, s.rows, s.duration_ms
+                );
             }
             println!("warehouse: {}", plan.warehouse.display());
             println!("manifest:  {}", report.manifest_path.display());

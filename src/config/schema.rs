@@ -260,7 +260,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("x.json") && err.contains("`a`") && err.contains("geopoint"), "{err}");
+        assert!(
+            err.contains("x.json") && err.contains("`a`") && err.contains("geopoint"),
+            "{err}"
+        );
     }
 
     #[test]

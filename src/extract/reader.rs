@@ -3,9 +3,12 @@
 //! the declared columns (ragged CSV row, invalid UTF-8, a line that is not a JSON object)
 //! becomes a [`Reject`] right here, so typing and constraint checks see only whole rows.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
@@ -83,9 +86,15 @@ fn cut(mut s: String) -> String {
 
 /// Maps file column names onto declared fields (exact name first, then case-insensitive,
 /// ignoring surrounding spaces). Returns, per declared field, the file column index.
-fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<usize>>, HeaderReport), String> {
+fn match_columns(
+    schema: &TableSchema,
+    names: &[String],
+) -> Result<(Vec<Option<usize>>, HeaderReport), String> {
     for (i, n) in names.iter().enumerate() {
-        if names[..i].iter().any(|m| m.trim().eq_ignore_ascii_case(n.trim())) {
+        if names[..i]
+            .iter()
+            .any(|m| m.trim().eq_ignore_ascii_case(n.trim()))
+        {
             return Err(format!("column `{}` appears twice in the header", n.trim()));
         }
     }
@@ -94,10 +103,11 @@ fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<u
         .fields
         .iter()
         .map(|f| {
-            let pos = names
-                .iter()
-                .position(|n| n == &f.name)
-                .or_else(|| names.iter().position(|n| n.trim().eq_ignore_ascii_case(&f.name)));
+            let pos = names.iter().position(|n| n == &f.name).or_else(|| {
+                names
+                    .iter()
+                    .position(|n| n.trim().eq_ignore_ascii_case(&f.name))
+            });
             if pos.is_none() {
                 report.missing.push(f.name.clone());
             }
@@ -130,7 +140,9 @@ struct Builders {
 impl Builders {
     fn new(n: usize, capacity: usize) -> Self {
         Builders {
-            columns: (0..n).map(|_| StringBuilder::with_capacity(capacity, capacity * 16)).collect(),
+            columns: (0..n)
+                .map(|_| StringBuilder::with_capacity(capacity, capacity * 16))
+                .collect(),
             lines: Vec::with_capacity(capacity),
             rejects: Vec::new(),
         }
@@ -153,10 +165,54 @@ impl Builders {
     }
 }
 
+/// Wraps the file so record start offsets can be turned into line numbers: it remembers
+/// the offsets of the newlines read ahead of the CSV parser (csv's own line counter is
+/// off by one per record on CRLF files).
+struct NewlineIndex<R> {
+    inner: R,
+    offset: u64,
+    newlines: Rc<RefCell<VecDeque<u64>>>,
+}
+
+impl<R: Read> Read for NewlineIndex<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut newlines = self.newlines.borrow_mut();
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' {
+                newlines.push_back(self.offset + i as u64);
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Line numbers for increasing byte offsets, from a [`NewlineIndex`].
+struct LineCounter {
+    newlines: Rc<RefCell<VecDeque<u64>>>,
+    passed: u64,
+}
+
+impl LineCounter {
+    /// The 1-based line of a record starting at byte `offset` (on CRLF files csv reports
+    /// the start at the `\n` ending the previous line, which still belongs to it);
+    /// offsets must not decrease between calls.
+    fn line_at(&mut self, offset: u64) -> u64 {
+        let mut newlines = self.newlines.borrow_mut();
+        while newlines.front().is_some_and(|&nl| nl <= offset) {
+            newlines.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
 /// Reads delimited text with a header line. Quoted fields may hold delimiters, quotes and
 /// newlines; a UTF-8 byte-order mark and CRLF line ends are accepted.
 pub struct CsvReader {
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<NewlineIndex<BufReader<File>>>,
+    lines: LineCounter,
     positions: Vec<Option<usize>>,
     declared: Vec<String>,
     header: HeaderReport,
@@ -170,20 +226,32 @@ pub struct CsvReader {
 
 impl CsvReader {
     /// Opens `path` and reads its header.
-    pub fn open(path: &Path, schema: &TableSchema, delimiter: u8, batch_size: usize) -> Result<Self, ExtractError> {
-        let file = open(path)?;
+    pub fn open(
+        path: &Path,
+        schema: &TableSchema,
+        delimiter: u8,
+        batch_size: usize,
+    ) -> Result<Self, ExtractError> {
+        let newlines = Rc::new(RefCell::new(VecDeque::new()));
+        let file = NewlineIndex {
+            inner: BufReader::with_capacity(1 << 20, open(path)?),
+            offset: 0,
+            newlines: Rc::clone(&newlines),
+        };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .flexible(true)
             .has_headers(false)
-            .from_reader(BufReader::with_capacity(1 << 20, file));
+            .from_reader(file);
         let mut record = csv::ByteRecord::new();
         let bad_file = |message: String| ExtractError::BadFile {
             path: path.to_path_buf(),
             line: 1,
             message,
         };
-        let has_header = reader.read_byte_record(&mut record).map_err(|e| bad_file(e.to_string()))?;
+        let has_header = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| bad_file(e.to_string()))?;
         let names: Vec<String> = if has_header {
             record
                 .iter()
@@ -191,7 +259,11 @@ impl CsvReader {
                 .map(|(i, f)| {
                     let s = String::from_utf8_lossy(f);
                     // A UTF-8 byte-order mark before the first name is not part of it.
-                    if i == 0 { s.trim_start_matches('\u{feff}').to_string() } else { s.into_owned() }
+                    if i == 0 {
+                        s.trim_start_matches('\u{feff}').to_string()
+                    } else {
+                        s.into_owned()
+                    }
                 })
                 .collect()
         } else {
@@ -204,6 +276,10 @@ impl CsvReader {
         };
         Ok(CsvReader {
             reader,
+            lines: LineCounter {
+                newlines,
+                passed: 0,
+            },
             positions,
             declared: schema.fields.iter().map(|f| f.name.clone()).collect(),
             header,
@@ -217,7 +293,11 @@ impl CsvReader {
     }
 
     fn raw_record(&self) -> String {
-        let parts: Vec<String> = self.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let parts: Vec<String> = self
+            .record
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
         cut(parts.join(&(self.delimiter as char).to_string()))
     }
 }
@@ -245,13 +325,18 @@ impl ExportReader for CsvReader {
                     });
                 }
             }
-            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            let offset = self.record.position().map(|p| p.byte()).unwrap_or(0);
+            let line = self.lines.line_at(offset);
             if self.record.len() != self.width {
                 b.rejects.push(Reject {
                     line,
                     column: String::new(),
                     raw_value: None,
-                    reason: format!("expected {} fields, found {}", self.width, self.record.len()),
+                    reason: format!(
+                        "expected {} fields, found {}",
+                        self.width,
+                        self.record.len()
+                    ),
                     raw_record: self.raw_record(),
                 });
                 continue;
@@ -306,7 +391,11 @@ pub struct NdjsonReader {
 
 impl NdjsonReader {
     /// Opens `path`.
-    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
+    pub fn open(
+        path: &Path,
+        schema: &TableSchema,
+        batch_size: usize,
+    ) -> Result<Self, ExtractError> {
         Ok(NdjsonReader {
             lines: BufReader::with_capacity(1 << 20, open(path)?).lines(),
             names: schema.fields.iter().map(|f| f.name.clone()).collect(),
@@ -409,16 +498,29 @@ pub struct ParquetReader {
 
 impl ParquetReader {
     /// Opens `path` and matches its columns.
-    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
+    pub fn open(
+        path: &Path,
+        schema: &TableSchema,
+        batch_size: usize,
+    ) -> Result<Self, ExtractError> {
         let bad = |message: String| ExtractError::BadFile {
             path: path.to_path_buf(),
             line: 0,
             message,
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| bad(e.to_string()))?;
-        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+            .map_err(|e| bad(e.to_string()))?;
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let (positions, header) = match_columns(schema, &names).map_err(bad)?;
-        let reader = builder.with_batch_size(batch_size).build().map_err(|e| bad(e.to_string()))?;
+        let reader = builder
+            .with_batch_size(batch_size)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
         Ok(ParquetReader {
             reader,
             positions,
@@ -437,7 +539,10 @@ fn to_text(array: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
             cast(&utc, &DataType::Utf8)
         }
         DataType::Timestamp(_, Some(_)) => {
-            let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())))?;
+            let micros = cast(
+                array,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            )?;
             cast(&micros, &DataType::Utf8)
         }
         _ => cast(array, &DataType::Utf8),
@@ -486,4 +591,116 @@ impl ExportReader for ParquetReader {
 pub(crate) fn text_at(batch: &TextBatch, c: usize, r: usize) -> Option<String> {
     let col = batch.columns[c].as_any().downcast_ref::<StringArray>()?;
     col.is_valid(r).then(|| col.value(r).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> TableSchema {
+        TableSchema::parse(
+            r#"{"fields":[{"name":"id"},{"name":"note"},{"name":"qty","type":"integer"}]}"#,
+            Path::new("s.json"),
+        )
+        .unwrap()
+    }
+
+    fn read_all(reader: &mut dyn ExportReader) -> Vec<TextBatch> {
+        let mut out = Vec::new();
+        while let Some(b) = reader.next_batch().unwrap() {
+            out.push(b);
+        }
+        out
+    }
+
+    #[test]
+    fn csv_with_bom_crlf_quoted_newline_reordered_header_and_ragged_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(
+            &p,
+            "\u{feff}QTY,id,note,extra\r\n1,a,\"two\r\nlines\",x\r\n2,b\r\n3,c,\"say \"\"hi\"\"\",y\r\n",
+        )
+        .unwrap();
+        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        assert_eq!(r.header().extra, vec!["extra"]);
+        assert!(r.header().missing.is_empty());
+        let batches = read_all(&mut r);
+        let b = &batches[0];
+        assert_eq!(b.lines, vec![2, 5]);
+        assert_eq!(text_at(b, 0, 0).as_deref(), Some("a"));
+        assert_eq!(text_at(b, 1, 0).as_deref(), Some("two\r\nlines"));
+        assert_eq!(text_at(b, 2, 1).as_deref(), Some("3"));
+        assert_eq!(text_at(b, 1, 1).as_deref(), Some("say \"hi\""));
+        assert_eq!(b.rejects.len(), 1);
+        assert_eq!(b.rejects[0].line, 4);
+        assert_eq!(b.rejects[0].reason, "expected 4 fields, found 2");
+        assert_eq!(b.rejects[0].raw_record, "2,b");
+    }
+
+    #[test]
+    fn csv_missing_declared_column_is_reported_and_left_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,qty\na,1\n").unwrap();
+        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        assert_eq!(r.header().missing, vec!["note"]);
+        let b = read_all(&mut r).remove(0);
+        assert_eq!(text_at(&b, 1, 0), None);
+    }
+
+    #[test]
+    fn csv_invalid_utf8_is_rejected_not_mangled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, b"id,note,qty\na,caf\xe9,1\nb,ok,2\n").unwrap();
+        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        let b = read_all(&mut r).remove(0);
+        assert_eq!(b.lines, vec![3]);
+        assert_eq!(b.rejects[0].column, "note");
+        assert!(b.rejects[0].reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn empty_csv_file_has_no_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "").unwrap();
+        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        assert!(read_all(&mut r).is_empty());
+    }
+
+    #[test]
+    fn ndjson_bad_lines_are_rejected_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.ndjson");
+        std::fs::write(&p, "{\"id\":\"a\",\"qty\":1,\"x\":true}\n\n{\"id\": \"b\", trunc\n[1,2]\n{\"id\":\"c\",\"note\":null}\n").unwrap();
+        let mut r = NdjsonReader::open(&p, &schema(), 1024).unwrap();
+        let b = read_all(&mut r).remove(0);
+        assert_eq!(b.lines, vec![1, 5]);
+        assert_eq!(text_at(&b, 2, 0).as_deref(), Some("1"));
+        assert_eq!(text_at(&b, 1, 1), None);
+        let lines: Vec<u64> = b.rejects.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4]);
+        assert!(b.rejects[0].reason.starts_with("not valid JSON"));
+        assert_eq!(r.header().extra, vec!["x"]);
+    }
+
+    #[test]
+    fn batches_split_at_batch_size_keep_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        let mut text = String::from("id,note,qty\n");
+        for i in 0..10 {
+            text.push_str(&format!("x{i},n,{i}\n"));
+        }
+        std::fs::write(&p, text).unwrap();
+        let mut r = CsvReader::open(&p, &schema(), b',', 4).unwrap();
+        let batches = read_all(&mut r);
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        assert_eq!(batches[2].lines, vec![10, 11]);
+    }
 }

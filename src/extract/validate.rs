@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
-    StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
+    StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
 };
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -24,7 +24,12 @@ const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// Arrow schema of an extracted table: the declared fields, then file and line.
 pub fn raw_schema(schema: &TableSchema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema
+        .arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(SOURCE_FILE_COLUMN, DataType::Utf8, false));
     fields.push(Field::new(SOURCE_LINE_COLUMN, DataType::UInt64, false));
     Arc::new(Schema::new(fields))
@@ -48,7 +53,9 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
     let t = text.trim();
     let fixed = |t: &str| DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_micros());
     match format {
-        DatetimeFormat::Default => fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into()),
+        DatetimeFormat::Default => {
+            fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into())
+        }
         DatetimeFormat::Any => {
             if let Ok(v) = fixed(t) {
                 return Ok(v);
@@ -58,7 +65,12 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
                     return Ok(d.timestamp_micros());
                 }
             }
-            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+            for f in [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M",
+                "%Y-%m-%d %H:%M",
+            ] {
                 if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
                     return Ok(d.and_utc().timestamp_micros());
                 }
@@ -67,18 +79,22 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
                 .ok()
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|d| d.and_utc().timestamp_micros())
-                .ok_or_else(|| "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into())
+                .ok_or_else(|| {
+                    "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into()
+                })
         }
-        DatetimeFormat::Pattern(p) => {
-            if p.contains("%z") || p.contains("%:z") || p.contains("%#z") {
-                DateTime::parse_from_str(t, p).map(|d| d.timestamp_micros())
-            } else {
-                NaiveDateTime::parse_from_str(t, p)
-                    .or_else(|_| NaiveDate::parse_from_str(t, p).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default()))
-                    .map(|d| d.and_utc().timestamp_micros())
-            }
-            .map_err(|_| format!("does not match the datetime format `{p}`"))
+        DatetimeFormat::Pattern(p) => if p.contains("%z") || p.contains("%:z") || p.contains("%#z")
+        {
+            DateTime::parse_from_str(t, p).map(|d| d.timestamp_micros())
+        } else {
+            NaiveDateTime::parse_from_str(t, p)
+                .or_else(|_| {
+                    NaiveDate::parse_from_str(t, p)
+                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                })
+                .map(|d| d.and_utc().timestamp_micros())
         }
+        .map_err(|_| format!("does not match the datetime format `{p}`")),
     }
 }
 
@@ -178,7 +194,10 @@ impl Typed {
                     }
                     Err(_) => {
                         b.append_null();
-                        Err(format!("not a date ({})", p.as_deref().unwrap_or("YYYY-MM-DD")))
+                        Err(format!(
+                            "not a date ({})",
+                            p.as_deref().unwrap_or("YYYY-MM-DD")
+                        ))
                     }
                 }
             }
@@ -227,12 +246,18 @@ fn check_string(field: &FieldSpec, t: &str) -> Result<(), String> {
     if let Some(allowed) = &field.allowed
         && !allowed.iter().any(|a| a == t)
     {
-        return Err(format!("not one of the allowed values: {}", allowed.join(", ")));
+        return Err(format!(
+            "not one of the allowed values: {}",
+            allowed.join(", ")
+        ));
     }
     if let Some(p) = &field.pattern
         && !p.is_match(t)
     {
-        return Err(format!("does not match the pattern `{}`", p.as_str().trim_start_matches("^(?:").trim_end_matches(")$")));
+        return Err(format!(
+            "does not match the pattern `{}`",
+            p.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+        ));
     }
     Ok(())
 }
@@ -270,14 +295,14 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         let Some(col) = text.get(fi) else {
             break;
         };
-        for row in 0..n {
+        for (row, row_ok) in ok.iter_mut().enumerate() {
             let value = col.is_valid(row).then(|| col.value(row));
             let value = value.filter(|v| !schema.missing_values.iter().any(|m| m == v));
             match value {
                 None => {
                     typed.append_null();
                     if field.required {
-                        ok[row] = false;
+                        *row_ok = false;
                         failures.push((row, fi, None, "required value is missing".into()));
                     }
                 }
@@ -288,7 +313,7 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
                         }
                     }
                     Err(reason) => {
-                        ok[row] = false;
+                        *row_ok = false;
                         failures.push((row, fi, Some(v.to_string()), reason));
                     }
                 },
@@ -312,13 +337,17 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         max_timestamp = None;
         for (fi, field) in schema.fields.iter().enumerate() {
             if matches!(field.kind, FieldKind::Datetime(_))
-                && let Some(ts) = good.column(fi).as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                && let Some(ts) = good
+                    .column(fi)
+                    .as_any()
+                    .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
                 && let Some(m) = arrow::compute::max(ts)
             {
                 max_timestamp = Some(max_timestamp.map_or(m, |x| x.max(m)));
             }
         }
     }
+    failures.sort_by_key(|f| (f.0, f.1));
     let rejects = failures
         .into_iter()
         .map(|(row, fi, raw_value, reason)| Reject {
@@ -357,7 +386,11 @@ mod tests {
 
     fn batch(rows: &[[Option<&str>; 4]]) -> TextBatch {
         let columns = (0..4)
-            .map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c]).collect::<Vec<_>>())) as ArrayRef)
+            .map(|c| {
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r[c]).collect::<Vec<_>>(),
+                )) as ArrayRef
+            })
             .collect();
         TextBatch {
             lines: (2..2 + rows.len() as u64).collect(),
@@ -371,26 +404,65 @@ mod tests {
         let s = schema();
         let raw = raw_schema(&s);
         let b = batch(&[
-            [Some("x1"), Some("2"), Some("2024-01-02T03:04:05Z"), Some("a")],
-            [Some("x2"), Some("three"), Some("2024-01-02 03:04:05"), Some("b")],
+            [
+                Some("x1"),
+                Some("2"),
+                Some("2024-01-02T03:04:05Z"),
+                Some("a"),
+            ],
+            [
+                Some("x2"),
+                Some("three"),
+                Some("2024-01-02 03:04:05"),
+                Some("b"),
+            ],
             [Some(""), Some("0"), Some("not-a-date"), Some("c")],
-            [Some("x4"), Some(""), Some("2024-01-02T04:04:05+01:00"), None],
+            [
+                Some("x4"),
+                Some(""),
+                Some("2024-01-02T04:04:05+01:00"),
+                None,
+            ],
         ]);
         let v = validate(&s, &raw, &b, "f.csv");
         assert_eq!(v.good.num_rows(), 2);
         assert_eq!(v.rejected_rows, 2);
-        let reasons: Vec<(u64, &str, &str)> =
-            v.rejects.iter().map(|r| (r.line, r.column.as_str(), r.reason.as_str())).collect();
+        let reasons: Vec<(u64, &str, &str)> = v
+            .rejects
+            .iter()
+            .map(|r| (r.line, r.column.as_str(), r.reason.as_str()))
+            .collect();
         assert_eq!(reasons[0], (3, "qty", "not an integer"));
-        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "id" && r.2.contains("required")));
-        assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "qty" && r.2.contains("below the minimum")));
+        assert_eq!(
+            reasons.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![3, 4, 4, 4, 4],
+            "sorted by line"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.0 == 4 && r.1 == "id" && r.2.contains("required"))
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.0 == 4 && r.1 == "qty" && r.2.contains("below the minimum"))
+        );
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "ts"));
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "kind"));
         // Lines of the good rows are kept.
-        let lines = v.good.column(5).as_any().downcast_ref::<UInt64Array>().unwrap();
+        let lines = v
+            .good
+            .column(5)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
         assert_eq!(lines.values().to_vec(), vec![2, 5]);
         // +01:00 is the same instant as 03:04:05Z, so the max is 03:04:05Z.
-        assert_eq!(v.max_timestamp, parse_datetime("2024-01-02T03:04:05Z", &DatetimeFormat::Any).ok());
+        assert_eq!(
+            v.max_timestamp,
+            parse_datetime("2024-01-02T03:04:05Z", &DatetimeFormat::Any).ok()
+        );
     }
 
     #[test]
@@ -401,7 +473,11 @@ mod tests {
         assert_eq!(parse_datetime("2024-03-05T15:22:10+01:00", &f).unwrap(), a);
         assert!(parse_datetime("2024-03-05 14:22:10", &DatetimeFormat::Default).is_err());
         assert_eq!(
-            parse_datetime("05/03/2024 14:22", &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())).unwrap(),
+            parse_datetime(
+                "05/03/2024 14:22",
+                &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())
+            )
+            .unwrap(),
             a - 10_000_000
         );
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, Days, NaiveDate};
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +52,18 @@ impl ScoringSettings {
     /// Records out-of-range values under `scoring.*`.
     pub fn validate(&self, problems: &mut Problems) {
         problems.check_range("scoring.margin_rate", self.margin_rate, 0.0, 1.0);
-        problems.check_range("scoring.value_tier_a_share", self.value_tier_a_share, 0.0, 1.0);
-        problems.check_range("scoring.value_tier_b_share", self.value_tier_b_share, 0.0, 1.0);
+        problems.check_range(
+            "scoring.value_tier_a_share",
+            self.value_tier_a_share,
+            0.0,
+            1.0,
+        );
+        problems.check_range(
+            "scoring.value_tier_b_share",
+            self.value_tier_b_share,
+            0.0,
+            1.0,
+        );
         if self.value_tier_b_share < self.value_tier_a_share {
             problems.push(
                 "scoring.value_tier_b_share",
@@ -68,24 +78,46 @@ impl ScoringSettings {
         }
     }
 
-    /// The named SQL parameters stages can use, e.g. `WHERE order_ts < $as_of_end`.
+    /// The named SQL parameters stages can use, e.g. `WHERE order_ts < $as_of_end`:
     ///
-    /// `$as_of` is the as-of date; `$as_of_end` the first instant after it (exclusive bound).
+    /// | name | type | meaning |
+    /// |---|---|---|
+    /// | `$as_of` | date | the as-of day |
+    /// | `$as_of_end` | timestamp | first instant after the as-of day (exclusive bound) |
+    /// | `$recent_start` | timestamp | start of the recent spend window |
+    /// | `$prior_start` | timestamp | start of the window before it |
+    /// | `$margin_rate`, `$value_tier_a_share`, `$value_tier_b_share` | double | settings |
+    /// | `$monetary_average` | boolean | RFM monetary is average (else total) spend |
     pub fn sql_params(&self, as_of: NaiveDate) -> HashMap<String, ScalarValue> {
-        let end = as_of
-            .succ_opt()
-            .unwrap_or(as_of)
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_micros());
-        let days = (as_of - NaiveDate::default()).num_days() as i32;
+        let end = as_of + Days::new(1);
+        let micros = |d: NaiveDate| {
+            d.and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_micros())
+        };
+        let window = Days::new(u64::from(self.recent_window_days));
+        let epoch_days = (as_of - DateTime::UNIX_EPOCH.date_naive()).num_days() as i32;
+        let ts = |d: NaiveDate| ScalarValue::TimestampMicrosecond(micros(d), None);
         HashMap::from([
-            ("as_of".to_string(), ScalarValue::Date32(Some(days))),
-            ("as_of_end".to_string(), ScalarValue::TimestampMicrosecond(end, None)),
-            ("margin_rate".to_string(), ScalarValue::Float64(Some(self.margin_rate))),
-            ("value_tier_a_share".to_string(), ScalarValue::Float64(Some(self.value_tier_a_share))),
-            ("value_tier_b_share".to_string(), ScalarValue::Float64(Some(self.value_tier_b_share))),
-            ("recent_window_days".to_string(), ScalarValue::Int64(Some(i64::from(self.recent_window_days)))),
-            ("monetary_average".to_string(), ScalarValue::Boolean(Some(self.monetary == Monetary::Average))),
+            ("as_of".to_string(), ScalarValue::Date32(Some(epoch_days))),
+            ("as_of_end".to_string(), ts(end)),
+            ("recent_start".to_string(), ts(end - window)),
+            ("prior_start".to_string(), ts(end - window - window)),
+            (
+                "margin_rate".to_string(),
+                ScalarValue::Float64(Some(self.margin_rate)),
+            ),
+            (
+                "value_tier_a_share".to_string(),
+                ScalarValue::Float64(Some(self.value_tier_a_share)),
+            ),
+            (
+                "value_tier_b_share".to_string(),
+                ScalarValue::Float64(Some(self.value_tier_b_share)),
+            ),
+            (
+                "monetary_average".to_string(),
+                ScalarValue::Boolean(Some(self.monetary == Monetary::Average)),
+            ),
         ])
     }
 }

@@ -17,11 +17,17 @@ pub fn suggest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Op
 
 /// The order to run the stages in; `external` are tables that exist before any stage runs
 /// (extracted sources, and anything else registered by patron).
-pub fn execution_order(project: &Project, external: &BTreeSet<String>) -> Result<Vec<String>, TransformError> {
+pub fn execution_order(
+    project: &Project,
+    external: &BTreeSet<String>,
+) -> Result<Vec<String>, TransformError> {
     // Check every read resolves.
     for stage in project.stages.values() {
         for table in &stage.reads {
-            if !(project.stages.contains_key(table) || project.seeds.contains_key(table) || external.contains(table)) {
+            if !(project.stages.contains_key(table)
+                || project.seeds.contains_key(table)
+                || external.contains(table))
+            {
                 let known = project
                     .stages
                     .keys()
@@ -56,7 +62,9 @@ pub fn execution_order(project: &Project, external: &BTreeSet<String>) -> Result
             .filter(|(_, deps)| deps.is_empty())
             .map(|(n, _)| *n)
             .collect();
-        let Some(next) = ready.first().copied() else { break };
+        let Some(next) = ready.first().copied() else {
+            break;
+        };
         pending.remove(next);
         for deps in pending.values_mut() {
             deps.remove(next);
@@ -112,7 +120,12 @@ mod tests {
 
     #[test]
     fn stages_run_after_what_they_read() {
-        let p = project(&[("c", &["b"]), ("b", &["a", "raw_x"]), ("a", &["raw_x"]), ("d", &[])]);
+        let p = project(&[
+            ("c", &["b"]),
+            ("b", &["a", "raw_x"]),
+            ("a", &["raw_x"]),
+            ("d", &[]),
+        ]);
         let ext = BTreeSet::from(["raw_x".to_string()]);
         assert_eq!(execution_order(&p, &ext).unwrap(), vec!["a", "b", "c", "d"]);
     }
@@ -120,15 +133,27 @@ mod tests {
     #[test]
     fn a_cycle_names_its_files() {
         let p = project(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("z", &[])]);
-        let e = execution_order(&p, &BTreeSet::new()).unwrap_err().to_string();
-        assert!(e.contains("sql/a.sql") && e.contains("sql/b.sql") && e.contains("sql/c.sql"), "{e}");
+        let e = execution_order(&p, &BTreeSet::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sql/a.sql") && e.contains("sql/b.sql") && e.contains("sql/c.sql"),
+            "{e}"
+        );
         assert!(!e.contains("z.sql"), "{e}");
     }
 
     #[test]
     fn unknown_table_suggests_the_closest_name() {
         let p = project(&[("fct_customer", &["stg_sale"]), ("stg_sales", &[])]);
-        let e = execution_order(&p, &BTreeSet::new()).unwrap_err().to_string();
-        assert!(e.contains("fct_customer.sql") && e.contains("`stg_sale`") && e.contains("did you mean `stg_sales`"), "{e}");
+        let e = execution_order(&p, &BTreeSet::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fct_customer.sql")
+                && e.contains("`stg_sale`")
+                && e.contains("did you mean `stg_sales`"),
+            "{e}"
+        );
     }
 }

@@ -53,17 +53,25 @@ pub fn tables_read(path: &Path, sql: &str) -> Result<Vec<String>, TransformError
         path: path.to_path_buf(),
         message,
     };
-    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| parse_err(e.to_string()))?;
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| parse_err(e.to_string()))?;
     if statements.len() != 1 {
-        return Err(parse_err(format!("expected exactly one SELECT statement, found {}", statements.len())));
+        return Err(parse_err(format!(
+            "expected exactly one SELECT statement, found {}",
+            statements.len()
+        )));
     }
-    let statement = statements.pop_front().ok_or_else(|| parse_err("empty file".into()))?;
-    if !matches!(&statement, DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_))) {
+    let statement = statements
+        .pop_front()
+        .ok_or_else(|| parse_err("empty file".into()))?;
+    if !matches!(&statement, DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)))
+    {
         return Err(parse_err(
             "a stage must be one SELECT (or WITH ... SELECT) query; patron materialises the result itself".into(),
         ));
     }
-    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| parse_err(e.to_string()))?;
+    let (tables, _ctes) =
+        resolve_table_references(&statement, true).map_err(|e| parse_err(e.to_string()))?;
     let mut names: Vec<String> = tables
         .into_iter()
         .filter(|t| t.schema().is_none_or(|s| s != "information_schema"))
@@ -93,7 +101,11 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
         if !(ext == "sql" || ext == "csv") || rel.starts_with(TESTS_DIR) {
             continue;
         }
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
         if !is_identifier(&name) {
             return Err(TransformError::BadName { path, name });
         }
@@ -148,9 +160,13 @@ mod tests {
 
     #[test]
     fn only_one_select_is_a_stage() {
-        let e = tables_read(Path::new("x.sql"), "DROP TABLE t").unwrap_err().to_string();
+        let e = tables_read(Path::new("x.sql"), "DROP TABLE t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.sql") && e.contains("SELECT"), "{e}");
-        let e = tables_read(Path::new("y.sql"), "SELECT 1; SELECT 2").unwrap_err().to_string();
+        let e = tables_read(Path::new("y.sql"), "SELECT 1; SELECT 2")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("y.sql") && e.contains("found 2"), "{e}");
     }
 }

@@ -73,25 +73,52 @@ pub fn describe_sql_error(sql: &str, err: &DataFusionError) -> String {
 }
 
 /// Registers every seed as a table (CSV with a header, types inferred).
-pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &Seed>) -> Result<(), TransformError> {
+pub async fn register_seeds(
+    ctx: &SessionContext,
+    seeds: impl Iterator<Item = &Seed>,
+) -> Result<(), TransformError> {
     for seed in seeds {
         let path = seed.path.to_string_lossy();
-        ctx.register_csv(&seed.name, path.as_ref(), CsvReadOptions::new().has_header(true))
-            .await
-            .map_err(|e| TransformError::Sql {
-                stage: seed.name.clone(),
-                path: seed.path.clone(),
-                message: e.to_string(),
-            })?;
+        ctx.register_csv(
+            &seed.name,
+            path.as_ref(),
+            CsvReadOptions::new().has_header(true),
+        )
+        .await
+        .map_err(|e| TransformError::Sql {
+            stage: seed.name.clone(),
+            path: seed.path.clone(),
+            message: e.to_string(),
+        })?;
     }
     Ok(())
 }
 
 /// Registers a Parquet file or folder as table `name`, replacing any earlier one.
-pub async fn register_parquet(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), DataFusionError> {
+pub async fn register_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    path: &Path,
+) -> Result<(), DataFusionError> {
+    register_parquet_files(ctx, name, std::slice::from_ref(&path.to_path_buf())).await
+}
+
+/// Registers several Parquet files (same schema) as one table `name`.
+pub async fn register_parquet_files(
+    ctx: &SessionContext,
+    name: &str,
+    paths: &[PathBuf],
+) -> Result<(), DataFusionError> {
     ctx.deregister_table(name)?;
-    ctx.register_parquet(name, path.to_string_lossy().as_ref(), ParquetReadOptions::default())
-        .await
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let df = ctx
+        .read_parquet(paths, ParquetReadOptions::default())
+        .await?;
+    ctx.register_table(name, df.into_view())?;
+    Ok(())
 }
 
 /// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
@@ -125,7 +152,9 @@ pub async fn run_stage(
         sink.write(&batch.map_err(sql_err)?)?;
     }
     let (rows, bytes) = sink.close()?;
-    register_parquet(ctx, &stage.name, &output).await.map_err(sql_err)?;
+    register_parquet(ctx, &stage.name, &output)
+        .await
+        .map_err(sql_err)?;
     let metrics = StageMetrics {
         name: stage.name.clone(),
         file: stage.path.to_string_lossy().into_owned(),

@@ -1,0 +1,128 @@
+-- fct_customer: one row per customer seen in any export (buyers, and people known only to
+-- the service desk or the marketing tool), with their sales, service and marketing facts
+-- as of the as-of day. Money is in the export currency.
+WITH customers AS (
+    SELECT customer_id FROM stg_sales
+    UNION
+    SELECT customer_id FROM stg_service
+    UNION
+    SELECT customer_id FROM stg_marketing
+),
+orders AS (
+    SELECT
+        customer_id,
+        order_id,
+        MIN(order_ts) AS order_ts,
+        SUM(revenue) AS revenue,
+        SUM(cost) AS cost,
+        SUM(discount) > 0 AS discounted
+    FROM stg_sales
+    GROUP BY customer_id, order_id
+),
+first_orders AS (
+    SELECT customer_id, channel AS acquisition_channel, referred_by
+    FROM (
+        SELECT
+            customer_id, channel, referred_by,
+            ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY order_ts, order_id, line_no) AS n
+        FROM stg_sales
+    ) AS firsts
+    WHERE n = 1
+),
+sales AS (
+    SELECT
+        o.customer_id,
+        COUNT(*) AS orders,
+        COUNT(DISTINCT CAST(o.order_ts AS DATE)) AS purchase_days,
+        MIN(o.order_ts) AS first_order_at,
+        MAX(o.order_ts) AS last_order_at,
+        SUM(o.revenue) AS revenue,
+        SUM(o.cost) AS cost,
+        SUM(CASE WHEN o.discounted THEN 1 ELSE 0 END) AS discounted_orders,
+        SUM(CASE WHEN o.order_ts >= $recent_start THEN o.revenue ELSE 0.0 END) AS spend_recent_window,
+        SUM(CASE WHEN o.order_ts >= $prior_start AND o.order_ts < $recent_start THEN o.revenue ELSE 0.0 END)
+            AS spend_prior_window
+    FROM orders AS o
+    GROUP BY o.customer_id
+),
+lines AS (
+    SELECT customer_id, COUNT(*) AS order_lines, COUNT(DISTINCT category) AS distinct_categories
+    FROM stg_sales
+    GROUP BY customer_id
+),
+referrals AS (
+    SELECT referred_by AS customer_id, COUNT(*) AS referrals_made
+    FROM first_orders
+    WHERE referred_by IS NOT NULL
+    GROUP BY referred_by
+),
+service AS (
+    SELECT
+        customer_id,
+        COUNT(*) AS tickets,
+        SUM(CASE WHEN status <> 'closed' THEN 1 ELSE 0 END) AS open_tickets,
+        SUM(CASE WHEN category = 'complaint' THEN 1 ELSE 0 END) AS complaints,
+        SUM(CASE WHEN category = 'complaint' AND status <> 'closed' THEN 1 ELSE 0 END) AS open_complaints,
+        AVG(CAST(csat AS DOUBLE)) AS avg_csat,
+        COUNT(csat) AS csat_responses,
+        SUM(handling_cost) AS service_cost
+    FROM stg_service
+    GROUP BY customer_id
+),
+marketing AS (
+    SELECT
+        customer_id,
+        SUM(CASE WHEN event_type = 'sent' THEN 1 ELSE 0 END) AS marketing_sent,
+        SUM(CASE WHEN event_type = 'open' THEN 1 ELSE 0 END) AS marketing_opens,
+        SUM(CASE WHEN event_type = 'click' THEN 1 ELSE 0 END) AS marketing_clicks,
+        SUM(CASE WHEN event_type = 'conversion' THEN 1 ELSE 0 END) AS marketing_conversions,
+        MAX(CASE WHEN event_type = 'unsubscribe' THEN 1 ELSE 0 END) = 1 AS unsubscribed,
+        SUM(cost) AS marketing_cost
+    FROM stg_marketing
+    GROUP BY customer_id
+)
+SELECT
+    c.customer_id,
+    s.first_order_at,
+    s.last_order_at,
+    COALESCE(s.orders, 0) AS orders,
+    COALESCE(l.order_lines, 0) AS order_lines,
+    COALESCE(s.purchase_days, 0) AS purchase_days,
+    COALESCE(s.revenue, 0.0) AS revenue,
+    COALESCE(s.cost, 0.0) AS cost,
+    COALESCE(s.revenue, 0.0) - COALESCE(s.cost, 0.0) AS gross_margin,
+    s.revenue / s.orders AS avg_order_value,
+    COALESCE(l.distinct_categories, 0) AS distinct_categories,
+    COALESCE(s.discounted_orders, 0) AS discounted_orders,
+    CAST(CAST($as_of AS DATE) AS INT) - CAST(CAST(s.first_order_at AS DATE) AS INT) AS tenure_days,
+    CAST(CAST($as_of AS DATE) AS INT) - CAST(CAST(s.last_order_at AS DATE) AS INT) AS recency_days,
+    COALESCE(s.spend_recent_window, 0.0) AS spend_recent_window,
+    COALESCE(s.spend_prior_window, 0.0) AS spend_prior_window,
+    f.acquisition_channel,
+    date_trunc('month', s.first_order_at) AS cohort_month,
+    f.referred_by,
+    COALESCE(r.referrals_made, 0) AS referrals_made,
+    COALESCE(v.tickets, 0) AS tickets,
+    COALESCE(v.open_tickets, 0) AS open_tickets,
+    COALESCE(v.complaints, 0) AS complaints,
+    COALESCE(v.open_complaints, 0) AS open_complaints,
+    v.avg_csat,
+    COALESCE(v.csat_responses, 0) AS csat_responses,
+    COALESCE(v.service_cost, 0.0) AS service_cost,
+    COALESCE(m.marketing_sent, 0) AS marketing_sent,
+    COALESCE(m.marketing_opens, 0) AS marketing_opens,
+    COALESCE(m.marketing_clicks, 0) AS marketing_clicks,
+    COALESCE(m.marketing_conversions, 0) AS marketing_conversions,
+    CAST(m.marketing_opens AS DOUBLE) / NULLIF(m.marketing_sent, 0) AS open_rate,
+    CAST(m.marketing_clicks AS DOUBLE) / NULLIF(m.marketing_sent, 0) AS click_rate,
+    CAST(m.marketing_conversions AS DOUBLE) / NULLIF(m.marketing_sent, 0) AS conversion_rate,
+    COALESCE(m.unsubscribed, false) AS unsubscribed,
+    COALESCE(m.marketing_cost, 0.0) AS marketing_cost
+FROM customers AS c
+LEFT JOIN sales AS s ON s.customer_id = c.customer_id
+LEFT JOIN lines AS l ON l.customer_id = c.customer_id
+LEFT JOIN first_orders AS f ON f.customer_id = c.customer_id
+LEFT JOIN referrals AS r ON r.customer_id = c.customer_id
+LEFT JOIN service AS v ON v.customer_id = c.customer_id
+LEFT JOIN marketing AS m ON m.customer_id = c.customer_id
+ORDER BY c.customer_id

@@ -1,0 +1,40 @@
+-- stg_sales: sales order lines, cleaned. One row per (order_id, line_no): when an export
+-- repeats a line, the copy loaded last (latest file, then latest line) wins. Customer ids
+-- are trimmed and upper-cased; orders after the as-of day are left out. Revenue is the
+-- line value after discount; cost is the ERP unit cost, or estimated from the configured
+-- margin rate when the ERP has none.
+WITH ranked AS (
+    SELECT
+        *,
+        ROW_NUMBER() OVER (
+            PARTITION BY TRIM(order_id), line_no
+            ORDER BY _source_file DESC, _source_line DESC
+        ) AS copy_rank
+    FROM raw_sales
+    WHERE order_ts < $as_of_end
+)
+SELECT
+    TRIM(order_id) AS order_id,
+    line_no,
+    UPPER(TRIM(customer_id)) AS customer_id,
+    order_ts,
+    CAST(order_ts AS DATE) AS order_date,
+    channel,
+    category,
+    quantity,
+    unit_price,
+    COALESCE(discount, 0.0) AS discount,
+    unit_cost,
+    currency,
+    NULLIF(UPPER(TRIM(referred_by)), '') AS referred_by,
+    quantity * unit_price - COALESCE(discount, 0.0) AS revenue,
+    CASE
+        WHEN unit_cost IS NULL THEN (quantity * unit_price - COALESCE(discount, 0.0)) * (1.0 - $margin_rate)
+        ELSE quantity * unit_cost
+    END AS cost,
+    unit_cost IS NULL AS cost_estimated,
+    _source_file,
+    _source_line
+FROM ranked
+WHERE copy_rank = 1
+ORDER BY order_id, line_no

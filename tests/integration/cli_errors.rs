@@ -1,0 +1,123 @@
+//! Bad configuration and bad inputs: clear messages naming the file and key, and the
+//! documented exit codes (2 for usage/configuration, 1 for a failed run).
+
+use crate::support::*;
+
+fn write_pipeline(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let p = scratch_project(dir);
+    let text = edit(std::fs::read_to_string(&p).unwrap());
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_pipeline(dir: &std::path::Path, pipeline: &std::path::Path) -> std::process::Output {
+    patron(
+        dir,
+        &[
+            "run",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--out",
+            dir.join("wh").to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn unknown_key_exits_2_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(dir.path(), |t| {
+        t.replace("margin_rate = 0.30", "margin_rat = 0.30")
+    });
+    let out = run_pipeline(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("margin_rat") && err.contains("default.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_exit_2_listing_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(dir.path(), |t| {
+        t.replace("as_of = \"latest\"", "as_of = \"last tuesday\"")
+            .replace("value_tier_a_share = 0.80", "value_tier_a_share = 1.8")
+    });
+    let out = run_pipeline(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run.as_of")
+            && err.contains("scoring.value_tier_a_share")
+            && err.contains("default.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_input_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(dir.path(), |t| {
+        t.replace("fixtures/service/*.csv", "fixtures/service/nope_*.csv")
+    });
+    let out = run_pipeline(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nope_*.csv") && err.contains("service"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_pipeline_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = patron(dir.path(), &["run", "--pipeline", "nowhere.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.toml"));
+}
+
+#[test]
+fn bad_flag_exits_2() {
+    let out = patron(&repo(), &["run", "--as-of", "31/12/2025"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scratch_project(dir.path());
+    let out = run_pipeline(dir.path(), &good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before =
+        std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
+
+    let text_before = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(
+        &good,
+        text_before.replace("error_budget = 0.05", "error_budget = 0.0001"),
+    )
+    .unwrap();
+    let out = run_pipeline(dir.path(), &good);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error budget") && err.contains("source `"),
+        "{err}"
+    );
+    let after =
+        std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
+    assert_eq!(before, after, "a failed run publishes nothing");
+    // The failed run has a manifest saying so.
+    let failed = std::fs::read_dir(dir.path().join("wh/runs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .find(|m| m["outcome"] == "failed")
+        .expect("failed manifest");
+    assert_eq!(failed["failed_phase"], "extract");
+    assert!(failed["error"].as_str().unwrap().contains("error budget"));
+}

@@ -1,0 +1,288 @@
+//! The default pipeline on the bundled fixtures, checked against the exports themselves
+//! and against the generator's truth file.
+
+use crate::support::*;
+
+const TABLES: [&str; 5] = [
+    "stg_sales",
+    "stg_service",
+    "stg_marketing",
+    "fct_customer",
+    "customer_scores",
+];
+
+#[tokio::test]
+async fn run_on_fixtures_publishes_every_table_and_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let out = run_default(&wh);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{}",
+        text(&out)
+    );
+
+    for t in TABLES {
+        assert!(
+            wh.join("tables")
+                .join(t)
+                .join("part-00000.parquet")
+                .is_file(),
+            "table {t} missing"
+        );
+    }
+    for s in ["sales", "service", "marketing"] {
+        assert!(
+            wh.join("raw").join(s).is_dir() && wh.join("quarantine").join(s).is_dir(),
+            "{s} raw/quarantine missing"
+        );
+    }
+    assert!(
+        !wh.join("_staging")
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false),
+        "staging left behind"
+    );
+
+    let ctx = warehouse_session(&wh).await;
+
+    // One row per distinct normalised customer id found in the three exports.
+    let distinct = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM (SELECT UPPER(TRIM(customer_id)) FROM raw_sales UNION SELECT UPPER(TRIM(customer_id)) FROM raw_service UNION SELECT UPPER(TRIM(customer_id)) FROM raw_marketing)",
+    )
+    .await;
+    let rows = scalar(&ctx, "SELECT COUNT(*) FROM fct_customer").await;
+    let unique = scalar(&ctx, "SELECT COUNT(DISTINCT customer_id) FROM fct_customer").await;
+    assert_eq!(rows, distinct);
+    assert_eq!(unique, rows);
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/truth.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        rows as u64,
+        truth["report"]["customers"].as_u64().unwrap(),
+        "every simulated customer appears once"
+    );
+    assert_eq!(
+        scalar(&ctx, "SELECT COUNT(*) FROM customer_scores").await,
+        rows
+    );
+
+    // Revenue reconciles: computed straight from the extracted export (one copy per order
+    // line) equals the customer fact total.
+    let raw_revenue = scalar(
+        &ctx,
+        "SELECT SUM(quantity * unit_price - COALESCE(discount, 0)) FROM (SELECT DISTINCT TRIM(order_id) AS o, line_no, quantity, unit_price, discount FROM raw_sales)",
+    )
+    .await;
+    let fct_revenue = scalar(&ctx, "SELECT SUM(revenue) FROM fct_customer").await;
+    assert!(raw_revenue > 0.0);
+    assert!(
+        (raw_revenue - fct_revenue).abs() <= 1e-9 * raw_revenue,
+        "{raw_revenue} vs {fct_revenue}"
+    );
+    let margin = scalar(
+        &ctx,
+        "SELECT SUM(revenue - cost - gross_margin) FROM fct_customer",
+    )
+    .await;
+    assert!(margin.abs() < 1e-6);
+
+    // Nothing lost: every data line of every file is loaded or quarantined, quarantined
+    // rows match what the generator injected, and each has a reason.
+    let manifest = latest_manifest(&wh);
+    assert_eq!(manifest["outcome"], "succeeded");
+    for source in manifest["extract"].as_array().unwrap() {
+        let name = source["source"].as_str().unwrap();
+        let read = source["rows_read"].as_u64().unwrap();
+        let loaded = source["rows_loaded"].as_u64().unwrap();
+        let quarantined = source["rows_quarantined"].as_u64().unwrap();
+        assert_eq!(read, loaded + quarantined, "{name}");
+        let lines: u64 = source["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| data_lines(std::path::Path::new(f["path"].as_str().unwrap())))
+            .sum();
+        assert_eq!(read, lines, "{name}: rows read vs data lines in the files");
+        let injected = truth["report"][name]["bad_rows"].as_u64().unwrap();
+        assert!(injected > 0, "fixtures carry bad rows for {name}");
+        assert_eq!(
+            quarantined, injected,
+            "{name}: quarantined vs injected bad rows"
+        );
+        let q_rows = scalar(
+            &ctx,
+            &format!("SELECT COUNT(DISTINCT line || file) FROM quarantine_{name}"),
+        )
+        .await;
+        assert_eq!(q_rows as u64, quarantined, "{name}");
+        let no_reason = scalar(&ctx, &format!("SELECT COUNT(*) FROM quarantine_{name} WHERE reason IS NULL OR reason = '' OR line = 0")).await;
+        assert_eq!(
+            no_reason, 0.0,
+            "{name}: every quarantined row has a line and a reason"
+        );
+        let valid = truth["report"][name]["valid_rows"].as_u64().unwrap();
+        let staged = manifest["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == format!("stg_{name}"))
+            .unwrap();
+        assert_eq!(
+            staged["rows"].as_u64().unwrap(),
+            valid,
+            "{name}: staging keeps one copy of each valid row"
+        );
+    }
+    assert_eq!(manifest["stages"].as_array().unwrap().len(), TABLES.len());
+    for key in [
+        "run_id",
+        "started_at",
+        "finished_at",
+        "patron_version",
+        "config_hash",
+        "as_of",
+    ] {
+        assert!(manifest[key].is_string(), "manifest.{key}");
+    }
+}
+
+#[tokio::test]
+async fn rfm_and_value_tier_follow_the_domain_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    run_default(&wh);
+    let ctx = warehouse_session(&wh).await;
+    // Scores are 1..5 and equal values always get equal scores.
+    for (score, value) in [
+        ("r_score", "recency_days"),
+        ("f_score", "frequency"),
+        ("m_score", "monetary"),
+    ] {
+        let bad = scalar(
+            &ctx,
+            &format!("SELECT COUNT(*) FROM customer_scores WHERE {score} NOT BETWEEN 1 AND 5"),
+        )
+        .await;
+        assert_eq!(bad, 0.0, "{score}");
+        let ties = scalar(&ctx, &format!("SELECT COUNT(*) FROM (SELECT {value} FROM customer_scores WHERE {score} IS NOT NULL GROUP BY {value} HAVING COUNT(DISTINCT {score}) > 1)")).await;
+        assert_eq!(ties, 0.0, "{score}: tied values with different scores");
+    }
+    // Recency is reversed: the most recent buyers score 5.
+    let r5 = scalar(
+        &ctx,
+        "SELECT MAX(recency_days) FROM customer_scores WHERE r_score = 5",
+    )
+    .await;
+    let r1 = scalar(
+        &ctx,
+        "SELECT MIN(recency_days) FROM customer_scores WHERE r_score = 1",
+    )
+    .await;
+    assert!(r5 < r1);
+    // The R-F map: 55 and 54 are champions, 11 hibernating, 51 new customers.
+    for (r, f, seg) in [
+        (5, 5, "champions"),
+        (5, 4, "champions"),
+        (1, 1, "hibernating"),
+        (5, 1, "new_customers"),
+    ] {
+        let wrong = scalar(&ctx, &format!("SELECT COUNT(*) FROM customer_scores WHERE r_score = {r} AND f_score = {f} AND rfm_segment <> '{seg}'")).await;
+        assert_eq!(wrong, 0.0, "{r}{f}");
+    }
+    let unmapped = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE rfm_segment IS NULL",
+    )
+    .await;
+    assert_eq!(unmapped, 0.0);
+    // Pareto: tier A customers hold at least 80% of the value and the B/C cut is at 95%.
+    let total = scalar(
+        &ctx,
+        "SELECT SUM(historical_value) FROM customer_scores WHERE historical_value > 0",
+    )
+    .await;
+    let a = scalar(
+        &ctx,
+        "SELECT SUM(historical_value) FROM customer_scores WHERE value_tier = 'A'",
+    )
+    .await;
+    let ab = scalar(
+        &ctx,
+        "SELECT SUM(historical_value) FROM customer_scores WHERE value_tier IN ('A', 'B')",
+    )
+    .await;
+    let a_min = scalar(
+        &ctx,
+        "SELECT MIN(historical_value) FROM customer_scores WHERE value_tier = 'A'",
+    )
+    .await;
+    let b_max = scalar(
+        &ctx,
+        "SELECT MAX(historical_value) FROM customer_scores WHERE value_tier = 'B'",
+    )
+    .await;
+    assert!(
+        a >= 0.8 * total && a - a_min < 0.8 * total,
+        "A share {}",
+        a / total
+    );
+    assert!(ab >= 0.95 * total, "A+B share {}", ab / total);
+    assert!(b_max <= a_min);
+    let a_count = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE value_tier = 'A'",
+    )
+    .await;
+    let buyers = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE frequency > 0",
+    )
+    .await;
+    assert!(
+        a_count < 0.6 * buyers,
+        "Pareto: a minority of buyers holds 80% of value"
+    );
+}
+
+#[tokio::test]
+async fn an_earlier_as_of_date_ignores_later_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let out = patron(
+        &repo(),
+        &[
+            "run",
+            "--as-of",
+            "2024-06-30",
+            "--out",
+            wh.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ctx = warehouse_session(&wh).await;
+    let late = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM stg_sales WHERE order_ts >= TIMESTAMP '2024-07-01 00:00:00'",
+    )
+    .await;
+    assert_eq!(late, 0.0);
+    let late = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM fct_customer WHERE last_order_at >= TIMESTAMP '2024-07-01 00:00:00'",
+    )
+    .await;
+    assert_eq!(late, 0.0);
+    let min_recency = scalar(&ctx, "SELECT MIN(recency_days) FROM customer_scores").await;
+    assert!(min_recency >= 0.0);
+    let as_of = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE as_of <> DATE '2024-06-30'",
+    )
+    .await;
+    assert_eq!(as_of, 0.0);
+    assert_eq!(latest_manifest(&wh)["as_of"], "2024-06-30");
+}

@@ -1,0 +1,132 @@
+//! SQL stages as a data engineer adds them: new files are picked up and ordered by what
+//! they read; broken stages are reported with their file (and line, where known).
+
+use crate::support::*;
+
+fn run(dir: &std::path::Path, pipeline: &std::path::Path) -> std::process::Output {
+    patron(
+        dir,
+        &[
+            "run",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--out",
+            dir.join("wh").to_str().unwrap(),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    // Named to sort first, but reads a table built last.
+    std::fs::write(
+        dir.path().join("sql/marts/a_champion_revenue.sql"),
+        "SELECT s.rfm_segment, COUNT(*) AS customers, SUM(f.revenue) AS revenue\n\
+         FROM customer_scores AS s JOIN fct_customer AS f USING (customer_id)\n\
+         GROUP BY s.rfm_segment ORDER BY s.rfm_segment",
+    )
+    .unwrap();
+    let out = run(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = latest_manifest(&dir.path().join("wh"));
+    let order: Vec<&str> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let pos = |n: &str| {
+        order
+            .iter()
+            .position(|s| *s == n)
+            .unwrap_or_else(|| panic!("{n} not run: {order:?}"))
+    };
+    assert!(
+        pos("a_champion_revenue") > pos("customer_scores"),
+        "{order:?}"
+    );
+    assert!(
+        pos("customer_scores") > pos("fct_customer") && pos("fct_customer") > pos("stg_sales"),
+        "{order:?}"
+    );
+    let ctx = warehouse_session(&dir.path().join("wh")).await;
+    let total = scalar(&ctx, "SELECT SUM(revenue) FROM a_champion_revenue").await;
+    let fct = scalar(&ctx, "SELECT SUM(revenue) FROM fct_customer").await;
+    assert!((total - fct).abs() < 1e-6 * fct);
+}
+
+#[test]
+fn a_cycle_exits_2_naming_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/loop_a.sql"),
+        "SELECT * FROM loop_b",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sql/marts/loop_b.sql"),
+        "SELECT * FROM loop_a",
+    )
+    .unwrap();
+    let out = run(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cycle") && err.contains("loop_a.sql") && err.contains("loop_b.sql"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_table_exits_2_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/typo.sql"),
+        "SELECT * FROM fct_customers",
+    )
+    .unwrap();
+    let out = run(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typo.sql") && err.contains("did you mean `fct_customer`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sql_error_names_the_stage_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/broken.sql"),
+        "SELECT customer_id,\n       no_such_column\nFROM fct_customer",
+    )
+    .unwrap();
+    let out = run(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.sql") && err.contains("no_such_column"),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "the offending line is shown: {err}");
+}
+
+#[test]
+fn a_stage_that_is_not_a_select_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/ddl.sql"),
+        "CREATE TABLE x AS SELECT 1",
+    )
+    .unwrap();
+    let out = run(dir.path(), &p);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ddl.sql"));
+}

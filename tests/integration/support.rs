@@ -1,0 +1,146 @@
+//! Shared helpers: run the binary, query Parquet output with DataFusion, read manifests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `patron` with `args` in `cwd`.
+pub fn patron(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "patron=warn")
+        .output()
+        .expect("patron binary starts")
+}
+
+/// stdout + stderr as text, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the default pipeline on the bundled fixtures into `warehouse`; panics unless exit 0.
+pub fn run_default(warehouse: &Path) -> Output {
+    let out = patron(&repo(), &["run", "--out", warehouse.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out
+}
+
+/// The latest successful manifest of a warehouse.
+pub fn latest_manifest(warehouse: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(warehouse.join("runs/latest.json"))
+        .expect("latest manifest exists");
+    serde_json::from_str(&text).expect("manifest is JSON")
+}
+
+/// A session with every published table and raw/quarantine folder registered.
+pub async fn warehouse_session(warehouse: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for (kind, prefix) in [
+        ("tables", ""),
+        ("raw", "raw_"),
+        ("quarantine", "quarantine_"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(warehouse.join(kind)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            ctx.register_parquet(
+                &name,
+                entry.path().to_str().unwrap(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("register {name}: {e}"));
+        }
+    }
+    ctx
+}
+
+/// Runs a query returning one row and one numeric column, as f64 (NULL as NaN).
+pub async fn scalar(ctx: &SessionContext, sql: &str) -> f64 {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batch = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .unwrap_or_else(|| panic!("{sql}: no rows"));
+    let col = cast(batch.column(0), &DataType::Float64).unwrap();
+    let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
+    if col.is_null(0) {
+        f64::NAN
+    } else {
+        col.value(0)
+    }
+}
+
+/// Runs a query returning one integer column of any number of rows.
+#[allow(dead_code)]
+pub async fn ints(ctx: &SessionContext, sql: &str) -> Vec<i64> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        let col = cast(b.column(0), &DataType::Int64).unwrap();
+        let col = col.as_any().downcast_ref::<Int64Array>().unwrap();
+        out.extend(col.iter().map(|v| v.unwrap_or(i64::MIN)));
+    }
+    out
+}
+
+/// Data records in a fixture file: CSV lines after the header, non-blank NDJSON lines.
+pub fn data_lines(path: &Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    if path.extension().is_some_and(|e| e == "csv") {
+        lines - 1
+    } else {
+        lines
+    }
+}
+
+/// A copy of the project's pipeline, schemas and SQL (not fixtures) in a scratch folder,
+/// with the fixtures referenced from the repository; returns the pipeline path.
+pub fn scratch_project(dir: &Path) -> PathBuf {
+    copy_dir(&repo().join("sql"), &dir.join("sql"));
+    copy_dir(&repo().join("schemas"), &dir.join("schemas"));
+    let text = std::fs::read_to_string(repo().join("pipelines/default.toml"))
+        .unwrap()
+        .replace("\"fixtures/", &format!("\"{}/fixtures/", repo().display()));
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let p = dir.join("pipelines/default.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Recursive copy.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
