@@ -2,6 +2,14 @@
 //! and how they reach the scoring SQL stages as named parameters (`$as_of`, `$margin_rate`,
 //! ...). Rule-based scores live in `sql/scoring/`; the probabilistic models are added here.
 
+pub mod bgnbd;
+pub mod error;
+pub mod gamma_gamma;
+pub mod optimize;
+pub mod special;
+#[cfg(test)]
+mod test_support;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Days, NaiveDate};
