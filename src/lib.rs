@@ -17,6 +17,7 @@ pub mod extract;
 pub mod generate;
 pub mod names;
 pub mod pipeline;
+pub mod process_stats;
 pub mod progress;
 pub mod publish;
 pub mod score;

@@ -1,7 +1,7 @@
 //! `patron generate`: deterministic output and constant memory.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::*;
 
@@ -52,33 +52,13 @@ fn same_seed_same_bytes_through_the_cli() {
     assert_ne!(a, c, "another seed, other bytes");
 }
 
-/// Peak resident memory (VmHWM, KiB) of a child, polled from /proc while it runs.
+/// Peak resident memory (KiB) of `patron args` run in `cwd`.
 fn peak_rss_kib(args: &[&str], cwd: &Path) -> u64 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_path)
-            && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            peak = peak.max(
-                line.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            );
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
-            return peak;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patron"));
+    cmd.args(args).current_dir(cwd);
+    let m = patron::process_stats::measure(cmd).unwrap();
+    assert!(m.status.success());
+    m.peak_rss_kib
 }
 
 #[test]
