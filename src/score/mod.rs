@@ -10,6 +10,9 @@ pub mod special;
 #[cfg(test)]
 mod test_support;
 
+pub mod models;
+pub mod udf;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Days, NaiveDate};
@@ -28,7 +31,9 @@ pub enum Monetary {
     Average,
 }
 
-/// Scoring settings; each field's default is the one in DOMAIN.md.
+/// Scoring settings; each field's default is the one in DOMAIN.md. Every field reaches the
+/// scoring SQL as the named parameter `$<field>` (see [`ScoringSettings::sql_params`]) and is
+/// written to the run manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringSettings {
@@ -40,8 +45,43 @@ pub struct ScoringSettings {
     pub value_tier_a_share: f64,
     /// Value tiers A and B together hold this share; C holds the rest.
     pub value_tier_b_share: f64,
-    /// Window for "recent" spend (last N days vs the N days before).
+    /// Window for "recent" spend (last N days vs the N days before); a single-order
+    /// customer within it is in `exploration`.
     pub recent_window_days: u32,
+    /// Time unit of the BG/NBD inputs x, t_x, T, in days (7 = weeks).
+    pub time_unit_days: f64,
+    /// Churn risk at or above this is band `medium`.
+    pub churn_band_medium: f64,
+    /// Churn risk at or above this is band `high`.
+    pub churn_band_high: f64,
+    /// Churn risk above this puts the customer in lifecycle stage `churned`.
+    pub churned_threshold: f64,
+    /// CLV horizon in months.
+    pub clv_horizon_months: u32,
+    /// Monthly discount rate of the CLV.
+    pub clv_monthly_discount: f64,
+    /// Wallet headroom: this quantile of current value among peers (same acquisition
+    /// channel and cohort) is what the customer could reach.
+    pub potential_quantile: f64,
+    /// Two-by-two segmentations split each axis at this quantile (0.5 = median).
+    pub segment_split_quantile: f64,
+    /// Average CSAT at or above this is "satisfied".
+    pub satisfied_csat: f64,
+    /// Average CSAT below this is a churn reason (`low_csat`).
+    pub low_csat: f64,
+    /// Attitude score (0-1) at or above this is "high" (Dick and Basu).
+    pub loyalty_attitude_high: f64,
+    /// Repeat-patronage score (0-1) at or above this is "high" (Dick and Basu).
+    pub loyalty_repeat_high: f64,
+    /// Loyalty score (0-100) at or above this counts as loyal (Jones and Sasser).
+    pub loyalty_score_high: f64,
+    /// High repeat with more than this share of discounted orders is `incentive` loyalty.
+    pub incentive_discount_share: f64,
+    /// A gap since the last order longer than this many times the customer's own mean
+    /// time between purchase days is a long gap (`decline`, churn reason `long_gap`).
+    pub long_gap_factor: f64,
+    /// Recent-window spend below this share of the prior window's is "spend falling".
+    pub spend_falling_ratio: f64,
 }
 
 impl Default for ScoringSettings {
@@ -52,6 +92,22 @@ impl Default for ScoringSettings {
             value_tier_a_share: 0.80,
             value_tier_b_share: 0.95,
             recent_window_days: 90,
+            time_unit_days: 7.0,
+            churn_band_medium: 0.3,
+            churn_band_high: 0.7,
+            churned_threshold: 0.9,
+            clv_horizon_months: 12,
+            clv_monthly_discount: 0.01,
+            potential_quantile: 0.9,
+            segment_split_quantile: 0.5,
+            satisfied_csat: 4.0,
+            low_csat: 3.0,
+            loyalty_attitude_high: 0.5,
+            loyalty_repeat_high: 0.5,
+            loyalty_score_high: 50.0,
+            incentive_discount_share: 0.5,
+            long_gap_factor: 2.0,
+            spend_falling_ratio: 0.75,
         }
     }
 }
@@ -59,27 +115,66 @@ impl Default for ScoringSettings {
 impl ScoringSettings {
     /// Records out-of-range values under `scoring.*`.
     pub fn validate(&self, problems: &mut Problems) {
-        problems.check_range("scoring.margin_rate", self.margin_rate, 0.0, 1.0);
+        let shares = [
+            ("margin_rate", self.margin_rate),
+            ("value_tier_a_share", self.value_tier_a_share),
+            ("value_tier_b_share", self.value_tier_b_share),
+            ("churn_band_medium", self.churn_band_medium),
+            ("churn_band_high", self.churn_band_high),
+            ("churned_threshold", self.churned_threshold),
+            ("clv_monthly_discount", self.clv_monthly_discount),
+            ("potential_quantile", self.potential_quantile),
+            ("segment_split_quantile", self.segment_split_quantile),
+            ("loyalty_attitude_high", self.loyalty_attitude_high),
+            ("loyalty_repeat_high", self.loyalty_repeat_high),
+            ("incentive_discount_share", self.incentive_discount_share),
+            ("spend_falling_ratio", self.spend_falling_ratio),
+        ];
+        for (key, value) in shares {
+            problems.check_range(&format!("scoring.{key}"), value, 0.0, 1.0);
+        }
         problems.check_range(
-            "scoring.value_tier_a_share",
-            self.value_tier_a_share,
-            0.0,
-            1.0,
+            "scoring.time_unit_days",
+            self.time_unit_days,
+            1.0 / 24.0,
+            366.0,
         );
+        problems.check_range("scoring.satisfied_csat", self.satisfied_csat, 1.0, 5.0);
+        problems.check_range("scoring.low_csat", self.low_csat, 1.0, 5.0);
         problems.check_range(
-            "scoring.value_tier_b_share",
-            self.value_tier_b_share,
+            "scoring.loyalty_score_high",
+            self.loyalty_score_high,
             0.0,
-            1.0,
+            100.0,
         );
-        if self.value_tier_b_share < self.value_tier_a_share {
-            problems.push(
-                "scoring.value_tier_b_share",
-                format!(
-                    "{} must not be below value_tier_a_share ({})",
-                    self.value_tier_b_share, self.value_tier_a_share
-                ),
-            );
+        problems.check_range("scoring.long_gap_factor", self.long_gap_factor, 1.0, 100.0);
+        problems.check_range(
+            "scoring.clv_horizon_months",
+            f64::from(self.clv_horizon_months),
+            1.0,
+            240.0,
+        );
+        let ordered = [
+            (
+                "value_tier_b_share",
+                self.value_tier_b_share,
+                "value_tier_a_share",
+                self.value_tier_a_share,
+            ),
+            (
+                "churn_band_high",
+                self.churn_band_high,
+                "churn_band_medium",
+                self.churn_band_medium,
+            ),
+        ];
+        for (key, value, below_key, below) in ordered {
+            if value < below {
+                problems.push(
+                    format!("scoring.{key}"),
+                    format!("{value} must not be below {below_key} ({below})"),
+                );
+            }
         }
         if self.recent_window_days == 0 {
             problems.push("scoring.recent_window_days", "must be at least 1");
@@ -94,8 +189,8 @@ impl ScoringSettings {
     /// | `$as_of_end` | timestamp | first instant after the as-of day (exclusive bound) |
     /// | `$recent_start` | timestamp | start of the recent spend window |
     /// | `$prior_start` | timestamp | start of the window before it |
-    /// | `$margin_rate`, `$value_tier_a_share`, `$value_tier_b_share` | double | settings |
     /// | `$monetary_average` | boolean | RFM monetary is average (else total) spend |
+    /// | `$<setting>` | double | every numeric setting above, e.g. `$churn_band_high` |
     pub fn sql_params(&self, as_of: NaiveDate) -> HashMap<String, ScalarValue> {
         let end = as_of + Days::new(1);
         let micros = |d: NaiveDate| {
@@ -105,27 +200,25 @@ impl ScoringSettings {
         let window = Days::new(u64::from(self.recent_window_days));
         let epoch_days = (as_of - DateTime::UNIX_EPOCH.date_naive()).num_days() as i32;
         let ts = |d: NaiveDate| ScalarValue::TimestampMicrosecond(micros(d), None);
-        HashMap::from([
+        let mut params = HashMap::from([
             ("as_of".to_string(), ScalarValue::Date32(Some(epoch_days))),
             ("as_of_end".to_string(), ts(end)),
             ("recent_start".to_string(), ts(end - window)),
             ("prior_start".to_string(), ts(end - window - window)),
             (
-                "margin_rate".to_string(),
-                ScalarValue::Float64(Some(self.margin_rate)),
-            ),
-            (
-                "value_tier_a_share".to_string(),
-                ScalarValue::Float64(Some(self.value_tier_a_share)),
-            ),
-            (
-                "value_tier_b_share".to_string(),
-                ScalarValue::Float64(Some(self.value_tier_b_share)),
-            ),
-            (
                 "monetary_average".to_string(),
                 ScalarValue::Boolean(Some(self.monetary == Monetary::Average)),
             ),
-        ])
+        ]);
+        // Every numeric setting as `$<name>` (double), straight from the serialised settings
+        // so a new setting cannot be forgotten here.
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) {
+            for (name, value) in map {
+                if let Some(v) = value.as_f64() {
+                    params.insert(name, ScalarValue::Float64(Some(v)));
+                }
+            }
+        }
+        params
     }
 }

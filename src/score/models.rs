@@ -1,0 +1,343 @@
+//! The model step of a run: read the per-customer model input table (built by the SQL
+//! stage [`MODEL_INPUT_STAGE`]), fit BG/NBD on grouped (x, t_x, T) triples and
+//! Gamma-Gamma on repeat buyers, register the fitted models as SQL functions and as the
+//! `model_params` table, and return what the manifest reports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::bgnbd::{self, BgNbdFit, RfSummary};
+use super::error::ModelError;
+use super::gamma_gamma::{self, GammaGammaFit, SpendSummary};
+use super::{ScoringSettings, udf};
+
+/// The stage whose result feeds the model fit: one row per buyer with `x`, `t_x`, `t_cal`
+/// (in `scoring.time_unit_days`) and `mean_repeat_spend`.
+pub const MODEL_INPUT_STAGE: &str = "customer_model_input";
+/// The table holding the fitted parameters, available to stages after the fit.
+pub const MODEL_PARAMS_TABLE: &str = "model_params";
+
+/// Model step failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// Reading the model input table failed.
+    #[error("reading `{table}` for the model fit: {message}")]
+    Input {
+        /// The table.
+        table: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A model could not be fitted.
+    #[error("{model} fit on `{table}` failed: {source}")]
+    Fit {
+        /// `BG/NBD` or `Gamma-Gamma`.
+        model: &'static str,
+        /// The input table.
+        table: String,
+        /// Why.
+        source: ModelError,
+    },
+}
+
+/// One fitted model, as reported in the manifest and `model_params`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    /// `bgnbd` or `gamma_gamma`.
+    pub model: String,
+    /// Parameter name to value.
+    pub params: BTreeMap<String, f64>,
+    /// Maximised log-likelihood.
+    pub log_likelihood: f64,
+    /// Optimiser iterations.
+    pub iterations: u64,
+    /// Whether the optimiser met its convergence criterion.
+    pub converged: bool,
+    /// Fit wall time in milliseconds.
+    pub fit_ms: u64,
+    /// Customers the model was fitted on.
+    pub customers: u64,
+    /// Distinct inputs the likelihood was evaluated on (grouped triples for BG/NBD).
+    pub distinct_inputs: u64,
+}
+
+/// What the model step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelMetrics {
+    /// Identifies the fitted models: a hash of the parameters and patron version.
+    pub model_version: String,
+    /// Time unit of x, t_x and T, in days.
+    pub time_unit_days: f64,
+    /// BG/NBD fit.
+    pub bgnbd: ModelReport,
+    /// Gamma-Gamma fit; `None` when there are no repeat buyers with spend.
+    pub gamma_gamma: Option<ModelReport>,
+    /// Why Gamma-Gamma was not fitted, when it was not.
+    pub gamma_gamma_skipped: Option<String>,
+    /// Weighted Pearson correlation of frequency and mean repeat spend among repeat
+    /// buyers; Gamma-Gamma assumes they are independent, so far from 0 is a warning.
+    pub frequency_spend_correlation: Option<f64>,
+}
+
+fn float_column(batch: &RecordBatch, name: &str, table: &str) -> Result<Float64Array, ScoreError> {
+    let err = |message: String| ScoreError::Input {
+        table: table.to_string(),
+        message,
+    };
+    let col: &ArrayRef = batch
+        .column_by_name(name)
+        .ok_or_else(|| err(format!("column `{name}` is missing")))?;
+    let cast = cast(col, &DataType::Float64).map_err(|e| err(format!("column `{name}`: {e}")))?;
+    cast.as_any()
+        .downcast_ref::<Float64Array>()
+        .cloned()
+        .ok_or_else(|| err(format!("column `{name}` is not numeric")))
+}
+
+/// Streams the model input table into grouped BG/NBD triples and repeat-buyer spend.
+async fn read_inputs(
+    ctx: &SessionContext,
+    table: &str,
+) -> Result<(Vec<RfSummary>, Vec<SpendSummary>, u64), ScoreError> {
+    let err = |message: String| ScoreError::Input {
+        table: table.to_string(),
+        message,
+    };
+    let df = ctx.table(table).await.map_err(|e| err(e.to_string()))?;
+    let mut stream = df.execute_stream().await.map_err(|e| err(e.to_string()))?;
+    let mut triples: BTreeMap<(u64, u64, u64), f64> = BTreeMap::new();
+    let mut spend = Vec::new();
+    let mut customers = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| err(e.to_string()))?;
+        let (x, t_x, t_cal, m) = (
+            float_column(&batch, "x", table)?,
+            float_column(&batch, "t_x", table)?,
+            float_column(&batch, "t_cal", table)?,
+            float_column(&batch, "mean_repeat_spend", table)?,
+        );
+        for i in 0..batch.num_rows() {
+            if x.is_null(i) || t_x.is_null(i) || t_cal.is_null(i) {
+                return Err(err(format!(
+                    "row {}: x, t_x and t_cal must not be NULL",
+                    customers + 1
+                )));
+            }
+            customers += 1;
+            let key = (
+                x.value(i).to_bits(),
+                t_x.value(i).to_bits(),
+                t_cal.value(i).to_bits(),
+            );
+            *triples.entry(key).or_insert(0.0) += 1.0;
+            if x.value(i) > 0.0 && m.is_valid(i) && m.value(i) > 0.0 {
+                spend.push(SpendSummary {
+                    x: x.value(i),
+                    mean_spend: m.value(i),
+                    weight: 1.0,
+                });
+            }
+        }
+    }
+    let grouped = triples
+        .into_iter()
+        .map(|((x, t_x, t_cal), weight)| RfSummary {
+            x: f64::from_bits(x),
+            t_x: f64::from_bits(t_x),
+            t_cal: f64::from_bits(t_cal),
+            weight,
+        })
+        .collect();
+    Ok((grouped, spend, customers))
+}
+
+fn bgnbd_report(fit: &BgNbdFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
+    let p = &fit.params;
+    ModelReport {
+        model: "bgnbd".into(),
+        params: BTreeMap::from([
+            ("r".into(), p.r),
+            ("alpha".into(), p.alpha),
+            ("a".into(), p.a),
+            ("b".into(), p.b),
+        ]),
+        log_likelihood: fit.log_likelihood,
+        iterations: fit.iterations as u64,
+        converged: fit.converged,
+        fit_ms: ms,
+        customers,
+        distinct_inputs: distinct,
+    }
+}
+
+fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64) -> ModelReport {
+    let p = &fit.params;
+    ModelReport {
+        model: "gamma_gamma".into(),
+        params: BTreeMap::from([
+            ("p".into(), p.p),
+            ("q".into(), p.q),
+            ("gamma".into(), p.gamma),
+        ]),
+        log_likelihood: fit.log_likelihood,
+        iterations: fit.iterations as u64,
+        converged: fit.converged,
+        fit_ms: ms,
+        customers,
+        distinct_inputs: customers,
+    }
+}
+
+/// Fits the models on `MODEL_INPUT_STAGE`, registers the SQL functions and the
+/// `model_params` table on `ctx`, and returns the metrics.
+pub async fn fit_and_register(
+    ctx: &SessionContext,
+    settings: &ScoringSettings,
+) -> Result<ModelMetrics, ScoreError> {
+    let table = MODEL_INPUT_STAGE;
+    let (triples, spend, customers) = read_inputs(ctx, table).await?;
+    let fit_err = |model: &'static str| {
+        move |source| ScoreError::Fit {
+            model,
+            table: table.to_string(),
+            source,
+        }
+    };
+
+    let started = Instant::now();
+    let bgnbd_fit = bgnbd::fit_bgnbd(&triples).map_err(fit_err("BG/NBD"))?;
+    let bgnbd_report = bgnbd_report(
+        &bgnbd_fit,
+        started.elapsed().as_millis() as u64,
+        customers,
+        triples.len() as u64,
+    );
+
+    let (gg, gg_report, gg_skipped, correlation) = if spend.len() < 3 {
+        let why = format!(
+            "{} repeat buyers with spend; at least 3 are needed",
+            spend.len()
+        );
+        tracing::warn!(
+            table,
+            "{why}: Gamma-Gamma not fitted, expected order value falls back to mean repeat spend"
+        );
+        (None, None, Some(why), None)
+    } else {
+        let started = Instant::now();
+        let fit = gamma_gamma::fit_gamma_gamma(&spend).map_err(fit_err("Gamma-Gamma"))?;
+        let report = gamma_gamma_report(
+            &fit,
+            started.elapsed().as_millis() as u64,
+            spend.len() as u64,
+        );
+        let xs: Vec<f64> = spend.iter().map(|s| s.x).collect();
+        let ms: Vec<f64> = spend.iter().map(|s| s.mean_spend).collect();
+        let ws: Vec<f64> = spend.iter().map(|s| s.weight).collect();
+        let corr = gamma_gamma::pearson_correlation(&xs, &ms, &ws)
+            .ok()
+            .filter(|c| c.is_finite());
+        if let Some(c) = corr
+            && c.abs() > 0.3
+        {
+            tracing::warn!(
+                correlation = c,
+                "frequency and spend are correlated; Gamma-Gamma assumes independence"
+            );
+        }
+        (Some(fit.params), Some(report), None, corr)
+    };
+
+    let mut hasher = Sha256::new();
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    for report in std::iter::once(&bgnbd_report).chain(gg_report.as_ref()) {
+        for (k, v) in &report.params {
+            hasher.update(k.as_bytes());
+            hasher.update(v.to_bits().to_le_bytes());
+        }
+    }
+    let model_version = hex::encode(&hasher.finalize()[..6]);
+
+    udf::register(ctx, bgnbd_fit.params, gg, settings.time_unit_days);
+    let metrics = ModelMetrics {
+        model_version,
+        time_unit_days: settings.time_unit_days,
+        bgnbd: bgnbd_report,
+        gamma_gamma: gg_report,
+        gamma_gamma_skipped: gg_skipped,
+        frequency_spend_correlation: correlation,
+    };
+    register_params_table(ctx, &metrics).map_err(|e| ScoreError::Input {
+        table: MODEL_PARAMS_TABLE.into(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(model_version = %metrics.model_version, "models fitted");
+    Ok(metrics)
+}
+
+/// `model_params`: one row per model parameter, with the fit's statistics beside it.
+fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("model_version", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("parameter", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("log_likelihood", DataType::Float64, false),
+        Field::new("iterations", DataType::UInt64, false),
+        Field::new("converged", DataType::Boolean, false),
+        Field::new("fit_ms", DataType::UInt64, false),
+        Field::new("customers", DataType::UInt64, false),
+    ]));
+    let rows: Vec<(&ModelReport, &String, f64)> = std::iter::once(&m.bgnbd)
+        .chain(m.gamma_gamma.as_ref())
+        .flat_map(|r| r.params.iter().map(move |(k, v)| (r, k, *v)))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![
+            m.model_version.as_str();
+            rows.len()
+        ])),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.model.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.1.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.0.log_likelihood),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.0.iterations),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.0.converged)),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.0.fit_ms),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.0.customers),
+        )),
+    ];
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    ctx.deregister_table(MODEL_PARAMS_TABLE)?;
+    ctx.register_table(
+        MODEL_PARAMS_TABLE,
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+    )?;
+    Ok(())
+}
