@@ -18,9 +18,7 @@ fn repo() -> PathBuf {
 
 fn patron(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_patron"));
-    cmd.args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "patron=warn");
+    cmd.args(args).current_dir(repo()).env("RUST_LOG", "patron=warn");
     cmd
 }
 
@@ -35,10 +33,7 @@ fn rows_read(warehouse: &Path) -> (u64, u64) {
     let text = std::fs::read_to_string(warehouse.join("runs/latest.json")).expect("manifest");
     let m: serde_json::Value = serde_json::from_str(&text).expect("json");
     let sources = m["extract"].as_array().cloned().unwrap_or_default();
-    let total = sources
-        .iter()
-        .map(|s| s["rows_read"].as_u64().unwrap_or(0))
-        .sum();
+    let total = sources.iter().map(|s| s["rows_read"].as_u64().unwrap_or(0)).sum();
     let sales = sources
         .iter()
         .find(|s| s["source"] == "sales")
@@ -52,9 +47,7 @@ fn print_row(label: &str, gen_s: Option<f64>, warehouse: &Path, run: &Measured) 
     let secs = run.elapsed.as_secs_f64();
     println!(
         "{label:<22} {sales:>12} {total:>12} {:>10} {secs:>9.2} {:>10.1} {:>12.0}",
-        gen_s
-            .map(|g| format!("{g:.2}"))
-            .unwrap_or_else(|| "-".into()),
+        gen_s.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into()),
         run.peak_rss_kib as f64 / 1024.0,
         total as f64 / secs
     );
@@ -73,10 +66,7 @@ fn main() {
     );
 
     let wh = scratch.path().join("fixtures-wh");
-    let run = run_measured(
-        "run on fixtures",
-        patron(&["run", "--out", wh.to_str().unwrap()]),
-    );
+    let run = run_measured("run on fixtures", patron(&["run", "--out", wh.to_str().unwrap()]));
     print_row("bundled fixtures", None, &wh, &run);
 
     for n in sizes {

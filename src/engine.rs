@@ -65,8 +65,5 @@ pub fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfResult<Se
     if settings.target_partitions > 0 {
         config = config.with_target_partitions(settings.target_partitions);
     }
-    Ok(SessionContext::new_with_config_rt(
-        config,
-        Arc::clone(&runtime),
-    ))
+    Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))
 }

@@ -26,6 +26,9 @@ pub enum RunError {
     /// Stage discovery or execution failed.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// The model fit failed.
+    #[error(transparent)]
+    Score(#[from] crate::score::models::ScoreError),
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -33,9 +36,7 @@ pub enum RunError {
     #[error("query engine: {0}")]
     Engine(String),
     /// The data holds no timestamp to take the as-of date from.
-    #[error(
-        "no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of"
-    )]
+    #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
     NoAsOf,
     /// Any other I/O failure, with its path.
     #[error("{path}: {source}")]
@@ -65,6 +66,7 @@ impl RunError {
             RunError::Config(_) => "config",
             RunError::Extract(_) | RunError::NoAsOf => "extract",
             RunError::Transform(_) | RunError::Engine(_) => "transform",
+            RunError::Score(_) => "score",
             RunError::Publish(_) | RunError::Io { .. } => "publish",
         }
     }

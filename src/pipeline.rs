@@ -16,7 +16,9 @@ use crate::names::{self, QUARANTINE_DIR, RAW_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::manifest::{PublishedTable, RunSettings};
 use crate::publish::{self, Outcome, RunManifest};
-use crate::transform::{self, runner};
+use crate::score::models::{MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
+use crate::score::udf::MODEL_FUNCTIONS;
+use crate::transform::{self, Provided, runner};
 
 /// The result of a successful run.
 #[derive(Debug)]
@@ -50,6 +52,7 @@ struct RunState {
     as_of: Option<NaiveDate>,
     extract: Vec<SourceMetrics>,
     stages: Vec<runner::StageMetrics>,
+    models: Option<ModelMetrics>,
     tables: Vec<PublishedTable>,
 }
 
@@ -64,6 +67,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         as_of: None,
         extract: Vec::new(),
         stages: Vec::new(),
+        models: None,
         tables: Vec::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
@@ -93,6 +97,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         rows_quarantined: state.extract.iter().map(|m| m.rows_quarantined).sum(),
         extract: state.extract,
         stages: state.stages,
+        models: state.models,
         tables: state.tables,
         settings: RunSettings {
             scoring: plan.scoring.clone(),
@@ -145,7 +150,12 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .map(|s| names::raw_table(&s.name))
         .chain([names::QUARANTINE_TABLE.to_string()])
         .collect();
-    let order = transform::execution_order(&project, &external)?;
+    let provided: Provided = MODEL_FUNCTIONS
+        .iter()
+        .chain(&[MODEL_PARAMS_TABLE])
+        .map(|name| (name.to_string(), MODEL_INPUT_STAGE.to_string()))
+        .collect();
+    let order = transform::execution_order(&project, &external, &provided)?;
 
     std::fs::create_dir_all(&state.staging).map_err(staging_io(&state.staging))?;
     let raw_dir = state.staging.join(RAW_DIR);
@@ -209,11 +219,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             .await
             .map_err(|e| RunError::Engine(e.to_string()))?;
     }
-    let quarantine_files: Vec<PathBuf> = state
-        .extract
-        .iter()
-        .map(|m| m.quarantine_path.clone())
-        .collect();
+    let quarantine_files: Vec<PathBuf> = state.extract.iter().map(|m| m.quarantine_path.clone()).collect();
     runner::register_parquet_files(&ctx, names::QUARANTINE_TABLE, &quarantine_files)
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
@@ -226,6 +232,28 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
         let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
         state.stages.push(m);
+        if name == MODEL_INPUT_STAGE {
+            progress.phase("score: fitting BG/NBD and Gamma-Gamma");
+            let models = fit_and_register(&ctx, &plan.scoring).await?;
+            state.models = Some(models);
+            let started = Instant::now();
+            let df = ctx
+                .table(MODEL_PARAMS_TABLE)
+                .await
+                .map_err(|e| RunError::Engine(e.to_string()))?;
+            let (output, rows, bytes) = runner::materialize(&ctx, MODEL_PARAMS_TABLE, df, &tables_dir)
+                .await
+                .map_err(|e| RunError::Engine(e.to_string()))?;
+            state.stages.push(runner::StageMetrics {
+                name: MODEL_PARAMS_TABLE.into(),
+                file: String::new(),
+                layer: "models".into(),
+                rows,
+                bytes,
+                duration_ms: started.elapsed().as_millis() as u64,
+                output,
+            });
+        }
     }
 
     // Publish: swap each folder into the warehouse, then drop the staging area.

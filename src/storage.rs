@@ -42,8 +42,7 @@ impl ParquetSink {
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("patron {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+        let writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(e.to_string()))?;
         Ok(ParquetSink {
             writer,
             path: path.to_path_buf(),

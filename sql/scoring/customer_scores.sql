@@ -1,61 +1,232 @@
--- customer_scores: one row per customer of fct_customer, as of the as-of day.
+-- customer_scores: one row per customer of fct_customer, as of the as-of day. Every
+-- threshold is a `[scoring]` setting of the pipeline file, passed in as `$<setting>`.
+-- Customers who never ordered (known only to service or marketing) are `prospect`s: the
+-- purchase models do not describe them, so their model columns (p_alive, churn_risk,
+-- churn_band, expected purchases, expected order value) are NULL, their values 0.
 --
--- RFM: recency = days since the last order, frequency = distinct purchase days,
--- monetary = total revenue (or revenue per purchase day with scoring.monetary = "average").
--- Quintile scores 1-5 (5 best; recency reversed) come from the percent rank, so customers
--- with the same value always get the same score: score = 1 + floor(5 * percent_rank),
--- capped at 5. The named segment comes from the R-F map in seeds/rfm_segments.csv.
--- Customers without an order have no RFM scores and the segment `prospect`.
---
--- value_tier (ABC Pareto on historical value = gross margin to date): customers sorted by
--- historical value; A holds the first value_tier_a_share of the total, B up to
--- value_tier_b_share, C the rest. Customers tied on value share a tier.
-WITH buyers AS (
+-- 1 RFM: recency = days since the last order, frequency = distinct purchase days,
+--   monetary = total revenue (or per purchase day with scoring.monetary = "average").
+--   Scores 1-5 (5 best; recency reversed) = 1 + floor(5 * percent_rank), capped at 5, so
+--   customers with the same value always get the same score. Segment from the R-F map in
+--   seeds/rfm_segments.csv.
+-- 2 Churn (BG/NBD): p_alive, churn_risk = 1 - p_alive, churn_band low/medium/high,
+--   expected purchases in the next 90 and 365 days.
+-- 3 Spend (Gamma-Gamma): expected_order_value; the mean order value when the model could
+--   not be fitted (no repeat buyers).
+-- 4 Value: historical_value = gross margin to date; current_value = discounted CLV over
+--   clv_horizon_months = sum_k (E[X(k)] - E[X(k-1)]) * expected_order_value * margin /
+--   (1 + clv_monthly_discount)^k, margin = the customer's own margin share (floored at 0);
+--   potential_value = wallet headroom (potential_quantile of current_value among peers with
+--   the same acquisition channel and cohort month, minus own, floored at 0) + referrals made
+--   x mean current_value of referred customers; clv = current_value; value_tier ABC Pareto.
+-- 5-7 Two-by-two segments split each axis at segment_split_quantile of buyers ("high" is
+--   strictly above the split): portfolio (historical x potential), economic (current x
+--   potential), investment (marketing + service cost x gross margin).
+-- 8 Loyalty (Dick and Basu): attitude 0-1 = mean of the available parts among CSAT
+--   ((avg - 1) / 4), engagement ((open rate + click rate) / 2), referrals (1 if any) and no
+--   complaints (1 if none); repeat 0-1 = mean of the percent ranks of frequency and tenure
+--   among buyers; loyalty_score = 100 x (attitude + repeat) / 2.
+-- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
+-- 10 Lifecycle stage, and churn_reasons (comma-separated codes, '' when none).
+WITH base AS (
     SELECT
-        customer_id,
-        recency_days,
-        purchase_days AS frequency,
-        CASE WHEN $monetary_average THEN revenue / purchase_days ELSE revenue END AS monetary
-    FROM fct_customer
-    WHERE orders > 0
+        f.*,
+        m.x,
+        m.t_x,
+        m.t_cal,
+        m.mean_repeat_spend,
+        f.orders > 0 AS is_buyer,
+        CASE WHEN f.revenue > 0 THEN GREATEST(0.0, f.gross_margin / f.revenue) ELSE $margin_rate END AS margin_share,
+        CASE WHEN $monetary_average THEN f.revenue / NULLIF(f.purchase_days, 0) ELSE f.revenue END AS monetary
+    FROM fct_customer AS f
+    LEFT JOIN customer_model_input AS m ON m.customer_id = f.customer_id
 ),
-rfm AS (
+modelled AS (
     SELECT
-        customer_id,
-        CAST(1 + LEAST(4, FLOOR(5 * PERCENT_RANK() OVER (ORDER BY recency_days DESC))) AS INT) AS r_score,
-        CAST(1 + LEAST(4, FLOOR(5 * PERCENT_RANK() OVER (ORDER BY frequency))) AS INT) AS f_score,
-        CAST(1 + LEAST(4, FLOOR(5 * PERCENT_RANK() OVER (ORDER BY monetary))) AS INT) AS m_score
-    FROM buyers
+        base.*,
+        bgnbd_p_alive(x, t_x, t_cal) AS p_alive,
+        bgnbd_expected_purchases(90.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_90d,
+        bgnbd_expected_purchases(365.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_365d,
+        CASE WHEN is_buyer THEN COALESCE(gg_expected_order_value(x, mean_repeat_spend), avg_order_value) END
+            AS expected_order_value,
+        bgnbd_discounted_purchases(x, t_x, t_cal, $clv_horizon_months, $clv_monthly_discount) AS discounted_purchases
+    FROM base
 ),
-value AS (
+valued AS (
     SELECT
-        customer_id,
+        modelled.*,
         gross_margin AS historical_value,
-        SUM(gross_margin) OVER (ORDER BY gross_margin DESC RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-            - SUM(gross_margin) OVER (PARTITION BY gross_margin) AS value_before,
-        SUM(gross_margin) OVER () AS value_total
-    FROM fct_customer
+        COALESCE(discounted_purchases * expected_order_value * margin_share, 0.0) AS current_value
+    FROM modelled
+),
+peers AS (
+    SELECT
+        valued.*,
+        CUME_DIST() OVER (PARTITION BY acquisition_channel, cohort_month ORDER BY current_value) AS peer_cume
+    FROM valued
+),
+headroom AS (
+    SELECT
+        peers.*,
+        CASE
+            WHEN is_buyer THEN MIN(CASE WHEN peer_cume >= $potential_quantile THEN current_value END)
+                OVER (PARTITION BY acquisition_channel, cohort_month)
+            ELSE 0.0
+        END AS peer_value,
+        COALESCE(AVG(CASE WHEN referred_by IS NOT NULL THEN current_value END) OVER (), 0.0) AS referred_value
+    FROM peers
+),
+potential AS (
+    SELECT
+        headroom.*,
+        GREATEST(0.0, COALESCE(peer_value, 0.0) - current_value) + referrals_made * referred_value AS potential_value,
+        marketing_cost + service_cost AS cost_to_serve
+    FROM headroom
+),
+ranked AS (
+    SELECT
+        potential.*,
+        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY historical_value) END AS hist_cume,
+        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY current_value) END AS curr_cume,
+        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY potential_value) END AS pot_cume,
+        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY cost_to_serve) END AS cost_cume,
+        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY recency_days DESC) END AS r_rank,
+        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY purchase_days) END AS f_rank,
+        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY monetary) END AS m_rank,
+        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY tenure_days) END AS tenure_rank,
+        SUM(historical_value) OVER (ORDER BY historical_value DESC RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+            - SUM(historical_value) OVER (PARTITION BY historical_value) AS value_before,
+        SUM(historical_value) OVER () AS value_total
+    FROM potential
+),
+splits AS (
+    SELECT
+        ranked.*,
+        MIN(CASE WHEN hist_cume >= $segment_split_quantile THEN historical_value END) OVER () AS hist_split,
+        MIN(CASE WHEN curr_cume >= $segment_split_quantile THEN current_value END) OVER () AS curr_split,
+        MIN(CASE WHEN pot_cume >= $segment_split_quantile THEN potential_value END) OVER () AS pot_split,
+        MIN(CASE WHEN cost_cume >= $segment_split_quantile THEN cost_to_serve END) OVER () AS cost_split,
+        MIN(CASE WHEN hist_cume >= $segment_split_quantile THEN historical_value END) OVER () AS margin_split
+    FROM ranked
+),
+loyalty AS (
+    SELECT
+        splits.*,
+        (
+            CASE WHEN csat_responses > 0 THEN (avg_csat - 1.0) / 4.0 ELSE 0.0 END
+            + CASE WHEN marketing_sent > 0 THEN (COALESCE(open_rate, 0.0) + COALESCE(click_rate, 0.0)) / 2.0 ELSE 0.0 END
+            + CASE WHEN referrals_made > 0 THEN 1.0 ELSE 0.0 END
+            + CASE WHEN complaints = 0 THEN 1.0 ELSE 0.0 END
+        ) / (
+            CASE WHEN csat_responses > 0 THEN 1.0 ELSE 0.0 END
+            + CASE WHEN marketing_sent > 0 THEN 1.0 ELSE 0.0 END
+            + 2.0
+        ) AS attitude,
+        CASE WHEN is_buyer THEN (f_rank + tenure_rank) / 2.0 ELSE 0.0 END AS repeat_patronage,
+        CASE WHEN x > 0 THEN t_x * $time_unit_days / x END AS mean_gap_days,
+        -- LEAST ignores NULLs, so the scores are computed for buyers only.
+        CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
+        CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * f_rank)) AS INT) END AS f_score,
+        CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * m_rank)) AS INT) END AS m_score
+    FROM splits
+),
+scored AS (
+    SELECT
+        loyalty.*,
+        CAST(ROUND(100.0 * (attitude + repeat_patronage) / 2.0) AS INT) AS loyalty_score,
+        1.0 - p_alive AS churn_risk,
+        spend_prior_window > 0 AND spend_recent_window < $spend_falling_ratio * spend_prior_window AS spend_falling,
+        CASE
+            WHEN NOT is_buyer THEN false
+            WHEN purchase_days = 1 THEN recency_days > $recent_window_days
+            ELSE recency_days > $long_gap_factor * mean_gap_days
+        END AS long_gap
+    FROM loyalty
 )
 SELECT
-    f.customer_id,
+    s.customer_id,
     CAST($as_of AS DATE) AS as_of,
-    f.recency_days,
-    f.purchase_days AS frequency,
-    b.monetary,
-    r.r_score,
-    r.f_score,
-    r.m_score,
-    CASE WHEN f.orders = 0 THEN 'prospect' ELSE s.rfm_segment END AS rfm_segment,
-    v.historical_value,
+    s.recency_days,
+    s.purchase_days AS frequency,
+    COALESCE(s.monetary, 0.0) AS monetary,
+    s.r_score,
+    s.f_score,
+    s.m_score,
+    CASE WHEN s.is_buyer THEN seg.rfm_segment ELSE 'prospect' END AS rfm_segment,
+    s.p_alive,
+    s.churn_risk,
     CASE
-        WHEN f.orders = 0 OR v.historical_value <= 0 OR v.value_total <= 0 THEN 'C'
-        WHEN v.value_before < $value_tier_a_share * v.value_total THEN 'A'
-        WHEN v.value_before < $value_tier_b_share * v.value_total THEN 'B'
+        WHEN s.churn_risk IS NULL THEN NULL
+        WHEN s.churn_risk >= $churn_band_high THEN 'high'
+        WHEN s.churn_risk >= $churn_band_medium THEN 'medium'
+        ELSE 'low'
+    END AS churn_band,
+    CONCAT_WS(
+        ',',
+        CASE WHEN s.long_gap THEN 'long_gap' END,
+        CASE WHEN s.open_complaints > 0 THEN 'open_complaint' END,
+        CASE WHEN s.csat_responses > 0 AND s.avg_csat < $low_csat THEN 'low_csat' END,
+        CASE WHEN s.unsubscribed THEN 'unsubscribed' END,
+        CASE WHEN s.spend_falling THEN 'spend_falling' END
+    ) AS churn_reasons,
+    s.expected_purchases_90d,
+    s.expected_purchases_365d,
+    s.expected_order_value,
+    s.historical_value,
+    s.current_value,
+    s.potential_value,
+    s.current_value AS clv,
+    CASE
+        WHEN NOT s.is_buyer OR s.historical_value <= 0 OR s.value_total <= 0 THEN 'C'
+        WHEN s.value_before < $value_tier_a_share * s.value_total THEN 'A'
+        WHEN s.value_before < $value_tier_b_share * s.value_total THEN 'B'
         ELSE 'C'
-    END AS value_tier
-FROM fct_customer AS f
-JOIN value AS v ON v.customer_id = f.customer_id
-LEFT JOIN buyers AS b ON b.customer_id = f.customer_id
-LEFT JOIN rfm AS r ON r.customer_id = f.customer_id
-LEFT JOIN rfm_segments AS s ON s.r_score = r.r_score AND s.f_score = r.f_score
-ORDER BY f.customer_id
+    END AS value_tier,
+    CASE
+        WHEN s.historical_value > s.hist_split AND s.potential_value > s.pot_split THEN 'invest'
+        WHEN s.potential_value > s.pot_split THEN 'cultivate'
+        WHEN s.historical_value > s.hist_split THEN 'maintain'
+        ELSE 'abandon'
+    END AS portfolio_quadrant,
+    CASE
+        WHEN s.current_value > s.curr_split AND s.potential_value > s.pot_split THEN 'value'
+        WHEN s.potential_value > s.pot_split THEN 'potential_value'
+        WHEN s.current_value > s.curr_split THEN 'sub_value'
+        ELSE 'low_value'
+    END AS economic_segment,
+    CASE
+        WHEN s.cost_to_serve <= s.cost_split AND s.gross_margin > s.margin_split THEN 'loyal'
+        WHEN s.gross_margin > s.margin_split THEN 'repeat'
+        WHEN s.cost_to_serve <= s.cost_split THEN 'ordinary'
+        ELSE 'expected'
+    END AS investment_class,
+    s.loyalty_score,
+    CASE
+        WHEN s.repeat_patronage >= $loyalty_repeat_high
+            AND s.discounted_orders > $incentive_discount_share * s.orders THEN 'incentive'
+        WHEN s.attitude >= $loyalty_attitude_high AND s.repeat_patronage >= $loyalty_repeat_high THEN 'true'
+        WHEN s.attitude >= $loyalty_attitude_high THEN 'latent'
+        WHEN s.repeat_patronage >= $loyalty_repeat_high THEN 'spurious'
+        ELSE 'none'
+    END AS loyalty_type,
+    CASE
+        WHEN s.csat_responses = 0 THEN 'unknown'
+        WHEN s.avg_csat >= $satisfied_csat AND s.loyalty_score >= $loyalty_score_high THEN 'apostle'
+        WHEN s.avg_csat >= $satisfied_csat THEN 'mercenary'
+        WHEN s.loyalty_score >= $loyalty_score_high THEN 'hostage'
+        WHEN s.open_complaints > 0 THEN 'terrorist'
+        ELSE 'defector'
+    END AS satisfaction_loyalty,
+    CASE
+        WHEN NOT s.is_buyer THEN 'prospect'
+        WHEN s.churn_risk > $churned_threshold THEN 'churned'
+        WHEN s.purchase_days = 1 AND NOT s.long_gap THEN 'exploration'
+        WHEN s.long_gap OR s.spend_falling THEN 'decline'
+        WHEN s.spend_recent_window > s.spend_prior_window THEN 'formation'
+        ELSE 'stability'
+    END AS lifecycle_stage,
+    p.model_version
+FROM scored AS s
+LEFT JOIN rfm_segments AS seg ON seg.r_score = s.r_score AND seg.f_score = s.f_score
+CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS p
+ORDER BY s.customer_id

@@ -61,9 +61,6 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         ..GenerateOptions::default()
     };
     let report = generate(&opts).map_err(|e| CliError::failed(e.to_string()))?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }

@@ -29,8 +29,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         as_of: args.as_of,
         warehouse: args.out,
     };
-    let plan =
-        Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
+    let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();
     match pipeline::run(&plan, &progress).await {
         Ok(report) => {
@@ -48,10 +47,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 );
             }
             for s in &m.stages {
-                println!(
-                    "  stage   {:<24} {:>9} rows  {:>6} ms",
-                    s.name, s.rows, s.duration_ms
-                );
+                println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
             }
             println!("warehouse: {}", plan.warehouse.display());
             println!("manifest:  {}", report.manifest_path.display());

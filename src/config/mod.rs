@@ -233,10 +233,7 @@ impl Plan {
             path: pipeline_file.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let base = pipeline_file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let base = pipeline_file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Problems::default();
         let root_setting = base.join(raw.root.as_deref().unwrap_or(".."));
         let root = std::fs::canonicalize(&root_setting).unwrap_or_else(|e| {
@@ -278,15 +275,15 @@ impl Plan {
                 );
             }
             if raw.sources[..i].iter().any(|o| o.name == s.name) {
-                problems.push(
-                    key("name"),
-                    format!("source `{}` is declared twice", s.name),
-                );
+                problems.push(key("name"), format!("source `{}` is declared twice", s.name));
             }
             let format = match s.format.or_else(|| format_from_extension(&s.location)) {
                 Some(f) => f,
                 None => {
-                    problems.push(key("format"), "missing and not clear from the location's extension (csv, ndjson, parquet)");
+                    problems.push(
+                        key("format"),
+                        "missing and not clear from the location's extension (csv, ndjson, parquet)",
+                    );
                     Format::Csv
                 }
             };
@@ -315,19 +312,15 @@ impl Plan {
                     delimiter,
                     error_budget: source_budget,
                 }),
-                Err(ConfigError::Read { path, source }) => problems.push(
-                    key("schema"),
-                    format!("cannot read {}: {source}", path.display()),
-                ),
+                Err(ConfigError::Read { path, source }) => {
+                    problems.push(key("schema"), format!("cannot read {}: {source}", path.display()))
+                }
                 Err(e) => schema_errors.push(e),
             }
         }
         let sql_dir = root.join(raw.transform.sql_dir.as_deref().unwrap_or("sql"));
         if !sql_dir.is_dir() {
-            problems.push(
-                "transform.sql_dir",
-                format!("{} is not a folder", sql_dir.display()),
-            );
+            problems.push("transform.sql_dir", format!("{} is not a folder", sql_dir.display()));
         }
         if let Some(e) = schema_errors.into_iter().next() {
             return Err(e);
@@ -401,12 +394,7 @@ fn hash_inputs(pipeline_text: &str, sources: &[SourcePlan], sql_dir: &Path) -> S
     collect_files(sql_dir, &mut files);
     files.sort();
     for f in files {
-        h.update(
-            f.strip_prefix(sql_dir)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .as_bytes(),
-        );
+        h.update(f.strip_prefix(sql_dir).unwrap_or(&f).to_string_lossy().as_bytes());
         if let Ok(bytes) = std::fs::read(&f) {
             h.update(&bytes);
         }
@@ -444,14 +432,8 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(
-            dir.path(),
-            "p.toml",
-            "root = \".\"\n[run]\nas_off = \"latest\"\n",
-        );
-        let err = Plan::load(&p, &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let p = write(dir.path(), "p.toml", "root = \".\"\n[run]\nas_off = \"latest\"\n");
+        let err = Plan::load(&p, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("as_off") && err.contains("p.toml"), "{err}");
     }
 
@@ -466,15 +448,8 @@ mod tests {
             "root = \".\"\n[run]\nas_of = \"yesterday\"\nerror_budget = 2.0\n\
              [[sources]]\nname = \"Bad Name\"\nlocation = \"x.txt\"\nschema = \"s.json\"\n",
         );
-        let err = Plan::load(&p, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "run.as_of",
-            "run.error_budget",
-            "sources[0].name",
-            "sources[0].format",
-        ] {
+        let err = Plan::load(&p, &Overrides::default()).unwrap_err().to_string();
+        for needle in ["run.as_of", "run.error_budget", "sources[0].name", "sources[0].format"] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
     }
@@ -492,10 +467,7 @@ mod tests {
         let plan = Plan::load(&p, &Overrides::default()).unwrap();
         assert_eq!(plan.sources[0].format, Format::Csv);
         let root = std::fs::canonicalize(dir.path()).unwrap();
-        assert_eq!(
-            plan.sources[0].location,
-            root.join("data/*.csv").to_string_lossy()
-        );
+        assert_eq!(plan.sources[0].location, root.join("data/*.csv").to_string_lossy());
         assert_eq!(plan.warehouse, root.join("warehouse"));
         assert_eq!(plan.as_of, AsOf::Latest);
     }

@@ -142,8 +142,7 @@ impl TableSchema {
             let c = f.constraints.unwrap_or_default();
             let pattern = match c.pattern {
                 Some(p) => Some(
-                    regex::Regex::new(&format!("^(?:{p})$"))
-                        .map_err(|e| bad(format!("{at}: bad `pattern`: {e}")))?,
+                    regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| bad(format!("{at}: bad `pattern`: {e}")))?,
                 ),
                 None => None,
             };
@@ -254,12 +253,9 @@ mod tests {
 
     #[test]
     fn unknown_type_names_the_field() {
-        let err = TableSchema::parse(
-            r#"{"fields":[{"name":"a","type":"geopoint"}]}"#,
-            Path::new("x.json"),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = TableSchema::parse(r#"{"fields":[{"name":"a","type":"geopoint"}]}"#, Path::new("x.json"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("x.json") && err.contains("`a`") && err.contains("geopoint"),
             "{err}"
@@ -268,12 +264,9 @@ mod tests {
 
     #[test]
     fn primary_key_must_name_a_field() {
-        let err = TableSchema::parse(
-            r#"{"fields":[{"name":"a"}],"primaryKey":"b"}"#,
-            Path::new("x.json"),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = TableSchema::parse(r#"{"fields":[{"name":"a"}],"primaryKey":"b"}"#, Path::new("x.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`b`"), "{err}");
     }
 }

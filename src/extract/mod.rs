@@ -179,50 +179,26 @@ pub fn quarantine_schema() -> SchemaRef {
     ]))
 }
 
-fn quarantine_batch(
-    schema: &SchemaRef,
-    run_id: &str,
-    source: &str,
-    file: &str,
-    rejects: &[Reject],
-) -> RecordBatch {
+fn quarantine_batch(schema: &SchemaRef, run_id: &str, source: &str, file: &str, rejects: &[Reject]) -> RecordBatch {
     let n = rejects.len();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; n])),
         Arc::new(StringArray::from(vec![source; n])),
         Arc::new(StringArray::from(vec![file; n])),
-        Arc::new(UInt64Array::from_iter_values(
-            rejects.iter().map(|r| r.line),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rejects.iter().map(|r| r.column.as_str()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rejects.iter().map(|r| r.raw_value.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rejects.iter().map(|r| r.reason.as_str()),
-        )),
+        Arc::new(UInt64Array::from_iter_values(rejects.iter().map(|r| r.line))),
+        Arc::new(StringArray::from_iter_values(rejects.iter().map(|r| r.column.as_str()))),
+        Arc::new(StringArray::from_iter(rejects.iter().map(|r| r.raw_value.as_deref()))),
+        Arc::new(StringArray::from_iter_values(rejects.iter().map(|r| r.reason.as_str()))),
         Arc::new(StringArray::from_iter_values(
             rejects.iter().map(|r| r.raw_record.as_str()),
         )),
     ];
-    RecordBatch::try_new(Arc::clone(schema), columns)
-        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(schema)))
+    RecordBatch::try_new(Arc::clone(schema), columns).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(schema)))
 }
 
-fn open_reader(
-    source: &SourcePlan,
-    path: &Path,
-    batch_size: usize,
-) -> Result<Box<dyn ExportReader>, ExtractError> {
+fn open_reader(source: &SourcePlan, path: &Path, batch_size: usize) -> Result<Box<dyn ExportReader>, ExtractError> {
     Ok(match source.format {
-        Format::Csv => Box::new(CsvReader::open(
-            path,
-            &source.schema,
-            source.delimiter,
-            batch_size,
-        )?),
+        Format::Csv => Box::new(CsvReader::open(path, &source.schema, source.delimiter, batch_size)?),
         Format::Ndjson => Box::new(NdjsonReader::open(path, &source.schema, batch_size)?),
         Format::Parquet => Box::new(ParquetReader::open(path, &source.schema, batch_size)?),
     })
@@ -271,13 +247,7 @@ pub fn extract_source(
             for rejects in [&batch.rejects, &checked.rejects] {
                 if !rejects.is_empty() {
                     entries += rejects.len() as u64;
-                    q_sink.write(&quarantine_batch(
-                        &q_schema,
-                        run_id,
-                        &source.name,
-                        &file_name,
-                        rejects,
-                    ))?;
+                    q_sink.write(&quarantine_batch(&q_schema, run_id, &source.name, &file_name, rejects))?;
                 }
             }
         }

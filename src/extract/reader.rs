@@ -86,15 +86,9 @@ fn cut(mut s: String) -> String {
 
 /// Maps file column names onto declared fields (exact name first, then case-insensitive,
 /// ignoring surrounding spaces). Returns, per declared field, the file column index.
-fn match_columns(
-    schema: &TableSchema,
-    names: &[String],
-) -> Result<(Vec<Option<usize>>, HeaderReport), String> {
+fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<usize>>, HeaderReport), String> {
     for (i, n) in names.iter().enumerate() {
-        if names[..i]
-            .iter()
-            .any(|m| m.trim().eq_ignore_ascii_case(n.trim()))
-        {
+        if names[..i].iter().any(|m| m.trim().eq_ignore_ascii_case(n.trim())) {
             return Err(format!("column `{}` appears twice in the header", n.trim()));
         }
     }
@@ -103,11 +97,10 @@ fn match_columns(
         .fields
         .iter()
         .map(|f| {
-            let pos = names.iter().position(|n| n == &f.name).or_else(|| {
-                names
-                    .iter()
-                    .position(|n| n.trim().eq_ignore_ascii_case(&f.name))
-            });
+            let pos = names
+                .iter()
+                .position(|n| n == &f.name)
+                .or_else(|| names.iter().position(|n| n.trim().eq_ignore_ascii_case(&f.name)));
             if pos.is_none() {
                 report.missing.push(f.name.clone());
             }
@@ -226,12 +219,7 @@ pub struct CsvReader {
 
 impl CsvReader {
     /// Opens `path` and reads its header.
-    pub fn open(
-        path: &Path,
-        schema: &TableSchema,
-        delimiter: u8,
-        batch_size: usize,
-    ) -> Result<Self, ExtractError> {
+    pub fn open(path: &Path, schema: &TableSchema, delimiter: u8, batch_size: usize) -> Result<Self, ExtractError> {
         let newlines = Rc::new(RefCell::new(VecDeque::new()));
         let file = NewlineIndex {
             inner: BufReader::with_capacity(1 << 20, open(path)?),
@@ -276,10 +264,7 @@ impl CsvReader {
         };
         Ok(CsvReader {
             reader,
-            lines: LineCounter {
-                newlines,
-                passed: 0,
-            },
+            lines: LineCounter { newlines, passed: 0 },
             positions,
             declared: schema.fields.iter().map(|f| f.name.clone()).collect(),
             header,
@@ -332,11 +317,7 @@ impl ExportReader for CsvReader {
                     line,
                     column: String::new(),
                     raw_value: None,
-                    reason: format!(
-                        "expected {} fields, found {}",
-                        self.width,
-                        self.record.len()
-                    ),
+                    reason: format!("expected {} fields, found {}", self.width, self.record.len()),
                     raw_record: self.raw_record(),
                 });
                 continue;
@@ -391,11 +372,7 @@ pub struct NdjsonReader {
 
 impl NdjsonReader {
     /// Opens `path`.
-    pub fn open(
-        path: &Path,
-        schema: &TableSchema,
-        batch_size: usize,
-    ) -> Result<Self, ExtractError> {
+    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
         Ok(NdjsonReader {
             lines: BufReader::with_capacity(1 << 20, open(path)?).lines(),
             names: schema.fields.iter().map(|f| f.name.clone()).collect(),
@@ -498,24 +475,14 @@ pub struct ParquetReader {
 
 impl ParquetReader {
     /// Opens `path` and matches its columns.
-    pub fn open(
-        path: &Path,
-        schema: &TableSchema,
-        batch_size: usize,
-    ) -> Result<Self, ExtractError> {
+    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
         let bad = |message: String| ExtractError::BadFile {
             path: path.to_path_buf(),
             line: 0,
             message,
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
-            .map_err(|e| bad(e.to_string()))?;
-        let names: Vec<String> = builder
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| bad(e.to_string()))?;
+        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
         let (positions, header) = match_columns(schema, &names).map_err(bad)?;
         let reader = builder
             .with_batch_size(batch_size)
@@ -674,7 +641,11 @@ mod tests {
     fn ndjson_bad_lines_are_rejected_with_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.ndjson");
-        std::fs::write(&p, "{\"id\":\"a\",\"qty\":1,\"x\":true}\n\n{\"id\": \"b\", trunc\n[1,2]\n{\"id\":\"c\",\"note\":null}\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"qty\":1,\"x\":true}\n\n{\"id\": \"b\", trunc\n[1,2]\n{\"id\":\"c\",\"note\":null}\n",
+        )
+        .unwrap();
         let mut r = NdjsonReader::open(&p, &schema(), 1024).unwrap();
         let b = read_all(&mut r).remove(0);
         assert_eq!(b.lines, vec![1, 5]);
@@ -697,10 +668,7 @@ mod tests {
         std::fs::write(&p, text).unwrap();
         let mut r = CsvReader::open(&p, &schema(), b',', 4).unwrap();
         let batches = read_all(&mut r);
-        assert_eq!(
-            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
-            vec![4, 4, 2]
-        );
+        assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(batches[2].lines, vec![10, 11]);
     }
 }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
-    StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
+    StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
 };
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -53,9 +53,7 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
     let t = text.trim();
     let fixed = |t: &str| DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_micros());
     match format {
-        DatetimeFormat::Default => {
-            fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into())
-        }
+        DatetimeFormat::Default => fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into()),
         DatetimeFormat::Any => {
             if let Ok(v) = fixed(t) {
                 return Ok(v);
@@ -79,19 +77,13 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
                 .ok()
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|d| d.and_utc().timestamp_micros())
-                .ok_or_else(|| {
-                    "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into()
-                })
+                .ok_or_else(|| "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into())
         }
-        DatetimeFormat::Pattern(p) => if p.contains("%z") || p.contains("%:z") || p.contains("%#z")
-        {
+        DatetimeFormat::Pattern(p) => if p.contains("%z") || p.contains("%:z") || p.contains("%#z") {
             DateTime::parse_from_str(t, p).map(|d| d.timestamp_micros())
         } else {
             NaiveDateTime::parse_from_str(t, p)
-                .or_else(|_| {
-                    NaiveDate::parse_from_str(t, p)
-                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
-                })
+                .or_else(|_| NaiveDate::parse_from_str(t, p).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default()))
                 .map(|d| d.and_utc().timestamp_micros())
         }
         .map_err(|_| format!("does not match the datetime format `{p}`")),
@@ -194,10 +186,7 @@ impl Typed {
                     }
                     Err(_) => {
                         b.append_null();
-                        Err(format!(
-                            "not a date ({})",
-                            p.as_deref().unwrap_or("YYYY-MM-DD")
-                        ))
+                        Err(format!("not a date ({})", p.as_deref().unwrap_or("YYYY-MM-DD")))
                     }
                 }
             }
@@ -246,10 +235,7 @@ fn check_string(field: &FieldSpec, t: &str) -> Result<(), String> {
     if let Some(allowed) = &field.allowed
         && !allowed.iter().any(|a| a == t)
     {
-        return Err(format!(
-            "not one of the allowed values: {}",
-            allowed.join(", ")
-        ));
+        return Err(format!("not one of the allowed values: {}", allowed.join(", ")));
     }
     if let Some(p) = &field.pattern
         && !p.is_match(t)
@@ -329,8 +315,8 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         .iter()
         .map(|c| filter(c, &mask).unwrap_or_else(|_| Arc::clone(c)))
         .collect();
-    let good = RecordBatch::try_new(Arc::clone(raw), good_columns)
-        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(raw)));
+    let good =
+        RecordBatch::try_new(Arc::clone(raw), good_columns).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(raw)));
     let rejected_rows = mask.false_count();
     // Timestamps of rejected rows do not count towards the data's latest event.
     if rejected_rows > 0 {
@@ -386,11 +372,7 @@ mod tests {
 
     fn batch(rows: &[[Option<&str>; 4]]) -> TextBatch {
         let columns = (0..4)
-            .map(|c| {
-                Arc::new(StringArray::from(
-                    rows.iter().map(|r| r[c]).collect::<Vec<_>>(),
-                )) as ArrayRef
-            })
+            .map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c]).collect::<Vec<_>>())) as ArrayRef)
             .collect();
         TextBatch {
             lines: (2..2 + rows.len() as u64).collect(),
@@ -404,25 +386,10 @@ mod tests {
         let s = schema();
         let raw = raw_schema(&s);
         let b = batch(&[
-            [
-                Some("x1"),
-                Some("2"),
-                Some("2024-01-02T03:04:05Z"),
-                Some("a"),
-            ],
-            [
-                Some("x2"),
-                Some("three"),
-                Some("2024-01-02 03:04:05"),
-                Some("b"),
-            ],
+            [Some("x1"), Some("2"), Some("2024-01-02T03:04:05Z"), Some("a")],
+            [Some("x2"), Some("three"), Some("2024-01-02 03:04:05"), Some("b")],
             [Some(""), Some("0"), Some("not-a-date"), Some("c")],
-            [
-                Some("x4"),
-                Some(""),
-                Some("2024-01-02T04:04:05+01:00"),
-                None,
-            ],
+            [Some("x4"), Some(""), Some("2024-01-02T04:04:05+01:00"), None],
         ]);
         let v = validate(&s, &raw, &b, "f.csv");
         assert_eq!(v.good.num_rows(), 2);
@@ -451,12 +418,7 @@ mod tests {
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "ts"));
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "kind"));
         // Lines of the good rows are kept.
-        let lines = v
-            .good
-            .column(5)
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .unwrap();
+        let lines = v.good.column(5).as_any().downcast_ref::<UInt64Array>().unwrap();
         assert_eq!(lines.values().to_vec(), vec![2, 5]);
         // +01:00 is the same instant as 03:04:05Z, so the max is 03:04:05Z.
         assert_eq!(
@@ -473,11 +435,7 @@ mod tests {
         assert_eq!(parse_datetime("2024-03-05T15:22:10+01:00", &f).unwrap(), a);
         assert!(parse_datetime("2024-03-05 14:22:10", &DatetimeFormat::Default).is_err());
         assert_eq!(
-            parse_datetime(
-                "05/03/2024 14:22",
-                &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())
-            )
-            .unwrap(),
+            parse_datetime("05/03/2024 14:22", &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())).unwrap(),
             a - 10_000_000
         );
     }

@@ -354,9 +354,7 @@ fn validate(opts: &GenerateOptions) -> Result<(), GenerateError> {
         ("gamma", t.gamma),
     ] {
         if !(v.is_finite() && v > 0.0) {
-            return bad(format!(
-                "true parameter {name} must be finite and > 0, got {v}"
-            ));
+            return bad(format!("true parameter {name} must be finite and > 0, got {v}"));
         }
     }
     for (name, v) in [
@@ -400,10 +398,7 @@ fn remove_stale(out_dir: &Path) -> Result<(), GenerateError> {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                return Err(GenerateError::Io {
-                    path: dir,
-                    source: e,
-                });
+                return Err(GenerateError::Io { path: dir, source: e });
             }
         };
         let mut stale = Vec::new();

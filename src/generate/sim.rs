@@ -331,13 +331,7 @@ fn pick(u: f64, weights: &[f64]) -> usize {
 }
 
 /// Writes a valid row (and its duplicate when drawn) and counts it.
-fn emit(
-    sink: &mut Sink,
-    rep: &mut SourceReport,
-    row: &Row,
-    mess: RowMess,
-    messy: bool,
-) -> Result<(), GenerateError> {
+fn emit(sink: &mut Sink, rep: &mut SourceReport, row: &Row, mess: RowMess, messy: bool) -> Result<(), GenerateError> {
     sink.write_row(row)?;
     rep.valid_rows += 1;
     if messy && mess.dup {
@@ -397,9 +391,7 @@ fn emit_bad(
                 let mut line = String::new();
                 Sink::render_json(MARKETING_COLUMNS, &row, &mut line);
                 // Cut inside the customer id value: never valid JSON (no closing brace).
-                let cut = line
-                    .find("\"customer_id\"")
-                    .map_or(line.len() / 2, |p| p + 19);
+                let cut = line.find("\"customer_id\"").map_or(line.len() / 2, |p| p + 19);
                 line.truncate(cut.min(line.len() - 1));
                 sink.write_raw_line(&line)?;
                 rep.bad_rows += 1;
@@ -615,8 +607,7 @@ impl Sim<'_> {
                 cost: "0.02",
             });
         }
-        let unsub =
-            self.campaign_events(i, t0, dropout, 0.1 + 0.6 * engagement, 0.002, &mut events);
+        let unsub = self.campaign_events(i, t0, dropout, 0.1 + 0.6 * engagement, 0.002, &mut events);
         for &tp in times.iter().skip(1) {
             let u = self.u();
             if u >= 0.25 || unsub.is_some_and(|x| x <= tp) {
@@ -662,9 +653,7 @@ impl Sim<'_> {
         unsub_alive: f64,
         events: &mut Vec<Event>,
     ) -> Option<f64> {
-        let first = self
-            .campaigns
-            .partition_point(|(nominal, _)| *nominal <= t0);
+        let first = self.campaigns.partition_point(|(nominal, _)| *nominal <= t0);
         for c in first..self.campaigns.len() {
             let (nominal, name) = (self.campaigns[c].0, self.campaigns[c].1.clone());
             let sent = nominal + self.u() * 3.0 * HOUR;
@@ -788,13 +777,7 @@ impl Sim<'_> {
                 empty_as_string: self.messy && mess.empty_as_string,
             };
             Self::count_row(&mut self.report.service, self.messy, mess, form);
-            emit(
-                &mut self.service,
-                &mut self.report.service,
-                &row,
-                mess,
-                self.messy,
-            )?;
+            emit(&mut self.service, &mut self.report.service, &row, mess, self.messy)?;
             if let Some(kind) = bad {
                 // The bad ticket's id is reserved in clean runs too.
                 row.vals[0] = format!("T{:08}", self.next_ticket);
@@ -804,17 +787,8 @@ impl Sim<'_> {
                 }
                 row.vals[1] = id.clone();
                 row.vals[2] = self.ts(tk.opened, TsForm::Zulu);
-                row.vals[3] = tk
-                    .closed
-                    .map(|c| self.ts(c, TsForm::Zulu))
-                    .unwrap_or_default();
-                emit_bad(
-                    &mut self.service,
-                    &mut self.report.service,
-                    row,
-                    kind,
-                    &SERVICE_LAYOUT,
-                )?;
+                row.vals[3] = tk.closed.map(|c| self.ts(c, TsForm::Zulu)).unwrap_or_default();
+                emit_bad(&mut self.service, &mut self.report.service, row, kind, &SERVICE_LAYOUT)?;
             }
         }
         Ok(())
@@ -842,13 +816,7 @@ impl Sim<'_> {
                 empty_as_string: self.messy && mess.empty_as_string,
             };
             Self::count_row(&mut self.report.marketing, self.messy, mess, form);
-            emit(
-                &mut self.marketing,
-                &mut self.report.marketing,
-                &row,
-                mess,
-                self.messy,
-            )?;
+            emit(&mut self.marketing, &mut self.report.marketing, &row, mess, self.messy)?;
             if let Some(kind) = bad {
                 // The bad event's id is reserved in clean runs too.
                 row.vals[0] = format!("E{:09}", self.next_event);
@@ -894,11 +862,7 @@ impl Sim<'_> {
             CHANNELS[((u_other * 4.0) as usize).min(3)]
         };
         let form = self.ts_form();
-        let discount_cents = if has_discount {
-            to_cents(z * disc_frac)
-        } else {
-            0
-        };
+        let discount_cents = if has_discount { to_cents(z * disc_frac) } else { 0 };
         let gross_target = z + discount_cents as f64 / 100.0;
 
         let mut shares = [0.0f64; 4];

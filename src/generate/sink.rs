@@ -172,8 +172,7 @@ impl Sink {
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_row_count(Some(PARQUET_BATCH_ROWS))
                     .build();
-                let writer = ArrowWriter::try_new(w, schema.clone(), Some(props))
-                    .map_err(|e| pq_err(&path, e))?;
+                let writer = ArrowWriter::try_new(w, schema.clone(), Some(props)).map_err(|e| pq_err(&path, e))?;
                 let builders = columns.iter().map(|_| StringBuilder::new()).collect();
                 Out::Parquet(Box::new(ParquetOut {
                     writer,
@@ -275,8 +274,7 @@ impl Sink {
                     Self::render_csv(row, &mut self.line);
                 }
                 self.line.push('\n');
-                w.write_all(self.line.as_bytes())
-                    .map_err(|e| io_err(&self.path, e))?;
+                w.write_all(self.line.as_bytes()).map_err(|e| io_err(&self.path, e))?;
             }
             Out::Parquet(pq) => {
                 for (i, (b, v)) in pq.builders.iter_mut().zip(&row.vals).enumerate() {
@@ -336,11 +334,10 @@ fn flush_parquet(pq: &mut ParquetOut, path: &Path) -> Result<(), GenerateError> 
         .iter_mut()
         .map(|b| Arc::new(b.finish()) as ArrayRef)
         .collect();
-    let batch =
-        RecordBatch::try_new(pq.schema.clone(), arrays).map_err(|e| GenerateError::Parquet {
-            path: path.to_path_buf(),
-            source: parquet::errors::ParquetError::External(Box::new(e)),
-        })?;
+    let batch = RecordBatch::try_new(pq.schema.clone(), arrays).map_err(|e| GenerateError::Parquet {
+        path: path.to_path_buf(),
+        source: parquet::errors::ParquetError::External(Box::new(e)),
+    })?;
     pq.writer.write(&batch).map_err(|e| pq_err(path, e))?;
     pq.pending = 0;
     Ok(())

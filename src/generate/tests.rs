@@ -12,13 +12,7 @@ use serde_json::Value;
 
 use super::*;
 
-fn opts(
-    dir: &Path,
-    customers: u64,
-    seed: u64,
-    format: OutputFormat,
-    messy: bool,
-) -> GenerateOptions {
+fn opts(dir: &Path, customers: u64, seed: u64, format: OutputFormat, messy: bool) -> GenerateOptions {
     GenerateOptions {
         customers,
         seed,
@@ -76,11 +70,9 @@ fn load_schema(source: &str) -> Vec<SchemaField> {
                 name: f["name"].as_str().expect("name").to_string(),
                 ftype: f["type"].as_str().expect("type").to_string(),
                 required: c["required"].as_bool().unwrap_or(false),
-                enumeration: c["enum"].as_array().map(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().expect("enum str").to_string())
-                        .collect()
-                }),
+                enumeration: c["enum"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_str().expect("enum str").to_string()).collect()),
                 minimum: c["minimum"].as_f64(),
                 maximum: c["maximum"].as_f64(),
             }
@@ -114,27 +106,20 @@ fn check_row(schema: &[SchemaField], row: &[Option<String>]) -> Option<Vec<Strin
         let canonical = match f.ftype.as_str() {
             "integer" => {
                 let x: i64 = v.parse().ok()?;
-                if f.minimum.is_some_and(|m| (x as f64) < m)
-                    || f.maximum.is_some_and(|m| (x as f64) > m)
-                {
+                if f.minimum.is_some_and(|m| (x as f64) < m) || f.maximum.is_some_and(|m| (x as f64) > m) {
                     return None;
                 }
                 x.to_string()
             }
             "number" => {
                 let x: f64 = v.parse().ok()?;
-                if !x.is_finite()
-                    || f.minimum.is_some_and(|m| x < m)
-                    || f.maximum.is_some_and(|m| x > m)
-                {
+                if !x.is_finite() || f.minimum.is_some_and(|m| x < m) || f.maximum.is_some_and(|m| x > m) {
                     return None;
                 }
                 format!("{x:.2}")
             }
             "datetime" => parse_ts(v)?.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            _ if f.name == "customer_id" || f.name == "referred_by" => {
-                v.trim().to_ascii_uppercase()
-            }
+            _ if f.name == "customer_id" || f.name == "referred_by" => v.trim().to_ascii_uppercase(),
             _ => v.to_string(),
         };
         if let Some(e) = &f.enumeration
@@ -154,10 +139,7 @@ struct ReadRow {
 }
 
 fn read_rows(path: &Path, schema: &[SchemaField]) -> Vec<ReadRow> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     match ext {
         "csv" => {
             let text = String::from_utf8(read(path)).expect("utf8");
@@ -165,19 +147,11 @@ fn read_rows(path: &Path, schema: &[SchemaField]) -> Vec<ReadRow> {
             let header = lines.next().expect("header");
             let names: Vec<&str> = schema.iter().map(|f| f.name.as_str()).collect();
             assert_eq!(header, names.join(","), "{}", path.display());
-            assert!(
-                !text.contains('"'),
-                "no quoting expected in {}",
-                path.display()
-            );
+            assert!(!text.contains('"'), "no quoting expected in {}", path.display());
             lines
                 .map(|l| ReadRow {
                     raw: l.to_string(),
-                    cells: Some(
-                        l.split(',')
-                            .map(|c| (!c.is_empty()).then(|| c.to_string()))
-                            .collect(),
-                    ),
+                    cells: Some(l.split(',').map(|c| (!c.is_empty()).then(|| c.to_string())).collect()),
                 })
                 .collect()
         }
@@ -209,12 +183,7 @@ fn read_rows(path: &Path, schema: &[SchemaField]) -> Vec<ReadRow> {
         "parquet" => {
             let file = File::open(path).expect("open parquet");
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet reader");
-            let names: Vec<String> = builder
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
+            let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
             let expected: Vec<String> = schema.iter().map(|f| f.name.clone()).collect();
             assert_eq!(names, expected, "{}", path.display());
             let mut out = Vec::new();
@@ -259,10 +228,7 @@ fn validate_source(dir: &Path, report: &GenerateReport, source: &str) -> Found {
         .iter()
         .position(|f| f.name == "customer_id")
         .expect("customer_id");
-    let ts_col = schema
-        .iter()
-        .position(|f| f.ftype == "datetime")
-        .expect("timestamp");
+    let ts_col = schema.iter().position(|f| f.ftype == "datetime").expect("timestamp");
     let mut found = Found::default();
     for rel in report.files.iter().filter(|f| f.starts_with(&prefix)) {
         let mut seen = HashSet::new();
@@ -272,11 +238,7 @@ fn validate_source(dir: &Path, report: &GenerateReport, source: &str) -> Found {
             let canonical = row.cells.as_deref().and_then(|c| check_row(&schema, c));
             let Some(canonical) = canonical else {
                 found.bad += 1;
-                assert!(
-                    seen.insert(row.raw.clone()),
-                    "bad row duplicated: {}",
-                    row.raw
-                );
+                assert!(seen.insert(row.raw.clone()), "bad row duplicated: {}", row.raw);
                 continue;
             };
             if !seen.insert(row.raw.clone()) {
@@ -314,12 +276,7 @@ fn by_stem(found: &Found) -> BTreeMap<String, Vec<Vec<String>>> {
     found
         .canonical
         .iter()
-        .map(|(k, v)| {
-            (
-                k.rsplit_once('.').map_or(k.clone(), |x| x.0.to_string()),
-                v.clone(),
-            )
-        })
+        .map(|(k, v)| (k.rsplit_once('.').map_or(k.clone(), |x| x.0.to_string()), v.clone()))
         .collect()
 }
 
@@ -327,11 +284,7 @@ fn by_stem(found: &Found) -> BTreeMap<String, Vec<Vec<String>>> {
 
 #[test]
 fn generate_same_seed_same_bytes_other_seed_differs() {
-    for format in [
-        OutputFormat::Csv,
-        OutputFormat::Ndjson,
-        OutputFormat::Parquet,
-    ] {
+    for format in [OutputFormat::Csv, OutputFormat::Ndjson, OutputFormat::Parquet] {
         let a = tempfile::tempdir().expect("tempdir");
         let b = tempfile::tempdir().expect("tempdir");
         let c = tempfile::tempdir().expect("tempdir");
@@ -384,10 +337,7 @@ fn generate_layout_and_headers_follow_schemas() {
         assert_eq!(text.lines().next(), Some(names.join(",").as_str()), "{rel}");
     }
     // NDJSON: keys in schema order on a regular line.
-    let names: Vec<String> = load_schema("marketing")
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let names: Vec<String> = load_schema("marketing").into_iter().map(|f| f.name).collect();
     let text = String::from_utf8(read(&dir.path().join("marketing/events.ndjson"))).expect("utf8");
     let first = text.lines().next().expect("an event");
     let positions: Vec<usize> = names
@@ -406,8 +356,7 @@ fn generate_layout_and_headers_follow_schemas() {
         assert!(rows.iter().all(|r| r[3].starts_with(year)), "{rel}");
     }
     // truth.json carries the options and counts, not the output path.
-    let truth: Value =
-        serde_json::from_slice(&read(&dir.path().join("truth.json"))).expect("truth");
+    let truth: Value = serde_json::from_slice(&read(&dir.path().join("truth.json"))).expect("truth");
     assert_eq!(truth["options"]["seed"], 1);
     assert_eq!(truth["options"]["format"], "csv");
     assert_eq!(truth["true_parameters"]["r"], 0.243);
@@ -422,11 +371,7 @@ fn generate_layout_and_headers_follow_schemas() {
 #[test]
 fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
     let mut csv_canonical = None;
-    for format in [
-        OutputFormat::Csv,
-        OutputFormat::Ndjson,
-        OutputFormat::Parquet,
-    ] {
+    for format in [OutputFormat::Csv, OutputFormat::Ndjson, OutputFormat::Parquet] {
         let m = tempfile::tempdir().expect("tempdir");
         let c = tempfile::tempdir().expect("tempdir");
         let messy = generate(&opts(m.path(), 1500, 42, format, true)).expect("messy");
@@ -434,10 +379,7 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
         assert_eq!(messy.customers, 1500);
         assert_eq!(messy.buyers, clean.buyers);
         assert_eq!(messy.orders, clean.orders);
-        assert_eq!(
-            messy.buyers + messy.prospects + messy.service_only,
-            messy.customers
-        );
+        assert_eq!(messy.buyers + messy.prospects + messy.service_only, messy.customers);
         for source in ["sales", "service", "marketing"] {
             let (mr, cr) = (source_report(&messy, source), source_report(&clean, source));
             let fm = validate_source(m.path(), &messy, source);
@@ -445,11 +387,7 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
             let ctx = format!("{format} {source}");
             // Report = what is in the files, exactly.
             assert_eq!(fm.rows, mr.rows, "{ctx} rows");
-            assert_eq!(
-                mr.rows,
-                mr.valid_rows + mr.duplicate_rows + mr.bad_rows,
-                "{ctx}"
-            );
+            assert_eq!(mr.rows, mr.valid_rows + mr.duplicate_rows + mr.bad_rows, "{ctx}");
             assert_eq!(fm.bad, mr.bad_rows, "{ctx} bad");
             assert_eq!(fm.dups, mr.duplicate_rows, "{ctx} dups");
             assert_eq!(fm.id_variants, mr.id_variants, "{ctx} ids");
@@ -461,14 +399,8 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
                 mr.bad_rows > 0 && mr.duplicate_rows > 0 && mr.id_variants > 0,
                 "{ctx}: {mr:?}"
             );
-            assert!(
-                mr.naive_timestamps > 0 && mr.offset_timestamps > 0,
-                "{ctx}: {mr:?}"
-            );
-            assert!(
-                (mr.bad_rows + mr.duplicate_rows) * 50 < mr.rows,
-                "{ctx}: {mr:?}"
-            );
+            assert!(mr.naive_timestamps > 0 && mr.offset_timestamps > 0, "{ctx}: {mr:?}");
+            assert!((mr.bad_rows + mr.duplicate_rows) * 50 < mr.rows, "{ctx}: {mr:?}");
             // The clean run has none of it.
             assert_eq!(
                 (fc.bad, fc.dups, fc.id_variants, fc.naive_ts, fc.offset_ts),
@@ -489,11 +421,7 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
                     OutputFormat::Parquet => {
                         let csv = csv_canonical.as_ref().expect("csv ran first");
                         for (stem, rows) in by_stem(&fc) {
-                            assert_eq!(
-                                Some(&rows),
-                                csv.get(&stem),
-                                "{ctx}: Parquet differs from CSV"
-                            );
+                            assert_eq!(Some(&rows), csv.get(&stem), "{ctx}: Parquet differs from CSV");
                         }
                     }
                     OutputFormat::Ndjson => {}
@@ -503,28 +431,16 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
         // Ids per source: buyers are exactly the sales customers, service-only customers have
         // no sales and no marketing, prospects have marketing only.
         let ids = |found: &Found, col: usize| -> BTreeSet<String> {
-            found
-                .canonical
-                .values()
-                .flatten()
-                .map(|r| r[col].clone())
-                .collect()
+            found.canonical.values().flatten().map(|r| r[col].clone()).collect()
         };
         let sales = ids(&validate_source(c.path(), &clean, "sales"), 2);
         let service = ids(&validate_source(c.path(), &clean, "service"), 1);
         let marketing = ids(&validate_source(c.path(), &clean, "marketing"), 1);
         assert_eq!(sales.len() as u64, clean.buyers);
-        let service_only = service
-            .difference(&sales)
-            .filter(|i| !marketing.contains(*i))
-            .count();
+        let service_only = service.difference(&sales).filter(|i| !marketing.contains(*i)).count();
         assert_eq!(service_only as u64, clean.service_only);
         assert_eq!(marketing.difference(&sales).count() as u64, clean.prospects);
-        let all: BTreeSet<_> = sales
-            .union(&service)
-            .chain(marketing.iter())
-            .cloned()
-            .collect();
+        let all: BTreeSet<_> = sales.union(&service).chain(marketing.iter()).cloned().collect();
         assert_eq!(all.len() as u64, clean.customers);
     }
 }
@@ -545,12 +461,7 @@ fn generate_mess_kinds_look_as_documented() {
             report.sales
         );
     }
-    for kind in [
-        "bad_timestamp",
-        "csat_out_of_range",
-        "unknown_category",
-        "ragged_row",
-    ] {
+    for kind in ["bad_timestamp", "csat_out_of_range", "unknown_category", "ragged_row"] {
         assert!(
             report.service.bad_by_kind.contains_key(kind),
             "service {kind}: {:?}",
@@ -563,13 +474,9 @@ fn generate_mess_kinds_look_as_documented() {
         "unknown_event_type",
         "missing_required_field",
     ] {
-        assert!(
-            report.marketing.bad_by_kind.contains_key(kind),
-            "marketing {kind}"
-        );
+        assert!(report.marketing.bad_by_kind.contains_key(kind), "marketing {kind}");
     }
-    let events =
-        String::from_utf8(read(&dir.path().join("marketing/events.ndjson"))).expect("utf8");
+    let events = String::from_utf8(read(&dir.path().join("marketing/events.ndjson"))).expect("utf8");
     assert!(
         events
             .lines()
@@ -584,11 +491,7 @@ fn generate_mess_kinds_look_as_documented() {
     for needle in [",not-a-date,", ",three,", ",-2,", ",c0", ", C0", "0 ,"] {
         assert!(sales.contains(needle), "sales lacks {needle:?}");
     }
-    assert!(
-        sales
-            .lines()
-            .any(|l| l.contains("+01:00") || l.contains("-05:00"))
-    );
+    assert!(sales.lines().any(|l| l.contains("+01:00") || l.contains("-05:00")));
     assert!(
         sales
             .lines()
@@ -662,9 +565,7 @@ fn generate_statistics_match_true_parameters() {
         } else {
             row[8].parse().expect("discount")
         };
-        let e = orders
-            .entry(row[0].clone())
-            .or_insert((row[2].clone(), 0.0));
+        let e = orders.entry(row[0].clone()).or_insert((row[2].clone(), 0.0));
         e.1 += qty * price - discount;
     }
     let mut per_customer: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -677,14 +578,8 @@ fn generate_statistics_match_true_parameters() {
     assert_eq!(n as u64, report.buyers);
     let counts: Vec<f64> = per_customer.values().map(|c| c.0).collect();
     let mean_orders = counts.iter().sum::<f64>() / n;
-    let sd = (counts
-        .iter()
-        .map(|c| (c - mean_orders).powi(2))
-        .sum::<f64>()
-        / (n - 1.0))
-        .sqrt();
-    let weeks =
-        (NaiveDate::from_ymd_opt(2026, 1, 1).expect("date") - o.start).num_days() as f64 / 7.0;
+    let sd = (counts.iter().map(|c| (c - mean_orders).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let weeks = (NaiveDate::from_ymd_opt(2026, 1, 1).expect("date") - o.start).num_days() as f64 / 7.0;
     let expected_orders = expected_orders_per_buyer(truth, weeks);
     let se = sd / n.sqrt();
     eprintln!("orders per buyer {mean_orders:.3}, expected {expected_orders:.3}, se {se:.3}");
@@ -692,10 +587,7 @@ fn generate_statistics_match_true_parameters() {
         (mean_orders - expected_orders).abs() < 4.0 * se,
         "orders per buyer {mean_orders:.3} vs expected {expected_orders:.3} (se {se:.3})"
     );
-    assert!(
-        expected_orders > 1.5 && expected_orders < 10.0,
-        "{expected_orders}"
-    );
+    assert!(expected_orders > 1.5 && expected_orders < 10.0, "{expected_orders}");
 
     // Mean order value vs p * gamma / (q - 1), with a customer-clustered standard error.
     let total_orders: f64 = counts.iter().sum();
@@ -736,11 +628,7 @@ fn generate_service_follows_dissatisfaction() {
             Some(k) if k >= 6 => many = (many.0 + complaint, many.1 + 1.0),
             _ => {}
         }
-        assert_eq!(
-            r[5] == "closed",
-            !r[3].is_empty(),
-            "closed_at iff closed: {r:?}"
-        );
+        assert_eq!(r[5] == "closed", !r[3].is_empty(), "closed_at iff closed: {r:?}");
         if r[5] != "closed" {
             assert!(r[6].is_empty());
             assert!(r[2].as_str() >= "2025-12-01", "open ticket too old: {r:?}");
@@ -759,20 +647,11 @@ fn generate_service_follows_dissatisfaction() {
 fn generate_rejects_bad_options() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = opts(dir.path(), 0, 1, OutputFormat::Csv, true);
-    assert!(matches!(
-        generate(&o),
-        Err(GenerateError::InvalidOptions(_))
-    ));
+    assert!(matches!(generate(&o), Err(GenerateError::InvalidOptions(_))));
     o.customers = 10;
     o.truth.alpha = -1.0;
-    assert!(matches!(
-        generate(&o),
-        Err(GenerateError::InvalidOptions(_))
-    ));
-    assert_eq!(
-        "Parquet".parse::<OutputFormat>().expect("parse"),
-        OutputFormat::Parquet
-    );
+    assert!(matches!(generate(&o), Err(GenerateError::InvalidOptions(_))));
+    assert_eq!("Parquet".parse::<OutputFormat>().expect("parse"), OutputFormat::Parquet);
     assert!("xml".parse::<OutputFormat>().is_err());
 }
 

@@ -11,6 +11,7 @@ use crate::engine::EngineSettings;
 use crate::extract::SourceMetrics;
 use crate::names::{LATEST_MANIFEST, RUNS_DIR};
 use crate::score::ScoringSettings;
+use crate::score::models::ModelMetrics;
 use crate::transform::runner::StageMetrics;
 
 /// How a run ended.
@@ -82,6 +83,8 @@ pub struct RunManifest {
     pub rows_quarantined: u64,
     /// Per stage, in execution order.
     pub stages: Vec<StageMetrics>,
+    /// The fitted models (parameters, log-likelihood, iterations, convergence, fit time).
+    pub models: Option<ModelMetrics>,
     /// Tables published.
     pub tables: Vec<PublishedTable>,
     /// Settings used.

@@ -55,12 +55,7 @@ impl BgNbdParams {
     /// # Errors
     /// [`ModelError::InvalidParameter`] naming the first offending parameter.
     pub fn validate(&self) -> Result<(), ModelError> {
-        for (name, value) in [
-            ("r", self.r),
-            ("alpha", self.alpha),
-            ("a", self.a),
-            ("b", self.b),
-        ] {
+        for (name, value) in [("r", self.r), ("alpha", self.alpha), ("a", self.a), ("b", self.b)] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ModelError::InvalidParameter {
                     model: MODEL,
@@ -138,12 +133,7 @@ fn invalid(name: &'static str, value: f64, requirement: String, row: Option<usiz
 }
 
 /// Validate one customer's `(x, t_x, T)`.
-fn validate_observation(
-    x: f64,
-    t_x: f64,
-    t_cal: f64,
-    row: Option<usize>,
-) -> Result<(), ModelError> {
+fn validate_observation(x: f64, t_x: f64, t_cal: f64, row: Option<usize>) -> Result<(), ModelError> {
     if !(x.is_finite() && x >= 0.0 && x == x.floor()) {
         return Err(invalid(
             "x",
@@ -252,12 +242,7 @@ impl LlConstants {
 /// [`ModelError::InvalidParameter`] / [`ModelError::InvalidInput`] for
 /// invalid parameters or an observation violating `x >= 0` (whole),
 /// `0 <= t_x <= T`, `T > 0`.
-pub fn log_likelihood(
-    params: &BgNbdParams,
-    x: f64,
-    t_x: f64,
-    t_cal: f64,
-) -> Result<f64, ModelError> {
+pub fn log_likelihood(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_observation(x, t_x, t_cal, None)?;
     let k = LlConstants::new(params);
@@ -296,12 +281,7 @@ impl Prepared {
         for (i, s) in data.iter().enumerate() {
             validate_observation(s.x, s.t_x, s.t_cal, Some(i))?;
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid(
-                    "weight",
-                    s.weight,
-                    "must be finite and >= 0".into(),
-                    Some(i),
-                ));
+                return Err(invalid("weight", s.weight, "must be finite and >= 0".into(), Some(i)));
             }
             if s.weight > 0.0 {
                 rows.push(s);
@@ -392,15 +372,14 @@ pub fn fit_bgnbd(data: &[RfSummary]) -> Result<BgNbdFit, ModelError> {
 /// # Errors
 /// As [`fit_bgnbd`]; [`ModelError::NotConverged`] only when
 /// `options.require_convergence` is set.
-pub fn fit_bgnbd_with(
-    data: &[RfSummary],
-    options: &BgNbdFitOptions,
-) -> Result<BgNbdFit, ModelError> {
+pub fn fit_bgnbd_with(data: &[RfSummary], options: &BgNbdFitOptions) -> Result<BgNbdFit, ModelError> {
     let prepared = Prepared::new(data)?;
     if prepared.sum_wx == 0.0 {
         return Err(ModelError::Degenerate {
             model: MODEL,
-            reason: "no customer has a repeat purchase (all x = 0), so the purchase rate and dropout are not identified".into(),
+            reason:
+                "no customer has a repeat purchase (all x = 0), so the purchase rate and dropout are not identified"
+                    .into(),
         });
     }
     let start = match options.initial {
@@ -442,11 +421,7 @@ pub fn fit_bgnbd_with(
 
 /// Reject a fit whose log-parameters ran off towards the boundary of the
 /// parameter space (a parameter below about 1e-11 or above about 7e10).
-pub(super) fn check_interior(
-    model: &'static str,
-    names: &[&'static str],
-    theta: &[f64],
-) -> Result<(), ModelError> {
+pub(super) fn check_interior(model: &'static str, names: &[&'static str], theta: &[f64]) -> Result<(), ModelError> {
     for (name, t) in names.iter().zip(theta) {
         if t.abs() > 25.0 {
             return Err(ModelError::Degenerate {
@@ -471,11 +446,7 @@ where
     I: IntoIterator<Item = (f64, f64, f64)>,
 {
     let mut triples: Vec<(f64, f64, f64)> = customers.into_iter().collect();
-    triples.sort_by(|p, q| {
-        p.0.total_cmp(&q.0)
-            .then(p.1.total_cmp(&q.1))
-            .then(p.2.total_cmp(&q.2))
-    });
+    triples.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.total_cmp(&q.1)).then(p.2.total_cmp(&q.2)));
     let mut out: Vec<RfSummary> = Vec::new();
     for (x, t_x, t_cal) in triples {
         match out.last_mut() {
@@ -545,12 +516,7 @@ const A_NEAR_ONE: f64 = 1e-5;
 /// expression has a removable singularity at `a = 1`; within
 /// [`A_NEAR_ONE`] of it the value is interpolated linearly between
 /// `a = 1 ± A_NEAR_ONE` (error ~1e-10 relative).
-fn expectation_factor(
-    p: &BgNbdParams,
-    x: f64,
-    alpha_plus_age: f64,
-    t: f64,
-) -> Result<f64, ModelError> {
+fn expectation_factor(p: &BgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> Result<f64, ModelError> {
     if t == 0.0 {
         return Ok(0.0);
     }
@@ -585,13 +551,7 @@ fn expectation_factor(
 /// Invalid parameters, observation or horizon (`t` finite, `>= 0`), or a
 /// [`ModelError::Hypergeometric`] failure (only for `t` many orders of
 /// magnitude beyond `α + T`).
-pub fn expected_purchases(
-    params: &BgNbdParams,
-    t: f64,
-    x: f64,
-    t_x: f64,
-    t_cal: f64,
-) -> Result<f64, ModelError> {
+pub fn expected_purchases(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_observation(x, t_x, t_cal, None)?;
     validate_horizon(t)?;
@@ -652,10 +612,7 @@ mod tests {
             ("a", p.a, 0.792_886_148),
             ("b", p.b, 2.425_753_436),
         ] {
-            assert!(
-                (got / exact - 1.0).abs() < 1e-6,
-                "{name} = {got}, exact MLE {exact}"
-            );
+            assert!((got / exact - 1.0).abs() < 1e-6, "{name} = {got}, exact MLE {exact}");
         }
         assert!((fit.log_likelihood - -9_582.425_560_567).abs() < 1e-6);
         assert!(fit.converged);
@@ -688,8 +645,7 @@ mod tests {
             let (r, alpha, a, b) = (p.r, p.alpha, p.a, p.b);
             let z = t / (alpha + t_cal + t);
             let f = hyp2f1(r + x, b + x, a + b + x - 1.0, z).unwrap();
-            let num = (a + b + x - 1.0) / (a - 1.0)
-                * (1.0 - ((alpha + t_cal) / (alpha + t_cal + t)).powf(r + x) * f);
+            let num = (a + b + x - 1.0) / (a - 1.0) * (1.0 - ((alpha + t_cal) / (alpha + t_cal + t)).powf(r + x) * f);
             let den = 1.0
                 + if x > 0.0 {
                     a / (b + x - 1.0) * ((alpha + t_cal) / (alpha + t_x)).powf(r + x)
@@ -698,10 +654,7 @@ mod tests {
                 };
             let want = num / den;
             let got = expected_purchases(&p, t, x, t_x, t_cal).unwrap();
-            assert!(
-                (got - want).abs() <= 1e-11 * want.abs(),
-                "{x}: {got} vs {want}"
-            );
+            assert!((got - want).abs() <= 1e-11 * want.abs(), "{x}: {got} vs {want}");
         }
     }
 
@@ -795,8 +748,7 @@ mod tests {
         let beta = |u: f64, v: f64| g(u) * g(v) / g(u + v);
         let common = g(p.r + x) * p.alpha.powf(p.r) / g(p.r);
         let l = beta(p.a, p.b + x) / beta(p.a, p.b) * common / (p.alpha + t_cal).powf(p.r + x)
-            + beta(p.a + 1.0, p.b + x - 1.0) / beta(p.a, p.b) * common
-                / (p.alpha + t_x).powf(p.r + x);
+            + beta(p.a + 1.0, p.b + x - 1.0) / beta(p.a, p.b) * common / (p.alpha + t_x).powf(p.r + x);
         let got = log_likelihood(&p, x, t_x, t_cal).unwrap();
         assert!((got - l.ln()).abs() < 1e-12, "{got} vs {}", l.ln());
         // x = 0: only the first term, which is (α/(α+T))^r.
@@ -870,10 +822,7 @@ mod tests {
             t_cal: 2.0,
             weight: 0.0,
         }];
-        assert!(matches!(
-            fit_bgnbd(&zero_weight),
-            Err(ModelError::EmptyData { .. })
-        ));
+        assert!(matches!(fit_bgnbd(&zero_weight), Err(ModelError::EmptyData { .. })));
         let negative = [RfSummary {
             x: 1.0,
             t_x: 1.0,
@@ -919,9 +868,7 @@ mod tests {
         let e = fit_bgnbd_with(&cdnow_summaries(), &opts).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.starts_with(
-                "BG/NBD fit did not converge after 5 iterations (last log-likelihood -"
-            ),
+            msg.starts_with("BG/NBD fit did not converge after 5 iterations (last log-likelihood -"),
             "{msg}"
         );
         let lenient = BgNbdFitOptions {
@@ -946,8 +893,7 @@ mod tests {
         reversed.reverse();
         let g = group_summaries(raw);
         assert_eq!(g, group_summaries(reversed));
-        let as_tuples: Vec<(f64, f64, f64, f64)> =
-            g.iter().map(|s| (s.x, s.t_x, s.t_cal, s.weight)).collect();
+        let as_tuples: Vec<(f64, f64, f64, f64)> = g.iter().map(|s| (s.x, s.t_x, s.t_cal, s.weight)).collect();
         // -0.0 and 0.0 have different bits and stay separate; -0.0 sorts first.
         assert_eq!(
             as_tuples,
@@ -974,11 +920,7 @@ mod tests {
             })
             .collect();
         let grouped = cdnow_summaries();
-        assert!(
-            grouped.len() < ungrouped.len() / 2,
-            "{} groups",
-            grouped.len()
-        );
+        assert!(grouped.len() < ungrouped.len() / 2, "{} groups", grouped.len());
         let fg = fit_bgnbd(&grouped).unwrap();
         let fu = fit_bgnbd(&ungrouped).unwrap();
         assert!((fg.log_likelihood - fu.log_likelihood).abs() < 1e-8 * fu.log_likelihood.abs());
@@ -1000,13 +942,7 @@ mod tests {
     /// Simulate the BG/NBD story of FHL section 3 for customers whose first
     /// purchases are spread over the first `spread` weeks of a `window`-week
     /// calibration period.
-    fn simulate(
-        truth: &BgNbdParams,
-        n: usize,
-        window: f64,
-        spread: f64,
-        seed: u64,
-    ) -> Vec<(f64, f64, f64)> {
+    fn simulate(truth: &BgNbdParams, n: usize, window: f64, spread: f64, seed: u64) -> Vec<(f64, f64, f64)> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let rates = Gamma::new(truth.r, 1.0 / truth.alpha).unwrap();
         let dropout = Beta::new(truth.a, truth.b).unwrap();

@@ -53,9 +53,7 @@ pub enum ModelError {
     },
 
     /// Two slices that must be parallel have different lengths.
-    #[error(
-        "{context}: length mismatch: {left_name} has {left} elements but {right_name} has {right}"
-    )]
+    #[error("{context}: length mismatch: {left_name} has {left} elements but {right_name} has {right}")]
     LengthMismatch {
         /// Function that received the slices.
         context: &'static str,
@@ -72,9 +70,7 @@ pub enum ModelError {
     /// The maximum-likelihood fit stopped without meeting its convergence
     /// criteria (iteration budget exhausted, or the gradient at the final
     /// point is not small).
-    #[error(
-        "{model} fit did not converge after {iterations} iterations (last log-likelihood {log_likelihood})"
-    )]
+    #[error("{model} fit did not converge after {iterations} iterations (last log-likelihood {log_likelihood})")]
     NotConverged {
         /// Model that was being fitted.
         model: &'static str,

@@ -151,12 +151,7 @@ fn validate_observation(x: f64, mean_spend: f64, row: Option<usize>) -> Result<(
         ));
     }
     if !(mean_spend.is_finite() && mean_spend > 0.0) {
-        return Err(invalid(
-            "mean_spend",
-            mean_spend,
-            "must be finite and > 0",
-            row,
-        ));
+        return Err(invalid("mean_spend", mean_spend, "must be finite and > 0", row));
     }
     Ok(())
 }
@@ -167,30 +162,22 @@ fn validate_observation(x: f64, mean_spend: f64, row: Option<usize>) -> Result<(
 ///
 /// # Errors
 /// Invalid parameters, `x <= 0` or `mean_spend <= 0` (or non-finite).
-pub fn log_likelihood(
-    params: &GammaGammaParams,
-    x: f64,
-    mean_spend: f64,
-) -> Result<f64, ModelError> {
+pub fn log_likelihood(params: &GammaGammaParams, x: f64, mean_spend: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_observation(x, mean_spend, None)?;
     let (p, q, g) = (params.p, params.q, params.gamma);
     let px = p * x;
-    Ok(ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q)
-        + q * g.ln()
-        + (px - 1.0) * mean_spend.ln()
-        + px * x.ln()
-        - (px + q) * (g + mean_spend * x).ln())
+    Ok(
+        ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * g.ln() + (px - 1.0) * mean_spend.ln() + px * x.ln()
+            - (px + q) * (g + mean_spend * x).ln(),
+    )
 }
 
 /// Weighted total log-likelihood of a data set.
 ///
 /// # Errors
 /// As [`log_likelihood`], plus invalid weights; the row index is reported.
-pub fn total_log_likelihood(
-    params: &GammaGammaParams,
-    data: &[SpendSummary],
-) -> Result<f64, ModelError> {
+pub fn total_log_likelihood(params: &GammaGammaParams, data: &[SpendSummary]) -> Result<f64, ModelError> {
     params.validate()?;
     Ok(Prepared::new(data)?.log_likelihood(params))
 }
@@ -213,12 +200,7 @@ impl Prepared {
         for (i, s) in data.iter().enumerate() {
             validate_observation(s.x, s.mean_spend, Some(i))?;
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid(
-                    "weight",
-                    s.weight,
-                    "must be finite and >= 0",
-                    Some(i),
-                ));
+                return Err(invalid("weight", s.weight, "must be finite and >= 0", Some(i)));
             }
             if s.weight > 0.0 {
                 rows.push(s);
@@ -348,22 +330,13 @@ pub fn fit_gamma_gamma_with(
 /// # Errors
 /// Invalid parameters; `x` negative or non-finite; `mean_spend` negative or
 /// non-finite; `q <= 1` when `x = 0`; `p x + q <= 1`.
-pub fn expected_order_value(
-    params: &GammaGammaParams,
-    x: f64,
-    mean_spend: f64,
-) -> Result<f64, ModelError> {
+pub fn expected_order_value(params: &GammaGammaParams, x: f64, mean_spend: f64) -> Result<f64, ModelError> {
     params.validate()?;
     if !(x.is_finite() && x >= 0.0) {
         return Err(invalid("x", x, "must be finite and >= 0", None));
     }
     if !(mean_spend.is_finite() && mean_spend >= 0.0) {
-        return Err(invalid(
-            "mean_spend",
-            mean_spend,
-            "must be finite and >= 0",
-            None,
-        ));
+        return Err(invalid("mean_spend", mean_spend, "must be finite and >= 0", None));
     }
     if x == 0.0 {
         return params.population_mean();
@@ -402,14 +375,13 @@ pub fn pearson_correlation(xs: &[f64], ys: &[f64], weights: &[f64]) -> Result<f6
             });
         }
     }
-    let bad =
-        |name: &'static str, value: f64, requirement: &str, i: usize| ModelError::InvalidInput {
-            model: CONTEXT,
-            name,
-            value,
-            requirement: requirement.to_string(),
-            row: Some(i),
-        };
+    let bad = |name: &'static str, value: f64, requirement: &str, i: usize| ModelError::InvalidInput {
+        model: CONTEXT,
+        name,
+        value,
+        requirement: requirement.to_string(),
+        row: Some(i),
+    };
     let mut total = 0.0;
     let (mut mx, mut my) = (0.0, 0.0);
     for (i, ((&x, &y), &w)) in xs.iter().zip(ys).zip(weights).enumerate() {
@@ -444,11 +416,7 @@ pub fn pearson_correlation(xs: &[f64], ys: &[f64], weights: &[f64]) -> Result<f6
     if sxx <= 0.0 || syy <= 0.0 {
         return Err(ModelError::Undefined {
             context: CONTEXT,
-            reason: format!(
-                "zero variance (var x = {}, var y = {})",
-                sxx / total,
-                syy / total
-            ),
+            reason: format!("zero variance (var x = {}, var y = {})", sxx / total, syy / total),
         });
     }
     Ok((sxy / (sxx.sqrt() * syy.sqrt())).clamp(-1.0, 1.0))
@@ -491,20 +459,13 @@ mod tests {
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
         assert_eq!(round2(fit.params.p), 6.25, "p = {}", fit.params.p);
         assert_eq!(round2(fit.params.q), 3.74, "q = {}", fit.params.q);
-        assert!(
-            (fit.params.gamma - 15.44).abs() <= 0.01,
-            "gamma = {}",
-            fit.params.gamma
-        );
+        assert!((fit.params.gamma - 15.44).abs() <= 0.01, "gamma = {}", fit.params.gamma);
         for (name, got, exact) in [
             ("p", fit.params.p, 6.248_802_490),
             ("q", fit.params.q, 3.744_588_453),
             ("gamma", fit.params.gamma, 15.447_748_010),
         ] {
-            assert!(
-                (got / exact - 1.0).abs() < 1e-5,
-                "{name} = {got}, exact MLE {exact}"
-            );
+            assert!((got / exact - 1.0).abs() < 1e-5, "{name} = {got}, exact MLE {exact}");
         }
         assert!(
             (fit.log_likelihood - -4_055.923_243_503).abs() < 1e-6,
@@ -532,15 +493,10 @@ mod tests {
         let (x, m): (f64, f64) = (3.0, 20.0);
         let g = |v: f64| ln_gamma(v).exp();
         let (p, q, gm) = (params.p, params.q, params.gamma);
-        let density =
-            g(p * x + q) / (g(p * x) * g(q)) * gm.powf(q) * m.powf(p * x - 1.0) * x.powf(p * x)
-                / (gm + m * x).powf(p * x + q);
+        let density = g(p * x + q) / (g(p * x) * g(q)) * gm.powf(q) * m.powf(p * x - 1.0) * x.powf(p * x)
+            / (gm + m * x).powf(p * x + q);
         let got = log_likelihood(&params, x, m).unwrap();
-        assert!(
-            (got - density.ln()).abs() < 1e-12,
-            "{got} vs {}",
-            density.ln()
-        );
+        assert!((got - density.ln()).abs() < 1e-12, "{got} vs {}", density.ln());
     }
 
     #[test]
@@ -599,10 +555,7 @@ mod tests {
             },
         ];
         let msg = fit_gamma_gamma(&data).unwrap_err().to_string();
-        assert!(
-            msg.starts_with("Gamma-Gamma: invalid x = 0 in row 1:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("Gamma-Gamma: invalid x = 0 in row 1:"), "{msg}");
         let data = [SpendSummary {
             x: 2.0,
             mean_spend: -5.0,
@@ -610,15 +563,9 @@ mod tests {
         }];
         assert!(matches!(
             fit_gamma_gamma(&data),
-            Err(ModelError::InvalidInput {
-                name: "mean_spend",
-                ..
-            })
+            Err(ModelError::InvalidInput { name: "mean_spend", .. })
         ));
-        assert!(matches!(
-            fit_gamma_gamma(&[]),
-            Err(ModelError::EmptyData { .. })
-        ));
+        assert!(matches!(fit_gamma_gamma(&[]), Err(ModelError::EmptyData { .. })));
         let bad = GammaGammaParams {
             p: 1.0,
             q: f64::INFINITY,
@@ -735,9 +682,7 @@ mod tests {
             .collect();
         let repeated: Vec<SpendSummary> = weighted
             .iter()
-            .flat_map(|s| {
-                std::iter::repeat_n(SpendSummary { weight: 1.0, ..*s }, s.weight as usize)
-            })
+            .flat_map(|s| std::iter::repeat_n(SpendSummary { weight: 1.0, ..*s }, s.weight as usize))
             .collect();
         let fw = fit_gamma_gamma(&weighted).unwrap();
         let fr = fit_gamma_gamma(&repeated).unwrap();

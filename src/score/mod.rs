@@ -133,20 +133,10 @@ impl ScoringSettings {
         for (key, value) in shares {
             problems.check_range(&format!("scoring.{key}"), value, 0.0, 1.0);
         }
-        problems.check_range(
-            "scoring.time_unit_days",
-            self.time_unit_days,
-            1.0 / 24.0,
-            366.0,
-        );
+        problems.check_range("scoring.time_unit_days", self.time_unit_days, 1.0 / 24.0, 366.0);
         problems.check_range("scoring.satisfied_csat", self.satisfied_csat, 1.0, 5.0);
         problems.check_range("scoring.low_csat", self.low_csat, 1.0, 5.0);
-        problems.check_range(
-            "scoring.loyalty_score_high",
-            self.loyalty_score_high,
-            0.0,
-            100.0,
-        );
+        problems.check_range("scoring.loyalty_score_high", self.loyalty_score_high, 0.0, 100.0);
         problems.check_range("scoring.long_gap_factor", self.long_gap_factor, 1.0, 100.0);
         problems.check_range(
             "scoring.clv_horizon_months",
@@ -193,10 +183,7 @@ impl ScoringSettings {
     /// | `$<setting>` | double | every numeric setting above, e.g. `$churn_band_high` |
     pub fn sql_params(&self, as_of: NaiveDate) -> HashMap<String, ScalarValue> {
         let end = as_of + Days::new(1);
-        let micros = |d: NaiveDate| {
-            d.and_hms_opt(0, 0, 0)
-                .map(|t| t.and_utc().timestamp_micros())
-        };
+        let micros = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros());
         let window = Days::new(u64::from(self.recent_window_days));
         let epoch_days = (as_of - DateTime::UNIX_EPOCH.date_naive()).num_days() as i32;
         let ts = |d: NaiveDate| ScalarValue::TimestampMicrosecond(micros(d), None);

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -131,17 +129,15 @@ async fn read_inputs(
         );
         for i in 0..batch.num_rows() {
             if x.is_null(i) || t_x.is_null(i) || t_cal.is_null(i) {
-                return Err(err(format!(
-                    "row {}: x, t_x and t_cal must not be NULL",
-                    customers + 1
-                )));
+                return Err(err(format!("row {}: x, t_x and t_cal must not be NULL", customers + 1)));
             }
             customers += 1;
-            let key = (
-                x.value(i).to_bits(),
-                t_x.value(i).to_bits(),
-                t_cal.value(i).to_bits(),
-            );
+            if t_cal.value(i) <= 0.0 {
+                // First purchase on the as-of day: likelihood 1 whatever the parameters
+                // (x = 0, T = 0), so the customer carries no information for the fit.
+                continue;
+            }
+            let key = (x.value(i).to_bits(), t_x.value(i).to_bits(), t_cal.value(i).to_bits());
             *triples.entry(key).or_insert(0.0) += 1.0;
             if x.value(i) > 0.0 && m.is_valid(i) && m.value(i) > 0.0 {
                 spend.push(SpendSummary {
@@ -187,11 +183,7 @@ fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64) -> ModelRepo
     let p = &fit.params;
     ModelReport {
         model: "gamma_gamma".into(),
-        params: BTreeMap::from([
-            ("p".into(), p.p),
-            ("q".into(), p.q),
-            ("gamma".into(), p.gamma),
-        ]),
+        params: BTreeMap::from([("p".into(), p.p), ("q".into(), p.q), ("gamma".into(), p.gamma)]),
         log_likelihood: fit.log_likelihood,
         iterations: fit.iterations as u64,
         converged: fit.converged,
@@ -203,10 +195,7 @@ fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64) -> ModelRepo
 
 /// Fits the models on `MODEL_INPUT_STAGE`, registers the SQL functions and the
 /// `model_params` table on `ctx`, and returns the metrics.
-pub async fn fit_and_register(
-    ctx: &SessionContext,
-    settings: &ScoringSettings,
-) -> Result<ModelMetrics, ScoreError> {
+pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) -> Result<ModelMetrics, ScoreError> {
     let table = MODEL_INPUT_STAGE;
     let (triples, spend, customers) = read_inputs(ctx, table).await?;
     let fit_err = |model: &'static str| {
@@ -227,10 +216,7 @@ pub async fn fit_and_register(
     );
 
     let (gg, gg_report, gg_skipped, correlation) = if spend.len() < 3 {
-        let why = format!(
-            "{} repeat buyers with spend; at least 3 are needed",
-            spend.len()
-        );
+        let why = format!("{} repeat buyers with spend; at least 3 are needed", spend.len());
         tracing::warn!(
             table,
             "{why}: Gamma-Gamma not fitted, expected order value falls back to mean repeat spend"
@@ -239,11 +225,7 @@ pub async fn fit_and_register(
     } else {
         let started = Instant::now();
         let fit = gamma_gamma::fit_gamma_gamma(&spend).map_err(fit_err("Gamma-Gamma"))?;
-        let report = gamma_gamma_report(
-            &fit,
-            started.elapsed().as_millis() as u64,
-            spend.len() as u64,
-        );
+        let report = gamma_gamma_report(&fit, started.elapsed().as_millis() as u64, spend.len() as u64);
         let xs: Vec<f64> = spend.iter().map(|s| s.x).collect();
         let ms: Vec<f64> = spend.iter().map(|s| s.mean_spend).collect();
         let ws: Vec<f64> = spend.iter().map(|s| s.weight).collect();
@@ -306,32 +288,15 @@ fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::
         .flat_map(|r| r.params.iter().map(move |(k, v)| (r, k, *v)))
         .collect();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![
-            m.model_version.as_str();
-            rows.len()
-        ])),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.0.model.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.1.as_str()),
-        )),
+        Arc::new(StringArray::from(vec![m.model_version.as_str(); rows.len()])),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.model.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
-        Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|r| r.0.log_likelihood),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.0.iterations),
-        )),
-        Arc::new(BooleanArray::from_iter(
-            rows.iter().map(|r| Some(r.0.converged)),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.0.fit_ms),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|r| r.0.customers),
-        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.0.log_likelihood))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0.iterations))),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.0.converged)))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0.fit_ms))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0.customers))),
     ];
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
     ctx.deregister_table(MODEL_PARAMS_TABLE)?;

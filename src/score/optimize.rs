@@ -190,9 +190,8 @@ fn nelder_mead<F: FnMut(&[f64]) -> f64>(
         simplex.push((x, fx));
     }
 
-    let point = |c: &[f64], d: &[f64], t: f64| -> Vec<f64> {
-        c.iter().zip(d).map(|(ci, di)| ci + t * (di - ci)).collect()
-    };
+    let point =
+        |c: &[f64], d: &[f64], t: f64| -> Vec<f64> { c.iter().zip(d).map(|(ci, di)| ci + t * (di - ci)).collect() };
 
     let mut iterations = 0;
     let mut converged = false;
@@ -205,10 +204,7 @@ fn nelder_mead<F: FnMut(&[f64]) -> f64>(
             .iter()
             .flat_map(|(x, _)| x.iter().zip(&simplex[0].0).map(|(a, b)| (a - b).abs()))
             .fold(0.0_f64, f64::max);
-        if f_best.is_finite()
-            && f_spread <= options.f_tol * f_best.abs().max(1.0)
-            && x_spread <= options.x_tol
-        {
+        if f_best.is_finite() && f_spread <= options.f_tol * f_best.abs().max(1.0) && x_spread <= options.x_tol {
             converged = true;
             break;
         }
@@ -307,11 +303,7 @@ struct PolishResult {
 
 /// Central-difference Hessian with steps ~ eps^(1/4) * scale; `None` if any
 /// probe is not finite.
-fn hessian<F: FnMut(&[f64]) -> f64>(
-    obj: &mut Counted<F>,
-    x: &[f64],
-    fx: f64,
-) -> Option<Vec<Vec<f64>>> {
+fn hessian<F: FnMut(&[f64]) -> f64>(obj: &mut Counted<F>, x: &[f64], fx: f64) -> Option<Vec<Vec<f64>>> {
     let n = x.len();
     let h: Vec<f64> = x
         .iter()
@@ -516,11 +508,7 @@ mod tests {
     fn treats_nan_as_infinite_and_stays_in_domain() {
         // f(x) = x - ln x has its minimum at x = 1 and is undefined for x <= 0.
         let f = |p: &[f64]| {
-            if p[0] > 0.0 {
-                p[0] - p[0].ln()
-            } else {
-                f64::NAN
-            }
+            if p[0] > 0.0 { p[0] - p[0].ln() } else { f64::NAN }
         };
         let m = minimize(f, &[3.0], &MinimizeOptions::default());
         assert!(m.converged);
@@ -552,11 +540,7 @@ mod tests {
     #[test]
     fn unbounded_objective_is_not_converged() {
         // Never finite anywhere: value stays +inf.
-        let m = minimize(
-            |_p: &[f64]| f64::NAN,
-            &[0.0, 0.0],
-            &MinimizeOptions::default(),
-        );
+        let m = minimize(|_p: &[f64]| f64::NAN, &[0.0, 0.0], &MinimizeOptions::default());
         assert!(!m.converged);
         assert_eq!(m.value, f64::INFINITY);
     }

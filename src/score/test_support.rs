@@ -25,8 +25,8 @@ pub struct CdnowCustomer {
 
 /// Read the CDNOW summary, locating the columns by header name.
 pub fn read_cdnow() -> Vec<CdnowCustomer> {
-    let text = std::fs::read_to_string(CDNOW_SUMMARY_CSV)
-        .unwrap_or_else(|e| panic!("cannot read {CDNOW_SUMMARY_CSV}: {e}"));
+    let text =
+        std::fs::read_to_string(CDNOW_SUMMARY_CSV).unwrap_or_else(|e| panic!("cannot read {CDNOW_SUMMARY_CSV}: {e}"));
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()

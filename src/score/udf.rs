@@ -19,9 +19,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Float64Builder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
 
 use super::bgnbd::{self, BgNbdParams};
@@ -74,11 +72,10 @@ impl ModelFunction {
     fn eval(&self, v: &[f64]) -> Option<f64> {
         let p = &self.bgnbd;
         let out = match self.kind {
+            Kind::PAlive if is_new(v[0], v[1], v[2]) => Some(1.0),
             Kind::PAlive => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
-            Kind::ExpectedPurchases => bgnbd::expected_purchases(p, v[0], v[1], v[2], v[3]).ok(),
-            Kind::DiscountedPurchases => {
-                discounted_purchases(p, v[0], v[1], v[2], v[3], v[4], self.month_in_units)
-            }
+            Kind::ExpectedPurchases => expected(p, v[0], v[1], v[2], v[3]),
+            Kind::DiscountedPurchases => discounted_purchases(p, v[0], v[1], v[2], v[3], v[4], self.month_in_units),
             Kind::ExpectedOrderValue => {
                 let g = self.gamma_gamma.as_ref()?;
                 if v[0] > 0.0 && v[1].is_finite() && v[1] > 0.0 {
@@ -89,6 +86,21 @@ impl ModelFunction {
             }
         };
         out.filter(|x| x.is_finite())
+    }
+}
+
+/// A customer whose first purchase is on the as-of day: nothing observed yet (T = 0).
+fn is_new(x: f64, t_x: f64, t_cal: f64) -> bool {
+    x == 0.0 && t_x == 0.0 && t_cal == 0.0
+}
+
+/// Expected purchases in the next `t`: FHL eq. 10 given the history, or for a customer
+/// with nothing observed yet (T = 0) the unconditional eq. 7, which is its limit.
+fn expected(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Option<f64> {
+    if is_new(x, t_x, t_cal) {
+        bgnbd::expected_purchases_unconditional(params, t).ok()
+    } else {
+        bgnbd::expected_purchases(params, t, x, t_x, t_cal).ok()
     }
 }
 
@@ -109,8 +121,7 @@ pub fn discounted_purchases(
     let mut total = 0.0;
     let mut previous = 0.0;
     for k in 1..=(horizon_months as u32) {
-        let cumulative =
-            bgnbd::expected_purchases(params, f64::from(k) * month_in_units, x, t_x, t_cal).ok()?;
+        let cumulative = expected(params, f64::from(k) * month_in_units, x, t_x, t_cal)?;
         total += (cumulative - previous) / (1.0 + monthly_discount).powi(k as i32);
         previous = cumulative;
     }
@@ -150,18 +161,13 @@ impl ScalarUDFImpl for ModelFunction {
         let columns: Vec<ArrayRef> = args
             .args
             .iter()
-            .map(|a| {
-                a.to_array(n)
-                    .and_then(|arr| Ok(cast(&arr, &DataType::Float64)?))
-            })
+            .map(|a| a.to_array(n).and_then(|arr| Ok(cast(&arr, &DataType::Float64)?)))
             .collect::<DfResult<_>>()?;
         let floats: Vec<&Float64Array> = columns
             .iter()
             .map(|c| c.as_any().downcast_ref::<Float64Array>())
             .collect::<Option<_>>()
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("cast to Float64 failed".into())
-            })?;
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("cast to Float64 failed".into()))?;
         let mut out = Float64Builder::with_capacity(n);
         let mut row = vec![0.0; floats.len()];
         for i in 0..n {
@@ -181,12 +187,7 @@ impl ScalarUDFImpl for ModelFunction {
 /// Registers the model functions with the fitted parameters on `ctx`.
 ///
 /// `time_unit_days` is the model's time unit (7 = weeks); it sets how many units a month is.
-pub fn register(
-    ctx: &SessionContext,
-    bgnbd: BgNbdParams,
-    gamma_gamma: Option<GammaGammaParams>,
-    time_unit_days: f64,
-) {
+pub fn register(ctx: &SessionContext, bgnbd: BgNbdParams, gamma_gamma: Option<GammaGammaParams>, time_unit_days: f64) {
     let month_in_units = 365.25 / 12.0 / time_unit_days;
     let functions = [
         ("bgnbd_p_alive", Kind::PAlive, 3),
@@ -230,20 +231,9 @@ mod tests {
             .await
             .unwrap();
         let batch = df.collect().await.unwrap().remove(0);
-        let col = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .unwrap()
-                .clone()
-        };
+        let col = |i: usize| batch.column(i).as_any().downcast_ref::<Float64Array>().unwrap().clone();
         // FHL 2005: a customer with x = 2, t_x = 30.43, T = 38.86 expects 1.226 purchases in 39 weeks.
-        assert!(
-            (col(0).value(0) - 1.226).abs() < 1e-3,
-            "{}",
-            col(0).value(0)
-        );
+        assert!((col(0).value(0) - 1.226).abs() < 1e-3, "{}", col(0).value(0));
         assert_eq!(col(1).value(0), 1.0);
         assert!(col(2).is_null(0), "t_x > T is not a history");
         assert!(col(3).is_null(0), "NULL in, NULL out");
@@ -263,5 +253,17 @@ mod tests {
         let u12 = discounted_purchases(&p, 3.0, 20.0, 30.0, 12.0, 0.0, m).unwrap();
         let d24 = discounted_purchases(&p, 3.0, 20.0, 30.0, 24.0, 0.01, m).unwrap();
         assert!(d12 < u12 && d24 > d12 && d12 > 0.0);
+    }
+
+    #[test]
+    fn a_customer_first_seen_on_the_as_of_day_is_alive_with_the_new_customer_expectation() {
+        let p = cdnow();
+        assert_eq!(
+            expected(&p, 39.0, 0.0, 0.0, 0.0),
+            bgnbd::expected_purchases_unconditional(&p, 39.0).ok()
+        );
+        // The conditional expectation tends to it as T shrinks.
+        let near = expected(&p, 39.0, 0.0, 0.0, 1e-9).unwrap();
+        assert!((near - expected(&p, 39.0, 0.0, 0.0, 0.0).unwrap()).abs() < 1e-6);
     }
 }

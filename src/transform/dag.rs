@@ -15,18 +15,50 @@ pub fn suggest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Op
         .map(|(_, k)| k.to_string())
 }
 
+/// Tables and functions that become available when a stage has run (the fitted models
+/// appear after their input stage): name to the stage that provides it.
+pub type Provided = BTreeMap<String, String>;
+
+/// The stages `stage` must run after: the stages it reads, and the providers of what it
+/// reads or calls.
+fn dependencies<'a>(project: &'a Project, provided: &'a Provided, stage: &'a super::Stage) -> BTreeSet<&'a str> {
+    let read_stages = stage
+        .reads
+        .iter()
+        .filter(|t| project.stages.contains_key(*t))
+        .map(String::as_str);
+    let providers = stage
+        .reads
+        .iter()
+        .chain(&stage.calls)
+        .filter_map(|name| provided.get(name).map(String::as_str));
+    read_stages.chain(providers).filter(|dep| *dep != stage.name).collect()
+}
+
 /// The order to run the stages in; `external` are tables that exist before any stage runs
-/// (extracted sources, and anything else registered by patron).
+/// (extracted sources, and anything else registered by patron); `provided` are tables and
+/// functions that appear after a given stage has run.
 pub fn execution_order(
     project: &Project,
     external: &BTreeSet<String>,
+    provided: &Provided,
 ) -> Result<Vec<String>, TransformError> {
-    // Check every read resolves.
+    // Check every read resolves, and every provider exists.
     for stage in project.stages.values() {
+        for (name, provider) in provided {
+            if (stage.reads.contains(name) || stage.calls.contains(name)) && !project.stages.contains_key(provider) {
+                return Err(TransformError::MissingProvider {
+                    path: stage.path.clone(),
+                    name: name.clone(),
+                    provider: provider.clone(),
+                });
+            }
+        }
         for table in &stage.reads {
             if !(project.stages.contains_key(table)
                 || project.seeds.contains_key(table)
-                || external.contains(table))
+                || external.contains(table)
+                || provided.contains_key(table))
             {
                 let known = project
                     .stages
@@ -45,15 +77,7 @@ pub fn execution_order(
     let mut pending: BTreeMap<&str, BTreeSet<&str>> = project
         .stages
         .values()
-        .map(|s| {
-            let deps = s
-                .reads
-                .iter()
-                .map(String::as_str)
-                .filter(|t| project.stages.contains_key(*t))
-                .collect();
-            (s.name.as_str(), deps)
-        })
+        .map(|s| (s.name.as_str(), dependencies(project, provided, s)))
         .collect();
     let mut order = Vec::with_capacity(pending.len());
     loop {
@@ -79,10 +103,7 @@ pub fn execution_order(
     let mut at = *pending.keys().next().unwrap_or(&"");
     while !path.contains(&at) {
         path.push(at);
-        at = pending
-            .get(at)
-            .and_then(|d| d.iter().next().copied())
-            .unwrap_or(at);
+        at = pending.get(at).and_then(|d| d.iter().next().copied()).unwrap_or(at);
     }
     let start = path.iter().position(|p| *p == at).unwrap_or(0);
     let mut files: Vec<_> = path[start..]
@@ -112,6 +133,7 @@ mod tests {
                     layer: String::new(),
                     sql: String::new(),
                     reads: reads.iter().map(|s| s.to_string()).collect(),
+                    calls: vec![],
                 },
             );
         }
@@ -120,20 +142,18 @@ mod tests {
 
     #[test]
     fn stages_run_after_what_they_read() {
-        let p = project(&[
-            ("c", &["b"]),
-            ("b", &["a", "raw_x"]),
-            ("a", &["raw_x"]),
-            ("d", &[]),
-        ]);
+        let p = project(&[("c", &["b"]), ("b", &["a", "raw_x"]), ("a", &["raw_x"]), ("d", &[])]);
         let ext = BTreeSet::from(["raw_x".to_string()]);
-        assert_eq!(execution_order(&p, &ext).unwrap(), vec!["a", "b", "c", "d"]);
+        assert_eq!(
+            execution_order(&p, &ext, &Provided::new()).unwrap(),
+            vec!["a", "b", "c", "d"]
+        );
     }
 
     #[test]
     fn a_cycle_names_its_files() {
         let p = project(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("z", &[])]);
-        let e = execution_order(&p, &BTreeSet::new())
+        let e = execution_order(&p, &BTreeSet::new(), &Provided::new())
             .unwrap_err()
             .to_string();
         assert!(
@@ -146,14 +166,54 @@ mod tests {
     #[test]
     fn unknown_table_suggests_the_closest_name() {
         let p = project(&[("fct_customer", &["stg_sale"]), ("stg_sales", &[])]);
-        let e = execution_order(&p, &BTreeSet::new())
+        let e = execution_order(&p, &BTreeSet::new(), &Provided::new())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("fct_customer.sql")
-                && e.contains("`stg_sale`")
-                && e.contains("did you mean `stg_sales`"),
+            e.contains("fct_customer.sql") && e.contains("`stg_sale`") && e.contains("did you mean `stg_sales`"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod provided_tests {
+    use super::*;
+    use crate::transform::Stage;
+    use std::path::PathBuf;
+
+    fn stage(name: &str, reads: &[&str], calls: &[&str]) -> Stage {
+        Stage {
+            name: name.into(),
+            path: PathBuf::from(format!("sql/{name}.sql")),
+            layer: String::new(),
+            sql: String::new(),
+            reads: reads.iter().map(|s| s.to_string()).collect(),
+            calls: calls.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn calling_a_model_function_runs_after_the_model_input() {
+        let mut p = Project::default();
+        for s in [
+            stage("a_scores", &["fct"], &["bgnbd_p_alive"]),
+            stage("model_input", &["fct"], &[]),
+            stage("b_params", &["model_params"], &[]),
+            stage("fct", &[], &[]),
+        ] {
+            p.stages.insert(s.name.clone(), s);
+        }
+        let provided = Provided::from([
+            ("bgnbd_p_alive".to_string(), "model_input".to_string()),
+            ("model_params".to_string(), "model_input".to_string()),
+        ]);
+        let order = execution_order(&p, &BTreeSet::new(), &provided).unwrap();
+        assert_eq!(order, vec!["fct", "model_input", "a_scores", "b_params"]);
+        p.stages.remove("model_input");
+        let e = execution_order(&p, &BTreeSet::new(), &provided)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a_scores.sql") && e.contains("model_input"), "{e}");
     }
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::resolve::resolve_table_references;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr, Statement, visit_expressions};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use std::ops::ControlFlow;
 
 use super::TransformError;
 use crate::config::{collect_files, is_identifier};
@@ -27,6 +28,8 @@ pub struct Stage {
     pub sql: String,
     /// Tables the query reads (after removing its own CTE names), sorted.
     pub reads: Vec<String>,
+    /// Functions the query calls (lower case), sorted.
+    pub calls: Vec<String>,
 }
 
 /// A seed: a CSV file under the SQL folder, loaded as the table `name`.
@@ -47,31 +50,37 @@ pub struct Project {
     pub seeds: BTreeMap<String, Seed>,
 }
 
-/// Finds the tables a query reads, using DataFusion's parser; CTE names are not tables.
-pub fn tables_read(path: &Path, sql: &str) -> Result<Vec<String>, TransformError> {
+/// What a stage's query refers to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct References {
+    /// Tables read (CTE names excluded), sorted.
+    pub tables: Vec<String>,
+    /// Functions called, lower case, sorted.
+    pub functions: Vec<String>,
+}
+
+/// Finds the tables a query reads and the functions it calls, using DataFusion's parser;
+/// CTE names are not tables.
+pub fn references(path: &Path, sql: &str) -> Result<References, TransformError> {
     let parse_err = |message: String| TransformError::Parse {
         path: path.to_path_buf(),
         message,
     };
-    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(|e| parse_err(e.to_string()))?;
+    let mut statements =
+        DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| parse_err(e.to_string()))?;
     if statements.len() != 1 {
         return Err(parse_err(format!(
             "expected exactly one SELECT statement, found {}",
             statements.len()
         )));
     }
-    let statement = statements
-        .pop_front()
-        .ok_or_else(|| parse_err("empty file".into()))?;
-    if !matches!(&statement, DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)))
-    {
+    let statement = statements.pop_front().ok_or_else(|| parse_err("empty file".into()))?;
+    if !matches!(&statement, DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_))) {
         return Err(parse_err(
             "a stage must be one SELECT (or WITH ... SELECT) query; patron materialises the result itself".into(),
         ));
     }
-    let (tables, _ctes) =
-        resolve_table_references(&statement, true).map_err(|e| parse_err(e.to_string()))?;
+    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| parse_err(e.to_string()))?;
     let mut names: Vec<String> = tables
         .into_iter()
         .filter(|t| t.schema().is_none_or(|s| s != "information_schema"))
@@ -79,7 +88,21 @@ pub fn tables_read(path: &Path, sql: &str) -> Result<Vec<String>, TransformError
         .collect();
     names.sort();
     names.dedup();
-    Ok(names)
+    let mut functions = Vec::new();
+    if let DfStatement::Statement(inner) = &statement {
+        let _ = visit_expressions(inner.as_ref(), |expr| {
+            if let Expr::Function(f) = expr {
+                functions.push(f.name.to_string().to_lowercase());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    functions.sort();
+    functions.dedup();
+    Ok(References {
+        tables: names,
+        functions,
+    })
 }
 
 /// Discovers every stage and seed under `sql_dir`.
@@ -101,11 +124,7 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
         if !(ext == "sql" || ext == "csv") || rel.starts_with(TESTS_DIR) {
             continue;
         }
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("")
-            .to_string();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
         if !is_identifier(&name) {
             return Err(TransformError::BadName { path, name });
         }
@@ -125,7 +144,7 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let reads = tables_read(&path, &sql)?;
+        let refs = references(&path, &sql)?;
         let layer = rel
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
@@ -137,7 +156,8 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
                 path,
                 layer,
                 sql,
-                reads,
+                reads: refs.tables,
+                calls: refs.functions,
             },
         );
     }
@@ -149,22 +169,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ctes_are_not_dependencies() {
-        let t = tables_read(
+    fn ctes_are_not_dependencies_and_functions_are_found() {
+        let r = references(
             Path::new("x.sql"),
-            "WITH a AS (SELECT * FROM stg_sales) SELECT * FROM a JOIN dim_x USING (id)",
+            "WITH a AS (SELECT * FROM stg_sales) SELECT BGNBD_P_ALIVE(x, 1, 2), upper(y) FROM a JOIN dim_x USING (id)",
         )
         .unwrap();
-        assert_eq!(t, vec!["dim_x", "stg_sales"]);
+        assert_eq!(r.tables, vec!["dim_x", "stg_sales"]);
+        assert_eq!(r.functions, vec!["bgnbd_p_alive", "upper"]);
     }
 
     #[test]
     fn only_one_select_is_a_stage() {
-        let e = tables_read(Path::new("x.sql"), "DROP TABLE t")
-            .unwrap_err()
-            .to_string();
+        let e = references(Path::new("x.sql"), "DROP TABLE t").unwrap_err().to_string();
         assert!(e.contains("x.sql") && e.contains("SELECT"), "{e}");
-        let e = tables_read(Path::new("y.sql"), "SELECT 1; SELECT 2")
+        let e = references(Path::new("y.sql"), "SELECT 1; SELECT 2")
             .unwrap_err()
             .to_string();
         assert!(e.contains("y.sql") && e.contains("found 2"), "{e}");

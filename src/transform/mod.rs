@@ -9,7 +9,7 @@ pub mod runner;
 
 use std::path::PathBuf;
 
-pub use dag::execution_order;
+pub use dag::{Provided, execution_order};
 pub use discover::{Project, Seed, Stage, discover};
 
 /// Transform failures, each naming the stage file.
@@ -58,6 +58,17 @@ pub enum TransformError {
         table: String,
         /// Closest known table name.
         suggestion: Option<String>,
+    },
+    /// A stage uses a table or function that only a stage which does not exist provides
+    /// (exit code 2).
+    #[error("{path}: uses `{name}`, which comes from the stage `{provider}`; add that stage")]
+    MissingProvider {
+        /// The stage file.
+        path: PathBuf,
+        /// The table or function used.
+        name: String,
+        /// The stage that would provide it.
+        provider: String,
     },
     /// Stages depend on each other in a circle (exit code 2).
     #[error("dependency cycle between stages: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]

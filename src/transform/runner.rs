@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
@@ -73,33 +73,22 @@ pub fn describe_sql_error(sql: &str, err: &DataFusionError) -> String {
 }
 
 /// Registers every seed as a table (CSV with a header, types inferred).
-pub async fn register_seeds(
-    ctx: &SessionContext,
-    seeds: impl Iterator<Item = &Seed>,
-) -> Result<(), TransformError> {
+pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &Seed>) -> Result<(), TransformError> {
     for seed in seeds {
         let path = seed.path.to_string_lossy();
-        ctx.register_csv(
-            &seed.name,
-            path.as_ref(),
-            CsvReadOptions::new().has_header(true),
-        )
-        .await
-        .map_err(|e| TransformError::Sql {
-            stage: seed.name.clone(),
-            path: seed.path.clone(),
-            message: e.to_string(),
-        })?;
+        ctx.register_csv(&seed.name, path.as_ref(), CsvReadOptions::new().has_header(true))
+            .await
+            .map_err(|e| TransformError::Sql {
+                stage: seed.name.clone(),
+                path: seed.path.clone(),
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
 
 /// Registers a Parquet file or folder as table `name`, replacing any earlier one.
-pub async fn register_parquet(
-    ctx: &SessionContext,
-    name: &str,
-    path: &Path,
-) -> Result<(), DataFusionError> {
+pub async fn register_parquet(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), DataFusionError> {
     register_parquet_files(ctx, name, std::slice::from_ref(&path.to_path_buf())).await
 }
 
@@ -110,15 +99,51 @@ pub async fn register_parquet_files(
     paths: &[PathBuf],
 ) -> Result<(), DataFusionError> {
     ctx.deregister_table(name)?;
-    let paths: Vec<String> = paths
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    let df = ctx
-        .read_parquet(paths, ParquetReadOptions::default())
-        .await?;
+    let paths: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let df = ctx.read_parquet(paths, ParquetReadOptions::default()).await?;
     ctx.register_table(name, df.into_view())?;
     Ok(())
+}
+
+/// Why materialising a table failed.
+#[derive(Debug)]
+pub enum MaterializeError {
+    /// Executing the query failed.
+    Query(DataFusionError),
+    /// Writing the Parquet file failed.
+    Write(crate::storage::WriteError),
+}
+
+impl std::fmt::Display for MaterializeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaterializeError::Query(e) => write!(f, "{e}"),
+            MaterializeError::Write(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Streams `df` into `out_dir/<name>/part-00000.parquet` and registers the file as table
+/// `name` in place of the query; returns (file, rows, bytes).
+pub async fn materialize(
+    ctx: &SessionContext,
+    name: &str,
+    df: DataFrame,
+    out_dir: &Path,
+) -> Result<(PathBuf, u64, u64), MaterializeError> {
+    let schema = df.schema().inner().clone();
+    let output = out_dir.join(name).join("part-00000.parquet");
+    let mut sink = ParquetSink::create(&output, schema).map_err(MaterializeError::Write)?;
+    let mut stream = df.execute_stream().await.map_err(MaterializeError::Query)?;
+    while let Some(batch) = stream.next().await {
+        sink.write(&batch.map_err(MaterializeError::Query)?)
+            .map_err(MaterializeError::Write)?;
+    }
+    let (rows, bytes) = sink.close().map_err(MaterializeError::Write)?;
+    register_parquet(ctx, name, &output)
+        .await
+        .map_err(MaterializeError::Query)?;
+    Ok((output, rows, bytes))
 }
 
 /// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
@@ -144,17 +169,10 @@ pub async fn run_stage(
         .map_err(sql_err)?
         .with_param_values(params.clone())
         .map_err(sql_err)?;
-    let schema = df.schema().inner().clone();
-    let output = out_dir.join(&stage.name).join("part-00000.parquet");
-    let mut sink = ParquetSink::create(&output, schema)?;
-    let mut stream = df.execute_stream().await.map_err(sql_err)?;
-    while let Some(batch) = stream.next().await {
-        sink.write(&batch.map_err(sql_err)?)?;
-    }
-    let (rows, bytes) = sink.close()?;
-    register_parquet(ctx, &stage.name, &output)
-        .await
-        .map_err(sql_err)?;
+    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir).await.map_err(|e| match e {
+        MaterializeError::Query(e) => sql_err(e),
+        MaterializeError::Write(e) => TransformError::Write(e),
+    })?;
     let metrics = StageMetrics {
         name: stage.name.clone(),
         file: stage.path.to_string_lossy().into_owned(),

@@ -26,16 +26,11 @@ fn run_pipeline(dir: &std::path::Path, pipeline: &std::path::Path) -> std::proce
 #[test]
 fn unknown_key_exits_2_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), |t| {
-        t.replace("margin_rate = 0.30", "margin_rat = 0.30")
-    });
+    let p = write_pipeline(dir.path(), |t| t.replace("margin_rate = 0.30", "margin_rat = 0.30"));
     let out = run_pipeline(dir.path(), &p);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("margin_rat") && err.contains("default.toml"),
-        "{err}"
-    );
+    assert!(err.contains("margin_rat") && err.contains("default.toml"), "{err}");
 }
 
 #[test]
@@ -49,9 +44,7 @@ fn bad_values_exit_2_listing_every_key() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("run.as_of")
-            && err.contains("scoring.value_tier_a_share")
-            && err.contains("default.toml"),
+        err.contains("run.as_of") && err.contains("scoring.value_tier_a_share") && err.contains("default.toml"),
         "{err}"
     );
 }
@@ -65,10 +58,7 @@ fn missing_input_file_exits_2_naming_it() {
     let out = run_pipeline(dir.path(), &p);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("nope_*.csv") && err.contains("service"),
-        "{err}"
-    );
+    assert!(err.contains("nope_*.csv") && err.contains("service"), "{err}");
 }
 
 #[test]
@@ -91,8 +81,7 @@ fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
     let good = scratch_project(dir.path());
     let out = run_pipeline(dir.path(), &good);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let before =
-        std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
+    let before = std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
 
     let text_before = std::fs::read_to_string(&good).unwrap();
     std::fs::write(
@@ -103,12 +92,8 @@ fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
     let out = run_pipeline(dir.path(), &good);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("error budget") && err.contains("source `"),
-        "{err}"
-    );
-    let after =
-        std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
+    assert!(err.contains("error budget") && err.contains("source `"), "{err}");
+    let after = std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
     assert_eq!(before, after, "a failed run publishes nothing");
     // The failed run has a manifest saying so.
     let failed = std::fs::read_dir(dir.path().join("wh/runs"))

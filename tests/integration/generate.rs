@@ -30,15 +30,7 @@ fn same_seed_same_bytes_through_the_cli() {
     for (name, seed) in [("a", "7"), ("b", "7"), ("c", "8")] {
         let out = patron(
             dir.path(),
-            &[
-                "generate",
-                "--customers",
-                "300",
-                "--seed",
-                seed,
-                "--out",
-                name,
-            ],
+            &["generate", "--customers", "300", "--seed", seed, "--out", name],
         );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
@@ -65,35 +57,14 @@ fn peak_rss_kib(args: &[&str], cwd: &Path) -> u64 {
 fn generator_memory_does_not_grow_with_output_size() {
     let dir = tempfile::tempdir().unwrap();
     let small = peak_rss_kib(
-        &[
-            "generate",
-            "--customers",
-            "2000",
-            "--seed",
-            "1",
-            "--out",
-            "small",
-        ],
+        &["generate", "--customers", "2000", "--seed", "1", "--out", "small"],
         dir.path(),
     );
     let large = peak_rss_kib(
-        &[
-            "generate",
-            "--customers",
-            "40000",
-            "--seed",
-            "1",
-            "--out",
-            "large",
-        ],
+        &["generate", "--customers", "40000", "--seed", "1", "--out", "large"],
         dir.path(),
     );
-    let bytes = |d: &str| -> u64 {
-        files(&dir.path().join(d))
-            .iter()
-            .map(|(_, b)| b.len() as u64)
-            .sum()
-    };
+    let bytes = |d: &str| -> u64 { files(&dir.path().join(d)).iter().map(|(_, b)| b.len() as u64).sum() };
     let (small_bytes, large_bytes) = (bytes("small"), bytes("large"));
     assert!(
         large_bytes > 15 * small_bytes,

@@ -3,11 +3,13 @@
 
 use crate::support::*;
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "stg_sales",
     "stg_service",
     "stg_marketing",
     "fct_customer",
+    "customer_model_input",
+    "model_params",
     "customer_scores",
 ];
 
@@ -24,10 +26,7 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
 
     for t in TABLES {
         assert!(
-            wh.join("tables")
-                .join(t)
-                .join("part-00000.parquet")
-                .is_file(),
+            wh.join("tables").join(t).join("part-00000.parquet").is_file(),
             "table {t} missing"
         );
     }
@@ -58,17 +57,13 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
     assert_eq!(rows, distinct);
     assert_eq!(unique, rows);
     let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/truth.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/truth.json")).unwrap()).unwrap();
     assert_eq!(
         rows as u64,
         truth["report"]["customers"].as_u64().unwrap(),
         "every simulated customer appears once"
     );
-    assert_eq!(
-        scalar(&ctx, "SELECT COUNT(*) FROM customer_scores").await,
-        rows
-    );
+    assert_eq!(scalar(&ctx, "SELECT COUNT(*) FROM customer_scores").await, rows);
 
     // Revenue reconciles: computed straight from the extracted export (one copy per order
     // line) equals the customer fact total.
@@ -83,11 +78,7 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
         (raw_revenue - fct_revenue).abs() <= 1e-9 * raw_revenue,
         "{raw_revenue} vs {fct_revenue}"
     );
-    let margin = scalar(
-        &ctx,
-        "SELECT SUM(revenue - cost - gross_margin) FROM fct_customer",
-    )
-    .await;
+    let margin = scalar(&ctx, "SELECT SUM(revenue - cost - gross_margin) FROM fct_customer").await;
     assert!(margin.abs() < 1e-6);
 
     // Nothing lost: every data line of every file is loaded or quarantined, quarantined
@@ -109,21 +100,19 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
         assert_eq!(read, lines, "{name}: rows read vs data lines in the files");
         let injected = truth["report"][name]["bad_rows"].as_u64().unwrap();
         assert!(injected > 0, "fixtures carry bad rows for {name}");
-        assert_eq!(
-            quarantined, injected,
-            "{name}: quarantined vs injected bad rows"
-        );
+        assert_eq!(quarantined, injected, "{name}: quarantined vs injected bad rows");
         let q_rows = scalar(
             &ctx,
             &format!("SELECT COUNT(DISTINCT line || file) FROM quarantine_{name}"),
         )
         .await;
         assert_eq!(q_rows as u64, quarantined, "{name}");
-        let no_reason = scalar(&ctx, &format!("SELECT COUNT(*) FROM quarantine_{name} WHERE reason IS NULL OR reason = '' OR line = 0")).await;
-        assert_eq!(
-            no_reason, 0.0,
-            "{name}: every quarantined row has a line and a reason"
-        );
+        let no_reason = scalar(
+            &ctx,
+            &format!("SELECT COUNT(*) FROM quarantine_{name} WHERE reason IS NULL OR reason = '' OR line = 0"),
+        )
+        .await;
+        assert_eq!(no_reason, 0.0, "{name}: every quarantined row has a line and a reason");
         let valid = truth["report"][name]["valid_rows"].as_u64().unwrap();
         let staged = manifest["stages"]
             .as_array()
@@ -172,16 +161,8 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
         assert_eq!(ties, 0.0, "{score}: tied values with different scores");
     }
     // Recency is reversed: the most recent buyers score 5.
-    let r5 = scalar(
-        &ctx,
-        "SELECT MAX(recency_days) FROM customer_scores WHERE r_score = 5",
-    )
-    .await;
-    let r1 = scalar(
-        &ctx,
-        "SELECT MIN(recency_days) FROM customer_scores WHERE r_score = 1",
-    )
-    .await;
+    let r5 = scalar(&ctx, "SELECT MAX(recency_days) FROM customer_scores WHERE r_score = 5").await;
+    let r1 = scalar(&ctx, "SELECT MIN(recency_days) FROM customer_scores WHERE r_score = 1").await;
     assert!(r5 < r1);
     // The R-F map: 55 and 54 are champions, 11 hibernating, 51 new customers.
     for (r, f, seg) in [
@@ -190,14 +171,16 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
         (1, 1, "hibernating"),
         (5, 1, "new_customers"),
     ] {
-        let wrong = scalar(&ctx, &format!("SELECT COUNT(*) FROM customer_scores WHERE r_score = {r} AND f_score = {f} AND rfm_segment <> '{seg}'")).await;
+        let wrong = scalar(
+            &ctx,
+            &format!(
+                "SELECT COUNT(*) FROM customer_scores WHERE r_score = {r} AND f_score = {f} AND rfm_segment <> '{seg}'"
+            ),
+        )
+        .await;
         assert_eq!(wrong, 0.0, "{r}{f}");
     }
-    let unmapped = scalar(
-        &ctx,
-        "SELECT COUNT(*) FROM customer_scores WHERE rfm_segment IS NULL",
-    )
-    .await;
+    let unmapped = scalar(&ctx, "SELECT COUNT(*) FROM customer_scores WHERE rfm_segment IS NULL").await;
     assert_eq!(unmapped, 0.0);
     // Pareto: tier A customers hold at least 80% of the value and the B/C cut is at 95%.
     let total = scalar(
@@ -225,23 +208,11 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
         "SELECT MAX(historical_value) FROM customer_scores WHERE value_tier = 'B'",
     )
     .await;
-    assert!(
-        a >= 0.8 * total && a - a_min < 0.8 * total,
-        "A share {}",
-        a / total
-    );
+    assert!(a >= 0.8 * total && a - a_min < 0.8 * total, "A share {}", a / total);
     assert!(ab >= 0.95 * total, "A+B share {}", ab / total);
     assert!(b_max <= a_min);
-    let a_count = scalar(
-        &ctx,
-        "SELECT COUNT(*) FROM customer_scores WHERE value_tier = 'A'",
-    )
-    .await;
-    let buyers = scalar(
-        &ctx,
-        "SELECT COUNT(*) FROM customer_scores WHERE frequency > 0",
-    )
-    .await;
+    let a_count = scalar(&ctx, "SELECT COUNT(*) FROM customer_scores WHERE value_tier = 'A'").await;
+    let buyers = scalar(&ctx, "SELECT COUNT(*) FROM customer_scores WHERE frequency > 0").await;
     assert!(
         a_count < 0.6 * buyers,
         "Pareto: a minority of buyers holds 80% of value"
@@ -254,13 +225,7 @@ async fn an_earlier_as_of_date_ignores_later_events() {
     let wh = dir.path().join("warehouse");
     let out = patron(
         &repo(),
-        &[
-            "run",
-            "--as-of",
-            "2024-06-30",
-            "--out",
-            wh.to_str().unwrap(),
-        ],
+        &["run", "--as-of", "2024-06-30", "--out", wh.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ctx = warehouse_session(&wh).await;
@@ -285,4 +250,168 @@ async fn an_earlier_as_of_date_ignores_later_events() {
     .await;
     assert_eq!(as_of, 0.0);
     assert_eq!(latest_manifest(&wh)["as_of"], "2024-06-30");
+}
+
+/// Every score column of DOMAIN.md, in the published order.
+const SCORE_COLUMNS: [&str; 29] = [
+    "customer_id",
+    "as_of",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_segment",
+    "p_alive",
+    "churn_risk",
+    "churn_band",
+    "churn_reasons",
+    "expected_purchases_90d",
+    "expected_purchases_365d",
+    "expected_order_value",
+    "historical_value",
+    "current_value",
+    "potential_value",
+    "clv",
+    "value_tier",
+    "portfolio_quadrant",
+    "economic_segment",
+    "investment_class",
+    "loyalty_score",
+    "loyalty_type",
+    "satisfaction_loyalty",
+    "lifecycle_stage",
+    "model_version",
+];
+
+#[tokio::test]
+async fn model_scores_are_complete_and_within_their_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    run_default(&wh);
+    let ctx = warehouse_session(&wh).await;
+    let schema = ctx.table("customer_scores").await.unwrap().schema().clone();
+    for c in SCORE_COLUMNS {
+        assert!(
+            schema.field_with_unqualified_name(c).is_ok(),
+            "customer_scores lacks {c}"
+        );
+    }
+    // Buyers have every column; prospects only lack the purchase-model columns.
+    for c in SCORE_COLUMNS {
+        let prospect_may_lack = [
+            "recency_days",
+            "r_score",
+            "f_score",
+            "m_score",
+            "p_alive",
+            "churn_risk",
+            "churn_band",
+            "expected_purchases_90d",
+            "expected_purchases_365d",
+            "expected_order_value",
+        ];
+        let filter = if prospect_may_lack.contains(&c) {
+            "frequency > 0"
+        } else {
+            "true"
+        };
+        let nulls = scalar(
+            &ctx,
+            &format!("SELECT COUNT(*) FROM customer_scores WHERE {filter} AND {c} IS NULL"),
+        )
+        .await;
+        assert_eq!(nulls, 0.0, "{c} has NULLs");
+    }
+    let checks = [
+        ("p_alive in [0, 1]", "p_alive < 0 OR p_alive > 1 OR isnan(p_alive)"),
+        ("churn_risk = 1 - p_alive", "abs(churn_risk - (1 - p_alive)) > 1e-12"),
+        ("x = 0 means alive", "frequency = 1 AND p_alive <> 1"),
+        (
+            "expected purchases non-negative",
+            "expected_purchases_90d < 0 OR isnan(expected_purchases_90d)",
+        ),
+        (
+            "expected purchases grow with the horizon",
+            "expected_purchases_365d < expected_purchases_90d",
+        ),
+        ("clv non-negative", "clv < 0 OR isnan(clv) OR clv <> current_value"),
+        (
+            "potential non-negative",
+            "potential_value < 0 OR isnan(potential_value)",
+        ),
+        ("loyalty score 0-100", "loyalty_score < 0 OR loyalty_score > 100"),
+        (
+            "churn band follows the thresholds",
+            "(churn_risk >= 0.7 AND churn_band <> 'high') OR (churn_risk < 0.3 AND churn_band <> 'low')",
+        ),
+        ("churned above 0.9", "churn_risk > 0.9 AND lifecycle_stage <> 'churned'"),
+        (
+            "prospects are prospects",
+            "frequency = 0 AND (lifecycle_stage <> 'prospect' OR rfm_segment <> 'prospect')",
+        ),
+        (
+            "unknown without CSAT only",
+            "satisfaction_loyalty = 'unknown' AND customer_id IN (SELECT customer_id FROM fct_customer WHERE csat_responses > 0)",
+        ),
+    ];
+    for (what, bad_rows) in checks {
+        let n = scalar(&ctx, &format!("SELECT COUNT(*) FROM customer_scores WHERE {bad_rows}")).await;
+        assert_eq!(n, 0.0, "{what}");
+    }
+    // Every category of each segmentation is reachable on the fixtures.
+    for (col, values) in [
+        ("churn_band", &["low", "medium", "high"][..]),
+        (
+            "portfolio_quadrant",
+            &["invest", "cultivate", "maintain", "abandon"][..],
+        ),
+        (
+            "economic_segment",
+            &["value", "potential_value", "sub_value", "low_value"][..],
+        ),
+        ("investment_class", &["loyal", "repeat", "ordinary", "expected"][..]),
+        (
+            "lifecycle_stage",
+            &[
+                "exploration",
+                "formation",
+                "stability",
+                "decline",
+                "churned",
+                "prospect",
+            ][..],
+        ),
+        ("value_tier", &["A", "B", "C"][..]),
+    ] {
+        for v in values {
+            let n = scalar(
+                &ctx,
+                &format!("SELECT COUNT(*) FROM customer_scores WHERE {col} = '{v}'"),
+            )
+            .await;
+            assert!(n > 0.0, "no customer has {col} = {v}");
+        }
+    }
+    // The fitted parameters are in model_params and the manifest, and agree.
+    let manifest = latest_manifest(&wh);
+    let models = &manifest["models"];
+    assert_eq!(models["bgnbd"]["converged"], true);
+    let r = models["bgnbd"]["params"]["r"].as_f64().unwrap();
+    let r_table = scalar(
+        &ctx,
+        "SELECT value FROM model_params WHERE model = 'bgnbd' AND parameter = 'r'",
+    )
+    .await;
+    assert_eq!(r, r_table);
+    assert_eq!(scalar(&ctx, "SELECT COUNT(*) FROM model_params").await, 7.0);
+    let version = models["model_version"].as_str().unwrap();
+    let other = scalar(
+        &ctx,
+        &format!("SELECT COUNT(*) FROM customer_scores WHERE model_version <> '{version}'"),
+    )
+    .await;
+    assert_eq!(other, 0.0);
+    assert!(models["frequency_spend_correlation"].is_number());
 }

@@ -43,10 +43,7 @@ async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
             .position(|s| *s == n)
             .unwrap_or_else(|| panic!("{n} not run: {order:?}"))
     };
-    assert!(
-        pos("a_champion_revenue") > pos("customer_scores"),
-        "{order:?}"
-    );
+    assert!(pos("a_champion_revenue") > pos("customer_scores"), "{order:?}");
     assert!(
         pos("customer_scores") > pos("fct_customer") && pos("fct_customer") > pos("stg_sales"),
         "{order:?}"
@@ -61,16 +58,8 @@ async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
 fn a_cycle_exits_2_naming_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let p = scratch_project(dir.path());
-    std::fs::write(
-        dir.path().join("sql/marts/loop_a.sql"),
-        "SELECT * FROM loop_b",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("sql/marts/loop_b.sql"),
-        "SELECT * FROM loop_a",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sql/marts/loop_a.sql"), "SELECT * FROM loop_b").unwrap();
+    std::fs::write(dir.path().join("sql/marts/loop_b.sql"), "SELECT * FROM loop_a").unwrap();
     let out = run(dir.path(), &p);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -84,11 +73,7 @@ fn a_cycle_exits_2_naming_the_files() {
 fn an_unknown_table_exits_2_with_a_suggestion() {
     let dir = tempfile::tempdir().unwrap();
     let p = scratch_project(dir.path());
-    std::fs::write(
-        dir.path().join("sql/marts/typo.sql"),
-        "SELECT * FROM fct_customers",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sql/marts/typo.sql"), "SELECT * FROM fct_customers").unwrap();
     let out = run(dir.path(), &p);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -110,10 +95,7 @@ fn a_sql_error_names_the_stage_file_and_line() {
     let out = run(dir.path(), &p);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("broken.sql") && err.contains("no_such_column"),
-        "{err}"
-    );
+    assert!(err.contains("broken.sql") && err.contains("no_such_column"), "{err}");
     assert!(err.contains("line 2"), "the offending line is shown: {err}");
 }
 
@@ -121,11 +103,7 @@ fn a_sql_error_names_the_stage_file_and_line() {
 fn a_stage_that_is_not_a_select_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let p = scratch_project(dir.path());
-    std::fs::write(
-        dir.path().join("sql/marts/ddl.sql"),
-        "CREATE TABLE x AS SELECT 1",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sql/marts/ddl.sql"), "CREATE TABLE x AS SELECT 1").unwrap();
     let out = run(dir.path(), &p);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ddl.sql"));

@@ -42,31 +42,22 @@ pub fn run_default(warehouse: &Path) -> Output {
 
 /// The latest successful manifest of a warehouse.
 pub fn latest_manifest(warehouse: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(warehouse.join("runs/latest.json"))
-        .expect("latest manifest exists");
+    let text = std::fs::read_to_string(warehouse.join("runs/latest.json")).expect("latest manifest exists");
     serde_json::from_str(&text).expect("manifest is JSON")
 }
 
 /// A session with every published table and raw/quarantine folder registered.
 pub async fn warehouse_session(warehouse: &Path) -> SessionContext {
     let ctx = SessionContext::new();
-    for (kind, prefix) in [
-        ("tables", ""),
-        ("raw", "raw_"),
-        ("quarantine", "quarantine_"),
-    ] {
+    for (kind, prefix) in [("tables", ""), ("raw", "raw_"), ("quarantine", "quarantine_")] {
         let Ok(entries) = std::fs::read_dir(warehouse.join(kind)) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
-            ctx.register_parquet(
-                &name,
-                entry.path().to_str().unwrap(),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("register {name}: {e}"));
+            ctx.register_parquet(&name, entry.path().to_str().unwrap(), ParquetReadOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
         }
     }
     ctx
@@ -87,11 +78,7 @@ pub async fn scalar(ctx: &SessionContext, sql: &str) -> f64 {
         .unwrap_or_else(|| panic!("{sql}: no rows"));
     let col = cast(batch.column(0), &DataType::Float64).unwrap();
     let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
-    if col.is_null(0) {
-        f64::NAN
-    } else {
-        col.value(0)
-    }
+    if col.is_null(0) { f64::NAN } else { col.value(0) }
 }
 
 /// Runs a query returning one integer column of any number of rows.
