@@ -115,7 +115,7 @@ pub fn discounted_purchases(
     monthly_discount: f64,
     month_in_units: f64,
 ) -> Option<f64> {
-    if !(horizon_months >= 0.0 && horizon_months <= 1200.0 && monthly_discount > -1.0) {
+    if !((0.0..=1200.0).contains(&horizon_months) && monthly_discount > -1.0) {
         return None;
     }
     let mut total = 0.0;
