@@ -79,8 +79,11 @@ pub struct ModelMetrics {
     pub model_version: String,
     /// Time unit of x, t_x and T, in days.
     pub time_unit_days: f64,
-    /// BG/NBD fit.
-    pub bgnbd: ModelReport,
+    /// BG/NBD fit; `None` when the data cannot identify it (see `bgnbd_skipped`).
+    pub bgnbd: Option<ModelReport>,
+    /// Why BG/NBD was not fitted, when it was not: then every buyer has x = 0, p_alive is 1
+    /// and expected purchases are 0, the limit the likelihood tends to.
+    pub bgnbd_skipped: Option<String>,
     /// Gamma-Gamma fit; `None` when there are no repeat buyers with spend.
     pub gamma_gamma: Option<ModelReport>,
     /// Why Gamma-Gamma was not fitted, when it was not.
@@ -207,19 +210,34 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     };
 
     let started = Instant::now();
-    let bgnbd_fit = bgnbd::fit_bgnbd(&triples).map_err(fit_err("BG/NBD"))?;
-    let bgnbd_report = bgnbd_report(
-        &bgnbd_fit,
-        started.elapsed().as_millis() as u64,
-        customers,
-        triples.len() as u64,
-    );
-
+    let (bgnbd_params, bgnbd_report, bgnbd_skipped) = match bgnbd::fit_bgnbd(&triples) {
+        Ok(fit) => {
+            let report = bgnbd_report(
+                &fit,
+                started.elapsed().as_millis() as u64,
+                customers,
+                triples.len() as u64,
+            );
+            (Some(fit.params), Some(report), None)
+        }
+        Err(e @ (ModelError::Degenerate { .. } | ModelError::EmptyData { .. })) => {
+            let why = e.to_string();
+            let repeat_buyers = triples.iter().any(|t| t.x > 0.0);
+            let consequence = if repeat_buyers {
+                "p_alive is unknown (NULL) for repeat buyers, 1 for one-time buyers; expected purchases are 0"
+            } else {
+                "p_alive = 1 and expected purchases = 0 for everyone"
+            };
+            tracing::warn!(table, "BG/NBD not fitted: {why}; {consequence}");
+            (None, None, Some(why))
+        }
+        Err(e) => return Err(fit_err("BG/NBD")(e)),
+    };
     let (gg, gg_report, gg_skipped, correlation) = if spend.len() < 3 {
         let why = format!("{} repeat buyers with spend; at least 3 are needed", spend.len());
         tracing::warn!(
             table,
-            "{why}: Gamma-Gamma not fitted, expected order value falls back to mean repeat spend"
+            "{why}: Gamma-Gamma not fitted, expected order value falls back to the customer's average order value"
         );
         (None, None, Some(why), None)
     } else {
@@ -245,7 +263,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
 
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    for report in std::iter::once(&bgnbd_report).chain(gg_report.as_ref()) {
+    for report in bgnbd_report.iter().chain(gg_report.as_ref()) {
         for (k, v) in &report.params {
             hasher.update(k.as_bytes());
             hasher.update(v.to_bits().to_le_bytes());
@@ -253,11 +271,12 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     }
     let model_version = hex::encode(&hasher.finalize()[..6]);
 
-    udf::register(ctx, bgnbd_fit.params, gg, settings.time_unit_days);
+    udf::register(ctx, bgnbd_params, gg, settings.time_unit_days);
     let metrics = ModelMetrics {
         model_version,
         time_unit_days: settings.time_unit_days,
         bgnbd: bgnbd_report,
+        bgnbd_skipped,
         gamma_gamma: gg_report,
         gamma_gamma_skipped: gg_skipped,
         frequency_spend_correlation: correlation,
@@ -283,7 +302,9 @@ fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::
         Field::new("fit_ms", DataType::UInt64, false),
         Field::new("customers", DataType::UInt64, false),
     ]));
-    let rows: Vec<(&ModelReport, &String, f64)> = std::iter::once(&m.bgnbd)
+    let rows: Vec<(&ModelReport, &String, f64)> = m
+        .bgnbd
+        .iter()
         .chain(m.gamma_gamma.as_ref())
         .flat_map(|r| r.params.iter().map(move |(k, v)| (r, k, *v)))
         .collect();

@@ -47,7 +47,7 @@ enum Kind {
 struct ModelFunction {
     name: &'static str,
     kind: Kind,
-    bgnbd: BgNbdParams,
+    bgnbd: Option<BgNbdParams>,
     gamma_gamma: Option<GammaGammaParams>,
     month_in_units: f64,
     signature: Signature,
@@ -55,13 +55,10 @@ struct ModelFunction {
 
 impl ModelFunction {
     fn params_bits(&self) -> Vec<u64> {
-        let mut bits = vec![
-            self.bgnbd.r,
-            self.bgnbd.alpha,
-            self.bgnbd.a,
-            self.bgnbd.b,
-            self.month_in_units,
-        ];
+        let mut bits = vec![self.month_in_units];
+        if let Some(p) = &self.bgnbd {
+            bits.extend([p.r, p.alpha, p.a, p.b]);
+        }
         if let Some(g) = &self.gamma_gamma {
             bits.extend([g.p, g.q, g.gamma]);
         }
@@ -70,7 +67,16 @@ impl ModelFunction {
 
     /// The function of one row; `None` where the result is undefined.
     fn eval(&self, v: &[f64]) -> Option<f64> {
-        let p = &self.bgnbd;
+        let Some(p) = &self.bgnbd else {
+            // No BG/NBD fit: the data do not identify it (typically nobody made a repeat
+            // purchase; then x = 0 for everyone, alive by definition, and the likelihood's
+            // limit is a zero purchase rate). p_alive of a repeat buyer stays unknown.
+            return match self.kind {
+                Kind::PAlive => (v[0] == 0.0).then_some(1.0),
+                Kind::ExpectedPurchases | Kind::DiscountedPurchases => Some(0.0),
+                Kind::ExpectedOrderValue => self.gamma_gamma.as_ref().and_then(|g| g.population_mean().ok()),
+            };
+        };
         let out = match self.kind {
             Kind::PAlive if is_new(v[0], v[1], v[2]) => Some(1.0),
             Kind::PAlive => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
@@ -184,10 +190,16 @@ impl ScalarUDFImpl for ModelFunction {
     }
 }
 
-/// Registers the model functions with the fitted parameters on `ctx`.
+/// Registers the model functions with the fitted parameters on `ctx`; `bgnbd` is `None`
+/// when the data had no repeat purchase to fit it on.
 ///
 /// `time_unit_days` is the model's time unit (7 = weeks); it sets how many units a month is.
-pub fn register(ctx: &SessionContext, bgnbd: BgNbdParams, gamma_gamma: Option<GammaGammaParams>, time_unit_days: f64) {
+pub fn register(
+    ctx: &SessionContext,
+    bgnbd: Option<BgNbdParams>,
+    gamma_gamma: Option<GammaGammaParams>,
+    time_unit_days: f64,
+) {
     let month_in_units = 365.25 / 12.0 / time_unit_days;
     let functions = [
         ("bgnbd_p_alive", Kind::PAlive, 3),
@@ -220,7 +232,7 @@ mod tests {
     async fn sql_functions_match_the_model_code() {
         let ctx = SessionContext::new();
         let gg = GammaGammaParams::new(6.25, 3.74, 15.44).unwrap();
-        register(&ctx, cdnow(), Some(gg), 7.0);
+        register(&ctx, Some(cdnow()), Some(gg), 7.0);
         let df = ctx
             .sql(
                 "SELECT bgnbd_expected_purchases(39, 2, 30.43, 38.86) AS e, bgnbd_p_alive(0, 0, 10) AS p0, \

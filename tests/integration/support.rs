@@ -131,3 +131,42 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Header of the sales export, from the declared schema's field order.
+pub const SALES_HEADER: &str = "order_id,line_no,customer_id,order_ts,channel,category,quantity,unit_price,discount,unit_cost,currency,referred_by";
+
+/// A scratch project whose three sources read the given export texts (written to
+/// `dir/exports/`); service and marketing are empty exports when `None`. Returns the
+/// pipeline path.
+pub fn project_with_exports(
+    dir: &Path,
+    sales_csv: &str,
+    service_csv: Option<&str>,
+    marketing_ndjson: Option<&str>,
+) -> PathBuf {
+    let p = scratch_project(dir);
+    let exports = dir.join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    std::fs::write(exports.join("sales.csv"), sales_csv).unwrap();
+    let service_header = "ticket_id,customer_id,opened_at,closed_at,category,status,csat,handling_cost\n";
+    std::fs::write(exports.join("service.csv"), service_csv.unwrap_or(service_header)).unwrap();
+    std::fs::write(exports.join("marketing.ndjson"), marketing_ndjson.unwrap_or("")).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let fixtures = format!("\"{}/fixtures/", repo().display());
+    let text = text
+        .replace(
+            &format!("{fixtures}sales/*.csv\""),
+            &format!("\"{}\"", exports.join("sales.csv").display()),
+        )
+        .replace(
+            &format!("{fixtures}service/*.csv\""),
+            &format!("\"{}\"", exports.join("service.csv").display()),
+        )
+        .replace(
+            &format!("{fixtures}marketing/*.ndjson\""),
+            &format!("\"{}\"", exports.join("marketing.ndjson").display()),
+        );
+    assert!(!text.contains("/fixtures/"), "every source was redirected");
+    std::fs::write(&p, text).unwrap();
+    p
+}
