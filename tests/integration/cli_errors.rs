@@ -10,24 +10,11 @@ fn write_pipeline(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std
     p
 }
 
-fn run_pipeline(dir: &std::path::Path, pipeline: &std::path::Path) -> std::process::Output {
-    patron(
-        dir,
-        &[
-            "run",
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--out",
-            dir.join("wh").to_str().unwrap(),
-        ],
-    )
-}
-
 #[test]
 fn unknown_key_exits_2_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_pipeline(dir.path(), |t| t.replace("margin_rate = 0.30", "margin_rat = 0.30"));
-    let out = run_pipeline(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("margin_rat") && err.contains("default.toml"), "{err}");
@@ -40,7 +27,7 @@ fn bad_values_exit_2_listing_every_key() {
         t.replace("as_of = \"latest\"", "as_of = \"last tuesday\"")
             .replace("value_tier_a_share = 0.80", "value_tier_a_share = 1.8")
     });
-    let out = run_pipeline(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -55,7 +42,7 @@ fn missing_input_file_exits_2_naming_it() {
     let p = write_pipeline(dir.path(), |t| {
         t.replace("fixtures/service/*.csv", "fixtures/service/nope_*.csv")
     });
-    let out = run_pipeline(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope_*.csv") && err.contains("service"), "{err}");
@@ -79,7 +66,7 @@ fn bad_flag_exits_2() {
 fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
     let dir = tempfile::tempdir().unwrap();
     let good = scratch_project(dir.path());
-    let out = run_pipeline(dir.path(), &good);
+    let out = run_pipeline(dir.path(), &good, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = std::fs::read(dir.path().join("wh/tables/fct_customer/part-00000.parquet")).unwrap();
 
@@ -89,7 +76,7 @@ fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
         text_before.replace("error_budget = 0.05", "error_budget = 0.0001"),
     )
     .unwrap();
-    let out = run_pipeline(dir.path(), &good);
+    let out = run_pipeline(dir.path(), &good, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error budget") && err.contains("source `"), "{err}");

@@ -15,18 +15,7 @@ async fn run_and_check(rows: &[(&str, &str, &str)], as_of: &str) -> serde_json::
     let dir = tempfile::tempdir().unwrap();
     let p = project_with_exports(dir.path(), &sales(rows), None, None);
     let wh = dir.path().join("wh");
-    let out = patron(
-        dir.path(),
-        &[
-            "run",
-            "--pipeline",
-            p.to_str().unwrap(),
-            "--as-of",
-            as_of,
-            "--out",
-            wh.to_str().unwrap(),
-        ],
-    );
+    let out = run_pipeline(dir.path(), &p, &["--as-of", as_of]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ctx = warehouse_session(&wh).await;
     let customers = scalar(&ctx, "SELECT COUNT(DISTINCT customer_id) FROM fct_customer").await;
@@ -91,18 +80,7 @@ async fn a_single_repeat_buyer_gives_a_clear_outcome() {
     ];
     let p = project_with_exports(dir.path(), &sales(&rows), None, None);
     let wh = dir.path().join("wh");
-    let out = patron(
-        dir.path(),
-        &[
-            "run",
-            "--pipeline",
-            p.to_str().unwrap(),
-            "--as-of",
-            "2025-06-30",
-            "--out",
-            wh.to_str().unwrap(),
-        ],
-    );
+    let out = run_pipeline(dir.path(), &p, &["--as-of", "2025-06-30"]);
     // One customer cannot identify four parameters: either the fit is skipped with a reason
     // or the run fails naming the model; never a silent nonsense fit.
     match out.status.code() {

@@ -3,19 +3,6 @@
 
 use crate::support::*;
 
-fn run(dir: &std::path::Path, pipeline: &std::path::Path) -> std::process::Output {
-    patron(
-        dir,
-        &[
-            "run",
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--out",
-            dir.join("wh").to_str().unwrap(),
-        ],
-    )
-}
-
 #[tokio::test]
 async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,7 +15,7 @@ async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
          GROUP BY s.rfm_segment ORDER BY s.rfm_segment",
     )
     .unwrap();
-    let out = run(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let manifest = latest_manifest(&dir.path().join("wh"));
     let order: Vec<&str> = manifest["stages"]
@@ -60,7 +47,7 @@ fn a_cycle_exits_2_naming_the_files() {
     let p = scratch_project(dir.path());
     std::fs::write(dir.path().join("sql/marts/loop_a.sql"), "SELECT * FROM loop_b").unwrap();
     std::fs::write(dir.path().join("sql/marts/loop_b.sql"), "SELECT * FROM loop_a").unwrap();
-    let out = run(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -74,7 +61,7 @@ fn an_unknown_table_exits_2_with_a_suggestion() {
     let dir = tempfile::tempdir().unwrap();
     let p = scratch_project(dir.path());
     std::fs::write(dir.path().join("sql/marts/typo.sql"), "SELECT * FROM fct_customers").unwrap();
-    let out = run(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -92,7 +79,7 @@ fn a_sql_error_names_the_stage_file_and_line() {
         "SELECT customer_id,\n       no_such_column\nFROM fct_customer",
     )
     .unwrap();
-    let out = run(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.sql") && err.contains("no_such_column"), "{err}");
@@ -104,7 +91,7 @@ fn a_stage_that_is_not_a_select_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let p = scratch_project(dir.path());
     std::fs::write(dir.path().join("sql/marts/ddl.sql"), "CREATE TABLE x AS SELECT 1").unwrap();
-    let out = run(dir.path(), &p);
+    let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ddl.sql"));
 }

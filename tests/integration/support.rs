@@ -23,6 +23,20 @@ pub fn patron(cwd: &Path, args: &[&str]) -> Output {
         .expect("patron binary starts")
 }
 
+/// Runs `patron run --pipeline <pipeline> --out <dir>/wh <extra...>` in `dir`.
+pub fn run_pipeline(dir: &Path, pipeline: &Path, extra: &[&str]) -> Output {
+    let out = dir.join("wh");
+    let mut args = vec![
+        "run",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    patron(dir, &args)
+}
+
 /// stdout + stderr as text, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
