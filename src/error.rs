@@ -1,5 +1,5 @@
 //! The error of a whole run and the exit-code contract the CLI documents:
-//! 0 success, 1 the run failed, 2 usage or configuration error.
+//! 0 success, 1 the run failed, 2 usage or configuration error, 3 data tests failed.
 
 use crate::config::ConfigError;
 use crate::extract::ExtractError;
@@ -13,6 +13,8 @@ pub const EXIT_RUN_FAILED: u8 = 1;
 /// Exit code: usage or configuration error (bad flags, pipeline file, schema, missing
 /// inputs, stage files that do not parse or do not resolve).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: an `error` data test failed; nothing was published.
+pub const EXIT_TESTS_FAILED: u8 = 3;
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,14 @@ pub enum RunError {
     /// Stage discovery or execution failed.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// Data tests of severity `error` failed; nothing was published.
+    #[error("{failed} data test(s) failed; nothing was published\n{report}")]
+    DataTests {
+        /// Blocking failures.
+        failed: usize,
+        /// Failing rows and reproducing queries.
+        report: String,
+    },
     /// The model fit failed.
     #[error(transparent)]
     Score(#[from] crate::score::models::ScoreError),
@@ -57,7 +67,13 @@ impl RunError {
             RunError::Transform(e) => e.is_config_error(),
             _ => false,
         };
-        if config { EXIT_USAGE } else { EXIT_RUN_FAILED }
+        if config {
+            EXIT_USAGE
+        } else if matches!(self, RunError::DataTests { .. }) {
+            EXIT_TESTS_FAILED
+        } else {
+            EXIT_RUN_FAILED
+        }
     }
 
     /// The pipeline phase the error belongs to, for the manifest.
@@ -67,6 +83,7 @@ impl RunError {
             RunError::Extract(_) | RunError::NoAsOf => "extract",
             RunError::Transform(_) | RunError::Engine(_) => "transform",
             RunError::Score(_) => "score",
+            RunError::DataTests { .. } => "test",
             RunError::Publish(_) | RunError::Io { .. } => "publish",
         }
     }

@@ -16,9 +16,10 @@ use crate::names::{self, QUARANTINE_DIR, RAW_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::manifest::{PublishedTable, RunSettings};
 use crate::publish::{self, Outcome, RunManifest};
-use crate::score::models::{MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
-use crate::score::udf::MODEL_FUNCTIONS;
-use crate::transform::{self, Provided, runner};
+use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
+use crate::transform::checks::{self, TestOutcome};
+use crate::transform::spec::Materialized;
+use crate::transform::{self, runner};
 
 /// The result of a successful run.
 #[derive(Debug)]
@@ -53,6 +54,7 @@ struct RunState {
     extract: Vec<SourceMetrics>,
     stages: Vec<runner::StageMetrics>,
     models: Option<ModelMetrics>,
+    tests: Vec<TestOutcome>,
     tables: Vec<PublishedTable>,
 }
 
@@ -68,6 +70,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         extract: Vec::new(),
         stages: Vec::new(),
         models: None,
+        tests: Vec::new(),
         tables: Vec::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
@@ -97,6 +100,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         rows_quarantined: state.extract.iter().map(|m| m.rows_quarantined).sum(),
         extract: state.extract,
         stages: state.stages,
+        tests: state.tests,
         models: state.models,
         tables: state.tables,
         settings: RunSettings {
@@ -150,12 +154,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .map(|s| names::raw_table(&s.name))
         .chain([names::QUARANTINE_TABLE.to_string()])
         .collect();
-    let provided: Provided = MODEL_FUNCTIONS
-        .iter()
-        .chain(&[MODEL_PARAMS_TABLE])
-        .map(|name| (name.to_string(), MODEL_INPUT_STAGE.to_string()))
-        .collect();
-    let order = transform::execution_order(&project, &external, &provided)?;
+    let order = transform::execution_order(&project, &external, &models::providers())?;
 
     std::fs::create_dir_all(&state.staging).map_err(staging_io(&state.staging))?;
     let raw_dir = state.staging.join(RAW_DIR);
@@ -232,6 +231,9 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
         let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
         state.stages.push(m);
+        state
+            .tests
+            .extend(checks::run_tests(&ctx, &stage.spec.tests, &params).await?);
         if name == MODEL_INPUT_STAGE {
             progress.phase("score: fitting BG/NBD and Gamma-Gamma");
             let models = fit_and_register(&ctx, &plan.scoring).await?;
@@ -251,9 +253,29 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 rows,
                 bytes,
                 duration_ms: started.elapsed().as_millis() as u64,
+                materialized: Materialized::Table,
                 output,
             });
         }
+    }
+
+    progress.phase("data tests");
+    state
+        .tests
+        .extend(checks::run_tests(&ctx, &project.singular_tests, &params).await?);
+    let failed = state.tests.iter().filter(|t| t.blocks()).count();
+    if failed > 0 {
+        return Err(RunError::DataTests {
+            failed,
+            report: checks::describe_failures(&state.tests),
+        });
+    }
+    let warned = state.tests.iter().filter(|t| !t.passed()).count();
+    if warned > 0 {
+        tracing::warn!(
+            "{warned} data test(s) of severity warn failed:\n{}",
+            checks::describe_failures(&state.tests)
+        );
     }
 
     // Publish: swap each folder into the warehouse, then drop the staging area.
@@ -285,7 +307,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             });
         }
     }
-    for m in &state.stages {
+    for m in state.stages.iter().filter(|m| m.materialized == Materialized::Table) {
         let target = plan.warehouse.join(TABLES_DIR).join(&m.name);
         publish::swap_in(
             &tables_dir.join(&m.name),

@@ -1,8 +1,11 @@
 //! Command line: argument parsing with clap and one module per subcommand. Each
 //! subcommand returns a [`CliError`] whose exit code is part of the documented contract.
 
+pub mod dag;
+pub mod evaluate;
 pub mod generate;
 pub mod run;
+pub mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +32,12 @@ pub enum Command {
     Run(run::RunArgs),
     /// Write synthetic sales, service and marketing exports with known true parameters.
     Generate(generate::GenerateArgs),
+    /// Run the data tests of the published tables (all, or `--select`ed stages).
+    Test(test::TestArgs),
+    /// Show the stage graph as text, Mermaid, Graphviz dot or JSON.
+    Dag(dag::DagArgs),
+    /// Backtest the churn and purchase models: fit as of a calibration end, predict the holdout.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// A failed command: message already formatted, and its exit code.
@@ -64,5 +73,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Generate(args) => generate::run(args),
+        Command::Evaluate(args) => evaluate::run(args).await,
+        Command::Test(args) => test::run(args).await,
+        Command::Dag(args) => dag::run(args),
     }
 }

@@ -12,6 +12,7 @@ use crate::extract::SourceMetrics;
 use crate::names::{LATEST_MANIFEST, RUNS_DIR};
 use crate::score::ScoringSettings;
 use crate::score::models::ModelMetrics;
+use crate::transform::checks::TestOutcome;
 use crate::transform::runner::StageMetrics;
 
 /// How a run ended.
@@ -83,6 +84,8 @@ pub struct RunManifest {
     pub rows_quarantined: u64,
     /// Per stage, in execution order.
     pub stages: Vec<StageMetrics>,
+    /// Every data test run, with failures.
+    pub tests: Vec<TestOutcome>,
     /// The fitted models (parameters, log-likelihood, iterations, convergence, fit time).
     pub models: Option<ModelMetrics>,
     /// Tables published.

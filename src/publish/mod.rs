@@ -4,6 +4,7 @@
 //! (Cross-table atomicity comes with the Delta Lake table format.)
 
 pub mod manifest;
+pub mod read;
 
 use std::path::{Path, PathBuf};
 

@@ -559,6 +559,20 @@ pub fn expected_purchases(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal:
     Ok(alive * expectation_factor(params, x, params.alpha + t_cal, t)?)
 }
 
+/// Expected purchases in the next `t` for any customer history, including one first seen
+/// on the scoring day (x = t_x = T = 0, nothing observed yet), for whom the conditional
+/// expectation (eq. 10) reduces to the unconditional eq. 7.
+///
+/// # Errors
+/// As [`expected_purchases`] and [`expected_purchases_unconditional`].
+pub fn predict_purchases(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
+    if x == 0.0 && t_x == 0.0 && t_cal == 0.0 {
+        expected_purchases_unconditional(params, t)
+    } else {
+        expected_purchases(params, t, x, t_x, t_cal)
+    }
+}
+
 /// Expected number of repeat purchases `E[X(t)]` in the first `t` time units
 /// of a newly acquired customer (FHL eq. 7):
 /// `(a+b-1)/(a-1) [1 - (α/(α+t))^r 2F1(r, b; a+b-1; t/(α+t))]`.

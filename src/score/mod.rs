@@ -2,6 +2,7 @@
 //! and how they reach the scoring SQL stages as named parameters (`$as_of`, `$margin_rate`,
 //! ...). Rule-based scores live in `sql/scoring/`; the probabilistic models are added here.
 
+pub mod backtest;
 pub mod bgnbd;
 pub mod error;
 pub mod gamma_gamma;

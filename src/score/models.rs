@@ -28,6 +28,16 @@ pub const MODEL_INPUT_STAGE: &str = "customer_model_input";
 /// The table holding the fitted parameters, available to stages after the fit.
 pub const MODEL_PARAMS_TABLE: &str = "model_params";
 
+/// What the model step provides to later stages: every model function and the
+/// `model_params` table, each available once [`MODEL_INPUT_STAGE`] has run.
+pub fn providers() -> crate::transform::Provided {
+    udf::MODEL_FUNCTIONS
+        .iter()
+        .chain(&[MODEL_PARAMS_TABLE])
+        .map(|name| (name.to_string(), MODEL_INPUT_STAGE.to_string()))
+        .collect()
+}
+
 /// Model step failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {

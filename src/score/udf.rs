@@ -100,14 +100,9 @@ fn is_new(x: f64, t_x: f64, t_cal: f64) -> bool {
     x == 0.0 && t_x == 0.0 && t_cal == 0.0
 }
 
-/// Expected purchases in the next `t`: FHL eq. 10 given the history, or for a customer
-/// with nothing observed yet (T = 0) the unconditional eq. 7, which is its limit.
+/// Expected purchases in the next `t` given the history (see [`bgnbd::predict_purchases`]).
 fn expected(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Option<f64> {
-    if is_new(x, t_x, t_cal) {
-        bgnbd::expected_purchases_unconditional(params, t).ok()
-    } else {
-        bgnbd::expected_purchases(params, t, x, t_x, t_cal).ok()
-    }
+    bgnbd::predict_purchases(params, t, x, t_x, t_cal).ok()
 }
 
 /// Expected purchases in each month of the horizon, discounted: the purchase-count part of

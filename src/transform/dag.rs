@@ -21,7 +21,7 @@ pub type Provided = BTreeMap<String, String>;
 
 /// The stages `stage` must run after: the stages it reads, and the providers of what it
 /// reads or calls.
-fn dependencies<'a>(project: &'a Project, provided: &'a Provided, stage: &'a super::Stage) -> BTreeSet<&'a str> {
+pub fn dependencies<'a>(project: &'a Project, provided: &'a Provided, stage: &'a super::Stage) -> BTreeSet<&'a str> {
     let read_stages = stage
         .reads
         .iter()
@@ -134,6 +134,7 @@ mod tests {
                     sql: String::new(),
                     reads: reads.iter().map(|s| s.to_string()).collect(),
                     calls: vec![],
+                    spec: Default::default(),
                 },
             );
         }
@@ -190,6 +191,7 @@ mod provided_tests {
             sql: String::new(),
             reads: reads.iter().map(|s| s.to_string()).collect(),
             calls: calls.iter().map(|s| s.to_string()).collect(),
+            spec: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use std::ops::ControlFlow;
 
 use super::TransformError;
+use super::spec::{DataTest, Severity, StageSpec, TestKind, load_spec};
 use crate::config::{collect_files, is_identifier};
 
 /// Subfolder of the SQL folder reserved for data tests; its files are not stages.
@@ -30,6 +31,8 @@ pub struct Stage {
     pub reads: Vec<String>,
     /// Functions the query calls (lower case), sorted.
     pub calls: Vec<String>,
+    /// Header settings, descriptions and data tests.
+    pub spec: StageSpec,
 }
 
 /// A seed: a CSV file under the SQL folder, loaded as the table `name`.
@@ -48,6 +51,8 @@ pub struct Project {
     pub stages: BTreeMap<String, Stage>,
     /// Seeds by name.
     pub seeds: BTreeMap<String, Seed>,
+    /// Singular data tests: queries under `sql/tests/` returning failing rows.
+    pub singular_tests: Vec<DataTest>,
 }
 
 /// What a stage's query refers to.
@@ -121,7 +126,25 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
     for path in files {
         let rel = path.strip_prefix(sql_dir).unwrap_or(&path).to_path_buf();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !(ext == "sql" || ext == "csv") || rel.starts_with(TESTS_DIR) {
+        if rel.starts_with(TESTS_DIR) {
+            if ext == "sql" {
+                let sql = std::fs::read_to_string(&path).map_err(|e| TransformError::Read {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                references(&path, &sql)?;
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+                project.singular_tests.push(DataTest {
+                    table: String::new(),
+                    name,
+                    kind: TestKind::Singular { sql },
+                    severity: Severity::Error,
+                    file: path,
+                });
+            }
+            continue;
+        }
+        if !(ext == "sql" || ext == "csv") {
             continue;
         }
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
@@ -145,6 +168,7 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
             message: e.to_string(),
         })?;
         let refs = references(&path, &sql)?;
+        let spec = load_spec(&name, &path, &sql)?;
         let layer = rel
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
@@ -158,6 +182,7 @@ pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
                 sql,
                 reads: refs.tables,
                 calls: refs.functions,
+                spec,
             },
         );
     }

@@ -3,9 +3,12 @@
 //! the tables each query reads, found with DataFusion's SQL parser; stages run in
 //! dependency order ([`dag`]) and each result is materialised to Parquet ([`runner`]).
 
+pub mod checks;
 pub mod dag;
 pub mod discover;
 pub mod runner;
+pub mod select;
+pub mod spec;
 
 use std::path::PathBuf;
 
@@ -69,6 +72,14 @@ pub enum TransformError {
         name: String,
         /// The stage that would provide it.
         provider: String,
+    },
+    /// A `--select` / `--exclude` selector matches nothing (exit code 2).
+    #[error("selector `{selector}`: {message}")]
+    Selection {
+        /// The selector.
+        selector: String,
+        /// What is wrong, with a suggestion where one is close.
+        message: String,
     },
     /// Stages depend on each other in a circle (exit code 2).
     #[error("dependency cycle between stages: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]

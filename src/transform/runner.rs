@@ -13,6 +13,7 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::spec::Materialized;
 use super::{Seed, Stage, TransformError};
 use crate::storage::ParquetSink;
 
@@ -31,6 +32,8 @@ pub struct StageMetrics {
     pub bytes: u64,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// Table (written and published) or view (neither).
+    pub materialized: Materialized,
     /// The materialised file.
     #[serde(skip)]
     pub output: PathBuf,
@@ -169,10 +172,17 @@ pub async fn run_stage(
         .map_err(sql_err)?
         .with_param_values(params.clone())
         .map_err(sql_err)?;
-    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir).await.map_err(|e| match e {
-        MaterializeError::Query(e) => sql_err(e),
-        MaterializeError::Write(e) => TransformError::Write(e),
-    })?;
+    let (output, rows, bytes) = match stage.spec.materialized {
+        Materialized::View => {
+            ctx.deregister_table(&stage.name).map_err(sql_err)?;
+            ctx.register_table(&stage.name, df.into_view()).map_err(sql_err)?;
+            (PathBuf::new(), 0, 0)
+        }
+        Materialized::Table => materialize(ctx, &stage.name, df, out_dir).await.map_err(|e| match e {
+            MaterializeError::Query(e) => sql_err(e),
+            MaterializeError::Write(e) => TransformError::Write(e),
+        })?,
+    };
     let metrics = StageMetrics {
         name: stage.name.clone(),
         file: stage.path.to_string_lossy().into_owned(),
@@ -180,6 +190,7 @@ pub async fn run_stage(
         rows,
         bytes,
         duration_ms: started.elapsed().as_millis() as u64,
+        materialized: stage.spec.materialized,
         output,
     };
     tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");

@@ -1,8 +1,12 @@
 //! Integration tests through the real `patron` binary, one module per theme.
 
+mod cdnow;
 mod cli_errors;
+mod data_tests;
 mod degenerate;
+mod evaluate;
 mod generate;
+mod recovery;
 mod run_fixtures;
 mod stages;
 mod support;

@@ -1,0 +1,52 @@
+//! Reading what a warehouse has published: the tables as DataFusion tables, and the latest
+//! successful run's manifest. Used by `patron test` and other commands that look at the
+//! published state rather than run the pipeline.
+
+use std::path::Path;
+
+use datafusion::prelude::SessionContext;
+
+use super::PublishError;
+use crate::names::{LATEST_MANIFEST, RUNS_DIR, TABLES_DIR};
+use crate::transform::runner::register_parquet;
+
+/// Registers every published table of `warehouse` on `ctx`; returns their names, sorted.
+pub async fn register_published(ctx: &SessionContext, warehouse: &Path) -> Result<Vec<String>, PublishError> {
+    let dir = warehouse.join(TABLES_DIR);
+    let entries = std::fs::read_dir(&dir).map_err(|source| PublishError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if !path.is_dir() {
+            continue;
+        }
+        register_parquet(ctx, &name, &path)
+            .await
+            .map_err(|e| PublishError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The latest successful run's manifest as JSON.
+pub fn latest_manifest(warehouse: &Path) -> Result<serde_json::Value, PublishError> {
+    let path = warehouse.join(RUNS_DIR).join(LATEST_MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|source| PublishError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PublishError::Io {
+        path,
+        source: std::io::Error::other(e.to_string()),
+    })
+}

@@ -1,0 +1,418 @@
+//! What a data engineer declares about a stage besides its SELECT: header comments at the
+//! top of the `.sql` file and an optional schema file `<table>.toml` beside it with table
+//! and column descriptions and data tests.
+//!
+//! Header comments (`-- @key: value`, before the first SQL line):
+//! ```sql
+//! -- @description: One row per customer.
+//! -- @materialized: table        (table | view)
+//! -- @tags: daily, marts
+//! ```
+//! Schema file (`sql/marts/fct_customer.toml`):
+//! ```toml
+//! description = "One row per customer."
+//! [columns.customer_id]
+//! description = "Canonical id"
+//! tests = ["unique", "not_null"]
+//! [columns.value_tier]
+//! tests = [{ accepted_values = ["A", "B", "C"] }]
+//! [columns.referred_by]
+//! tests = [{ relationships = { to = "fct_customer", field = "customer_id" }, severity = "warn" }]
+//! [[tests]]
+//! expression = "revenue >= 0"
+//! [[tests]]
+//! row_count = { min = 1 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::TransformError;
+
+/// How a stage's result is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Materialized {
+    /// Written to Parquet and published (the default).
+    #[default]
+    Table,
+    /// Computed on read by later stages; not written or published.
+    View,
+}
+
+/// What happens when a data test fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The run fails before publishing.
+    #[default]
+    Error,
+    /// Reported, the run goes on.
+    Warn,
+}
+
+/// One data test: a query returning the failing rows (empty = pass).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestKind {
+    /// No two rows share these columns.
+    Unique(Vec<String>),
+    /// The column has no NULL.
+    NotNull(String),
+    /// Every non-NULL value is one of these.
+    AcceptedValues {
+        /// Column.
+        column: String,
+        /// Allowed values (compared as text).
+        values: Vec<String>,
+    },
+    /// Every non-NULL value exists in `to`.`field`.
+    Relationships {
+        /// Column.
+        column: String,
+        /// Referenced table.
+        to: String,
+        /// Referenced column.
+        field: String,
+    },
+    /// A boolean SQL expression every row must meet.
+    Expression(String),
+    /// Row count bounds.
+    RowCount {
+        /// At least this many rows.
+        min: Option<u64>,
+        /// At most this many rows.
+        max: Option<u64>,
+    },
+    /// A query under `sql/tests/` returning failing rows.
+    Singular {
+        /// The query.
+        sql: String,
+    },
+}
+
+/// A data test attached to a table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataTest {
+    /// Table the test checks.
+    pub table: String,
+    /// Readable name, e.g. `unique(customer_id)`.
+    pub name: String,
+    /// What it checks.
+    pub kind: TestKind,
+    /// Error or warn.
+    pub severity: Severity,
+    /// File that declares it.
+    pub file: PathBuf,
+}
+
+/// Descriptions, settings and tests of one stage.
+#[derive(Debug, Clone, Default)]
+pub struct StageSpec {
+    /// Table description.
+    pub description: Option<String>,
+    /// Materialisation.
+    pub materialized: Materialized,
+    /// Tags for selection (`--select tag:daily`).
+    pub tags: Vec<String>,
+    /// Column descriptions.
+    pub columns: BTreeMap<String, String>,
+    /// Data tests.
+    pub tests: Vec<DataTest>,
+    /// The schema file, when there is one.
+    pub schema_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchemaFile {
+    description: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    columns: BTreeMap<String, RawColumn>,
+    #[serde(default)]
+    tests: Vec<RawTableTest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    description: Option<String>,
+    #[serde(default)]
+    tests: Vec<RawColumnTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawColumnTest {
+    Name(String),
+    Table(RawColumnTestTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumnTestTable {
+    unique: Option<bool>,
+    not_null: Option<bool>,
+    accepted_values: Option<Vec<String>>,
+    relationships: Option<RawRelationship>,
+    severity: Option<Severity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelationship {
+    to: String,
+    field: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTableTest {
+    expression: Option<String>,
+    unique: Option<Vec<String>>,
+    row_count: Option<RawRowCount>,
+    severity: Option<Severity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRowCount {
+    min: Option<u64>,
+    max: Option<u64>,
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> TransformError {
+    TransformError::Parse {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Reads `-- @key: value` lines at the top of a stage file into `spec`.
+fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), TransformError> {
+    for (i, line) in sql.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some(comment) = line.strip_prefix("--") else { break };
+        let Some(setting) = comment.trim().strip_prefix('@') else {
+            continue;
+        };
+        let (key, value) = setting
+            .split_once(':')
+            .ok_or_else(|| bad(path, format!("line {}: expected `-- @key: value`", i + 1)))?;
+        let value = value.trim();
+        match key.trim() {
+            "description" => spec.description = Some(value.to_string()),
+            "materialized" => {
+                spec.materialized = match value {
+                    "table" => Materialized::Table,
+                    "view" => Materialized::View,
+                    other => {
+                        return Err(bad(
+                            path,
+                            format!("line {}: materialized `{other}` is not one of table, view", i + 1),
+                        ));
+                    }
+                }
+            }
+            "tags" => {
+                spec.tags = value
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            }
+            other => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "line {}: unknown setting `@{other}` (use description, materialized, tags)",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn column_test(table: &str, column: &str, test: RawColumnTest, file: &Path) -> Result<DataTest, TransformError> {
+    let (kind, severity) = match test {
+        RawColumnTest::Name(name) => match name.as_str() {
+            "unique" => (TestKind::Unique(vec![column.to_string()]), Severity::Error),
+            "not_null" => (TestKind::NotNull(column.to_string()), Severity::Error),
+            other => {
+                return Err(bad(
+                    file,
+                    format!(
+                        "columns.{column}: unknown test `{other}` (unique, not_null, or a table with accepted_values / relationships)"
+                    ),
+                ));
+            }
+        },
+        RawColumnTest::Table(t) => {
+            let mut kinds = Vec::new();
+            if t.unique == Some(true) {
+                kinds.push(TestKind::Unique(vec![column.to_string()]));
+            }
+            if t.not_null == Some(true) {
+                kinds.push(TestKind::NotNull(column.to_string()));
+            }
+            if let Some(values) = t.accepted_values {
+                kinds.push(TestKind::AcceptedValues {
+                    column: column.to_string(),
+                    values,
+                });
+            }
+            if let Some(r) = t.relationships {
+                kinds.push(TestKind::Relationships {
+                    column: column.to_string(),
+                    to: r.to,
+                    field: r.field,
+                });
+            }
+            if kinds.len() != 1 {
+                return Err(bad(
+                    file,
+                    format!("columns.{column}: each test entry must name exactly one test"),
+                ));
+            }
+            (kinds.remove(0), t.severity.unwrap_or_default())
+        }
+    };
+    Ok(DataTest {
+        table: table.to_string(),
+        name: test_name(&kind),
+        kind,
+        severity,
+        file: file.to_path_buf(),
+    })
+}
+
+/// A short readable name for a test.
+pub fn test_name(kind: &TestKind) -> String {
+    match kind {
+        TestKind::Unique(cols) => format!("unique({})", cols.join(", ")),
+        TestKind::NotNull(c) => format!("not_null({c})"),
+        TestKind::AcceptedValues { column, .. } => format!("accepted_values({column})"),
+        TestKind::Relationships { column, to, field } => format!("relationships({column} -> {to}.{field})"),
+        TestKind::Expression(e) => format!("expression({e})"),
+        TestKind::RowCount { min, max } => format!(
+            "row_count({}..{})",
+            min.map(|m| m.to_string()).unwrap_or_default(),
+            max.map(|m| m.to_string()).unwrap_or_default()
+        ),
+        TestKind::Singular { .. } => "singular".into(),
+    }
+}
+
+/// Reads the header of `sql_path` and its schema file `<stem>.toml`, if any.
+pub fn load_spec(table: &str, sql_path: &Path, sql: &str) -> Result<StageSpec, TransformError> {
+    let mut spec = StageSpec::default();
+    read_header(sql_path, sql, &mut spec)?;
+    let schema_path = sql_path.with_extension("toml");
+    if !schema_path.is_file() {
+        return Ok(spec);
+    }
+    let text = std::fs::read_to_string(&schema_path).map_err(|e| TransformError::Read {
+        path: schema_path.clone(),
+        message: e.to_string(),
+    })?;
+    let raw: RawSchemaFile = toml::from_str(&text).map_err(|e| bad(&schema_path, e.to_string().trim_end()))?;
+    if let Some(d) = raw.description {
+        spec.description = Some(d);
+    }
+    spec.tags.extend(raw.tags);
+    spec.tags.sort();
+    spec.tags.dedup();
+    for (column, c) in raw.columns {
+        if let Some(d) = c.description {
+            spec.columns.insert(column.clone(), d);
+        }
+        for t in c.tests {
+            spec.tests.push(column_test(table, &column, t, &schema_path)?);
+        }
+    }
+    for (i, t) in raw.tests.into_iter().enumerate() {
+        let mut kinds = Vec::new();
+        if let Some(e) = t.expression {
+            kinds.push(TestKind::Expression(e));
+        }
+        if let Some(cols) = t.unique {
+            kinds.push(TestKind::Unique(cols));
+        }
+        if let Some(r) = t.row_count {
+            kinds.push(TestKind::RowCount { min: r.min, max: r.max });
+        }
+        if kinds.len() != 1 {
+            return Err(bad(
+                &schema_path,
+                format!("tests[{i}]: name exactly one of expression, unique, row_count"),
+            ));
+        }
+        let kind = kinds.remove(0);
+        spec.tests.push(DataTest {
+            table: table.to_string(),
+            name: test_name(&kind),
+            kind,
+            severity: t.severity.unwrap_or_default(),
+            file: schema_path.clone(),
+        });
+    }
+    spec.schema_file = Some(schema_path);
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_schema_file_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("t.sql");
+        let text = "-- @description: Customers\n-- @tags: daily, marts\n-- free comment\nSELECT 1 AS a";
+        std::fs::write(&sql, text).unwrap();
+        std::fs::write(
+            dir.path().join("t.toml"),
+            "[columns.a]\ndescription = \"the a\"\ntests = [\"unique\", { accepted_values = [\"1\"], severity = \"warn\" }]\n\
+             [[tests]]\nrow_count = { min = 1 }\n",
+        )
+        .unwrap();
+        let spec = load_spec("t", &sql, text).unwrap();
+        assert_eq!(spec.description.as_deref(), Some("Customers"));
+        assert_eq!(spec.tags, vec!["daily", "marts"]);
+        assert_eq!(spec.columns["a"], "the a");
+        let names: Vec<_> = spec.tests.iter().map(|t| (t.name.as_str(), t.severity)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("unique(a)", Severity::Error),
+                ("accepted_values(a)", Severity::Warn),
+                ("row_count(1..)", Severity::Error)
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_header_setting_and_test_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("t.sql");
+        let e = load_spec("t", &sql, "-- @materialised: table\nSELECT 1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.sql") && e.contains("line 1") && e.contains("@materialised"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("t.toml"), "[columns.a]\ntests = [\"uniq\"]\n").unwrap();
+        let e = load_spec("t", &sql, "SELECT 1").unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("uniq"), "{e}");
+    }
+}
