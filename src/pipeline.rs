@@ -2,7 +2,11 @@
 //! publish the tables and write the run manifest. The manifest is written for failed runs
 //! too, from the metrics gathered up to the failure.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::prelude::SessionContext;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,8 +20,10 @@ use crate::names::{self, QUARANTINE_DIR, RAW_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::manifest::{PublishedTable, RunSettings};
 use crate::publish::{self, Outcome, RunManifest};
+use crate::score::bgnbd::BgNbdParams;
 use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
 use crate::transform::checks::{self, TestOutcome};
+use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
 use crate::transform::{self, runner};
 
@@ -324,6 +330,36 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     }
     publish::remove_staging(&state.staging)?;
     Ok(())
+}
+
+/// Plans every stage of `plan` against empty tables (no data is read) and returns the
+/// project, the execution order and the column lineage graph.
+pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<String>, LineageGraph), RunError> {
+    let project = transform::discover(&plan.sql_dir)?;
+    let mut inputs: BTreeMap<String, Arc<Schema>> = plan
+        .sources
+        .iter()
+        .map(|s| (names::raw_table(&s.name), extract::validate::raw_schema(&s.schema)))
+        .collect();
+    inputs.insert(names::QUARANTINE_TABLE.into(), extract::quarantine_schema());
+    inputs.insert(MODEL_PARAMS_TABLE.into(), models::model_params_schema());
+    let external: BTreeSet<String> = inputs
+        .keys()
+        .filter(|k| k.as_str() != MODEL_PARAMS_TABLE)
+        .cloned()
+        .collect();
+    let order = transform::execution_order(&project, &external, &models::providers())?;
+    let ctx = SessionContext::new();
+    runner::register_seeds(&ctx, project.seeds.values()).await?;
+    // Planning only needs the functions to exist; any valid parameters do.
+    let params = BgNbdParams::new(1.0, 1.0, 1.0, 1.0).map_err(|e| RunError::Engine(e.to_string()))?;
+    crate::score::udf::register(&ctx, Some(params), None, plan.scoring.time_unit_days);
+    let as_of = match plan.as_of {
+        AsOf::Date(d) => d,
+        AsOf::Latest => Utc::now().date_naive(),
+    };
+    let graph = LineageGraph::build(&ctx, &project, &order, &inputs, &plan.scoring.sql_params(as_of)).await?;
+    Ok((project, order, graph))
 }
 
 fn folder_stats(dir: &Path, rows: u64) -> (u64, u64) {

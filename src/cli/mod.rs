@@ -4,6 +4,7 @@
 pub mod dag;
 pub mod evaluate;
 pub mod generate;
+pub mod lineage;
 pub mod run;
 pub mod test;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Show the stage graph as text, Mermaid, Graphviz dot or JSON.
     Dag(dag::DagArgs),
+    /// Show which source columns a column is computed from (`table.column`).
+    Lineage(lineage::LineageArgs),
     /// Backtest the churn and purchase models: fit as of a calibration end, predict the holdout.
     Evaluate(evaluate::EvaluateArgs),
 }
@@ -76,5 +79,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Evaluate(args) => evaluate::run(args).await,
         Command::Test(args) => test::run(args).await,
         Command::Dag(args) => dag::run(args),
+        Command::Lineage(args) => lineage::run(args).await,
     }
 }

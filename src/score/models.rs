@@ -300,8 +300,9 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
 }
 
 /// `model_params`: one row per model parameter, with the fit's statistics beside it.
-fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
-    let schema = Arc::new(Schema::new(vec![
+/// Schema of the `model_params` table.
+pub fn model_params_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
         Field::new("model_version", DataType::Utf8, false),
         Field::new("model", DataType::Utf8, false),
         Field::new("parameter", DataType::Utf8, false),
@@ -311,7 +312,11 @@ fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::
         Field::new("converged", DataType::Boolean, false),
         Field::new("fit_ms", DataType::UInt64, false),
         Field::new("customers", DataType::UInt64, false),
-    ]));
+    ]))
+}
+
+fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
+    let schema = model_params_schema();
     let rows: Vec<(&ModelReport, &String, f64)> = m
         .bgnbd
         .iter()

@@ -177,3 +177,25 @@ fn an_unknown_selector_exits_2_with_a_suggestion() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `fct_customer`"));
 }
+
+#[test]
+fn lineage_traces_a_column_to_the_source_columns_it_is_computed_from() {
+    let out = patron(&repo(), &["lineage", "fct_customer.revenue", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["direct"], serde_json::json!(["stg_sales.revenue"]));
+    assert_eq!(
+        doc["sources"],
+        serde_json::json!(["raw_sales.discount", "raw_sales.quantity", "raw_sales.unit_price"])
+    );
+    let out = patron(&repo(), &["lineage", "fct_customer.tickets", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["sources"],
+        serde_json::json!(["raw_service.*"]),
+        "a count comes from the rows"
+    );
+    let out = patron(&repo(), &["lineage", "fct_customer.revenu"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `revenue`"));
+}
