@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod extract;

@@ -2,6 +2,7 @@
 //! subcommand returns a [`CliError`] whose exit code is part of the documented contract.
 
 pub mod dag;
+pub mod docs;
 pub mod evaluate;
 pub mod generate;
 pub mod lineage;
@@ -37,6 +38,8 @@ pub enum Command {
     Test(test::TestArgs),
     /// Show the stage graph as text, Mermaid, Graphviz dot or JSON.
     Dag(dag::DagArgs),
+    /// Write a static HTML catalog: tables, columns, descriptions, tests, lineage, graph.
+    Docs(docs::DocsArgs),
     /// Show which source columns a column is computed from (`table.column`).
     Lineage(lineage::LineageArgs),
     /// Backtest the churn and purchase models: fit as of a calibration end, predict the holdout.
@@ -80,5 +83,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Test(args) => test::run(args).await,
         Command::Dag(args) => dag::run(args),
         Command::Lineage(args) => lineage::run(args).await,
+        Command::Docs(args) => docs::run(args).await,
     }
 }

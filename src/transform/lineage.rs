@@ -226,6 +226,17 @@ impl LineageGraph {
         Some(result)
     }
 
+    /// Columns of a stage table with their SQL types, in order.
+    pub fn typed_columns(&self, table: &str) -> Option<Vec<(String, String)>> {
+        self.plans.get(table).map(|p| {
+            p.schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().to_string()))
+                .collect()
+        })
+    }
+
     /// Columns of a stage table, in order.
     pub fn columns(&self, table: &str) -> Option<Vec<String>> {
         self.plans

@@ -4,6 +4,7 @@ mod cdnow;
 mod cli_errors;
 mod data_tests;
 mod degenerate;
+mod docs;
 mod evaluate;
 mod generate;
 mod recovery;
