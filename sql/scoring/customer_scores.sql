@@ -11,8 +11,9 @@
 --   seeds/rfm_segments.csv.
 -- 2 Churn (BG/NBD): p_alive, churn_risk = 1 - p_alive, churn_band low/medium/high,
 --   expected purchases in the next 90 and 365 days.
--- 3 Spend (Gamma-Gamma): expected_order_value; the mean order value when the model could
---   not be fitted (no repeat buyers).
+-- 3 Spend (Gamma-Gamma): expected_order_value = (gamma + m x) p / (p x + q - 1), which is
+--   the population mean for one-time buyers; the customer's mean order value when the model
+--   could not be fitted (fewer than 3 repeat buyers).
 -- 4 Value: historical_value = gross margin to date; current_value = discounted CLV over
 --   clv_horizon_months = sum_k (E[X(k)] - E[X(k-1)]) * expected_order_value * margin /
 --   (1 + clv_monthly_discount)^k, margin = the customer's own margin share (floored at 0);
@@ -47,7 +48,8 @@ modelled AS (
         bgnbd_p_alive(x, t_x, t_cal) AS p_alive,
         bgnbd_expected_purchases(90.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_90d,
         bgnbd_expected_purchases(365.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_365d,
-        CASE WHEN is_buyer THEN COALESCE(gg_expected_order_value(x, mean_repeat_spend), avg_order_value) END
+        -- x = 0 gives the population mean p * gamma / (q - 1), whatever the spend argument.
+        CASE WHEN is_buyer THEN COALESCE(gg_expected_order_value(x, COALESCE(mean_repeat_spend, 0.0)), avg_order_value) END
             AS expected_order_value,
         bgnbd_discounted_purchases(x, t_x, t_cal, $clv_horizon_months, $clv_monthly_discount) AS discounted_purchases
     FROM base

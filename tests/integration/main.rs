@@ -7,6 +7,7 @@ mod degenerate;
 mod docs;
 mod evaluate;
 mod generate;
+mod golden;
 mod recovery;
 mod run_fixtures;
 mod stages;
