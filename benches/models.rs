@@ -113,7 +113,8 @@ async fn main() {
         let ctx = SessionContext::new();
         let schema = batches[0].schema();
         let table = MemTable::try_new(schema, vec![batches]).expect("table");
-        ctx.register_table(MODEL_INPUT_STAGE, Arc::new(table)).expect("register");
+        ctx.register_table(MODEL_INPUT_STAGE, Arc::new(table))
+            .expect("register");
 
         let started = Instant::now();
         let models = fit_and_register(&ctx, &ScoringSettings::default()).await.expect("fit");
@@ -146,10 +147,16 @@ async fn main() {
             peak_rss_mib()
         );
         if let Some(m) = &models.bgnbd {
-            println!("             bgnbd {:?} (truth r 0.243 alpha 4.414 a 0.793 b 2.426)", m.params);
+            println!(
+                "             bgnbd {:?} (truth r 0.243 alpha 4.414 a 0.793 b 2.426)",
+                m.params
+            );
         }
         if let Some(m) = &models.gamma_gamma {
-            println!("             gamma-gamma {:?} (truth p 6.25 q 3.74 gamma 15.44)", m.params);
+            println!(
+                "             gamma-gamma {:?} (truth p 6.25 q 3.74 gamma 15.44)",
+                m.params
+            );
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod extract;
+pub mod failpoint;
 pub mod generate;
 pub mod names;
 pub mod pipeline;

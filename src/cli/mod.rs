@@ -2,10 +2,15 @@
 //! subcommand returns a [`CliError`] whose exit code is part of the documented contract.
 
 pub mod generate;
+pub mod query;
 pub mod run;
+pub mod runs;
+
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Overrides, Plan};
 use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
 
 /// patron: customer data warehouse pipeline.
@@ -14,7 +19,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 4 another run holds the warehouse lock.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -29,6 +34,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Write synthetic sales, service and marketing exports with known true parameters.
     Generate(generate::GenerateArgs),
+    /// List the runs recorded in the warehouse's `runs` table.
+    Runs(runs::RunsArgs),
+    /// Run a SELECT on the published tables as a run left them (default: the latest succeeded).
+    Query(query::QueryArgs),
 }
 
 /// A failed command: message already formatted, and its exit code.
@@ -37,7 +46,7 @@ pub enum Command {
 pub struct CliError {
     /// What to print.
     pub message: String,
-    /// Exit code (1 or 2).
+    /// Exit code (1, 2 or 4).
     pub code: u8,
 }
 
@@ -64,5 +73,17 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Generate(args) => generate::run(args),
+        Command::Runs(args) => runs::run(args).await,
+        Command::Query(args) => query::run(args).await,
+    }
+}
+
+/// The warehouse a read-only command looks at: `--warehouse`, else the pipeline's.
+pub fn warehouse_of(pipeline: &Path, warehouse: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    match warehouse {
+        Some(w) => Ok(w),
+        None => Plan::load(pipeline, &Overrides::default())
+            .map(|p| p.warehouse)
+            .map_err(|e| CliError::usage(e.to_string())),
     }
 }
