@@ -369,3 +369,35 @@ print(json.dumps(out))
         assert_eq!(rows[location].as_u64(), Some(*n), "{location}");
     }
 }
+
+#[tokio::test]
+async fn of_two_overlapping_runs_one_publishes_and_the_other_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    let wh = dir.path().join("wh");
+    let first = std::process::Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args([
+            "run",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--out",
+            wh.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !wh.join("_lock.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the first run takes the lock");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = run_pipeline(dir.path(), &pipeline, &[]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another run holds the warehouse lock"));
+    let recorded = runs(&wh).await;
+    assert_eq!(recorded.len(), 1, "only the first run is recorded");
+    assert_eq!(recorded[0].outcome, "succeeded");
+}
