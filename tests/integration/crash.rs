@@ -104,6 +104,25 @@ fn recorded_from() -> usize {
         + 1
 }
 
+/// Index of `publish.start`: no table is committed at or before it.
+fn first_publish_point() -> usize {
+    CRASH_POINTS
+        .iter()
+        .position(|p| *p == "publish.start")
+        .expect("publish.start listed")
+}
+
+/// Warehouse folder of a published table's SQL name.
+fn location_of(table: &str) -> String {
+    if let Some(source) = table.strip_prefix("raw_") {
+        format!("raw/{source}")
+    } else if let Some(source) = table.strip_prefix("quarantine_") {
+        format!("quarantine/{source}")
+    } else {
+        format!("tables/{table}")
+    }
+}
+
 /// One chain of crashes on one warehouse; returns the wall time of each crash run.
 async fn crash_chain(points: Vec<(usize, &'static str)>) -> Vec<(String, f64)> {
     let dir = tempfile::tempdir().unwrap();
@@ -125,6 +144,7 @@ async fn crash_chain(points: Vec<(usize, &'static str)>) -> Vec<(String, f64)> {
     let mut previous_crashed: Option<String> = None;
     for (index, point) in points {
         let runs_before = runs(&wh).await.len();
+        let versions_before = delta_versions(&wh);
         let started = Instant::now();
         let out = run_with_failpoint(dir.path(), &pipeline, Some(point));
         timings.push((point.to_string(), started.elapsed().as_secs_f64()));
@@ -152,6 +172,21 @@ async fn crash_chain(points: Vec<(usize, &'static str)>) -> Vec<(String, f64)> {
         for (location, n) in &counts {
             let got = table_rows(&wh.join(location), None).await.len();
             assert_eq!(got, *n, "{location} after {ctx}");
+        }
+
+        // No partial version: before publishing starts no table has a new version; a crash
+        // right after a table commit leaves that table one version newer (what a reader
+        // of the latest version sees), while the runs table still names the old one.
+        let versions_after = delta_versions(&wh);
+        if index <= first_publish_point() {
+            assert_eq!(versions_after, versions_before, "no new version after {ctx}");
+        }
+        if let Some(table) = point.strip_prefix("publish.after_commit.") {
+            let location = location_of(table);
+            assert!(
+                versions_after[&location] > versions_before[&location],
+                "{location} has its new version after {ctx}"
+            );
         }
 
         // The runs table: the crashed run is recorded only past its commit point.
