@@ -51,7 +51,8 @@ pub const CRASH_POINTS: &[&str] = &[
 
 /// Error points: armed, they make an operation return an injected I/O error.
 pub const ERROR_POINTS: &[&str] = &[
-    // Writing a table's files during publish fails as on a full disk.
+    // Writing the first stage table during publish fails as on a full disk (after the raw
+    // and quarantine tables were committed, so their rollback runs too).
     "publish.write_error",
 ];
 

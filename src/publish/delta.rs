@@ -18,6 +18,7 @@ use datafusion::execution::options::ParquetReadOptions;
 use datafusion::prelude::{Expr, SessionContext, cast};
 use deltalake::delta_datafusion::DeltaSessionContext;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -179,7 +180,9 @@ pub async fn restore(table: &str, path: &Path, version: u64) -> Result<u64, Publ
 
 /// Deletes the data files that neither the latest version nor the versions in `keep`
 /// need; returns the number of files deleted. The other versions can then no longer be
-/// read (their log entries stay, as history).
+/// read (their log entries stay, as history). Full mode: files no commit ever named (left
+/// by a run killed while writing, or a Parquet-format publish) go too; call it only
+/// while holding the warehouse lock, so no writer is half-way through a commit.
 pub async fn vacuum(table: &str, path: &Path, keep: &[u64]) -> Result<usize, PublishError> {
     let current = open(table, path).await?;
     let Some(latest) = current.version() else {
@@ -191,6 +194,7 @@ pub async fn vacuum(table: &str, path: &Path, keep: &[u64]) -> Result<usize, Pub
     let (_, metrics) = current
         .vacuum()
         .with_keep_versions(&versions)
+        .with_mode(VacuumMode::Full)
         .with_retention_period(chrono::Duration::zero())
         .with_enforce_retention_duration(false)
         .await

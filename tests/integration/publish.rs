@@ -401,3 +401,28 @@ async fn of_two_overlapping_runs_one_publishes_and_the_other_exits_4() {
     assert_eq!(recorded.len(), 1, "only the first run is recorded");
     assert_eq!(recorded[0].outcome, "succeeded");
 }
+
+#[tokio::test]
+async fn retention_also_removes_data_files_no_commit_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    with_publish_settings(&pipeline, "retain_versions = 1");
+    let wh = dir.path().join("wh");
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // What a run killed half-way through writing a table leaves: a file no commit names.
+    let table = wh.join("tables/fct_customer");
+    let stray = table.join("part-00000-left-by-a-killed-run.snappy.parquet");
+    let any = std::fs::read_dir(&table)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    std::fs::copy(any.path(), &stray).unwrap();
+    let before = table_rows(&table, None).await;
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!stray.exists(), "the stray file is vacuumed");
+    assert_eq!(parquet_files(&table), 1);
+    assert_eq!(table_rows(&table, None).await, before);
+}
