@@ -64,3 +64,15 @@ pub mod quarantine {
     /// The whole record as read, so nothing is lost.
     pub const RAW_RECORD: &str = "raw_record";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_folder_maps_to_the_sql_name_stages_and_queries_use() {
+        assert_eq!(published_table_name("tables/fct_customer"), "fct_customer");
+        assert_eq!(published_table_name("raw/sales"), "raw_sales");
+        assert_eq!(published_table_name("quarantine/sales"), "quarantine_sales");
+    }
+}

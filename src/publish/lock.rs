@@ -90,10 +90,10 @@ pub struct LockTiming {
 }
 
 impl LockTiming {
-    /// Heartbeat at a quarter of the timeout (at least every second, at most every 10 s).
+    /// Heartbeat at a quarter of the timeout, between every second and every 5 s.
     pub fn from_timeout_secs(timeout_secs: u64) -> Self {
         let timeout = Duration::from_secs(timeout_secs.max(1));
-        let heartbeat = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let heartbeat = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
         LockTiming { timeout, heartbeat }
     }
 }
