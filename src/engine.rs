@@ -17,8 +17,12 @@ use crate::config::Problems;
 pub struct EngineSettings {
     /// Memory the query engine may use before it spills to disk, in MiB.
     pub memory_limit_mb: u64,
-    /// Parallel partitions per query; 0 means the number of cores.
+    /// Parallel partitions per query; 0 means the number of cores (one when `deterministic`).
     pub target_partitions: usize,
+    /// Bit-identical results run after run: every query runs on one partition. With more,
+    /// floating-point sums and averages add up in the order partitions happen to finish,
+    /// so scores can differ in the last digits between two runs on the same inputs.
+    pub deterministic: bool,
     /// Rows per Arrow batch, for the engine and for extract.
     pub batch_size: usize,
 }
@@ -28,6 +32,7 @@ impl Default for EngineSettings {
         EngineSettings {
             memory_limit_mb: 4096,
             target_partitions: 0,
+            deterministic: true,
             batch_size: 8192,
         }
     }
@@ -40,6 +45,15 @@ impl EngineSettings {
             problems.push(
                 "engine.memory_limit_mb",
                 format!("{} is below the minimum of 64", self.memory_limit_mb),
+            );
+        }
+        if self.deterministic && self.target_partitions > 1 {
+            problems.push(
+                "engine.target_partitions",
+                format!(
+                    "{} partitions make results vary between runs; set `engine.deterministic = false` to allow it",
+                    self.target_partitions
+                ),
             );
         }
         if !(1..=1_048_576).contains(&self.batch_size) {
@@ -62,7 +76,9 @@ pub fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfResult<Se
         .with_information_schema(true);
     // Keep token positions so planning errors can point at the line of the stage file.
     config.options_mut().sql_parser.collect_spans = true;
-    if settings.target_partitions > 0 {
+    if settings.deterministic {
+        config = config.with_target_partitions(1);
+    } else if settings.target_partitions > 0 {
         config = config.with_target_partitions(settings.target_partitions);
     }
     Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))

@@ -1,5 +1,6 @@
 //! The error of a whole run and the exit-code contract the CLI documents:
-//! 0 success, 1 the run failed, 2 usage or configuration error, 3 data tests failed.
+//! 0 success, 1 the run failed, 2 usage or configuration error, 3 data tests failed,
+//! 4 another run holds the warehouse lock.
 
 use crate::config::ConfigError;
 use crate::extract::ExtractError;
@@ -15,6 +16,8 @@ pub const EXIT_RUN_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: an `error` data test failed; nothing was published.
 pub const EXIT_TESTS_FAILED: u8 = 3;
+/// Exit code: another run holds the warehouse lock; nothing was done.
+pub const EXIT_LOCKED: u8 = 4;
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum RunError {
 impl RunError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
+        if self.is_locked() {
+            return EXIT_LOCKED;
+        }
         let config = match self {
             RunError::Config(_) => true,
             RunError::Extract(e) => e.is_config_error(),
@@ -74,6 +80,14 @@ impl RunError {
         } else {
             EXIT_RUN_FAILED
         }
+    }
+
+    /// True when the run did not start because another run holds the warehouse lock.
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            self,
+            RunError::Publish(PublishError::Lock(crate::publish::lock::LockError::Held { .. }))
+        )
     }
 
     /// The pipeline phase the error belongs to, for the manifest.

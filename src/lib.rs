@@ -15,6 +15,7 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod extract;
+pub mod failpoint;
 pub mod generate;
 pub mod names;
 pub mod pipeline;

@@ -11,6 +11,10 @@ pub const TABLES_DIR: &str = "tables";
 pub const RUNS_DIR: &str = "runs";
 /// Folder under the warehouse holding each run's work in progress; never read by BI.
 pub const STAGING_DIR: &str = "_staging";
+/// Folder under the warehouse holding the `runs` Delta table (one row per run).
+pub const RUNS_TABLE_DIR: &str = "runs/table";
+/// SQL name of the table of runs.
+pub const RUNS_TABLE: &str = "runs";
 /// Name of the file inside [`RUNS_DIR`] that always holds the latest successful manifest.
 pub const LATEST_MANIFEST: &str = "latest.json";
 
@@ -24,6 +28,17 @@ pub const SOURCE_LINE_COLUMN: &str = "_source_line";
 pub const RAW_TABLE_PREFIX: &str = "raw_";
 /// Table with every quarantined row of the run, all sources together.
 pub const QUARANTINE_TABLE: &str = "quarantine";
+
+/// The SQL table name of the published table in `relative` (a warehouse-relative folder
+/// such as `tables/fct_customer`, `raw/sales` or `quarantine/sales`).
+pub fn published_table_name(relative: &str) -> String {
+    match relative.split_once('/') {
+        Some((RAW_DIR, source)) => raw_table(source),
+        Some((QUARANTINE_DIR, source)) => format!("{QUARANTINE_TABLE}_{source}"),
+        Some((_, name)) => name.to_string(),
+        None => relative.to_string(),
+    }
+}
 
 /// The SQL table name of an extracted source.
 pub fn raw_table(source: &str) -> String {
@@ -48,4 +63,16 @@ pub mod quarantine {
     pub const REASON: &str = "reason";
     /// The whole record as read, so nothing is lost.
     pub const RAW_RECORD: &str = "raw_record";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_folder_maps_to_the_sql_name_stages_and_queries_use() {
+        assert_eq!(published_table_name("tables/fct_customer"), "fct_customer");
+        assert_eq!(published_table_name("raw/sales"), "raw_sales");
+        assert_eq!(published_table_name("quarantine/sales"), "quarantine_sales");
+    }
 }

@@ -1,6 +1,13 @@
-//! One run, start to end: extract every source, run the SQL stages in dependency order,
-//! publish the tables and write the run manifest. The manifest is written for failed runs
-//! too, from the metrics gathered up to the failure.
+//! One run, start to end: take the warehouse lock, extract every source, run the SQL
+//! stages in dependency order, publish the tables, append the run to the `runs` table and
+//! write the run manifest. The runs row and the manifest are written for failed runs too,
+//! from the metrics gathered up to the failure.
+//!
+//! Nothing reaches the warehouse before every stage succeeded: the phases write into the
+//! run's staging folder, and publish then commits one table at a time. A publish that
+//! fails part-way restores the tables it already committed to their previous versions;
+//! one that is killed part-way leaves newer versions of some tables that no `succeeded`
+//! runs row names, so readers who follow the `runs` table still get a consistent set.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,10 +23,13 @@ use crate::config::{AsOf, Plan};
 use crate::engine::build_context;
 use crate::error::RunError;
 use crate::extract::{self, SourceMetrics};
-use crate::names::{self, QUARANTINE_DIR, RAW_DIR, STAGING_DIR, TABLES_DIR};
+use crate::failpoint;
+use crate::names::{self, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
+use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
-use crate::publish::{self, Outcome, RunManifest};
+use crate::publish::runs::{self, RunRecord};
+use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delta};
 use crate::score::bgnbd::BgNbdParams;
 use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
 use crate::transform::checks::{self, TestOutcome};
@@ -34,6 +44,8 @@ pub struct RunReport {
     pub manifest: RunManifest,
     /// Where it was written.
     pub manifest_path: PathBuf,
+    /// Delta data files deleted by version retention after the run.
+    pub vacuumed_files: usize,
 }
 
 /// A failed run: the error, and where its manifest was written (if it could be).
@@ -69,6 +81,19 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
     let started_at = Utc::now();
     let clock = Instant::now();
     let run_id = new_run_id(started_at);
+    let timing = LockTiming::from_timeout_secs(plan.publish.lock_timeout_secs);
+    let lock = WarehouseLock::acquire(&plan.warehouse, &run_id, timing).map_err(|e| RunFailure {
+        error: RunError::Publish(e.into()),
+        manifest_path: None,
+    })?;
+    let lock_taken_over = lock.taken_over().map(|o| {
+        format!(
+            "run {} on {} (pid {}), last heartbeat {}",
+            o.run_id, o.host, o.pid, o.heartbeat
+        )
+    });
+    failpoint::hit("run.after_lock");
+    remove_crashed_staging(&plan.warehouse);
     let mut state = RunState {
         staging: plan.warehouse.join(STAGING_DIR).join(&run_id),
         run_id,
@@ -80,7 +105,43 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         tables: Vec::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
-    let result = execute(plan, &mut state, progress).await;
+    let mut result = execute(plan, &mut state, progress, &lock).await;
+
+    // The runs row is the commit point of the whole run: appended last, failed runs too.
+    progress.phase("recording the run");
+    let finished_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let published = result.is_ok();
+    let record = RunRecord {
+        run_id: state.run_id.clone(),
+        pipeline: plan.name.clone(),
+        started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        finished_at: finished_at.clone(),
+        outcome: if published { "succeeded" } else { "failed" }.into(),
+        error: result.as_ref().err().map(|e| e.to_string()),
+        as_of: state.as_of.map(|d| d.to_string()),
+        config_hash: plan.config_hash.clone(),
+        patron_version: env!("CARGO_PKG_VERSION").to_string(),
+        format: plan.publish.format.as_str().into(),
+        table_rows: state.tables.iter().map(|t| (t.location.clone(), t.rows)).collect(),
+        table_versions: state
+            .tables
+            .iter()
+            .filter_map(|t| t.version.map(|v| (t.location.clone(), v)))
+            .collect(),
+    };
+    failpoint::hit("publish.before_runs_append");
+    let appended = match lock.check() {
+        Ok(()) => runs::append(&plan.warehouse, &record).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = appended {
+        if result.is_ok() {
+            result = Err(e.into());
+        } else {
+            tracing::error!(error = %e, "the failed run could not be recorded in the runs table");
+        }
+    }
+
     progress.phase("writing the run manifest");
     let manifest = RunManifest {
         run_id: state.run_id.clone(),
@@ -89,7 +150,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         patron_version: env!("CARGO_PKG_VERSION").to_string(),
         config_hash: plan.config_hash.clone(),
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        finished_at,
         duration_ms: clock.elapsed().as_millis() as u64,
         as_of: state.as_of.map(|d| d.to_string()),
         as_of_source: match plan.as_of {
@@ -117,15 +178,26 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
             .is_err()
             .then(|| state.staging.to_string_lossy().into_owned())
             .filter(|_| state.staging.exists()),
+        format: plan.publish.format.as_str().into(),
+        lock_taken_over,
     };
+    failpoint::hit("publish.before_manifest");
     let written = publish::write_manifest(&plan.warehouse, &manifest);
+    let mut vacuumed_files = 0;
+    if result.is_ok() && plan.publish.format == TableFormat::Delta && plan.publish.retain_versions > 0 {
+        progress.phase("vacuum: dropping old table versions");
+        failpoint::hit("publish.before_vacuum");
+        vacuumed_files = retain_versions(&plan.warehouse, &manifest.tables, plan.publish.retain_versions).await;
+    }
     progress.finish();
+    lock.release();
     match (result, written) {
         (Ok(()), Ok(manifest_path)) => {
             tracing::info!(run_id = %manifest.run_id, ms = manifest.duration_ms, "run succeeded");
             Ok(RunReport {
                 manifest,
                 manifest_path,
+                vacuumed_files,
             })
         }
         (Ok(()), Err(e)) => Err(RunFailure {
@@ -146,7 +218,61 @@ fn staging_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     }
 }
 
-async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Result<(), RunError> {
+/// Removes the staging folders of runs that left no manifest (killed mid-run); a failed
+/// run's staging folder is kept for inspection. Called with the warehouse lock held, so no
+/// other run is writing into its staging folder.
+fn remove_crashed_staging(warehouse: &Path) {
+    let Ok(entries) = std::fs::read_dir(warehouse.join(STAGING_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if !warehouse.join(RUNS_DIR).join(format!("{id}.json")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(run_id = %id, "removed the staging folder of a crashed run"),
+                Err(e) => tracing::warn!(run_id = %id, error = %e, "cannot remove a crashed run's staging folder"),
+            }
+        }
+    }
+}
+
+/// Vacuums every published Delta table, keeping the versions named by the `retain`
+/// latest succeeded runs in the `runs` table (and the latest succeeded run of every
+/// pipeline; this run is the latest). Failures are logged: the run itself has succeeded
+/// and is recorded.
+async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u64) -> usize {
+    let records = match runs::read_all(warehouse).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Without the history, what to keep is unknown: delete nothing.
+            tracing::warn!(error = %e, "runs table unreadable; vacuum skipped");
+            return 0;
+        }
+    };
+    let succeeded: Vec<&RunRecord> = records.iter().filter(|r| r.outcome == "succeeded").collect();
+    let mut kept: Vec<&RunRecord> = succeeded.iter().rev().take(retain as usize).copied().collect();
+    let pipelines: BTreeSet<&str> = succeeded.iter().map(|r| r.pipeline.as_str()).collect();
+    kept.extend(
+        pipelines
+            .into_iter()
+            .filter_map(|p| runs::latest_succeeded(&records, Some(p))),
+    );
+    let mut deleted = 0;
+    for t in tables {
+        let keep: Vec<u64> = kept
+            .iter()
+            .filter_map(|r| r.table_versions.get(&t.location).copied())
+            .chain(t.version)
+            .collect();
+        match delta::vacuum(&t.name, Path::new(&t.path), &keep).await {
+            Ok(n) => deleted += n,
+            Err(e) => tracing::warn!(table = %t.name, error = %e, "vacuum failed"),
+        }
+    }
+    deleted
+}
+
+async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &WarehouseLock) -> Result<(), RunError> {
     // Resolve every input before reading any: a missing file is a configuration error.
     let mut inputs = Vec::with_capacity(plan.sources.len());
     for source in &plan.sources {
@@ -235,15 +361,19 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             continue;
         };
         progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
+        failpoint::hit_with(|| format!("transform.before.{name}"));
         let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
         state.stages.push(m);
         state
             .tests
             .extend(checks::run_tests(&ctx, &stage.spec.tests, &params).await?);
+        failpoint::hit_with(|| format!("transform.after.{name}"));
         if name == MODEL_INPUT_STAGE {
             progress.phase("score: fitting BG/NBD and Gamma-Gamma");
+            failpoint::hit("score.before_fit");
             let models = fit_and_register(&ctx, &plan.scoring).await?;
             state.models = Some(models);
+            failpoint::hit("score.after_fit");
             let started = Instant::now();
             let df = ctx
                 .table(MODEL_PARAMS_TABLE)
@@ -284,49 +414,62 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         );
     }
 
-    // Publish: swap each folder into the warehouse, then drop the staging area.
+    // Publish: every stage succeeded; now the tables go into the warehouse.
     progress.phase("publish");
-    let retired = state.staging.join("retired");
+    failpoint::hit("publish.start");
+    let mut targets = Vec::new();
     for m in &state.extract {
         for (kind, dir) in [(RAW_DIR, &raw_dir), (QUARANTINE_DIR, &quarantine_dir)] {
-            let staged = dir.join(&m.source);
-            let target = plan.warehouse.join(kind).join(&m.source);
-            let (rows, bytes) = folder_stats(
-                &staged,
-                if kind == RAW_DIR {
-                    m.rows_loaded
-                } else {
-                    m.quarantine_entries
-                },
-            );
-            publish::swap_in(&staged, &target, &retired.join(kind).join(&m.source))?;
-            state.tables.push(PublishedTable {
-                name: if kind == RAW_DIR {
-                    names::raw_table(&m.source)
-                } else {
-                    format!("{}_{}", names::QUARANTINE_TABLE, m.source)
-                },
+            let rows = if kind == RAW_DIR {
+                m.rows_loaded
+            } else {
+                m.quarantine_entries
+            };
+            let name = if kind == RAW_DIR {
+                names::raw_table(&m.source)
+            } else {
+                format!("{}_{}", names::QUARANTINE_TABLE, m.source)
+            };
+            targets.push(Target {
+                name,
                 kind: kind.to_string(),
-                path: target.to_string_lossy().into_owned(),
+                location: format!("{kind}/{}", m.source),
+                staged: dir.join(&m.source),
                 rows,
-                bytes,
             });
         }
     }
     for m in state.stages.iter().filter(|m| m.materialized == Materialized::Table) {
-        let target = plan.warehouse.join(TABLES_DIR).join(&m.name);
-        publish::swap_in(
-            &tables_dir.join(&m.name),
-            &target,
-            &retired.join(TABLES_DIR).join(&m.name),
-        )?;
-        state.tables.push(PublishedTable {
+        targets.push(Target {
             name: m.name.clone(),
             kind: "table".into(),
-            path: target.to_string_lossy().into_owned(),
+            location: format!("{TABLES_DIR}/{}", m.name),
+            staged: tables_dir.join(&m.name),
             rows: m.rows,
-            bytes: m.bytes,
         });
+    }
+    match plan.publish.format {
+        TableFormat::Delta => publish_delta(plan, state, &targets, lock).await?,
+        TableFormat::Parquet => {
+            let retired = state.staging.join("retired");
+            for t in &targets {
+                lock.check().map_err(PublishError::from)?;
+                let (_, bytes) = folder_stats(&t.staged, t.rows);
+                let target = plan.warehouse.join(&t.location);
+                failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
+                publish::swap_in(&t.staged, &target, &retired.join(&t.location))?;
+                failpoint::hit_with(|| format!("publish.after_commit.{}", t.name));
+                state.tables.push(PublishedTable {
+                    name: t.name.clone(),
+                    kind: t.kind.clone(),
+                    path: target.to_string_lossy().into_owned(),
+                    location: t.location.clone(),
+                    version: None,
+                    rows: t.rows,
+                    bytes,
+                });
+            }
+        }
     }
     publish::remove_staging(&state.staging)?;
     Ok(())
@@ -360,6 +503,82 @@ pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<Strin
     };
     let graph = LineageGraph::build(&ctx, &project, &order, &inputs, &plan.scoring.sql_params(as_of)).await?;
     Ok((project, order, graph))
+}
+
+/// A staged table on its way into the warehouse.
+struct Target {
+    name: String,
+    kind: String,
+    location: String,
+    staged: PathBuf,
+    rows: u64,
+}
+
+/// Commits every staged table to its Delta table, one overwrite commit each. On a failure
+/// the tables already committed by this run are restored to their previous versions (when
+/// this run still holds the lock), so the latest version of every table is the previous
+/// run's again.
+async fn publish_delta(
+    plan: &Plan,
+    state: &mut RunState,
+    targets: &[Target],
+    lock: &WarehouseLock,
+) -> Result<(), RunError> {
+    let ctx = delta::publish_session();
+    let mut committed: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
+    for t in targets {
+        let path = plan.warehouse.join(&t.location);
+        failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
+        let attempt = async {
+            lock.check()?;
+            if t.kind == "table" {
+                failpoint::error("publish.write_error").map_err(|source| PublishError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id).await
+        };
+        match attempt.await {
+            Ok(commit) => {
+                let (_, bytes) = folder_stats(&t.staged, t.rows);
+                committed.push((t.name.clone(), path.clone(), commit.previous));
+                state.tables.push(PublishedTable {
+                    name: t.name.clone(),
+                    kind: t.kind.clone(),
+                    path: path.to_string_lossy().into_owned(),
+                    location: t.location.clone(),
+                    version: Some(commit.version),
+                    rows: t.rows,
+                    bytes,
+                });
+            }
+            Err(error) => {
+                if !committed.is_empty() && lock.check().is_ok() {
+                    rollback(&committed).await;
+                }
+                state.tables.clear();
+                return Err(error.into());
+            }
+        }
+        failpoint::hit_with(|| format!("publish.after_commit.{}", t.name));
+    }
+    Ok(())
+}
+
+/// Restores each table committed by a failed publish to the version before it.
+async fn rollback(committed: &[(String, PathBuf, Option<u64>)]) {
+    for (name, path, previous) in committed.iter().rev() {
+        let Some(previous) = previous else {
+            // A table this run created: there is nothing older to show, and no succeeded
+            // run names it.
+            continue;
+        };
+        match delta::restore(name, path, *previous).await {
+            Ok(v) => tracing::warn!(table = %name, restored = previous, version = v, "publish failed: table restored"),
+            Err(e) => tracing::error!(table = %name, error = %e, "publish failed and the table could not be restored"),
+        }
+    }
 }
 
 fn folder_stats(dir: &Path, rows: u64) -> (u64, u64) {

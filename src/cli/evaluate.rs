@@ -36,7 +36,6 @@ use crate::score::bgnbd::BgNbdParams;
 use crate::score::error::ModelError;
 use crate::score::models::MODEL_INPUT_STAGE;
 use crate::storage::{ParquetSink, WriteError};
-use crate::transform::runner;
 
 /// Folder under the warehouse holding one scratch warehouse per evaluation.
 pub const EVALUATIONS_DIR: &str = "evaluations";
@@ -583,7 +582,7 @@ async fn evaluate_customers(
         (names::raw_table(SALES_SOURCE), scratch.join(RAW_DIR).join(SALES_SOURCE)),
     ];
     for (table, path) in &inputs {
-        runner::register_parquet(&ctx, table, path)
+        crate::publish::read::register_table(&ctx, table, path)
             .await
             .map_err(|e| EvaluateError::Table {
                 table: table.clone(),

@@ -6,11 +6,16 @@ pub mod docs;
 pub mod evaluate;
 pub mod generate;
 pub mod lineage;
+pub mod query;
 pub mod run;
+pub mod runs;
 pub mod test;
+
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Overrides, Plan};
 use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
 
 /// patron: customer data warehouse pipeline.
@@ -19,7 +24,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 4 another run holds the warehouse lock.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -44,6 +49,10 @@ pub enum Command {
     Lineage(lineage::LineageArgs),
     /// Backtest the churn and purchase models: fit as of a calibration end, predict the holdout.
     Evaluate(evaluate::EvaluateArgs),
+    /// List the runs recorded in the warehouse's `runs` table.
+    Runs(runs::RunsArgs),
+    /// Run a SELECT on the published tables as a run left them (default: the latest succeeded).
+    Query(query::QueryArgs),
 }
 
 /// A failed command: message already formatted, and its exit code.
@@ -52,7 +61,7 @@ pub enum Command {
 pub struct CliError {
     /// What to print.
     pub message: String,
-    /// Exit code (1 or 2).
+    /// Exit code (1, 2 or 4).
     pub code: u8,
 }
 
@@ -84,5 +93,17 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Dag(args) => dag::run(args),
         Command::Lineage(args) => lineage::run(args).await,
         Command::Docs(args) => docs::run(args).await,
+        Command::Runs(args) => runs::run(args).await,
+        Command::Query(args) => query::run(args).await,
+    }
+}
+
+/// The warehouse a read-only command looks at: `--warehouse`, else the pipeline's.
+pub fn warehouse_of(pipeline: &Path, warehouse: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    match warehouse {
+        Some(w) => Ok(w),
+        None => Plan::load(pipeline, &Overrides::default())
+            .map(|p| p.warehouse)
+            .map_err(|e| CliError::usage(e.to_string())),
     }
 }

@@ -49,10 +49,28 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             for s in &m.stages {
                 println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
             }
+            for t in m.tables.iter().filter(|t| t.version.is_some()) {
+                println!(
+                    "  publish {:<24} {:>9} rows  version {}",
+                    t.name,
+                    t.rows,
+                    t.version.unwrap_or_default()
+                );
+            }
+            if let Some(old) = &m.lock_taken_over {
+                println!("took over a stale warehouse lock: {old}");
+            }
+            if report.vacuumed_files > 0 {
+                println!("vacuum: {} old data files deleted", report.vacuumed_files);
+            }
             println!("warehouse: {}", plan.warehouse.display());
             println!("manifest:  {}", report.manifest_path.display());
             Ok(())
         }
+        Err(failure) if failure.error.is_locked() => Err(CliError {
+            message: format!("not started: {}", failure.error),
+            code: failure.error.exit_code(),
+        }),
         Err(failure) => {
             let mut message = format!("run failed: {}", failure.error);
             if let Some(p) = &failure.manifest_path {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::engine::EngineSettings;
+use crate::publish::PublishSettings;
 use crate::score::ScoringSettings;
 pub use schema::TableSchema;
 
@@ -166,6 +167,8 @@ pub struct Plan {
     pub engine: EngineSettings,
     /// Scoring settings and thresholds.
     pub scoring: ScoringSettings,
+    /// Table format, version retention, lock timeout.
+    pub publish: PublishSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +186,8 @@ struct RawPipeline {
     transform: RawTransform,
     #[serde(default)]
     scoring: ScoringSettings,
+    #[serde(default)]
+    publish: PublishSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +262,7 @@ impl Plan {
         };
         raw.engine.validate(&mut problems);
         raw.scoring.validate(&mut problems);
+        raw.publish.validate(&mut problems);
 
         if raw.sources.is_empty() {
             problems.push("sources", "no `[[sources]]` declared");
@@ -348,6 +354,7 @@ impl Plan {
             sql_dir,
             engine: raw.engine,
             scoring: raw.scoring,
+            publish: raw.publish,
         })
     }
 }

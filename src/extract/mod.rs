@@ -42,6 +42,12 @@ pub enum ExtractError {
         /// Why it is malformed.
         message: String,
     },
+    /// A listed input file is gone: deleted or moved while the run was going.
+    #[error("input file {path} disappeared during the run (deleted or moved after it was listed)")]
+    Vanished {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Io {
@@ -216,6 +222,7 @@ pub fn extract_source(
     batch_size: usize,
 ) -> Result<SourceMetrics, ExtractError> {
     let started = Instant::now();
+    crate::failpoint::hit_with(|| format!("extract.{}.start", source.name));
     let raw_schema = validate::raw_schema(&source.schema);
     let q_schema = quarantine_schema();
     let raw_path = raw_dir.join(&source.name).join("part-00000.parquet");
@@ -228,14 +235,21 @@ pub fn extract_source(
     for path in files {
         let file_name = path.to_string_lossy().into_owned();
         let bytes = std::fs::metadata(path)
-            .map_err(|e| ExtractError::Io {
-                path: path.clone(),
-                source: e,
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ExtractError::Vanished { path: path.clone() },
+                _ => ExtractError::Io {
+                    path: path.clone(),
+                    source: e,
+                },
             })?
             .len();
         let mut reader = open_reader(source, path, batch_size)?;
         let (mut read, mut loaded, mut rejected) = (0u64, 0u64, 0u64);
+        let mut first_batch = true;
         while let Some(batch) = reader.next_batch()? {
+            if !std::mem::take(&mut first_batch) {
+                crate::failpoint::hit_with(|| format!("extract.{}.mid_file", source.name));
+            }
             let checked = validate::validate(&source.schema, &raw_schema, &batch, &file_name);
             read += (batch.num_rows() + batch.rejects.len()) as u64;
             loaded += checked.good.num_rows() as u64;
@@ -272,6 +286,7 @@ pub fn extract_source(
     }
     raw_sink.close()?;
     q_sink.close()?;
+    crate::failpoint::hit_with(|| format!("extract.{}.end", source.name));
     let sum = |f: fn(&FileMetrics) -> u64| metrics.iter().map(f).sum::<u64>();
     let result = SourceMetrics {
         source: source.name.clone(),

@@ -117,9 +117,14 @@ fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<u
 }
 
 fn open(path: &Path) -> Result<File, ExtractError> {
-    File::open(path).map_err(|source| ExtractError::Io {
-        path: path.to_path_buf(),
-        source,
+    File::open(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ExtractError::Vanished {
+            path: path.to_path_buf(),
+        },
+        _ => ExtractError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 

@@ -34,6 +34,11 @@ pub struct PublishedTable {
     pub kind: String,
     /// Folder in the warehouse.
     pub path: String,
+    /// Folder relative to the warehouse (`tables/fct_customer`, `raw/sales`): the key of
+    /// the table in the `runs` table.
+    pub location: String,
+    /// The Delta version this run committed (`None` for the Parquet format).
+    pub version: Option<u64>,
     /// Rows.
     pub rows: u64,
     /// Bytes of Parquet.
@@ -94,6 +99,10 @@ pub struct RunManifest {
     pub settings: RunSettings,
     /// The failed run's staging folder, kept for inspection.
     pub staging: Option<String>,
+    /// Table format published: `delta` or `parquet`.
+    pub format: String,
+    /// The stale lock this run took over (its run id and why it was stale), if any.
+    pub lock_taken_over: Option<String>,
 }
 
 /// Writes `runs/<run_id>.json` (and `runs/latest.json` for a successful run) through a

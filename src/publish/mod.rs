@@ -1,14 +1,26 @@
-//! Publish: move a finished run's tables from its staging area into the warehouse, and
-//! write the run manifest. Each table is a folder swapped in with renames on the same
-//! file system, so a reader sees the old or the new folder, never a half-written file.
-//! (Cross-table atomicity comes with the Delta Lake table format.)
+//! Publish: move a finished run's tables from its staging area into the warehouse, record
+//! the run, and write the run manifest.
+//!
+//! With the default `delta` format ([`delta`]) every table is a Delta Lake table and each
+//! table's publish is one atomic overwrite commit; the run is then appended to the `runs`
+//! table ([`runs`]) with the version of every table, which is how readers get a consistent
+//! set. With the `parquet` format each table is a plain folder swapped in with renames
+//! ([`swap_in`]): no history and no cross-table consistency, for tools without Delta.
+//! [`lock`] keeps a second run from publishing into the same warehouse at the same time.
 
+pub mod delta;
+pub mod lock;
 pub mod manifest;
 pub mod read;
+pub mod runs;
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 pub use manifest::{Outcome, RunManifest, write_manifest};
+
+use crate::config::Problems;
 
 /// Publish failures, with the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +33,76 @@ pub enum PublishError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A Delta Lake operation on a table failed.
+    #[error("Delta table `{table}` ({path}): {message}")]
+    Delta {
+        /// Table name.
+        table: String,
+        /// Table folder.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The warehouse lock is held by another run, or was lost.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+}
+
+/// How tables are published (`[publish] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TableFormat {
+    /// Delta Lake tables: atomic commits, versions, a consistent set through `runs`.
+    #[default]
+    Delta,
+    /// Plain Parquet folders swapped in with renames (no history).
+    Parquet,
+}
+
+impl TableFormat {
+    /// The name used in the pipeline file and the `runs` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Delta => "delta",
+            TableFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// Publish settings (`[publish]` in the pipeline file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishSettings {
+    /// Table format: `delta` (default) or `parquet`.
+    pub format: TableFormat,
+    /// After a successful run, keep the table versions of this many latest succeeded runs
+    /// readable and vacuum the data files only older versions need; 0 keeps everything.
+    /// The versions of the latest successful run are always kept.
+    pub retain_versions: u64,
+    /// A warehouse lock whose heartbeat is older than this is stale and taken over.
+    pub lock_timeout_secs: u64,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        PublishSettings {
+            format: TableFormat::Delta,
+            retain_versions: 0,
+            lock_timeout_secs: 60,
+        }
+    }
+}
+
+impl PublishSettings {
+    /// Records out-of-range values under `publish.*`.
+    pub fn validate(&self, problems: &mut Problems) {
+        if !(5..=86_400).contains(&self.lock_timeout_secs) {
+            problems.push(
+                "publish.lock_timeout_secs",
+                format!("{} must be between 5 and 86400", self.lock_timeout_secs),
+            );
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {

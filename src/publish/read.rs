@@ -10,7 +10,8 @@ use super::PublishError;
 use crate::names::{LATEST_MANIFEST, RUNS_DIR, TABLES_DIR};
 use crate::transform::runner::register_parquet;
 
-/// Registers every published table of `warehouse` on `ctx`; returns their names, sorted.
+/// Registers every published table of `warehouse` on `ctx` (Delta tables at their latest
+/// version, Parquet folders as they are); returns their names, sorted.
 pub async fn register_published(ctx: &SessionContext, warehouse: &Path) -> Result<Vec<String>, PublishError> {
     let dir = warehouse.join(TABLES_DIR);
     let entries = std::fs::read_dir(&dir).map_err(|source| PublishError::Io {
@@ -36,6 +37,19 @@ pub async fn register_published(ctx: &SessionContext, warehouse: &Path) -> Resul
     }
     names.sort();
     Ok(names)
+}
+
+/// Registers one published table folder as `name`: a Delta table at its latest version,
+/// or a plain Parquet folder (the `parquet` publish format).
+pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), PublishError> {
+    if super::delta::is_delta_table(path) {
+        super::delta::register(ctx, name, path, None).await
+    } else {
+        register_parquet(ctx, name, path).await.map_err(|e| PublishError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
 }
 
 /// The latest successful run's manifest as JSON.

@@ -92,7 +92,10 @@ async fn a_failing_error_test_blocks_publishing_and_shows_rows_and_query() {
     let p = scratch_project(dir.path());
     let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let before = std::fs::read(dir.path().join("wh/tables/customer_scores/part-00000.parquet")).unwrap();
+    let scores = dir.path().join("wh/tables/customer_scores");
+    let before = patron::publish::delta::latest_version("customer_scores", &scores)
+        .await
+        .unwrap();
     // Tier C customers exist among the top 100? Not by revenue: demand only A, which fails for some.
     add_stage(
         dir.path(),
@@ -109,7 +112,9 @@ async fn a_failing_error_test_blocks_publishing_and_shows_rows_and_query() {
     assert!(err.contains("reproduce: SELECT * FROM \"top_customers\""), "{err}");
     assert!(err.contains("WARN top_customers: expression(revenue > 1e9)"), "{err}");
     assert!(err.contains("| customer_id"), "first failing rows are shown: {err}");
-    let after = std::fs::read(dir.path().join("wh/tables/customer_scores/part-00000.parquet")).unwrap();
+    let after = patron::publish::delta::latest_version("customer_scores", &scores)
+        .await
+        .unwrap();
     assert_eq!(before, after, "nothing published");
     assert!(!dir.path().join("wh/tables/top_customers").exists());
 }

@@ -2,12 +2,14 @@
 
 mod cdnow;
 mod cli_errors;
+mod crash;
 mod data_tests;
 mod degenerate;
 mod docs;
 mod evaluate;
 mod generate;
 mod golden;
+mod publish;
 mod recovery;
 mod run_fixtures;
 mod stages;

@@ -60,21 +60,100 @@ pub fn latest_manifest(warehouse: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("manifest is JSON")
 }
 
-/// A session with every published table and raw/quarantine folder registered.
+/// A session with every published table and raw/quarantine table registered: Delta
+/// tables at their latest version, plain Parquet folders as they are.
 pub async fn warehouse_session(warehouse: &Path) -> SessionContext {
     let ctx = SessionContext::new();
-    for (kind, prefix) in [("tables", ""), ("raw", "raw_"), ("quarantine", "quarantine_")] {
-        let Ok(entries) = std::fs::read_dir(warehouse.join(kind)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
-            ctx.register_parquet(&name, entry.path().to_str().unwrap(), ParquetReadOptions::default())
+    for (location, name) in published_tables(warehouse) {
+        let path = warehouse.join(&location);
+        if path.join("_delta_log").is_dir() {
+            patron::publish::delta::register(&ctx, &name, &path, None)
+                .await
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
+        } else {
+            ctx.register_parquet(&name, path.to_str().unwrap(), ParquetReadOptions::default())
                 .await
                 .unwrap_or_else(|e| panic!("register {name}: {e}"));
         }
     }
     ctx
+}
+
+/// Every published table of a warehouse: (location relative to it, SQL name).
+pub fn published_tables(warehouse: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (kind, prefix) in [("tables", ""), ("raw", "raw_"), ("quarantine", "quarantine_")] {
+        let Ok(entries) = std::fs::read_dir(warehouse.join(kind)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            out.push((format!("{kind}/{file}"), format!("{prefix}{file}")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The latest committed version of the Delta table in `table` (the highest numbered
+/// commit file in `_delta_log/`), read from the files as any Delta reader would.
+#[allow(dead_code)]
+pub fn delta_version(table: &Path) -> Option<i64> {
+    std::fs::read_dir(table.join("_delta_log"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json")?.parse::<i64>().ok()
+        })
+        .max()
+}
+
+/// Latest Delta version of every published table, keyed by location.
+#[allow(dead_code)]
+pub fn delta_versions(warehouse: &Path) -> std::collections::BTreeMap<String, Option<i64>> {
+    published_tables(warehouse)
+        .into_iter()
+        .map(|(location, _)| {
+            let v = delta_version(&warehouse.join(&location));
+            (location, v)
+        })
+        .collect()
+}
+
+/// Every row of a query as text lines (each value formatted by Arrow), in result order.
+#[allow(dead_code)]
+pub async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for b in &batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                datafusion::arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap()
+            })
+            .collect();
+        for r in 0..b.num_rows() {
+            let line: Vec<String> = formatters.iter().map(|f| f.value(r).to_string()).collect();
+            out.push(line.join("|"));
+        }
+    }
+    out
+}
+
+/// The runs recorded in a warehouse's `runs` table, oldest first.
+#[allow(dead_code)]
+pub async fn runs(warehouse: &Path) -> Vec<patron::publish::runs::RunRecord> {
+    patron::publish::runs::read_all(warehouse)
+        .await
+        .expect("runs table readable")
 }
 
 /// Runs a query returning one row and one numeric column, as f64 (NULL as NaN).

@@ -1,0 +1,124 @@
+//! `patron query`: one SELECT over the published tables as a run left them (time travel).
+//!
+//! Every table is registered at the Delta version the chosen run committed (by default
+//! the latest succeeded run), so the answer is a consistent set even while another run is
+//! publishing. Only SELECT (and WITH ... SELECT) statements run; anything that would write
+//! or change the session is refused.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use super::{CliError, warehouse_of};
+use crate::names::{RUNS_TABLE, published_table_name};
+use crate::publish::{delta, runs};
+
+/// Output format of `patron query`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned table.
+    Table,
+    /// One JSON object per row (NDJSON).
+    Json,
+}
+
+/// Arguments of `patron query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SELECT to run, e.g. "SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1".
+    pub sql: String,
+    /// Read the tables as this run published them (default: the latest succeeded run).
+    #[arg(long)]
+    pub as_of_run: Option<String>,
+    /// Pipeline file whose warehouse to read.
+    #[arg(long, default_value = "pipelines/default.toml")]
+    pub pipeline: PathBuf,
+    /// Warehouse folder (overrides the pipeline's `run.warehouse`).
+    #[arg(long)]
+    pub warehouse: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: QueryFormat,
+}
+
+/// Registers the tables of the chosen run and prints the result of the SELECT.
+pub async fn run(args: QueryArgs) -> Result<(), CliError> {
+    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
+    let records = runs::read_all(&warehouse)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let record = match &args.as_of_run {
+        Some(id) => {
+            let r = records
+                .iter()
+                .find(|r| &r.run_id == id)
+                .ok_or_else(|| CliError::usage(format!("no run `{id}` in {}", warehouse.display())))?;
+            if r.outcome != "succeeded" {
+                return Err(CliError::usage(format!(
+                    "run `{id}` {}: it published nothing to read",
+                    r.outcome
+                )));
+            }
+            r
+        }
+        None => runs::latest_succeeded(&records, None)
+            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display())))?,
+    };
+    let ctx = SessionContext::new();
+    let failed = |e: crate::publish::PublishError| CliError::failed(e.to_string());
+    if record.table_versions.is_empty() {
+        // A Parquet-format run: the folders hold only the latest publish.
+        for location in record.table_rows.keys() {
+            let path = warehouse.join(location);
+            ctx.register_parquet(
+                published_table_name(location),
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
+        }
+    } else {
+        for (location, version) in &record.table_versions {
+            delta::register(
+                &ctx,
+                &published_table_name(location),
+                &warehouse.join(location),
+                Some(*version),
+            )
+            .await
+            .map_err(failed)?;
+        }
+    }
+    delta::register(&ctx, RUNS_TABLE, &runs::runs_table_path(&warehouse), None)
+        .await
+        .map_err(failed)?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(&args.sql, options)
+        .await
+        .map_err(|e| CliError::usage(format!("only a SELECT can run here: {e}")))?;
+    let batches = df.collect().await.map_err(|e| CliError::failed(e.to_string()))?;
+    match args.format {
+        QueryFormat::Table => {
+            let text =
+                arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| CliError::failed(e.to_string()))?;
+            println!("{text}");
+        }
+        QueryFormat::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
+            let refs: Vec<_> = batches.iter().collect();
+            writer
+                .write_batches(&refs)
+                .and_then(|_| writer.finish())
+                .map_err(|e| CliError::failed(e.to_string()))?;
+        }
+    }
+    eprintln!("(tables as published by run {})", record.run_id);
+    Ok(())
+}

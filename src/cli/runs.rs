@@ -1,0 +1,69 @@
+//! `patron runs`: the history of runs in a warehouse, from its `runs` table.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{CliError, warehouse_of};
+use crate::publish::runs;
+
+/// Output format of `patron runs`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RunsFormat {
+    /// An aligned table for people.
+    Table,
+    /// A JSON array, one object per run (every column), for scripts.
+    Json,
+}
+
+/// Arguments of `patron runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Pipeline file whose warehouse to read.
+    #[arg(long, default_value = "pipelines/default.toml")]
+    pub pipeline: PathBuf,
+    /// Warehouse folder (overrides the pipeline's `run.warehouse`).
+    #[arg(long)]
+    pub warehouse: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: RunsFormat,
+}
+
+/// Prints every recorded run, oldest first.
+pub async fn run(args: RunsArgs) -> Result<(), CliError> {
+    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
+    let records = runs::read_all(&warehouse)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    match args.format {
+        RunsFormat::Json => {
+            let text = serde_json::to_string_pretty(&records).map_err(|e| CliError::failed(e.to_string()))?;
+            println!("{text}");
+        }
+        RunsFormat::Table => {
+            if records.is_empty() {
+                println!("no runs recorded in {}", warehouse.display());
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:<12} {:<24} {:<9} {:<10} {:>6}  error",
+                "run_id", "pipeline", "started_at", "outcome", "as_of", "tables"
+            );
+            for r in &records {
+                let error: String = r.error.as_deref().unwrap_or("").chars().take(80).collect();
+                println!(
+                    "{:<32} {:<12} {:<24} {:<9} {:<10} {:>6}  {}",
+                    r.run_id,
+                    r.pipeline,
+                    r.started_at,
+                    r.outcome,
+                    r.as_of.as_deref().unwrap_or("-"),
+                    r.table_versions.len().max(r.table_rows.len()),
+                    error.replace('\n', " ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
