@@ -275,7 +275,7 @@ struct Prepared {
 }
 
 /// Above this many distinct histories the likelihood is evaluated on all cores.
-const PARALLEL_ROWS: usize = 100_000;
+pub(super) const PARALLEL_ROWS: usize = 100_000;
 
 impl Prepared {
     fn new(data: &[RfSummary]) -> Result<Self, ModelError> {
