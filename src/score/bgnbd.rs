@@ -18,7 +18,7 @@
 
 use super::error::ModelError;
 use super::optimize::{MinimizeOptions, minimize};
-use super::special::{NeumaierSum, hyp2f1, ln_rising};
+use super::special::{NeumaierSum, hyp2f1, ln_rising, sum_in_parts};
 
 const MODEL: &str = "BG/NBD";
 
@@ -274,9 +274,6 @@ struct Prepared {
     sum_wt: f64,
 }
 
-/// Above this many distinct histories the likelihood is evaluated on all cores.
-pub(super) const PARALLEL_ROWS: usize = 100_000;
-
 impl Prepared {
     fn new(data: &[RfSummary]) -> Result<Self, ModelError> {
         let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
@@ -317,31 +314,8 @@ impl Prepared {
 
     fn log_likelihood(&self, params: &BgNbdParams) -> f64 {
         let k = LlConstants::new(params);
-        let rows: usize = self.groups.iter().map(|(_, m)| m.len()).sum();
-        let threads = if rows < PARALLEL_ROWS {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
-        };
-        if threads == 1 {
-            return self.partial_log_likelihood(&k, 0, 1);
-        }
-        // Each thread sums its slice of every x group; the partial sums are added in
-        // thread order, so the result does not depend on scheduling.
-        let partials: Vec<f64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|part| {
-                    let k = &k;
-                    scope.spawn(move || self.partial_log_likelihood(k, part, threads))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
-        });
-        let mut total = NeumaierSum::default();
-        for p in partials {
-            total.add(p);
-        }
-        total.value()
+        let rows = self.groups.iter().map(|(_, m)| m.len()).sum();
+        sum_in_parts(rows, |part, parts| self.partial_log_likelihood(&k, part, parts))
     }
 
     /// The log-likelihood of slice `part` of `parts` of every x group. Customers' terms are
@@ -1027,7 +1001,7 @@ mod tests {
     #[test]
     fn parallel_likelihood_equals_the_single_threaded_sum() {
         // Above PARALLEL_ROWS distinct histories the sum is split across threads.
-        let data: Vec<RfSummary> = (0..PARALLEL_ROWS + 20_000)
+        let data: Vec<RfSummary> = (0..super::super::special::PARALLEL_ROWS + 20_000)
             .map(|i| {
                 let x = (i % 7) as f64;
                 let t_cal = 10.0 + (i % 997) as f64 / 7.0;

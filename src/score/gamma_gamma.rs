@@ -16,7 +16,7 @@
 
 use super::error::ModelError;
 use super::optimize::{MinimizeOptions, minimize};
-use super::special::{NeumaierSum, ln_gamma, ln_rising};
+use super::special::{NeumaierSum, ln_gamma, ln_rising, sum_in_parts};
 
 const MODEL: &str = "Gamma-Gamma";
 
@@ -231,27 +231,8 @@ impl Prepared {
     }
 
     fn log_likelihood(&self, params: &GammaGammaParams) -> f64 {
-        let rows: usize = self.groups.iter().map(|(_, m)| m.len()).sum();
-        let threads = if rows < super::bgnbd::PARALLEL_ROWS {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
-        };
-        if threads == 1 {
-            return self.partial_log_likelihood(params, 0, 1);
-        }
-        // Partial sums added in thread order: the result does not depend on scheduling.
-        let partials: Vec<f64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|part| scope.spawn(move || self.partial_log_likelihood(params, part, threads)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
-        });
-        let mut total = NeumaierSum::default();
-        for p in partials {
-            total.add(p);
-        }
-        total.value()
+        let rows = self.groups.iter().map(|(_, m)| m.len()).sum();
+        sum_in_parts(rows, |part, parts| self.partial_log_likelihood(params, part, parts))
     }
 
     /// The log-likelihood of slice `part` of `parts` of every x group.
@@ -672,7 +653,7 @@ mod tests {
     /// mean `p gamma / (q - 1)` is pinned much more tightly.
     #[test]
     fn parallel_likelihood_equals_the_single_threaded_sum() {
-        let data: Vec<SpendSummary> = (0..super::super::bgnbd::PARALLEL_ROWS + 20_000)
+        let data: Vec<SpendSummary> = (0..super::super::special::PARALLEL_ROWS + 20_000)
             .map(|i| SpendSummary {
                 x: 1.0 + (i % 5) as f64,
                 mean_spend: 5.0 + (i % 311) as f64 / 7.0,

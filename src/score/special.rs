@@ -309,6 +309,33 @@ impl NeumaierSum {
     }
 }
 
+/// Above this many rows a likelihood is evaluated on all cores.
+pub const PARALLEL_ROWS: usize = 100_000;
+
+/// Sums `part(i, parts)` over `i` in `0..parts`, where `parts` is 1 below
+/// [`PARALLEL_ROWS`] rows and the number of cores (at most 8) above, one thread a part.
+/// Partial sums are added in part order, so the result does not depend on scheduling.
+pub fn sum_in_parts(rows: usize, part: impl Fn(usize, usize) -> f64 + Sync) -> f64 {
+    let parts = if rows < PARALLEL_ROWS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+    };
+    if parts == 1 {
+        return part(0, 1);
+    }
+    let part = &part;
+    let partials: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..parts).map(|i| scope.spawn(move || part(i, parts))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
+    });
+    let mut total = NeumaierSum::default();
+    for p in partials {
+        total.add(p);
+    }
+    total.value()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
