@@ -16,7 +16,7 @@
 //!   LL = -9582.4; Gamma-Gamma on the repeat buyers p = 6.25, q = 3.74, gamma = 15.44.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Float64Array};
@@ -146,43 +146,9 @@ fn write_sales_export(sample: &[Transaction], path: &Path) {
     std::fs::write(path, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Writes a copy of `pipelines/default.toml` into `dir` with `root` set to the repository
-/// (so `schemas/` and `sql/` resolve) and each named source read from the given location.
-/// Returns the path of the new pipeline file. Shared with the recovery test.
-pub(crate) fn write_pipeline(dir: &Path, locations: &[(&str, String)]) -> PathBuf {
-    let default = repo().join("pipelines/default.toml");
-    let text = std::fs::read_to_string(&default).unwrap_or_else(|e| panic!("cannot read {}: {e}", default.display()));
-    let mut doc: toml::Table = text
-        .parse()
-        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", default.display()));
-    doc.insert("root".into(), repo().display().to_string().into());
-    let sources = doc
-        .get_mut("sources")
-        .and_then(|s| s.as_array_mut())
-        .expect("the default pipeline has [[sources]]");
-    for (name, location) in locations {
-        let source = sources
-            .iter_mut()
-            .filter_map(|s| s.as_table_mut())
-            .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(*name))
-            .unwrap_or_else(|| panic!("the default pipeline has no source `{name}`"));
-        source.insert("location".into(), location.clone().into());
-    }
-    let path = dir.join("pipeline.toml");
-    let text = toml::to_string(&doc).expect("pipeline serialises");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    path
-}
-
 /// Every column of every row of `sql` as f64 (NULL as NaN).
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<Vec<f64>> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = collect(ctx, sql).await;
     let mut out = Vec::new();
     for b in batches {
         let cols: Vec<Float64Array> = b

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, NaiveDate};
 
-use crate::cdnow::write_pipeline;
 use crate::support::*;
 
 /// Simulated customer ids (buyers are about 88% of them, the rest prospects and

@@ -121,16 +121,20 @@ pub fn delta_versions(warehouse: &Path) -> std::collections::BTreeMap<String, Op
         .collect()
 }
 
-/// Every row of a query as text lines (each value formatted by Arrow), in result order.
-#[allow(dead_code)]
-pub async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-    let batches = ctx
-        .sql(sql)
+/// Runs a query and collects its batches, panicking with the query on any error.
+pub async fn collect(ctx: &SessionContext, sql: &str) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
+    ctx.sql(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .collect()
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Every row of a query as text lines (each value formatted by Arrow), in result order.
+#[allow(dead_code)]
+pub async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = collect(ctx, sql).await;
     let mut out = Vec::new();
     for b in &batches {
         let formatters: Vec<_> = b
@@ -158,13 +162,7 @@ pub async fn runs(warehouse: &Path) -> Vec<patron::publish::runs::RunRecord> {
 
 /// Runs a query returning one row and one numeric column, as f64 (NULL as NaN).
 pub async fn scalar(ctx: &SessionContext, sql: &str) -> f64 {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = collect(ctx, sql).await;
     let batch = batches
         .iter()
         .find(|b| b.num_rows() > 0)
@@ -177,7 +175,7 @@ pub async fn scalar(ctx: &SessionContext, sql: &str) -> f64 {
 /// Runs a query returning one integer column of any number of rows.
 #[allow(dead_code)]
 pub async fn ints(ctx: &SessionContext, sql: &str) -> Vec<i64> {
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let batches = collect(ctx, sql).await;
     let mut out = Vec::new();
     for b in batches {
         let col = cast(b.column(0), &DataType::Int64).unwrap();
@@ -262,4 +260,32 @@ pub fn project_with_exports(
     assert!(!text.contains("/fixtures/"), "every source was redirected");
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// Writes a copy of `pipelines/default.toml` into `dir` with `root` set to the repository
+/// (so `schemas/` and `sql/` resolve) and each named source read from the given location.
+/// Returns the path of the new pipeline file.
+pub fn write_pipeline(dir: &Path, locations: &[(&str, String)]) -> PathBuf {
+    let default = repo().join("pipelines/default.toml");
+    let text = std::fs::read_to_string(&default).unwrap_or_else(|e| panic!("cannot read {}: {e}", default.display()));
+    let mut doc: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", default.display()));
+    doc.insert("root".into(), repo().display().to_string().into());
+    let sources = doc
+        .get_mut("sources")
+        .and_then(|s| s.as_array_mut())
+        .expect("the default pipeline has [[sources]]");
+    for (name, location) in locations {
+        let source = sources
+            .iter_mut()
+            .filter_map(|s| s.as_table_mut())
+            .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(*name))
+            .unwrap_or_else(|| panic!("the default pipeline has no source `{name}`"));
+        source.insert("location".into(), location.clone().into());
+    }
+    let path = dir.join("pipeline.toml");
+    let text = toml::to_string(&doc).expect("pipeline serialises");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
 }
