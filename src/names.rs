@@ -3,6 +3,8 @@
 
 /// Folder under the warehouse holding the extracted exports as Parquet, one folder a source.
 pub const RAW_DIR: &str = "raw";
+/// Folder under a run's staging folder holding the downloads of remote input files.
+pub const DOWNLOAD_DIR: &str = "downloads";
 /// Folder under the warehouse holding rejected rows, one folder a source.
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// Folder under the warehouse holding the published tables, one folder a table.

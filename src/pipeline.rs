@@ -24,7 +24,7 @@ use crate::engine::build_context;
 use crate::error::RunError;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
-use crate::names::{self, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
+use crate::names::{self, DOWNLOAD_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
@@ -276,7 +276,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
     // Resolve every input before reading any: a missing file is a configuration error.
     let mut inputs = Vec::with_capacity(plan.sources.len());
     for source in &plan.sources {
-        inputs.push(extract::list_files(source)?);
+        inputs.push(extract::list_inputs(source, &plan.storage).await?);
     }
     // Stage files are checked before the (long) extract too.
     let project = transform::discover(&plan.sql_dir)?;
@@ -293,10 +293,16 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
     let quarantine_dir = state.staging.join(QUARANTINE_DIR);
     let tables_dir = state.staging.join(TABLES_DIR);
 
-    // Extract: sources in parallel, each on a blocking thread.
+    // Extract: remote files downloaded into staging, then sources in parallel, each on a
+    // blocking thread.
     progress.phase(format!("extract: {} sources", plan.sources.len()));
-    let mut tasks = Vec::with_capacity(plan.sources.len());
+    let mut local = Vec::with_capacity(inputs.len());
     for (source, files) in plan.sources.iter().zip(inputs) {
+        let dir = state.staging.join(DOWNLOAD_DIR).join(&source.name);
+        local.push(extract::fetch_inputs(files, &dir).await?);
+    }
+    let mut tasks = Vec::with_capacity(plan.sources.len());
+    for (source, files) in plan.sources.iter().zip(local) {
         let (source, run_id, raw, quarantine) = (
             source.clone(),
             state.run_id.clone(),

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::EngineSettings;
 use crate::publish::PublishSettings;
+use crate::remote::StorageSettings;
 use crate::score::ScoringSettings;
 pub use schema::TableSchema;
 
@@ -84,6 +85,11 @@ impl Problems {
         });
     }
 
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Records a problem unless `lo <= value <= hi`.
     pub fn check_range(&mut self, key: &str, value: f64, lo: f64, hi: f64) {
         if !(lo..=hi).contains(&value) {
@@ -125,6 +131,25 @@ pub enum Format {
     Parquet,
 }
 
+/// How an input file is compressed (`auto`: by extension, else by its magic bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// By the file name's extension (`.gz`, `.zst`, `.bz2`, `.xz`), else by magic bytes.
+    #[default]
+    Auto,
+    /// Not compressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// Zstandard.
+    Zstd,
+    /// bzip2.
+    Bzip2,
+    /// xz.
+    Xz,
+}
+
 /// A validated source: where its files are, how to read them, what they must look like.
 #[derive(Debug, Clone)]
 pub struct SourcePlan {
@@ -142,6 +167,10 @@ pub struct SourcePlan {
     pub delimiter: u8,
     /// Largest share of rows that may be quarantined before the run fails.
     pub error_budget: f64,
+    /// How the files are compressed.
+    pub compression: Compression,
+    /// Character encoding of CSV / NDJSON text (UTF-8 unless declared).
+    pub encoding: &'static encoding_rs::Encoding,
 }
 
 /// A validated pipeline: what one `patron run` does.
@@ -169,6 +198,8 @@ pub struct Plan {
     pub scoring: ScoringSettings,
     /// Table format, version retention, lock timeout.
     pub publish: PublishSettings,
+    /// Object store options and retry policy.
+    pub storage: StorageSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +219,8 @@ struct RawPipeline {
     scoring: ScoringSettings,
     #[serde(default)]
     publish: PublishSettings,
+    #[serde(default)]
+    storage: StorageSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +246,8 @@ struct RawSource {
     schema: String,
     delimiter: Option<String>,
     error_budget: Option<f64>,
+    compression: Option<Compression>,
+    encoding: Option<String>,
 }
 
 /// Default share of rows a source may quarantine before the run fails.
@@ -263,6 +298,7 @@ impl Plan {
         raw.engine.validate(&mut problems);
         raw.scoring.validate(&mut problems);
         raw.publish.validate(&mut problems);
+        raw.storage.validate(&mut problems);
 
         if raw.sources.is_empty() {
             problems.push("sources", "no `[[sources]]` declared");
@@ -283,6 +319,16 @@ impl Plan {
             if raw.sources[..i].iter().any(|o| o.name == s.name) {
                 problems.push(key("name"), format!("source `{}` is declared twice", s.name));
             }
+            let encoding = match s.encoding.as_deref() {
+                None => encoding_rs::UTF_8,
+                Some(label) => encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or_else(|| {
+                    problems.push(
+                        key("encoding"),
+                        format!("`{label}` is not a known encoding (e.g. utf-8, windows-1252, iso-8859-1, utf-16le)"),
+                    );
+                    encoding_rs::UTF_8
+                }),
+            };
             let format = match s.format.or_else(|| format_from_extension(&s.location)) {
                 Some(f) => f,
                 None => {
@@ -317,6 +363,8 @@ impl Plan {
                     schema,
                     delimiter,
                     error_budget: source_budget,
+                    compression: s.compression.unwrap_or_default(),
+                    encoding,
                 }),
                 Err(ConfigError::Read { path, source }) => {
                     problems.push(key("schema"), format!("cannot read {}: {source}", path.display()))
@@ -355,6 +403,7 @@ impl Plan {
             engine: raw.engine,
             scoring: raw.scoring,
             publish: raw.publish,
+            storage: raw.storage,
         })
     }
 }
@@ -367,7 +416,13 @@ pub fn is_identifier(name: &str) -> bool {
 }
 
 fn format_from_extension(location: &str) -> Option<Format> {
-    let lower = location.to_ascii_lowercase();
+    let mut lower = location.to_ascii_lowercase();
+    // `sales.csv.gz` is a CSV file, compressed.
+    if let Some((stem, _)) = lower.rsplit_once('.')
+        && crate::extract::input::Codec::from_extension(&lower).is_some()
+    {
+        lower = stem.to_string();
+    }
     if lower.ends_with(".csv") {
         Some(Format::Csv)
     } else if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
@@ -380,7 +435,7 @@ fn format_from_extension(location: &str) -> Option<Format> {
 }
 
 fn resolve_location(root: &Path, location: &str) -> String {
-    if Path::new(location).is_absolute() {
+    if Path::new(location).is_absolute() || crate::remote::is_url(location) {
         location.to_string()
     } else {
         root.join(location).to_string_lossy().into_owned()

@@ -4,6 +4,7 @@
 //! value and reason. Nothing is dropped: every data line of every file is either loaded or
 //! quarantined, and the counts per file are in the returned [`SourceMetrics`].
 
+pub mod input;
 pub mod reader;
 pub mod validate;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::config::{Format, SourcePlan};
 use crate::names::quarantine as q;
 use crate::storage::{ParquetSink, WriteError};
+pub use input::{InputFile, LocalInput, fetch_inputs, list_inputs};
 use reader::{CsvReader, ExportReader, NdjsonReader, ParquetReader, Reject};
 
 /// Extract failures. Bad rows are not errors (they are quarantined); these are.
@@ -42,25 +44,44 @@ pub enum ExtractError {
         /// Why it is malformed.
         message: String,
     },
+    /// The object store holding the location could not be set up or listed.
+    #[error("source `{source_name}`: cannot list {location}: {message}")]
+    Store {
+        /// Source name.
+        source_name: String,
+        /// The URL or URL pattern.
+        location: String,
+        /// What the store said (after retries).
+        message: String,
+    },
+    /// Downloading a listed object failed (after retries).
+    #[error("downloading {file}: {message}")]
+    Download {
+        /// The object's URL.
+        file: String,
+        /// What the store said.
+        message: String,
+    },
     /// A listed input file is gone: deleted or moved while the run was going.
-    #[error("input file {path} disappeared during the run (deleted or moved after it was listed)")]
+    #[error("input file {file} disappeared during the run (deleted or moved after it was listed)")]
     Vanished {
-        /// The file.
-        path: PathBuf,
+        /// The file's path or URL.
+        file: String,
     },
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {file}: {source}")]
     Io {
-        /// The file.
-        path: PathBuf,
+        /// The file's path or URL.
+        file: String,
         /// The OS error.
         source: std::io::Error,
     },
-    /// A file is unreadable as a whole (corrupt Parquet, duplicate header names...).
-    #[error("{path}, line {line}: {message}")]
+    /// A file is unreadable as a whole (corrupt Parquet or compressed data, duplicate
+    /// header names...).
+    #[error("{file}, line {line}: {message}")]
     BadFile {
-        /// The file.
-        path: PathBuf,
+        /// The file's path or URL.
+        file: String,
         /// Line (or row) where reading stopped; 0 when unknown.
         line: u64,
         /// What is wrong.
@@ -147,30 +168,6 @@ pub struct SourceMetrics {
     pub max_timestamp_micros: Option<i64>,
 }
 
-/// Lists the files of a source location: one path, or a glob, sorted.
-pub fn list_files(source: &SourcePlan) -> Result<Vec<PathBuf>, ExtractError> {
-    let bad = |message: String| ExtractError::BadPattern {
-        source_name: source.name.clone(),
-        location: source.location.clone(),
-        message,
-    };
-    let mut files: Vec<PathBuf> = glob::glob(&source.location)
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(ExtractError::NoInputFiles {
-            source_name: source.name.clone(),
-            location: source.location.clone(),
-        });
-    }
-    Ok(files)
-}
-
 /// Schema of the quarantine table.
 pub fn quarantine_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -202,11 +199,39 @@ fn quarantine_batch(schema: &SchemaRef, run_id: &str, source: &str, file: &str, 
     RecordBatch::try_new(Arc::clone(schema), columns).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(schema)))
 }
 
-fn open_reader(source: &SourcePlan, path: &Path, batch_size: usize) -> Result<Box<dyn ExportReader>, ExtractError> {
+fn open_reader(
+    source: &SourcePlan,
+    file: &LocalInput,
+    batch_size: usize,
+) -> Result<Box<dyn ExportReader>, ExtractError> {
+    let name = file.name.as_str();
     Ok(match source.format {
-        Format::Csv => Box::new(CsvReader::open(path, &source.schema, source.delimiter, batch_size)?),
-        Format::Ndjson => Box::new(NdjsonReader::open(path, &source.schema, batch_size)?),
-        Format::Parquet => Box::new(ParquetReader::open(path, &source.schema, batch_size)?),
+        Format::Csv => Box::new(CsvReader::new(
+            input::open_text(source, file)?,
+            name,
+            &source.schema,
+            source.delimiter,
+            batch_size,
+        )?),
+        Format::Ndjson => Box::new(NdjsonReader::new(
+            input::open_text(source, file)?,
+            name,
+            &source.schema,
+            batch_size,
+        )),
+        Format::Parquet => {
+            let mut f = reader::open(&file.path, name)?;
+            if let Ok(Some(codec)) = input::codec_of(source.compression, name, &mut f) {
+                return Err(ExtractError::BadFile {
+                    file: file.name.clone(),
+                    line: 0,
+                    message: format!(
+                        "a {codec:?}-compressed Parquet file: Parquet compresses its own pages, store it uncompressed"
+                    ),
+                });
+            }
+            Box::new(ParquetReader::open(&file.path, name, &source.schema, batch_size)?)
+        }
     })
 }
 
@@ -215,7 +240,7 @@ fn open_reader(source: &SourcePlan, path: &Path, batch_size: usize) -> Result<Bo
 /// Synchronous and CPU bound; call it from a blocking task.
 pub fn extract_source(
     source: &SourcePlan,
-    files: &[PathBuf],
+    files: &[LocalInput],
     run_id: &str,
     raw_dir: &Path,
     quarantine_dir: &Path,
@@ -232,18 +257,10 @@ pub fn extract_source(
     let mut metrics = Vec::with_capacity(files.len());
     let mut max_ts: Option<i64> = None;
     let mut entries = 0u64;
-    for path in files {
-        let file_name = path.to_string_lossy().into_owned();
-        let bytes = std::fs::metadata(path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ExtractError::Vanished { path: path.clone() },
-                _ => ExtractError::Io {
-                    path: path.clone(),
-                    source: e,
-                },
-            })?
-            .len();
-        let mut reader = open_reader(source, path, batch_size)?;
+    for file in files {
+        let file_name = file.name.clone();
+        let bytes = file.size;
+        let mut reader = open_reader(source, file, batch_size)?;
         let (mut read, mut loaded, mut rejected) = (0u64, 0u64, 0u64);
         let mut first_batch = true;
         while let Some(batch) = reader.next_batch()? {

@@ -116,13 +116,12 @@ fn match_columns(schema: &TableSchema, names: &[String]) -> Result<(Vec<Option<u
     Ok((positions, report))
 }
 
-fn open(path: &Path) -> Result<File, ExtractError> {
+/// Opens a local file; a missing file is one that vanished after listing.
+pub(crate) fn open(path: &Path, name: &str) -> Result<File, ExtractError> {
     File::open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ExtractError::Vanished {
-            path: path.to_path_buf(),
-        },
+        std::io::ErrorKind::NotFound => ExtractError::Vanished { file: name.to_string() },
         _ => ExtractError::Io {
-            path: path.to_path_buf(),
+            file: name.to_string(),
             source,
         },
     })
@@ -204,12 +203,17 @@ impl LineCounter {
         }
         self.passed + 1
     }
+
+    /// The line the underlying reader has reached: where reading stopped on an I/O error.
+    fn reached(&self) -> u64 {
+        self.passed + self.newlines.borrow().len() as u64 + 1
+    }
 }
 
 /// Reads delimited text with a header line. Quoted fields may hold delimiters, quotes and
 /// newlines; a UTF-8 byte-order mark and CRLF line ends are accepted.
 pub struct CsvReader {
-    reader: csv::Reader<NewlineIndex<BufReader<File>>>,
+    reader: csv::Reader<NewlineIndex<Box<dyn Read>>>,
     lines: LineCounter,
     positions: Vec<Option<usize>>,
     declared: Vec<String>,
@@ -218,16 +222,23 @@ pub struct CsvReader {
     delimiter: u8,
     batch_size: usize,
     record: csv::ByteRecord,
-    path: std::path::PathBuf,
+    file: String,
     done: bool,
 }
 
 impl CsvReader {
-    /// Opens `path` and reads its header.
-    pub fn open(path: &Path, schema: &TableSchema, delimiter: u8, batch_size: usize) -> Result<Self, ExtractError> {
+    /// Reads the header of `input` (decoded text of the file named `file`).
+    pub fn new(
+        input: Box<dyn Read>,
+        file: &str,
+        schema: &TableSchema,
+        delimiter: u8,
+        batch_size: usize,
+    ) -> Result<Self, ExtractError> {
         let newlines = Rc::new(RefCell::new(VecDeque::new()));
+        let file_name = file;
         let file = NewlineIndex {
-            inner: BufReader::with_capacity(1 << 20, open(path)?),
+            inner: input,
             offset: 0,
             newlines: Rc::clone(&newlines),
         };
@@ -238,7 +249,7 @@ impl CsvReader {
             .from_reader(file);
         let mut record = csv::ByteRecord::new();
         let bad_file = |message: String| ExtractError::BadFile {
-            path: path.to_path_buf(),
+            file: file_name.to_string(),
             line: 1,
             message,
         };
@@ -277,7 +288,7 @@ impl CsvReader {
             delimiter,
             batch_size,
             record,
-            path: path.to_path_buf(),
+            file: file_name.to_string(),
             done: !has_header,
         })
     }
@@ -309,8 +320,8 @@ impl ExportReader for CsvReader {
                     // The csv crate only fails on I/O here (it is flexible and byte based);
                     // anything else would silently lose the rest of the file.
                     return Err(ExtractError::BadFile {
-                        path: self.path.clone(),
-                        line: e.position().map(|p| p.line()).unwrap_or(0),
+                        file: self.file.clone(),
+                        line: self.lines.reached(),
                         message: e.to_string(),
                     });
                 }
@@ -367,25 +378,25 @@ impl ExportReader for CsvReader {
 
 /// Reads newline-delimited JSON: one object per line, keys matched to declared fields.
 pub struct NdjsonReader {
-    lines: std::io::Lines<BufReader<File>>,
+    lines: std::io::Lines<BufReader<Box<dyn Read>>>,
     names: Vec<String>,
     header: HeaderReport,
     batch_size: usize,
     line_no: u64,
-    path: std::path::PathBuf,
+    file: String,
 }
 
 impl NdjsonReader {
-    /// Opens `path`.
-    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
-        Ok(NdjsonReader {
-            lines: BufReader::with_capacity(1 << 20, open(path)?).lines(),
+    /// Reads `input` (decoded text of the file named `file`).
+    pub fn new(input: Box<dyn Read>, file: &str, schema: &TableSchema, batch_size: usize) -> Self {
+        NdjsonReader {
+            lines: BufReader::with_capacity(1 << 20, input).lines(),
             names: schema.fields.iter().map(|f| f.name.clone()).collect(),
             header: HeaderReport::default(),
             batch_size,
             line_no: 0,
-            path: path.to_path_buf(),
-        })
+            file: file.to_string(),
+        }
     }
 }
 
@@ -417,9 +428,10 @@ impl ExportReader for NdjsonReader {
                     continue;
                 }
                 Err(source) => {
-                    return Err(ExtractError::Io {
-                        path: self.path.clone(),
-                        source,
+                    return Err(ExtractError::BadFile {
+                        file: self.file.clone(),
+                        line,
+                        message: source.to_string(),
                     });
                 }
             };
@@ -475,18 +487,18 @@ pub struct ParquetReader {
     positions: Vec<Option<usize>>,
     header: HeaderReport,
     next_row: u64,
-    path: std::path::PathBuf,
+    file: String,
 }
 
 impl ParquetReader {
-    /// Opens `path` and matches its columns.
-    pub fn open(path: &Path, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
+    /// Opens the local copy `path` of the file named `file` and matches its columns.
+    pub fn open(path: &Path, file: &str, schema: &TableSchema, batch_size: usize) -> Result<Self, ExtractError> {
         let bad = |message: String| ExtractError::BadFile {
-            path: path.to_path_buf(),
+            file: file.to_string(),
             line: 0,
             message,
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| bad(e.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path, file)?).map_err(|e| bad(e.to_string()))?;
         let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
         let (positions, header) = match_columns(schema, &names).map_err(bad)?;
         let reader = builder
@@ -498,7 +510,7 @@ impl ParquetReader {
             positions,
             header,
             next_row: 1,
-            path: path.to_path_buf(),
+            file: file.to_string(),
         })
     }
 }
@@ -527,7 +539,7 @@ impl ExportReader for ParquetReader {
             return Ok(None);
         };
         let batch = batch.map_err(|e| ExtractError::BadFile {
-            path: self.path.clone(),
+            file: self.file.clone(),
             line: self.next_row,
             message: e.to_string(),
         })?;
@@ -536,7 +548,7 @@ impl ExportReader for ParquetReader {
         for pos in &self.positions {
             let col: ArrayRef = match pos {
                 Some(p) => to_text(batch.column(*p)).map_err(|e| ExtractError::BadFile {
-                    path: self.path.clone(),
+                    file: self.file.clone(),
                     line: self.next_row,
                     message: format!("column `{}`: {e}", batch.schema().field(*p).name()),
                 })?,
@@ -577,6 +589,10 @@ mod tests {
         .unwrap()
     }
 
+    fn csv_at(p: &Path, batch_size: usize) -> Result<CsvReader, ExtractError> {
+        CsvReader::new(Box::new(File::open(p).unwrap()), "a.csv", &schema(), b',', batch_size)
+    }
+
     fn read_all(reader: &mut dyn ExportReader) -> Vec<TextBatch> {
         let mut out = Vec::new();
         while let Some(b) = reader.next_batch().unwrap() {
@@ -594,7 +610,7 @@ mod tests {
             "\u{feff}QTY,id,note,extra\r\n1,a,\"two\r\nlines\",x\r\n2,b\r\n3,c,\"say \"\"hi\"\"\",y\r\n",
         )
         .unwrap();
-        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        let mut r = csv_at(&p, 1024).unwrap();
         assert_eq!(r.header().extra, vec!["extra"]);
         assert!(r.header().missing.is_empty());
         let batches = read_all(&mut r);
@@ -615,7 +631,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "id,qty\na,1\n").unwrap();
-        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        let mut r = csv_at(&p, 1024).unwrap();
         assert_eq!(r.header().missing, vec!["note"]);
         let b = read_all(&mut r).remove(0);
         assert_eq!(text_at(&b, 1, 0), None);
@@ -626,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         std::fs::write(&p, b"id,note,qty\na,caf\xe9,1\nb,ok,2\n").unwrap();
-        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        let mut r = csv_at(&p, 1024).unwrap();
         let b = read_all(&mut r).remove(0);
         assert_eq!(b.lines, vec![3]);
         assert_eq!(b.rejects[0].column, "note");
@@ -638,7 +654,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "").unwrap();
-        let mut r = CsvReader::open(&p, &schema(), b',', 1024).unwrap();
+        let mut r = csv_at(&p, 1024).unwrap();
         assert!(read_all(&mut r).is_empty());
     }
 
@@ -651,7 +667,7 @@ mod tests {
             "{\"id\":\"a\",\"qty\":1,\"x\":true}\n\n{\"id\": \"b\", trunc\n[1,2]\n{\"id\":\"c\",\"note\":null}\n",
         )
         .unwrap();
-        let mut r = NdjsonReader::open(&p, &schema(), 1024).unwrap();
+        let mut r = NdjsonReader::new(Box::new(File::open(&p).unwrap()), "a.ndjson", &schema(), 1024);
         let b = read_all(&mut r).remove(0);
         assert_eq!(b.lines, vec![1, 5]);
         assert_eq!(text_at(&b, 2, 0).as_deref(), Some("1"));
@@ -671,7 +687,7 @@ mod tests {
             text.push_str(&format!("x{i},n,{i}\n"));
         }
         std::fs::write(&p, text).unwrap();
-        let mut r = CsvReader::open(&p, &schema(), b',', 4).unwrap();
+        let mut r = csv_at(&p, 4).unwrap();
         let batches = read_all(&mut r);
         assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(batches[2].lines, vec![10, 11]);

@@ -2,6 +2,7 @@
 //! duplicating, a failed write that leaves the previous tables in place, the warehouse
 //! lock, the runs history, time travel, retention and the plain Parquet option.
 
+use patron::extract::LocalInput;
 use std::path::Path;
 
 use crate::crash::{assert_same_tables, consistent_snapshot, table_rows};
@@ -312,11 +313,11 @@ fn an_input_file_deleted_after_listing_is_an_error_naming_the_file() {
     let pipeline = scratch_project(dir.path());
     let plan = patron::config::Plan::load(&pipeline, &Default::default()).unwrap();
     let sales = &plan.sources[0];
-    let mut files = patron::extract::list_files(sales).unwrap();
+    let first = glob::glob(&sales.location).unwrap().next().unwrap().unwrap();
     // A copy of the first file, listed, then deleted before extract reads it.
     let copy = dir.path().join("sales_copy.csv");
-    std::fs::copy(&files[0], &copy).unwrap();
-    files.push(copy.clone());
+    std::fs::copy(&first, &copy).unwrap();
+    let files = [LocalInput::local(&first).unwrap(), LocalInput::local(&copy).unwrap()];
     std::fs::remove_file(&copy).unwrap();
     let out = dir.path().join("out");
     let err =
