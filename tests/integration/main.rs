@@ -11,6 +11,7 @@ mod generate;
 mod golden;
 mod publish;
 mod recovery;
+mod remote_sources;
 mod run_fixtures;
 mod stages;
 mod support;
