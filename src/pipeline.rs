@@ -22,6 +22,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use crate::config::{AsOf, Plan};
 use crate::engine::build_context;
 use crate::error::RunError;
+use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
 use crate::names::{self, DOWNLOAD_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
@@ -297,9 +298,20 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
     // blocking thread.
     progress.phase(format!("extract: {} sources", plan.sources.len()));
     let mut local = Vec::with_capacity(inputs.len());
+    let mut carry = Vec::with_capacity(inputs.len());
     for (source, files) in plan.sources.iter().zip(inputs) {
+        let previous = if source.incremental && !plan.full_refresh {
+            incremental::previous_load(&plan.warehouse, &plan.name, source).await
+        } else {
+            None
+        };
+        let (to_read, carried) = match &previous {
+            Some(p) => incremental::split(files, p),
+            None => (files, Vec::new()),
+        };
         let dir = state.staging.join(DOWNLOAD_DIR).join(&source.name);
-        local.push(extract::fetch_inputs(files, &dir).await?);
+        local.push(extract::fetch_inputs(to_read, &dir).await?);
+        carry.push(previous.map(|p| (p, carried)));
     }
     let mut tasks = Vec::with_capacity(plan.sources.len());
     for (source, files) in plan.sources.iter().zip(local) {
@@ -329,6 +341,33 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
     if let Some(e) = first_error {
         return Err(e);
     }
+    for ((source, m), carry) in plan.sources.iter().zip(state.extract.iter_mut()).zip(carry) {
+        let Some((previous, carried)) = carry.filter(|(_, c)| !c.is_empty()) else {
+            continue;
+        };
+        let raw_file = raw_dir.join(&source.name).join("part-00001.parquet");
+        let q_file = quarantine_dir.join(&source.name).join("part-00001.parquet");
+        let raw_schema = extract::validate::raw_schema(&source.schema);
+        let copied = incremental::carry_over(
+            &previous,
+            &carried,
+            &raw_file,
+            &raw_schema,
+            &q_file,
+            &extract::quarantine_schema(),
+        )
+        .await
+        .map_err(RunError::Engine)?;
+        let expected: u64 = carried.iter().map(|f| f.rows_loaded).sum();
+        if copied.0 != expected {
+            return Err(RunError::Engine(format!(
+                "source `{}`: run {} recorded {expected} rows for the unchanged files but its raw table holds {}; \
+                 rerun with --full-refresh",
+                source.name, previous.run_id, copied.0
+            )));
+        }
+        incremental::merge_carried(m, carried, raw_file, q_file, copied);
+    }
     for (source, m) in plan.sources.iter().zip(&state.extract) {
         extract::check_error_budget(source, m)?;
     }
@@ -352,11 +391,15 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
     std::fs::create_dir_all(&spill).map_err(staging_io(&spill))?;
     let ctx = build_context(&plan.engine, &spill).map_err(|e| RunError::Engine(e.to_string()))?;
     for m in &state.extract {
-        runner::register_parquet(&ctx, &names::raw_table(&m.source), &m.raw_path)
+        runner::register_parquet_files(&ctx, &names::raw_table(&m.source), &m.raw_files)
             .await
             .map_err(|e| RunError::Engine(e.to_string()))?;
     }
-    let quarantine_files: Vec<PathBuf> = state.extract.iter().map(|m| m.quarantine_path.clone()).collect();
+    let quarantine_files: Vec<PathBuf> = state
+        .extract
+        .iter()
+        .flat_map(|m| m.quarantine_files.iter().cloned())
+        .collect();
     runner::register_parquet_files(&ctx, names::QUARANTINE_TABLE, &quarantine_files)
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;

@@ -30,6 +30,7 @@ pub async fn run(args: DocsArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: None,
         warehouse: args.warehouse,
+        ..Overrides::default()
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let (project, order, lineage) = lineage_graph(&plan).await.map_err(|e| CliError {

@@ -292,6 +292,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
     let overrides = Overrides {
         as_of: args.as_of,
         warehouse: args.out.clone(),
+        ..Overrides::default()
     };
     let plan = Plan::load(&args.pipeline, &overrides)?;
     if !plan.sources.iter().any(|s| s.name == SALES_SOURCE) {
@@ -436,6 +437,7 @@ async fn run_pipeline(
     let overrides = Overrides {
         as_of: Some(as_of),
         warehouse: Some(scratch.to_path_buf()),
+        ..Overrides::default()
     };
     let plan = Plan::load(pipeline_file, &overrides)?;
     let progress = Progress::for_stderr();

@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Warehouse folder to publish into (overrides `run.warehouse`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Reload every file of `incremental` sources instead of only new or changed ones.
+    #[arg(long)]
+    pub full_refresh: bool,
 }
 
 /// Loads the plan, runs it and prints a summary.
@@ -28,6 +31,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: args.as_of,
         warehouse: args.out,
+        full_refresh: args.full_refresh,
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();
@@ -41,8 +45,16 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 m.as_of.as_deref().unwrap_or("?")
             );
             for s in &m.extract {
+                let reused = if s.files_reused > 0 {
+                    format!(
+                        " ({} rows of {} unchanged files carried over)",
+                        s.rows_reused, s.files_reused
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined",
+                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{reused}",
                     s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
                 );
             }

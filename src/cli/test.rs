@@ -37,6 +37,7 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: None,
         warehouse: args.out,
+        ..Overrides::default()
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let project = discover(&plan.sql_dir).map_err(|e| CliError::usage(e.to_string()))?;

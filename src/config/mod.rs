@@ -171,6 +171,8 @@ pub struct SourcePlan {
     pub compression: Compression,
     /// Character encoding of CSV / NDJSON text (UTF-8 unless declared).
     pub encoding: &'static encoding_rs::Encoding,
+    /// Load only new or changed files, carrying the rest over from the last run.
+    pub incremental: bool,
 }
 
 /// A validated pipeline: what one `patron run` does.
@@ -200,6 +202,8 @@ pub struct Plan {
     pub publish: PublishSettings,
     /// Object store options and retry policy.
     pub storage: StorageSettings,
+    /// Reload every file of incremental sources (`--full-refresh`).
+    pub full_refresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +252,8 @@ struct RawSource {
     error_budget: Option<f64>,
     compression: Option<Compression>,
     encoding: Option<String>,
+    #[serde(default)]
+    incremental: bool,
 }
 
 /// Default share of rows a source may quarantine before the run fails.
@@ -260,6 +266,8 @@ pub struct Overrides {
     pub as_of: Option<AsOf>,
     /// `--out`: warehouse folder (relative to the working directory).
     pub warehouse: Option<PathBuf>,
+    /// `--full-refresh`: incremental sources reload every file.
+    pub full_refresh: bool,
 }
 
 impl Plan {
@@ -365,6 +373,7 @@ impl Plan {
                     error_budget: source_budget,
                     compression: s.compression.unwrap_or_default(),
                     encoding,
+                    incremental: s.incremental,
                 }),
                 Err(ConfigError::Read { path, source }) => {
                     problems.push(key("schema"), format!("cannot read {}: {source}", path.display()))
@@ -404,6 +413,7 @@ impl Plan {
             scoring: raw.scoring,
             publish: raw.publish,
             storage: raw.storage,
+            full_refresh: overrides.full_refresh,
         })
     }
 }

@@ -407,6 +407,7 @@ mod tests {
             error_budget: 0.0,
             compression,
             encoding,
+            incremental: false,
         }
     }
 

@@ -4,6 +4,7 @@
 //! value and reason. Nothing is dropped: every data line of every file is either loaded or
 //! quarantined, and the counts per file are in the returned [`SourceMetrics`].
 
+pub mod incremental;
 pub mod input;
 pub mod reader;
 pub mod validate;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Format, SourcePlan};
 use crate::names::quarantine as q;
@@ -120,12 +121,23 @@ impl ExtractError {
 }
 
 /// What happened to one input file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileMetrics {
-    /// The file.
+    /// The file's path or URL.
     pub path: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// ETag or modification time when listed: with `path` and `bytes`, what an incremental
+    /// load compares to decide whether the file changed.
+    #[serde(default)]
+    pub version: String,
+    /// True when the rows were carried over from an earlier run (incremental load), not
+    /// read in this one.
+    #[serde(default)]
+    pub reused: bool,
+    /// Latest datetime value in the file's loaded rows, UTC microseconds.
+    #[serde(default)]
+    pub max_timestamp_micros: Option<i64>,
     /// Data rows read (records after the header, including rejected ones).
     pub rows_read: u64,
     /// Rows loaded into the raw table.
@@ -153,16 +165,22 @@ pub struct SourceMetrics {
     pub rows_quarantined: u64,
     /// Quarantine entries (a row can have several bad values).
     pub quarantine_entries: u64,
+    /// Files whose rows were carried over from an earlier run (incremental load).
+    pub files_reused: u64,
+    /// Rows carried over from an earlier run; included in `rows_loaded`.
+    pub rows_reused: u64,
+    /// Hash of the schema and read settings; a change makes an incremental load full.
+    pub read_settings_hash: String,
     /// Latest datetime value in the loaded rows, RFC 3339.
     pub max_timestamp: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
-    /// Parquet file with the loaded rows.
+    /// Parquet files with the loaded rows.
     #[serde(skip)]
-    pub raw_path: PathBuf,
-    /// Parquet file with the rejected rows.
+    pub raw_files: Vec<PathBuf>,
+    /// Parquet files with the rejected rows.
     #[serde(skip)]
-    pub quarantine_path: PathBuf,
+    pub quarantine_files: Vec<PathBuf>,
     /// `max_timestamp` as UTC microseconds.
     #[serde(skip)]
     pub max_timestamp_micros: Option<i64>,
@@ -262,6 +280,7 @@ pub fn extract_source(
         let bytes = file.size;
         let mut reader = open_reader(source, file, batch_size)?;
         let (mut read, mut loaded, mut rejected) = (0u64, 0u64, 0u64);
+        let mut file_max_ts: Option<i64> = None;
         let mut first_batch = true;
         while let Some(batch) = reader.next_batch()? {
             if !std::mem::take(&mut first_batch) {
@@ -272,7 +291,7 @@ pub fn extract_source(
             loaded += checked.good.num_rows() as u64;
             rejected += (checked.rejected_rows + batch.rejects.len()) as u64;
             if let Some(t) = checked.max_timestamp {
-                max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+                file_max_ts = Some(file_max_ts.map_or(t, |m| m.max(t)));
             }
             raw_sink.write(&checked.good)?;
             for rejects in [&batch.rejects, &checked.rejects] {
@@ -291,9 +310,15 @@ pub fn extract_source(
                 "columns differ from the declared schema"
             );
         }
+        if let Some(t) = file_max_ts {
+            max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+        }
         metrics.push(FileMetrics {
             path: file_name,
             bytes,
+            version: file.version.clone(),
+            reused: false,
+            max_timestamp_micros: file_max_ts,
             rows_read: read,
             rows_loaded: loaded,
             rows_quarantined: rejected,
@@ -312,12 +337,15 @@ pub fn extract_source(
         rows_quarantined: sum(|m| m.rows_quarantined),
         quarantine_entries: entries,
         files: metrics,
+        files_reused: 0,
+        rows_reused: 0,
+        read_settings_hash: incremental::read_settings_hash(source),
         max_timestamp: max_ts
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         duration_ms: started.elapsed().as_millis() as u64,
-        raw_path,
-        quarantine_path,
+        raw_files: vec![raw_path],
+        quarantine_files: vec![quarantine_path.clone()],
         max_timestamp_micros: max_ts,
     };
     tracing::info!(
@@ -330,15 +358,18 @@ pub fn extract_source(
     Ok(result)
 }
 
-/// Fails when the source rejected more rows than its error budget allows.
+/// Fails when the source rejected more of the rows read in this run (carried-over files
+/// aside) than its error budget allows.
 pub fn check_error_budget(source: &SourcePlan, m: &SourceMetrics) -> Result<(), ExtractError> {
-    if m.rows_quarantined as f64 > source.error_budget * m.rows_read as f64 {
+    let fresh = m.files.iter().filter(|f| !f.reused);
+    let (read, rejected) = fresh.fold((0, 0), |(r, q), f| (r + f.rows_read, q + f.rows_quarantined));
+    if rejected as f64 > source.error_budget * read as f64 {
         return Err(ExtractError::ErrorBudgetExceeded {
             source_name: source.name.clone(),
-            rejected: m.rows_quarantined,
-            read: m.rows_read,
+            rejected,
+            read,
             budget: source.error_budget,
-            quarantine: m.quarantine_path.clone(),
+            quarantine: m.quarantine_files.first().cloned().unwrap_or_default(),
         });
     }
     Ok(())

@@ -9,6 +9,7 @@ mod docs;
 mod evaluate;
 mod generate;
 mod golden;
+mod incremental;
 mod publish;
 mod recovery;
 mod remote_sources;
