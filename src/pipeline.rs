@@ -29,6 +29,7 @@ use crate::names::{self, DOWNLOAD_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGIN
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
+use crate::publish::read::PublishedVersion;
 use crate::publish::runs::{self, RunRecord};
 use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delta};
 use crate::score::bgnbd::BgNbdParams;
@@ -405,13 +406,26 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
         .map_err(|e| RunError::Engine(e.to_string()))?;
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     let params = plan.scoring.sql_params(as_of);
+    // Incremental stages merge into what the last succeeded run published.
+    let any_incremental = project
+        .stages
+        .values()
+        .any(|s| s.spec.materialized == Materialized::Incremental);
+    let history = if any_incremental && !plan.full_refresh {
+        runs::read_all(&plan.warehouse).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     for (i, name) in order.iter().enumerate() {
         let Some(stage) = project.stages.get(name) else {
             continue;
         };
         progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
         failpoint::hit_with(|| format!("transform.before.{name}"));
-        let m = runner::run_stage(&ctx, stage, &params, &tables_dir).await?;
+        let previous = (stage.spec.materialized == Materialized::Incremental)
+            .then(|| PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}")))
+            .flatten();
+        let m = runner::run_stage(&ctx, stage, &params, &tables_dir, previous.as_ref()).await?;
         state.stages.push(m);
         state
             .tests
@@ -439,6 +453,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
                 bytes,
                 duration_ms: started.elapsed().as_millis() as u64,
                 materialized: Materialized::Table,
+                rows_new: None,
                 output,
             });
         }
@@ -488,7 +503,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
             });
         }
     }
-    for m in state.stages.iter().filter(|m| m.materialized == Materialized::Table) {
+    for m in state.stages.iter().filter(|m| m.materialized.is_stored()) {
         targets.push(Target {
             name: m.name.clone(),
             kind: "table".into(),

@@ -24,7 +24,8 @@ use futures::StreamExt;
 use super::{FileMetrics, InputFile, SourceMetrics};
 use crate::config::SourcePlan;
 use crate::names::{self, QUARANTINE_DIR, RAW_DIR, RUNS_DIR};
-use crate::publish::{delta, runs};
+use crate::publish::read::PublishedVersion;
+use crate::publish::runs;
 use crate::storage::ParquetSink;
 
 /// What the previous succeeded run loaded for one source, and where its rows are.
@@ -34,15 +35,8 @@ pub struct PreviousLoad {
     pub run_id: String,
     /// Its files, by name.
     pub files: Vec<FileMetrics>,
-    raw: PublishedAt,
-    quarantine: PublishedAt,
-}
-
-#[derive(Debug, Clone)]
-struct PublishedAt {
-    path: PathBuf,
-    /// Delta version the run committed; `None` for a Parquet-format folder.
-    version: Option<u64>,
+    raw: PublishedVersion,
+    quarantine: PublishedVersion,
 }
 
 /// Hash of everything that decides how a source's files are read: a change reloads all.
@@ -71,8 +65,14 @@ pub async fn previous_load(warehouse: &Path, pipeline: &str, source: &SourcePlan
             return None;
         }
     };
-    let record = runs::latest_succeeded(&records, Some(pipeline))?;
-    let manifest_path = warehouse.join(RUNS_DIR).join(format!("{}.json", record.run_id));
+    let raw = PublishedVersion::latest(warehouse, &records, pipeline, &format!("{RAW_DIR}/{}", source.name))?;
+    let quarantine = PublishedVersion::latest(
+        warehouse,
+        &records,
+        pipeline,
+        &format!("{QUARANTINE_DIR}/{}", source.name),
+    )?;
+    let manifest_path = warehouse.join(RUNS_DIR).join(format!("{}.json", raw.run_id));
     let manifest: serde_json::Value = std::fs::read_to_string(&manifest_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())?;
@@ -87,18 +87,11 @@ pub async fn previous_load(warehouse: &Path, pipeline: &str, source: &SourcePlan
         return None;
     }
     let files: Vec<FileMetrics> = serde_json::from_value(metrics.get("files")?.clone()).ok()?;
-    let at = |kind: &str| {
-        let location = format!("{kind}/{}", source.name);
-        let path = warehouse.join(&location);
-        let version = record.table_versions.get(&location).copied();
-        (path.is_dir() && (version.is_some() || record.table_versions.is_empty()))
-            .then_some(PublishedAt { path, version })
-    };
     Some(PreviousLoad {
-        run_id: record.run_id.clone(),
+        run_id: raw.run_id.clone(),
         files,
-        raw: at(RAW_DIR)?,
-        quarantine: at(QUARANTINE_DIR)?,
+        raw,
+        quarantine,
     })
 }
 
@@ -160,18 +153,10 @@ pub async fn carry_over(
     Ok((raw, quarantine))
 }
 
-async fn copy_rows(table: &PublishedAt, filter: &str, out: &Path, schema: &SchemaRef) -> Result<u64, String> {
+async fn copy_rows(table: &PublishedVersion, filter: &str, out: &Path, schema: &SchemaRef) -> Result<u64, String> {
     let ctx = SessionContext::new();
     let what = |e: &dyn std::fmt::Display| format!("reading the previous load in {}: {e}", table.path.display());
-    if delta::is_delta_table(&table.path) {
-        delta::register(&ctx, "previous", &table.path, table.version)
-            .await
-            .map_err(|e| what(&e))?;
-    } else {
-        crate::transform::runner::register_parquet(&ctx, "previous", &table.path)
-            .await
-            .map_err(|e| what(&e))?;
-    }
+    table.register(&ctx, "previous").await.map_err(|e| what(&e))?;
     let columns: Vec<String> = schema.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
     let sql = format!("SELECT {} FROM previous WHERE {filter}", columns.join(", "));
     let mut stream = ctx

@@ -52,6 +52,52 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Re
     }
 }
 
+/// A table as a succeeded run published it: what incremental loads and stages build on.
+#[derive(Debug, Clone)]
+pub struct PublishedVersion {
+    /// The run that published it.
+    pub run_id: String,
+    /// The table folder.
+    pub path: std::path::PathBuf,
+    /// The Delta version that run committed; `None` for a Parquet-format folder.
+    pub version: Option<u64>,
+}
+
+impl PublishedVersion {
+    /// The table at `location` (`raw/sales`, `tables/fct_customer`) as pipeline
+    /// `pipeline`'s latest succeeded run in `records` published it, if it did.
+    pub fn latest(
+        warehouse: &Path,
+        records: &[super::runs::RunRecord],
+        pipeline: &str,
+        location: &str,
+    ) -> Option<PublishedVersion> {
+        let record = super::runs::latest_succeeded(records, Some(pipeline))?;
+        let path = warehouse.join(location);
+        let version = record.table_versions.get(location).copied();
+        let parquet_run = record.table_versions.is_empty() && record.table_rows.contains_key(location);
+        (path.is_dir() && (version.is_some() || parquet_run)).then(|| PublishedVersion {
+            run_id: record.run_id.clone(),
+            path,
+            version,
+        })
+    }
+
+    /// Registers this version of the table on `ctx` as `name`.
+    pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), PublishError> {
+        if super::delta::is_delta_table(&self.path) {
+            super::delta::register(ctx, name, &self.path, self.version).await
+        } else {
+            register_parquet(ctx, name, &self.path)
+                .await
+                .map_err(|e| PublishError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+        }
+    }
+}
+
 /// The latest successful run's manifest as JSON.
 pub fn latest_manifest(warehouse: &Path) -> Result<serde_json::Value, PublishError> {
     let path = warehouse.join(RUNS_DIR).join(LATEST_MANIFEST);

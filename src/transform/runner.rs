@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::spec::Materialized;
 use super::{Seed, Stage, TransformError};
+use crate::publish::read::PublishedVersion;
 use crate::storage::ParquetSink;
 
 /// What one stage did.
@@ -32,8 +33,12 @@ pub struct StageMetrics {
     pub bytes: u64,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
-    /// Table (written and published) or view (neither).
+    /// Table, incremental (both written and published) or view (neither).
     pub materialized: Materialized,
+    /// Incremental stages: the new or changed rows this run's query selected (merged into
+    /// the previous table to give `rows`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_new: Option<u64>,
     /// The materialised file.
     #[serde(skip)]
     pub output: PathBuf,
@@ -126,6 +131,154 @@ impl std::fmt::Display for MaterializeError {
     }
 }
 
+fn stage_error(stage: &Stage, e: DataFusionError) -> TransformError {
+    TransformError::Sql {
+        stage: stage.name.clone(),
+        path: stage.path.clone(),
+        message: describe_sql_error(&stage.sql, &e),
+    }
+}
+
+fn materialize_error(stage: &Stage, e: MaterializeError) -> TransformError {
+    match e {
+        MaterializeError::Query(e) => stage_error(stage, e),
+        MaterializeError::Write(e) => TransformError::Write(e),
+    }
+}
+
+/// Plans the stage's SELECT (no DDL, DML or other statements) with `params` bound.
+async fn plan_stage(
+    ctx: &SessionContext,
+    stage: &Stage,
+    params: HashMap<String, ScalarValue>,
+) -> Result<DataFrame, TransformError> {
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(&stage.sql, options)
+        .await
+        .and_then(|df| df.with_param_values(params))
+        .map_err(|e| stage_error(stage, e))
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An incremental stage: plan with `$is_incremental` / `$watermark`, materialise the new
+/// rows, then write new rows plus the previous rows whose key is not among them, ordered by
+/// the key. Returns (file, rows, bytes, new rows).
+async fn run_incremental(
+    ctx: &SessionContext,
+    stage: &Stage,
+    params: &HashMap<String, ScalarValue>,
+    out_dir: &Path,
+    previous: Option<&PublishedVersion>,
+) -> Result<(PathBuf, u64, u64, u64), TransformError> {
+    let sql_err = |e: DataFusionError| stage_error(stage, e);
+    let prev_name = format!("__previous_{}", stage.name);
+    let new_name = format!("__new_{}", stage.name);
+    let mut base = false;
+    if let Some(p) = previous {
+        match p.register(ctx, &prev_name).await {
+            Ok(()) => base = true,
+            Err(e) => tracing::warn!(stage = %stage.name, error = %e, "previous table unreadable: full refresh"),
+        }
+    }
+    let bind = |incremental: bool, watermark: ScalarValue| {
+        let mut p = params.clone();
+        p.insert("is_incremental".into(), ScalarValue::Boolean(Some(incremental)));
+        p.insert("watermark".into(), watermark);
+        p
+    };
+    let mut df = None;
+    if base {
+        let watermark = match &stage.spec.incremental_column {
+            Some(col) => {
+                let batches = ctx
+                    .sql(&format!("SELECT max({}) FROM {}", quoted(col), quoted(&prev_name)))
+                    .await
+                    .map_err(sql_err)?
+                    .collect()
+                    .await
+                    .map_err(sql_err)?;
+                ScalarValue::try_from_array(batches[0].column(0), 0).map_err(sql_err)?
+            }
+            None => ScalarValue::Null,
+        };
+        let planned = plan_stage(ctx, stage, bind(true, watermark)).await?;
+        let before = ctx.table(&prev_name).await.map_err(sql_err)?;
+        let same = |a: &datafusion::common::DFSchema, b: &datafusion::common::DFSchema| {
+            a.fields().len() == b.fields().len()
+                && a.fields()
+                    .iter()
+                    .zip(b.fields())
+                    .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        };
+        if same(planned.schema(), before.schema()) {
+            df = Some(planned);
+        } else {
+            tracing::warn!(stage = %stage.name, "columns changed since the previous run: full refresh");
+            base = false;
+        }
+    }
+    let df = match df {
+        Some(df) => df,
+        None => plan_stage(ctx, stage, bind(false, ScalarValue::Null)).await?,
+    };
+    let new_dir = out_dir.parent().unwrap_or(out_dir).join("incremental");
+    let (_, new_rows, _) = materialize(ctx, &new_name, df, &new_dir)
+        .await
+        .map_err(|e| materialize_error(stage, e))?;
+    let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| quoted(k)).collect();
+    let null_keys = ctx
+        .sql(&format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            quoted(&new_name),
+            keys.iter()
+                .map(|k| format!("{k} IS NULL"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ))
+        .await
+        .map_err(sql_err)?
+        .collect()
+        .await
+        .map_err(sql_err)?;
+    let nulls = ScalarValue::try_from_array(null_keys[0].column(0), 0).map_err(sql_err)?;
+    if !matches!(nulls, ScalarValue::Int64(Some(0))) {
+        return Err(TransformError::Sql {
+            stage: stage.name.clone(),
+            path: stage.path.clone(),
+            message: format!(
+                "{nulls} new rows have a NULL in the unique key ({}): an incremental stage cannot merge them",
+                stage.spec.unique_key.join(", ")
+            ),
+        });
+    }
+    let order = keys.join(", ");
+    let merged = if base {
+        let on: Vec<String> = keys.iter().map(|k| format!("p.{k} = n.{k}")).collect();
+        format!(
+            "SELECT * FROM {new} UNION ALL SELECT p.* FROM {prev} p LEFT ANTI JOIN {new} n ON {} ORDER BY {order}",
+            on.join(" AND "),
+            new = quoted(&new_name),
+            prev = quoted(&prev_name),
+        )
+    } else {
+        format!("SELECT * FROM {} ORDER BY {order}", quoted(&new_name))
+    };
+    let df = ctx.sql(&merged).await.map_err(sql_err)?;
+    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir)
+        .await
+        .map_err(|e| materialize_error(stage, e))?;
+    for name in [&prev_name, &new_name] {
+        ctx.deregister_table(name.as_str()).map_err(sql_err)?;
+    }
+    Ok((output, rows, bytes, new_rows))
+}
+
 /// Streams `df` into `out_dir/<name>/part-00000.parquet` and registers the file as table
 /// `name` in place of the query; returns (file, rows, bytes).
 pub async fn materialize(
@@ -150,38 +303,36 @@ pub async fn materialize(
 }
 
 /// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
+/// `previous` is the stage's table as the last succeeded run published it: incremental
+/// stages merge into it (`None`: a full refresh); other stages ignore it.
 pub async fn run_stage(
     ctx: &SessionContext,
     stage: &Stage,
     params: &HashMap<String, ScalarValue>,
     out_dir: &Path,
+    previous: Option<&PublishedVersion>,
 ) -> Result<StageMetrics, TransformError> {
     let started = Instant::now();
-    let sql_err = |e: DataFusionError| TransformError::Sql {
-        stage: stage.name.clone(),
-        path: stage.path.clone(),
-        message: describe_sql_error(&stage.sql, &e),
-    };
-    let options = datafusion::execution::context::SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    let df = ctx
-        .sql_with_options(&stage.sql, options)
-        .await
-        .map_err(sql_err)?
-        .with_param_values(params.clone())
-        .map_err(sql_err)?;
+    let sql_err = |e: DataFusionError| stage_error(stage, e);
+    let mut rows_new = None;
     let (output, rows, bytes) = match stage.spec.materialized {
         Materialized::View => {
+            let df = plan_stage(ctx, stage, params.clone()).await?;
             ctx.deregister_table(&stage.name).map_err(sql_err)?;
             ctx.register_table(&stage.name, df.into_view()).map_err(sql_err)?;
             (PathBuf::new(), 0, 0)
         }
-        Materialized::Table => materialize(ctx, &stage.name, df, out_dir).await.map_err(|e| match e {
-            MaterializeError::Query(e) => sql_err(e),
-            MaterializeError::Write(e) => TransformError::Write(e),
-        })?,
+        Materialized::Table => {
+            let df = plan_stage(ctx, stage, params.clone()).await?;
+            materialize(ctx, &stage.name, df, out_dir)
+                .await
+                .map_err(|e| materialize_error(stage, e))?
+        }
+        Materialized::Incremental => {
+            let (output, rows, bytes, new) = run_incremental(ctx, stage, params, out_dir, previous).await?;
+            rows_new = Some(new);
+            (output, rows, bytes)
+        }
     };
     let metrics = StageMetrics {
         name: stage.name.clone(),
@@ -191,6 +342,7 @@ pub async fn run_stage(
         bytes,
         duration_ms: started.elapsed().as_millis() as u64,
         materialized: stage.spec.materialized,
+        rows_new,
         output,
     };
     tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");

@@ -5,8 +5,10 @@
 //! Header comments (`-- @key: value`, before the first SQL line):
 //! ```sql
 //! -- @description: One row per customer.
-//! -- @materialized: table        (table | view)
+//! -- @materialized: table        (table | view | incremental)
 //! -- @tags: daily, marts
+//! -- @unique_key: order_id, line_no      (incremental: the merge key)
+//! -- @incremental_column: order_ts       (incremental: `$watermark` is its last max)
 //! ```
 //! Schema file (`sql/marts/fct_customer.toml`):
 //! ```toml
@@ -40,6 +42,18 @@ pub enum Materialized {
     Table,
     /// Computed on read by later stages; not written or published.
     View,
+    /// Written and published like a table, but each run's query sees
+    /// `$is_incremental = true` and `$watermark` (the previous table's maximum of the
+    /// `incremental_column`), selects only new or changed rows, and those rows are merged
+    /// into the previous table on the `unique_key`.
+    Incremental,
+}
+
+impl Materialized {
+    /// True when the stage's result is written and published.
+    pub fn is_stored(self) -> bool {
+        self != Materialized::View
+    }
 }
 
 /// What happens when a data test fails.
@@ -117,6 +131,10 @@ pub struct StageSpec {
     pub materialized: Materialized,
     /// Tags for selection (`--select tag:daily`).
     pub tags: Vec<String>,
+    /// Incremental stages: the columns identifying a row, for the merge.
+    pub unique_key: Vec<String>,
+    /// Incremental stages: the column whose previous maximum is `$watermark`.
+    pub incremental_column: Option<String>,
     /// Column descriptions.
     pub columns: BTreeMap<String, String>,
     /// Data tests.
@@ -213,33 +231,54 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
                 spec.materialized = match value {
                     "table" => Materialized::Table,
                     "view" => Materialized::View,
+                    "incremental" => Materialized::Incremental,
                     other => {
                         return Err(bad(
                             path,
-                            format!("line {}: materialized `{other}` is not one of table, view", i + 1),
+                            format!(
+                                "line {}: materialized `{other}` is not one of table, view, incremental",
+                                i + 1
+                            ),
                         ));
                     }
                 }
             }
-            "tags" => {
-                spec.tags = value
-                    .split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            }
+            "tags" => spec.tags = list(value),
+            "unique_key" => spec.unique_key = list(value),
+            "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
             other => {
                 return Err(bad(
                     path,
                     format!(
-                        "line {}: unknown setting `@{other}` (use description, materialized, tags)",
+                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column)",
                         i + 1
                     ),
                 ));
             }
         }
     }
+    let incremental = spec.materialized == Materialized::Incremental;
+    if incremental && spec.unique_key.is_empty() {
+        return Err(bad(
+            path,
+            "an incremental stage needs `-- @unique_key: <columns>` to merge new rows into the previous table",
+        ));
+    }
+    if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some()) {
+        return Err(bad(
+            path,
+            "`@unique_key` and `@incremental_column` apply to `@materialized: incremental` stages only",
+        ));
+    }
     Ok(())
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn column_test(table: &str, column: &str, test: RawColumnTest, file: &Path) -> Result<DataTest, TransformError> {

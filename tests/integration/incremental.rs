@@ -177,3 +177,104 @@ fn scratch_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A copy of the project whose sales source reads `dir/landing/*.csv`, with an incremental
+/// stage added under `sql/marts/`. Returns the pipeline path.
+fn project_with_incremental_stage(dir: &Path) -> PathBuf {
+    let pipeline = scratch_project(dir);
+    std::fs::create_dir_all(dir.join("landing")).unwrap();
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        &format!("\"{}/fixtures/sales/*.csv\"", repo().display()),
+        &format!("\"{}/landing/*.csv\"", dir.display()),
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    std::fs::write(
+        dir.join("sql/marts/order_lines.sql"),
+        "-- @description: Order lines with their amount, merged run by run.\n\
+         -- @materialized: incremental\n\
+         -- @unique_key: order_id, line_no\n\
+         -- @incremental_column: order_ts\n\
+         SELECT order_id, line_no, customer_id, order_ts, revenue\n\
+         FROM stg_sales\n\
+         WHERE NOT $is_incremental OR order_ts > $watermark\n",
+    )
+    .unwrap();
+    pipeline
+}
+
+fn stage_metrics(warehouse: &Path, name: &str) -> serde_json::Value {
+    latest_manifest(warehouse)["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in the manifest"))
+        .clone()
+}
+
+#[tokio::test]
+async fn an_incremental_stage_touches_only_new_rows_and_equals_a_full_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = project_with_incremental_stage(dir.path());
+    let wh = dir.path().join("wh");
+    let run = |extra: &[&str]| {
+        let out = run_pipeline(dir.path(), &pipeline, extra);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    land(dir.path(), "2023");
+    run(&[]);
+    let first = stage_metrics(&wh, "order_lines");
+    let n1 = first["rows"].as_u64().unwrap();
+    assert_eq!(first["materialized"], "incremental");
+    assert_eq!(
+        first["rows_new"].as_u64(),
+        Some(n1),
+        "the first run processes every row"
+    );
+    assert_eq!(
+        count(&wh, "SELECT count(*) FROM stg_sales").await as u64,
+        n1,
+        "one row per staged order line"
+    );
+
+    // The next day's file: the stage's query selects only lines after the watermark.
+    land(dir.path(), "2024");
+    run(&[]);
+    let second = stage_metrics(&wh, "order_lines");
+    let new_lines = count(
+        &wh,
+        "SELECT count(*) FROM stg_sales WHERE order_ts > (SELECT max(order_ts) FROM stg_sales WHERE order_ts < TIMESTAMP '2024-01-01T00:00:00Z')",
+    )
+    .await as u64;
+    assert!(new_lines > 0);
+    assert_eq!(second["rows_new"].as_u64(), Some(new_lines), "{second}");
+    assert!(new_lines < second["rows"].as_u64().unwrap());
+    assert_eq!(second["rows"].as_u64().unwrap(), n1 + new_lines);
+    let sql = "SELECT * FROM order_lines ORDER BY order_id, line_no";
+    let incremental = rows(&warehouse_session(&wh).await, sql).await;
+
+    // A full refresh rebuilds the table from scratch: the same rows.
+    run(&["--full-refresh"]);
+    let full = stage_metrics(&wh, "order_lines");
+    assert_eq!(full["rows_new"], full["rows"], "{full}");
+    assert_eq!(rows(&warehouse_session(&wh).await, sql).await, incremental);
+}
+
+#[test]
+fn an_incremental_stage_without_a_unique_key_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = project_with_incremental_stage(dir.path());
+    let file = dir.path().join("sql/marts/order_lines.sql");
+    let sql = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("-- @unique_key: order_id, line_no\n", "");
+    std::fs::write(&file, sql).unwrap();
+    land(dir.path(), "2023");
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("order_lines.sql") && text(&out).contains("unique_key"),
+        "{}",
+        text(&out)
+    );
+}
