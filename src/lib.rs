@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod process_stats;
 pub mod progress;
 pub mod publish;
+pub mod schedule;
 pub mod score;
 pub mod storage;
 pub mod transform;

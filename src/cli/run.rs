@@ -6,7 +6,9 @@ use clap::Args;
 
 use super::CliError;
 use crate::config::{AsOf, Overrides, Plan};
-use crate::pipeline;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{self, RunOptions};
 use crate::progress::Progress;
 
 /// Arguments of `patron run`.
@@ -21,6 +23,31 @@ pub struct RunArgs {
     /// Warehouse folder to publish into (overrides `run.warehouse`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run id to use instead of a new one (set by `patron schedule` for its attempts).
+    #[arg(long, hide = true)]
+    pub run_id: Option<String>,
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT, so the run stops cleanly: it aborts
+/// before publishing (or restores what it committed), records itself and releases the
+/// warehouse lock. Without signal support the token is never cancelled.
+pub fn cancel_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("patron: {name} received: stopping the run without publishing");
+        cancel.cancel();
+    });
+    token
 }
 
 /// Loads the plan, runs it and prints a summary.
@@ -31,7 +58,11 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();
-    match pipeline::run(&plan, &progress).await {
+    let options = RunOptions {
+        run_id: args.run_id,
+        cancel: cancel_on_signals(),
+    };
+    match pipeline::run_with(&plan, &progress, &options).await {
         Ok(report) => {
             let m = &report.manifest;
             println!(
