@@ -32,14 +32,15 @@ pub struct RunArgs {
 /// before publishing (or restores what it committed), records itself and releases the
 /// warehouse lock. Without signal support the token is never cancelled.
 pub fn cancel_on_signals() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let cancel = token.clone();
+    // Registered before returning, so a signal arriving at any later point is caught.
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT");
+        return token;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::warn!("cannot listen for SIGTERM/SIGINT");
-            return;
-        };
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

@@ -83,6 +83,7 @@ pub async fn run(plans: Vec<(Plan, Schedule)>, listen: SocketAddr) -> Result<(),
     });
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(health::serve(listener, shared.metrics.clone(), server_stop.clone()));
+    stop_on_signals(stop.clone());
     log::info(
         "daemon_started",
         json!({
@@ -91,7 +92,6 @@ pub async fn run(plans: Vec<(Plan, Schedule)>, listen: SocketAddr) -> Result<(),
             "pipelines": plans.iter().map(|(p, s)| json!({"pipeline": p.name, "cron": s.settings.cron, "timezone": s.settings.timezone})).collect::<Vec<_>>(),
         }),
     );
-    tokio::spawn(stop_on_signals(stop.clone()));
     let loops: Vec<_> = plans
         .into_iter()
         .map(|(plan, schedule)| tokio::spawn(pipeline_loop(shared.clone(), plan, schedule)))
@@ -105,18 +105,21 @@ pub async fn run(plans: Vec<(Plan, Schedule)>, listen: SocketAddr) -> Result<(),
     Ok(())
 }
 
-async fn stop_on_signals(stop: CancellationToken) {
+/// Cancels `stop` on the first SIGTERM or SIGINT (registered before this returns).
+fn stop_on_signals(stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         log::warn("signals_unavailable", json!({}));
         return;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    log::info("shutdown_requested", json!({ "signal": name }));
-    stop.cancel();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info("shutdown_requested", json!({ "signal": name }));
+        stop.cancel();
+    });
 }
 
 /// Where the slots of `plan` start: after its last recorded run (so downtime is seen as

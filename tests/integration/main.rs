@@ -12,5 +12,6 @@ mod golden;
 mod publish;
 mod recovery;
 mod run_fixtures;
+mod schedule;
 mod stages;
 mod support;
