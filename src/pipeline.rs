@@ -199,6 +199,13 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         }
     }
 
+    if matches!(result, Err(RunError::Aborted { .. })) {
+        // Nothing to inspect in an aborted run's half-done work (unlike a failed one).
+        if let Err(e) = publish::remove_staging(&state.staging) {
+            tracing::warn!(error = %e, "cannot remove the aborted run's staging folder");
+        }
+    }
+
     progress.phase("writing the run manifest");
     let manifest = RunManifest {
         run_id: state.run_id.clone(),
