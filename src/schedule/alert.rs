@@ -31,13 +31,25 @@ pub struct Alert {
     pub host: String,
 }
 
+/// Environment variable holding the webhook URL; it wins over `alert.webhook`, so a URL
+/// with a secret token (a chat incoming-webhook) need not be written in the pipeline file.
+pub const WEBHOOK_ENV: &str = "PATRON_ALERT_WEBHOOK";
+
+/// The webhook URL: [`WEBHOOK_ENV`] when set, else the configured one.
+pub fn webhook_url(settings: &AlertSettings) -> Option<String> {
+    std::env::var(WEBHOOK_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| settings.webhook.clone())
+}
+
 /// Sends `alert` through every configured channel; returns per channel (`webhook`,
 /// `command`) the error, if it failed.
 pub async fn send(settings: &AlertSettings, alert: &Alert) -> Vec<(&'static str, Result<(), String>)> {
     let timeout = Duration::from_secs(settings.timeout_secs.max(1));
     let mut results = Vec::new();
-    if let Some(url) = &settings.webhook {
-        results.push(("webhook", webhook(url, alert, timeout).await));
+    if let Some(url) = webhook_url(settings) {
+        results.push(("webhook", webhook(&url, alert, timeout).await));
     }
     if let Some(command) = &settings.command {
         results.push(("command", run_command(command, alert, timeout).await));

@@ -89,7 +89,11 @@ pub async fn run(plans: Vec<(Plan, Schedule)>, listen: SocketAddr) -> Result<(),
         json!({
             "pid": std::process::id(),
             "listen": bound.to_string(),
-            "pipelines": plans.iter().map(|(p, s)| json!({"pipeline": p.name, "cron": s.settings.cron, "timezone": s.settings.timezone})).collect::<Vec<_>>(),
+            "pipelines": plans.iter().map(|(p, s)| json!({
+                "pipeline": p.name, "cron": s.settings.cron, "timezone": s.settings.timezone,
+                "alert_webhook": alert::webhook_url(&s.settings.alert).is_some(),
+                "alert_command": s.settings.alert.command.is_some(),
+            })).collect::<Vec<_>>(),
         }),
     );
     let loops: Vec<_> = plans
