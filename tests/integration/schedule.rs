@@ -490,3 +490,79 @@ fn schedule_refuses_a_pipeline_without_a_schedule_naming_the_file() {
         "{err}"
     );
 }
+
+/// Records a run of `pipeline` that started `days_ago` days ago, as if the daemon had been
+/// down since.
+async fn last_run_days_ago(pipeline: &Path, days_ago: i64) {
+    let plan = patron::config::Plan::load(pipeline, &Default::default()).unwrap();
+    let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+    let record = patron::pipeline::skipped_record(&plan, "20200101T000000.000Z-downtime", at, "simulated");
+    patron::publish::runs::append(&plan.warehouse, &record).await.unwrap();
+}
+
+#[tokio::test]
+async fn after_downtime_missed_slots_are_skipped_or_the_last_one_caught_up_and_a_slow_run_times_out() {
+    // Daily at midnight UTC, last run three days ago, no grace: the slots of the last
+    // three midnights were missed.
+    let schedule = "cron = \"0 0 * * *\"\nmisfire_grace_secs = 0\nretries = 0\ntimeout_secs = 2\n";
+    let skip_dir = tempfile::tempdir().unwrap();
+    let skip = scheduled_pipeline(skip_dir.path(), "skipper", &format!("{schedule}missed = \"skip\"\n"));
+    last_run_days_ago(&skip, 3).await;
+    let catch_dir = tempfile::tempdir().unwrap();
+    let catch = scheduled_pipeline(
+        catch_dir.path(),
+        "catcher",
+        &format!("{schedule}missed = \"catch_up\"\n"),
+    );
+    last_run_days_ago(&catch, 3).await;
+
+    let mut skipper = Daemon::start(&skip, &[]);
+    let mut catcher = Daemon::start(&catch, &[]);
+    let missed = skipper.wait_for("slots_missed", |_| true);
+    assert_eq!(
+        (missed["count"].as_u64(), missed["policy"].as_str()),
+        (Some(3), Some("skip"))
+    );
+    let caught = catcher.wait_for("slots_missed", |_| true);
+    assert_eq!(
+        caught["count"], 2,
+        "the latest missed slot is run, the two before skipped"
+    );
+    let due = catcher.wait_for("slot_due", |_| true);
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%dT00:00:00.000Z")
+        .to_string();
+    assert_eq!(due["slot"], today.as_str());
+    // The caught-up run takes longer than its 2 s timeout: SIGTERM, recorded as failed.
+    let failed = catcher.wait_for("run_failed", |_| true);
+    assert_eq!(failed["outcome"], "timed_out");
+    assert_eq!(failed["exit_code"], 5, "the child stopped cleanly on SIGTERM");
+    assert!(failed["error"].as_str().unwrap().contains("timed out after 2s"));
+
+    let (status, skip_lines, _) = skipper.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !skip_lines.iter().any(|v| v["event"] == "slot_due"),
+        "under skip nothing ran: {skip_lines:?}"
+    );
+    let (status, _, _) = catcher.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let skipped = runs(&skip_dir.path().join("wh")).await;
+    let row = skipped
+        .iter()
+        .find(|r| r.run_id == missed["run_id"].as_str().unwrap())
+        .expect("the missed slots are recorded");
+    assert_eq!(row.outcome, "skipped");
+    assert!(row.error.as_deref().unwrap().starts_with("3 slot(s) from"), "{row:?}");
+    let wh = catch_dir.path().join("wh");
+    let timed_out = runs(&wh).await;
+    let row = timed_out
+        .iter()
+        .find(|r| r.run_id == failed["run_id"].as_str().unwrap())
+        .expect("the timed-out run recorded itself");
+    assert_eq!(row.outcome, "failed");
+    assert!(!wh.join("_lock.json").exists());
+    assert!(!wh.join("tables").exists(), "nothing published");
+}
