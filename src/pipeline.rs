@@ -94,15 +94,16 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
     run_with(plan, progress, &RunOptions::default()).await
 }
 
-/// A `skipped` row for a run that did not start, or a slot that was not run.
-pub fn skipped_record(plan: &Plan, run_id: &str, at: DateTime<Utc>, why: &str) -> RunRecord {
+/// A runs row for a run that did no work: `skipped` (the lock was held, a slot overlapped
+/// or was missed) or `failed` (killed before it could record itself), with the reason.
+pub fn bare_record(plan: &Plan, run_id: &str, at: DateTime<Utc>, outcome: &str, why: &str) -> RunRecord {
     let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
     RunRecord {
         run_id: run_id.to_string(),
         pipeline: plan.name.clone(),
         started_at: stamp.clone(),
         finished_at: stamp,
-        outcome: names::OUTCOME_SKIPPED.into(),
+        outcome: outcome.into(),
         error: Some(why.to_string()),
         as_of: None,
         config_hash: plan.config_hash.clone(),
@@ -127,7 +128,7 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
                 // Recorded so that a skipped cron run is visible in the history. The runs
                 // table takes concurrent appends (Delta commits are atomic), so this does
                 // not need the lock; a failure to record is only logged.
-                let record = skipped_record(plan, &run_id, started_at, &error.to_string());
+                let record = bare_record(plan, &run_id, started_at, names::OUTCOME_SKIPPED, &error.to_string());
                 if let Err(e) = runs::append(&plan.warehouse, &record).await {
                     tracing::warn!(error = %e, "the skipped run could not be recorded in the runs table");
                 }

@@ -249,8 +249,7 @@ async fn record_killed(plan: &Plan, run_id: &str, why: &str) {
     if recorded {
         return;
     }
-    let mut record = crate::pipeline::skipped_record(plan, run_id, Utc::now(), why);
-    record.outcome = OUTCOME_FAILED.into();
+    let record = crate::pipeline::bare_record(plan, run_id, Utc::now(), OUTCOME_FAILED, why);
     if let Err(e) = runs::append(&plan.warehouse, &record).await {
         tracing::warn!(error = %e, "cannot record the killed run");
     }

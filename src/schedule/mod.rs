@@ -29,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Plan, Schedule};
-use crate::pipeline::{new_run_id, skipped_record};
+use crate::names::OUTCOME_SKIPPED;
+use crate::pipeline::{bare_record, new_run_id};
 use crate::publish::runs;
 use attempt::{AttemptKind, Limits};
 use health::Metrics;
@@ -148,7 +149,7 @@ async fn last_recorded(plan: &Plan, now: DateTime<Utc>) -> DateTime<Utc> {
 
 async fn record_skipped(plan: &Plan, at: DateTime<Utc>, why: &str) -> String {
     let run_id = new_run_id(at);
-    if let Err(e) = runs::append(&plan.warehouse, &skipped_record(plan, &run_id, at, why)).await {
+    if let Err(e) = runs::append(&plan.warehouse, &bare_record(plan, &run_id, at, OUTCOME_SKIPPED, why)).await {
         log::warn(
             "record_failed",
             json!({"pipeline": plan.name, "run_id": run_id, "error": e.to_string()}),

@@ -496,7 +496,7 @@ fn schedule_refuses_a_pipeline_without_a_schedule_naming_the_file() {
 async fn last_run_days_ago(pipeline: &Path, days_ago: i64) {
     let plan = patron::config::Plan::load(pipeline, &Default::default()).unwrap();
     let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
-    let record = patron::pipeline::skipped_record(&plan, "20200101T000000.000Z-downtime", at, "simulated");
+    let record = patron::pipeline::bare_record(&plan, "20200101T000000.000Z-downtime", at, "skipped", "simulated");
     patron::publish::runs::append(&plan.warehouse, &record).await.unwrap();
 }
 
