@@ -1,6 +1,7 @@
 //! The error of a whole run and the exit-code contract the CLI documents:
 //! 0 success, 1 the run failed, 2 usage or configuration error, 3 data tests failed,
-//! 4 another run holds the warehouse lock.
+//! 4 another run holds the warehouse lock (the run was skipped), 5 the run was aborted by
+//! SIGTERM/SIGINT (nothing published).
 
 use crate::config::ConfigError;
 use crate::extract::ExtractError;
@@ -18,6 +19,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_TESTS_FAILED: u8 = 3;
 /// Exit code: another run holds the warehouse lock; nothing was done.
 pub const EXIT_LOCKED: u8 = 4;
+/// Exit code: the run was aborted by SIGTERM or SIGINT; nothing was published.
+pub const EXIT_ABORTED: u8 = 5;
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,13 @@ pub enum RunError {
     /// The data holds no timestamp to take the as-of date from.
     #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
     NoAsOf,
+    /// SIGTERM or SIGINT asked the run to stop; it stopped without publishing (tables it
+    /// had committed were restored).
+    #[error("aborted by SIGTERM/SIGINT {phase}; nothing was published")]
+    Aborted {
+        /// When: `before publishing` or `while publishing`.
+        phase: &'static str,
+    },
     /// Any other I/O failure, with its path.
     #[error("{path}: {source}")]
     Io {
@@ -77,6 +87,8 @@ impl RunError {
             EXIT_USAGE
         } else if matches!(self, RunError::DataTests { .. }) {
             EXIT_TESTS_FAILED
+        } else if matches!(self, RunError::Aborted { .. }) {
+            EXIT_ABORTED
         } else {
             EXIT_RUN_FAILED
         }
@@ -98,6 +110,7 @@ impl RunError {
             RunError::Transform(_) | RunError::Engine(_) => "transform",
             RunError::Score(_) => "score",
             RunError::DataTests { .. } => "test",
+            RunError::Aborted { .. } => "aborted",
             RunError::Publish(_) | RunError::Io { .. } => "publish",
         }
     }

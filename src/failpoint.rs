@@ -68,11 +68,25 @@ pub fn armed() -> bool {
     armed_name().is_some()
 }
 
-/// A crash point: aborts the process when `name` is the armed failpoint.
+/// Prefix that turns a crash point into a pause: `PATRON_FAILPOINT=pause:<name>` makes
+/// the run stop for [`PAUSE`] at that point (so a test can signal it there).
+pub const PAUSE_PREFIX: &str = "pause:";
+/// How long a paused point waits.
+pub const PAUSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A crash point: aborts the process when `name` is the armed failpoint, pauses the
+/// thread for [`PAUSE`] when `pause:<name>` is.
 pub fn hit(name: &str) {
-    if armed_name() == Some(name) {
-        eprintln!("patron: failpoint {name}: aborting");
-        std::process::abort();
+    match armed_name() {
+        Some(armed) if armed == name => {
+            eprintln!("patron: failpoint {name}: aborting");
+            std::process::abort();
+        }
+        Some(armed) if armed.strip_prefix(PAUSE_PREFIX) == Some(name) => {
+            eprintln!("patron: failpoint {name}: pausing {}s", PAUSE.as_secs());
+            std::thread::sleep(PAUSE);
+        }
+        _ => {}
     }
 }
 

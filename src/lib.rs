@@ -23,6 +23,7 @@ pub mod process_stats;
 pub mod progress;
 pub mod publish;
 pub mod remote;
+pub mod schedule;
 pub mod score;
 pub mod storage;
 pub mod transform;

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
             return ExitCode::from(patron::error::EXIT_RUN_FAILED);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Do not wait for blocking work an aborted run left behind (an extract thread).
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("patron: {e}");

@@ -20,6 +20,17 @@ pub const RUNS_TABLE: &str = "runs";
 /// Name of the file inside [`RUNS_DIR`] that always holds the latest successful manifest.
 pub const LATEST_MANIFEST: &str = "latest.json";
 
+/// `runs.outcome` of a run that published its tables.
+pub const OUTCOME_SUCCEEDED: &str = "succeeded";
+/// `runs.outcome` of a run that stopped with an error (or was aborted); nothing published.
+pub const OUTCOME_FAILED: &str = "failed";
+/// `runs.outcome` of a run that never started: another run held the warehouse lock, its
+/// schedule slot overlapped a run still going, or its slot was missed.
+pub const OUTCOME_SKIPPED: &str = "skipped";
+
+/// Where `patron schedule` serves `/healthz` and `/metrics` unless told otherwise.
+pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:9750";
+
 /// Column added to every extracted row: the file it came from.
 pub const SOURCE_FILE_COLUMN: &str = "_source_file";
 /// Column added to every extracted row: the 1-based line (CSV/NDJSON) or row (Parquet).

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AsOf, Plan};
 use crate::engine::build_context;
@@ -78,16 +79,68 @@ struct RunState {
     tables: Vec<PublishedTable>,
 }
 
+/// How a run is started and stopped from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run id to use (the scheduler picks it, to find the run afterwards); default: a
+    /// new one.
+    pub run_id: Option<String>,
+    /// Cancelled (on SIGTERM/SIGINT) to abort the run: before publishing the run stops
+    /// at once; during a Delta publish it stops before the next table commit and restores
+    /// the tables it committed. Either way it is recorded as failed and releases the lock.
+    pub cancel: CancellationToken,
+}
+
 /// Runs the plan once.
 pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailure> {
+    run_with(plan, progress, &RunOptions::default()).await
+}
+
+/// A runs row for a run that did no work: `skipped` (the lock was held, a slot overlapped
+/// or was missed) or `failed` (killed before it could record itself), with the reason.
+pub fn bare_record(plan: &Plan, run_id: &str, at: DateTime<Utc>, outcome: &str, why: &str) -> RunRecord {
+    let stamp = at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    RunRecord {
+        run_id: run_id.to_string(),
+        pipeline: plan.name.clone(),
+        started_at: stamp.clone(),
+        finished_at: stamp,
+        outcome: outcome.into(),
+        error: Some(why.to_string()),
+        as_of: None,
+        config_hash: plan.config_hash.clone(),
+        patron_version: env!("CARGO_PKG_VERSION").to_string(),
+        format: plan.publish.format.as_str().into(),
+        table_rows: BTreeMap::new(),
+        table_versions: BTreeMap::new(),
+    }
+}
+
+/// Runs the plan once, with a given run id and a cancellation token.
+pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) -> Result<RunReport, RunFailure> {
     let started_at = Utc::now();
     let clock = Instant::now();
-    let run_id = new_run_id(started_at);
+    let run_id = options.run_id.clone().unwrap_or_else(|| new_run_id(started_at));
     let timing = LockTiming::from_timeout_secs(plan.publish.lock_timeout_secs);
-    let lock = WarehouseLock::acquire(&plan.warehouse, &run_id, timing).map_err(|e| RunFailure {
-        error: RunError::Publish(e.into()),
-        manifest_path: None,
-    })?;
+    let lock = match WarehouseLock::acquire(&plan.warehouse, &run_id, timing) {
+        Ok(lock) => lock,
+        Err(e) => {
+            let error = RunError::Publish(e.into());
+            if error.is_locked() {
+                // Recorded so that a skipped cron run is visible in the history. The runs
+                // table takes concurrent appends (Delta commits are atomic), so this does
+                // not need the lock; a failure to record is only logged.
+                let record = bare_record(plan, &run_id, started_at, names::OUTCOME_SKIPPED, &error.to_string());
+                if let Err(e) = runs::append(&plan.warehouse, &record).await {
+                    tracing::warn!(error = %e, "the skipped run could not be recorded in the runs table");
+                }
+            }
+            return Err(RunFailure {
+                error,
+                manifest_path: None,
+            });
+        }
+    };
     let lock_taken_over = lock.taken_over().map(|o| {
         format!(
             "run {} on {} (pid {}), last heartbeat {}",
@@ -107,7 +160,7 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         tables: Vec::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
-    let mut result = execute(plan, &mut state, progress, &lock).await;
+    let mut result = execute(plan, &mut state, progress, &lock, &options.cancel).await;
 
     // The runs row is the commit point of the whole run: appended last, failed runs too.
     progress.phase("recording the run");
@@ -118,7 +171,12 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
         pipeline: plan.name.clone(),
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         finished_at: finished_at.clone(),
-        outcome: if published { "succeeded" } else { "failed" }.into(),
+        outcome: if published {
+            names::OUTCOME_SUCCEEDED
+        } else {
+            names::OUTCOME_FAILED
+        }
+        .into(),
         error: result.as_ref().err().map(|e| e.to_string()),
         as_of: state.as_of.map(|d| d.to_string()),
         config_hash: plan.config_hash.clone(),
@@ -141,6 +199,13 @@ pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailu
             result = Err(e.into());
         } else {
             tracing::error!(error = %e, "the failed run could not be recorded in the runs table");
+        }
+    }
+
+    if matches!(result, Err(RunError::Aborted { .. })) {
+        // Nothing to inspect in an aborted run's half-done work (unlike a failed one).
+        if let Err(e) = publish::remove_staging(&state.staging) {
+            tracing::warn!(error = %e, "cannot remove the aborted run's staging folder");
         }
     }
 
@@ -251,7 +316,10 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
             return 0;
         }
     };
-    let succeeded: Vec<&RunRecord> = records.iter().filter(|r| r.outcome == "succeeded").collect();
+    let succeeded: Vec<&RunRecord> = records
+        .iter()
+        .filter(|r| r.outcome == names::OUTCOME_SUCCEEDED)
+        .collect();
     let mut kept: Vec<&RunRecord> = succeeded.iter().rev().take(retain as usize).copied().collect();
     let pipelines: BTreeSet<&str> = succeeded.iter().map(|r| r.pipeline.as_str()).collect();
     kept.extend(
@@ -274,7 +342,56 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
     deleted
 }
 
-async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &WarehouseLock) -> Result<(), RunError> {
+/// Extracts, transforms, scores and tests, then publishes. A cancellation before the
+/// publish drops the work in progress at once; during the publish it is checked before
+/// each table commit (see [`publish_delta`]).
+async fn execute(
+    plan: &Plan,
+    state: &mut RunState,
+    progress: &Progress,
+    lock: &WarehouseLock,
+    cancel: &CancellationToken,
+) -> Result<(), RunError> {
+    let targets = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(RunError::Aborted { phase: "before publishing" }),
+        prepared = prepare(plan, state, progress) => prepared?,
+    };
+    if cancel.is_cancelled() {
+        return Err(RunError::Aborted {
+            phase: "before publishing",
+        });
+    }
+    match plan.publish.format {
+        TableFormat::Delta => publish_delta(plan, state, &targets, lock, cancel).await?,
+        TableFormat::Parquet => {
+            // Folder swaps cannot be rolled back: once started, the publish finishes.
+            let retired = state.staging.join("retired");
+            for t in &targets {
+                lock.check().map_err(PublishError::from)?;
+                let (_, bytes) = folder_stats(&t.staged, t.rows);
+                let target = plan.warehouse.join(&t.location);
+                failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
+                publish::swap_in(&t.staged, &target, &retired.join(&t.location))?;
+                failpoint::hit_with(|| format!("publish.after_commit.{}", t.name));
+                state.tables.push(PublishedTable {
+                    name: t.name.clone(),
+                    kind: t.kind.clone(),
+                    path: target.to_string_lossy().into_owned(),
+                    location: t.location.clone(),
+                    version: None,
+                    rows: t.rows,
+                    bytes,
+                });
+            }
+        }
+    }
+    publish::remove_staging(&state.staging)?;
+    Ok(())
+}
+
+/// Everything before the publish: returns the staged tables to publish.
+async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Result<Vec<Target>, RunError> {
     // Resolve every input before reading any: a missing file is a configuration error.
     let mut inputs = Vec::with_capacity(plan.sources.len());
     for source in &plan.sources {
@@ -512,31 +629,7 @@ async fn execute(plan: &Plan, state: &mut RunState, progress: &Progress, lock: &
             rows: m.rows,
         });
     }
-    match plan.publish.format {
-        TableFormat::Delta => publish_delta(plan, state, &targets, lock).await?,
-        TableFormat::Parquet => {
-            let retired = state.staging.join("retired");
-            for t in &targets {
-                lock.check().map_err(PublishError::from)?;
-                let (_, bytes) = folder_stats(&t.staged, t.rows);
-                let target = plan.warehouse.join(&t.location);
-                failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
-                publish::swap_in(&t.staged, &target, &retired.join(&t.location))?;
-                failpoint::hit_with(|| format!("publish.after_commit.{}", t.name));
-                state.tables.push(PublishedTable {
-                    name: t.name.clone(),
-                    kind: t.kind.clone(),
-                    path: target.to_string_lossy().into_owned(),
-                    location: t.location.clone(),
-                    version: None,
-                    rows: t.rows,
-                    bytes,
-                });
-            }
-        }
-    }
-    publish::remove_staging(&state.staging)?;
-    Ok(())
+    Ok(targets)
 }
 
 /// Plans every stage of `plan` against empty tables (no data is read) and returns the
@@ -587,12 +680,22 @@ async fn publish_delta(
     state: &mut RunState,
     targets: &[Target],
     lock: &WarehouseLock,
+    cancel: &CancellationToken,
 ) -> Result<(), RunError> {
     let ctx = delta::publish_session();
     let mut committed: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
     for t in targets {
         let path = plan.warehouse.join(&t.location);
         failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
+        if cancel.is_cancelled() {
+            if !committed.is_empty() && lock.check().is_ok() {
+                rollback(&committed).await;
+            }
+            state.tables.clear();
+            return Err(RunError::Aborted {
+                phase: "while publishing",
+            });
+        }
         let attempt = async {
             lock.check()?;
             if t.kind == "table" {

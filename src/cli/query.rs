@@ -55,7 +55,7 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
                 .iter()
                 .find(|r| &r.run_id == id)
                 .ok_or_else(|| CliError::usage(format!("no run `{id}` in {}", warehouse.display())))?;
-            if r.outcome != "succeeded" {
+            if r.outcome != crate::names::OUTCOME_SUCCEEDED {
                 return Err(CliError::usage(format!(
                     "run `{id}` {}: it published nothing to read",
                     r.outcome

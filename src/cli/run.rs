@@ -6,7 +6,9 @@ use clap::Args;
 
 use super::CliError;
 use crate::config::{AsOf, Overrides, Plan};
-use crate::pipeline;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{self, RunOptions};
 use crate::progress::Progress;
 
 /// Arguments of `patron run`.
@@ -24,6 +26,32 @@ pub struct RunArgs {
     /// Reload every file of `incremental` sources instead of only new or changed ones.
     #[arg(long)]
     pub full_refresh: bool,
+    /// Run id to use instead of a new one (set by `patron schedule` for its attempts).
+    #[arg(long, hide = true)]
+    pub run_id: Option<String>,
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT, so the run stops cleanly: it aborts
+/// before publishing (or restores what it committed), records itself and releases the
+/// warehouse lock. Without signal support the token is never cancelled.
+pub fn cancel_on_signals() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    // Registered before returning, so a signal arriving at any later point is caught.
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT");
+        return token;
+    };
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("patron: {name} received: stopping the run without publishing");
+        cancel.cancel();
+    });
+    token
 }
 
 /// Loads the plan, runs it and prints a summary.
@@ -35,7 +63,11 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();
-    match pipeline::run(&plan, &progress).await {
+    let options = RunOptions {
+        run_id: args.run_id,
+        cancel: cancel_on_signals(),
+    };
+    match pipeline::run_with(&plan, &progress, &options).await {
         Ok(report) => {
             let m = &report.manifest;
             println!(

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::EngineSettings;
 use crate::publish::PublishSettings;
 use crate::remote::StorageSettings;
+use crate::schedule::settings::{CronSchedule, ScheduleSettings};
 use crate::score::ScoringSettings;
 pub use schema::TableSchema;
 
@@ -204,6 +205,17 @@ pub struct Plan {
     pub storage: StorageSettings,
     /// Reload every file of incremental sources (`--full-refresh`).
     pub full_refresh: bool,
+    /// When `patron schedule` runs this pipeline (the `[schedule]` section), if set.
+    pub schedule: Option<Schedule>,
+}
+
+/// A validated `[schedule]` section: the settings and the parsed cron expression.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The settings as written (with defaults).
+    pub settings: ScheduleSettings,
+    /// The cron expression, parsed, in its time zone.
+    pub cron: CronSchedule,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +237,7 @@ struct RawPipeline {
     publish: PublishSettings,
     #[serde(default)]
     storage: StorageSettings,
+    schedule: Option<ScheduleSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +320,7 @@ impl Plan {
         raw.scoring.validate(&mut problems);
         raw.publish.validate(&mut problems);
         raw.storage.validate(&mut problems);
+        let cron = raw.schedule.as_ref().and_then(|s| s.validate(&mut problems));
 
         if raw.sources.is_empty() {
             problems.push("sources", "no `[[sources]]` declared");
@@ -414,6 +428,10 @@ impl Plan {
             publish: raw.publish,
             storage: raw.storage,
             full_refresh: overrides.full_refresh,
+            schedule: raw
+                .schedule
+                .zip(cron)
+                .map(|(settings, cron)| Schedule { settings, cron }),
         })
     }
 }
@@ -524,6 +542,43 @@ mod tests {
         for needle in ["run.as_of", "run.error_budget", "sources[0].name", "sources[0].format"] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn a_schedule_section_is_parsed_and_its_unknown_keys_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sql")).unwrap();
+        write(dir.path(), "s.json", r#"{"fields":[{"name":"a"}]}"#);
+        let base = "root = \".\"\n[[sources]]\nname = \"a\"\nlocation = \"a.csv\"\nschema = \"s.json\"\n";
+        let p = write(
+            dir.path(),
+            "p.toml",
+            &format!("{base}[schedule]\ncron = \"*/5 * * * *\"\ntimezone = \"Europe/Berlin\"\nmissed = \"catch_up\"\n"),
+        );
+        let plan = Plan::load(&p, &Overrides::default()).unwrap();
+        let schedule = plan.schedule.expect("schedule parsed");
+        assert_eq!(
+            schedule.settings.missed,
+            crate::schedule::settings::MissedPolicy::CatchUp
+        );
+        assert_eq!(schedule.settings.retries, 2);
+        let p = write(
+            dir.path(),
+            "q.toml",
+            &format!("{base}[schedule]\ncron = \"0 2 * * *\"\nretry = 3\n"),
+        );
+        let err = Plan::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("q.toml") && err.contains("retry") && err.contains("line"),
+            "{err}"
+        );
+        let p = write(
+            dir.path(),
+            "r.toml",
+            &format!("{base}[schedule]\ncron = \"0 25 * * *\"\n"),
+        );
+        let err = Plan::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("r.toml") && err.contains("schedule.cron"), "{err}");
     }
 
     #[test]

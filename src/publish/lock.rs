@@ -329,6 +329,20 @@ impl WarehouseLock {
     }
 }
 
+/// Removes the lock of `warehouse` if it names `run_id`: for a supervisor (the scheduler)
+/// whose child run had to be killed and so could not release its own lock. Returns
+/// whether a lock was removed.
+pub fn remove_if_owned_by(warehouse: &Path, run_id: &str) -> Result<bool, LockError> {
+    let path = warehouse.join(LOCK_FILE);
+    match read_owner(&path)? {
+        Some((_, Ok(owner))) if owner.run_id == run_id => {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 impl Drop for WarehouseLock {
     fn drop(&mut self) {
         self.release_inner();
@@ -429,6 +443,17 @@ mod tests {
         write_owner(&dir.path().join(LOCK_FILE), &old, true).unwrap();
         let lock = WarehouseLock::acquire(dir.path(), "run-new", timing(60_000)).unwrap();
         assert_eq!(lock.taken_over().map(|o| o.run_id.as_str()), Some("run-killed"));
+    }
+
+    #[test]
+    fn a_supervisor_removes_only_the_lock_of_its_own_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = WarehouseLock::acquire(dir.path(), "run-child", timing(60_000)).unwrap();
+        assert!(!remove_if_owned_by(dir.path(), "run-other").unwrap());
+        assert!(lock.path().exists());
+        assert!(remove_if_owned_by(dir.path(), "run-child").unwrap());
+        assert!(!dir.path().join(LOCK_FILE).exists());
+        assert!(!remove_if_owned_by(dir.path(), "run-child").unwrap(), "no lock left");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use deltalake::protocol::SaveMode;
 use serde::Serialize;
 
 use super::{PublishError, delta};
-use crate::names::{RUNS_TABLE, RUNS_TABLE_DIR};
+use crate::names::{OUTCOME_SUCCEEDED, RUNS_TABLE, RUNS_TABLE_DIR};
 
 /// One run as recorded in the `runs` table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,7 +32,8 @@ pub struct RunRecord {
     pub started_at: String,
     /// End, RFC 3339 UTC.
     pub finished_at: String,
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed` or `skipped` (never started: the lock was held, or a
+    /// scheduled slot overlapped a run or was missed); see [`crate::names`].
     pub outcome: String,
     /// The error of a failed run.
     pub error: Option<String>,
@@ -214,5 +215,5 @@ pub async fn read_all(warehouse: &Path) -> Result<Vec<RunRecord>, PublishError> 
 pub fn latest_succeeded<'a>(runs: &'a [RunRecord], pipeline: Option<&str>) -> Option<&'a RunRecord> {
     runs.iter()
         .rev()
-        .find(|r| r.outcome == "succeeded" && pipeline.is_none_or(|p| r.pipeline == p))
+        .find(|r| r.outcome == OUTCOME_SUCCEEDED && pipeline.is_none_or(|p| r.pipeline == p))
 }

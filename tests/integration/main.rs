@@ -14,5 +14,6 @@ mod publish;
 mod recovery;
 mod remote_sources;
 mod run_fixtures;
+mod schedule;
 mod stages;
 mod support;

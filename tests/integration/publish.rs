@@ -131,8 +131,8 @@ async fn a_full_disk_during_publish_fails_the_run_and_leaves_the_previous_tables
     assert!(!wh.join("_lock.json").exists(), "the failed run released the lock");
 }
 
-#[test]
-fn a_second_run_exits_4_while_a_live_run_holds_the_lock_and_takes_over_a_stale_one() {
+#[tokio::test]
+async fn a_second_run_exits_4_while_a_live_run_holds_the_lock_and_takes_over_a_stale_one() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = scratch_project(dir.path());
     let wh = dir.path().join("wh");
@@ -162,7 +162,13 @@ fn a_second_run_exits_4_while_a_live_run_holds_the_lock_and_takes_over_a_stale_o
         err.contains("another run holds the warehouse lock") && err.contains("holder00"),
         "{err}"
     );
-    assert!(!wh.join("runs").exists(), "a locked-out run records nothing");
+    // A locked-out run publishes nothing but is recorded as skipped, naming the holder.
+    let recorded = runs(&wh).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].outcome, "skipped");
+    assert!(recorded[0].error.as_deref().unwrap_or_default().contains("holder00"));
+    assert!(recorded[0].table_versions.is_empty());
+    assert!(!wh.join("tables").exists(), "nothing was published");
 
     // A heartbeat older than the timeout (60 s by default) is stale: taken over.
     std::fs::write(wh.join("_lock.json"), lock(now_ms - 10 * 60_000)).unwrap();
@@ -173,6 +179,8 @@ fn a_second_run_exits_4_while_a_live_run_holds_the_lock_and_takes_over_a_stale_o
             .contains("took over a stale warehouse lock: run 20260101T000000.000Z-holder00")
     );
     assert!(!wh.join("_lock.json").exists());
+    let outcomes: Vec<String> = runs(&wh).await.into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, ["skipped", "succeeded"]);
 }
 
 #[tokio::test]
@@ -398,9 +406,10 @@ async fn of_two_overlapping_runs_one_publishes_and_the_other_exits_4() {
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(second.status.code(), Some(4), "{}", text(&second));
     assert!(String::from_utf8_lossy(&second.stderr).contains("another run holds the warehouse lock"));
-    let recorded = runs(&wh).await;
-    assert_eq!(recorded.len(), 1, "only the first run is recorded");
-    assert_eq!(recorded[0].outcome, "succeeded");
+    // The first run published; the second is recorded as skipped (it never started).
+    let mut outcomes: Vec<String> = runs(&wh).await.into_iter().map(|r| r.outcome).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["skipped", "succeeded"]);
 }
 
 #[tokio::test]
