@@ -38,7 +38,7 @@ use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMet
 use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
-use crate::transform::{self, runner};
+use crate::transform::{self, TransformError, runner, select};
 
 /// The result of a successful run.
 #[derive(Debug)]
@@ -77,6 +77,9 @@ struct RunState {
     models: Option<ModelMetrics>,
     tests: Vec<TestOutcome>,
     tables: Vec<PublishedTable>,
+    /// Tables a partial run (`--select`) did not rebuild: (location, rows, Delta version)
+    /// as the last succeeded run published them.
+    carried: Vec<(String, u64, Option<u64>)>,
 }
 
 /// How a run is started and stopped from outside.
@@ -158,6 +161,7 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         models: None,
         tests: Vec::new(),
         tables: Vec::new(),
+        carried: Vec::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
     let mut result = execute(plan, &mut state, progress, &lock, &options.cancel).await;
@@ -182,11 +186,29 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         config_hash: plan.config_hash.clone(),
         patron_version: env!("CARGO_PKG_VERSION").to_string(),
         format: plan.publish.format.as_str().into(),
-        table_rows: state.tables.iter().map(|t| (t.location.clone(), t.rows)).collect(),
+        table_rows: state
+            .tables
+            .iter()
+            .map(|t| (t.location.clone(), t.rows))
+            .chain(
+                state
+                    .carried
+                    .iter()
+                    .filter(|_| published)
+                    .map(|(l, rows, _)| (l.clone(), *rows)),
+            )
+            .collect(),
         table_versions: state
             .tables
             .iter()
             .filter_map(|t| t.version.map(|v| (t.location.clone(), v)))
+            .chain(
+                state
+                    .carried
+                    .iter()
+                    .filter(|_| published)
+                    .filter_map(|(l, _, v)| v.map(|v| (l.clone(), v))),
+            )
             .collect(),
     };
     failpoint::hit("publish.before_runs_append");
@@ -345,6 +367,27 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
 /// Extracts, transforms, scores and tests, then publishes. A cancellation before the
 /// publish drops the work in progress at once; during the publish it is checked before
 /// each table commit (see [`publish_delta`]).
+/// Registers table `name` as the last succeeded run published it and records it as carried
+/// into this run; false when no succeeded run published it.
+async fn carry_published(
+    ctx: &SessionContext,
+    plan: &Plan,
+    history: &[RunRecord],
+    state: &mut RunState,
+    name: &str,
+) -> Result<bool, RunError> {
+    let location = format!("{TABLES_DIR}/{name}");
+    let Some(p) = PublishedVersion::latest(&plan.warehouse, history, &plan.name, &location) else {
+        return Ok(false);
+    };
+    p.register(ctx, name).await?;
+    let rows = runs::latest_succeeded(history, Some(&plan.name))
+        .and_then(|r| r.table_rows.get(&location).copied())
+        .unwrap_or(0);
+    state.carried.push((location, rows, p.version));
+    Ok(true)
+}
+
 async fn execute(
     plan: &Plan,
     state: &mut RunState,
@@ -406,6 +449,19 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .chain([names::QUARANTINE_TABLE.to_string()])
         .collect();
     let order = transform::execution_order(&project, &external, &models::providers())?;
+    let chosen = if plan.selection.is_all() {
+        project.stages.keys().cloned().collect()
+    } else {
+        select::select(
+            &project,
+            &models::providers(),
+            &plan.selection.select,
+            &plan.selection.exclude,
+        )?
+    };
+    if chosen.is_empty() {
+        return Err(RunError::Transform(TransformError::EmptySelection));
+    }
 
     std::fs::create_dir_all(&state.staging).map_err(staging_io(&state.staging))?;
     let raw_dir = state.staging.join(RAW_DIR);
@@ -528,27 +584,48 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .stages
         .values()
         .any(|s| s.spec.materialized == Materialized::Incremental);
-    let history = if any_incremental && !plan.full_refresh {
+    let partial = chosen.len() < project.stages.len();
+    let history = if (any_incremental && !plan.full_refresh) || partial {
         runs::read_all(&plan.warehouse).await.unwrap_or_default()
     } else {
         Vec::new()
     };
+    let needed = transform::upstream(&project, &models::providers(), &chosen);
     for (i, name) in order.iter().enumerate() {
         let Some(stage) = project.stages.get(name) else {
             continue;
         };
-        progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
-        failpoint::hit_with(|| format!("transform.before.{name}"));
-        let previous = (stage.spec.materialized == Materialized::Incremental)
-            .then(|| PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}")))
-            .flatten();
-        let m = runner::run_stage(&ctx, stage, &params, &tables_dir, previous.as_ref()).await?;
-        state.stages.push(m);
-        state
-            .tests
-            .extend(checks::run_tests(&ctx, &stage.spec.tests, &params).await?);
-        failpoint::hit_with(|| format!("transform.after.{name}"));
-        if name == MODEL_INPUT_STAGE {
+        let runs_now =
+            chosen.contains(name) || (stage.spec.materialized == Materialized::View && needed.contains(name));
+        if runs_now {
+            progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
+            failpoint::hit_with(|| format!("transform.before.{name}"));
+            let previous = (stage.spec.materialized == Materialized::Incremental)
+                .then(|| {
+                    PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}"))
+                })
+                .flatten();
+            let m = runner::run_stage(&ctx, stage, &params, &tables_dir, previous.as_ref()).await?;
+            state.stages.push(m);
+            state
+                .tests
+                .extend(checks::run_tests(&ctx, &stage.spec.tests, &params).await?);
+            failpoint::hit_with(|| format!("transform.after.{name}"));
+        } else if stage.spec.materialized.is_stored() {
+            // Not selected: read as the last succeeded run published it, and name that
+            // version again in this run's `runs` row, so the row still lists a complete set.
+            if !carry_published(&ctx, plan, &history, state, name).await? {
+                if needed.contains(name) {
+                    return Err(RunError::Transform(TransformError::NotPublished {
+                        stage: name.clone(),
+                    }));
+                }
+                continue;
+            }
+        } else {
+            continue;
+        }
+        if name == MODEL_INPUT_STAGE && (runs_now || needed.contains(name)) {
             progress.phase("score: fitting BG/NBD and Gamma-Gamma");
             failpoint::hit("score.before_fit");
             let models = fit_and_register(&ctx, &plan.scoring).await?;
@@ -574,6 +651,10 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 output,
             });
         }
+    }
+    if partial && state.models.is_none() {
+        // The model was not refitted: its parameters stay as last published.
+        carry_published(&ctx, plan, &history, state, MODEL_PARAMS_TABLE).await?;
     }
 
     progress.phase("data tests");

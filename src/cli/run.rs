@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::config::{AsOf, Overrides, Plan};
+use crate::config::{AsOf, Overrides, Plan, Selection};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{self, RunOptions};
@@ -26,6 +26,13 @@ pub struct RunArgs {
     /// Reload every file of `incremental` sources instead of only new or changed ones.
     #[arg(long)]
     pub full_refresh: bool,
+    /// Run only these stages (dbt syntax: `name`, `+name`, `name+`, `tag:x`, `layer:x`);
+    /// the stages they read that are not selected are read as the last run published them.
+    #[arg(long, num_args = 1..)]
+    pub select: Vec<String>,
+    /// Stages to leave out (same syntax).
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
     /// Run id to use instead of a new one (set by `patron schedule` for its attempts).
     #[arg(long, hide = true)]
     pub run_id: Option<String>,
@@ -60,6 +67,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         as_of: args.as_of,
         warehouse: args.out,
         full_refresh: args.full_refresh,
+        selection: Selection {
+            select: args.select,
+            exclude: args.exclude,
+        },
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();

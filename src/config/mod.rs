@@ -205,6 +205,8 @@ pub struct Plan {
     pub storage: StorageSettings,
     /// Reload every file of incremental sources (`--full-refresh`).
     pub full_refresh: bool,
+    /// The stages to run (`--select` / `--exclude`).
+    pub selection: Selection,
     /// When `patron schedule` runs this pipeline (the `[schedule]` section), if set.
     pub schedule: Option<Schedule>,
 }
@@ -281,6 +283,24 @@ pub struct Overrides {
     pub warehouse: Option<PathBuf>,
     /// `--full-refresh`: incremental sources reload every file.
     pub full_refresh: bool,
+    /// `--select` / `--exclude`: the stages a run runs (dbt selector syntax).
+    pub selection: Selection,
+}
+
+/// Which stages a run runs: all when both lists are empty.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Selection {
+    /// Selectors of the stages to run (`name`, `+name`, `name+`, `tag:x`, `layer:x`).
+    pub select: Vec<String>,
+    /// Selectors of stages to leave out.
+    pub exclude: Vec<String>,
+}
+
+impl Selection {
+    /// True when every stage runs.
+    pub fn is_all(&self) -> bool {
+        self.select.is_empty() && self.exclude.is_empty()
+    }
 }
 
 impl Plan {
@@ -428,6 +448,7 @@ impl Plan {
             publish: raw.publish,
             storage: raw.storage,
             full_refresh: overrides.full_refresh,
+            selection: overrides.selection.clone(),
             schedule: raw
                 .schedule
                 .zip(cron)

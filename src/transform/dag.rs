@@ -35,6 +35,31 @@ pub fn dependencies<'a>(project: &'a Project, provided: &'a Provided, stage: &'a
     read_stages.chain(providers).filter(|dep| *dep != stage.name).collect()
 }
 
+/// The stages that must be available for the `chosen` stages to run: every stage (or
+/// provider of a function or table) a chosen stage reads, and, since views are computed
+/// on read, whatever those views read in turn. Stored tables end the walk: they can be
+/// read as published.
+pub fn upstream(project: &Project, provided: &Provided, chosen: &BTreeSet<String>) -> BTreeSet<String> {
+    use super::spec::Materialized;
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<&str> = chosen.iter().map(String::as_str).collect();
+    while let Some(name) = todo.pop() {
+        let Some(stage) = project.stages.get(name) else {
+            continue;
+        };
+        for dep in dependencies(project, provided, stage) {
+            let is_view = project
+                .stages
+                .get(dep)
+                .is_some_and(|s| s.spec.materialized == Materialized::View);
+            if seen.insert(dep.to_string()) && is_view {
+                todo.push(dep);
+            }
+        }
+    }
+    seen
+}
+
 /// The order to run the stages in; `external` are tables that exist before any stage runs
 /// (extracted sources, and anything else registered by patron); `provided` are tables and
 /// functions that appear after a given stage has run.

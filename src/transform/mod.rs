@@ -13,7 +13,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
-pub use dag::{Provided, execution_order};
+pub use dag::{Provided, execution_order, upstream};
 pub use discover::{Project, Seed, Stage, discover};
 
 /// Transform failures, each naming the stage file.
@@ -101,6 +101,18 @@ pub enum TransformError {
     /// Writing a stage's result failed.
     #[error(transparent)]
     Write(#[from] crate::storage::WriteError),
+    /// `--select` / `--exclude` left no stage to run (exit code 2).
+    #[error("the selection picks no stage to run")]
+    EmptySelection,
+    /// A selected stage reads a stage that is not selected and was never published, so
+    /// there is nothing to read it from (exit code 2).
+    #[error(
+        "stage `{stage}` is not selected but a selected stage reads it, and no succeeded run has published it; select it too (e.g. `--select +<your stage>`)"
+    )]
+    NotPublished {
+        /// The unselected stage.
+        stage: String,
+    },
 }
 
 impl TransformError {

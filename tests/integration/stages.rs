@@ -95,3 +95,69 @@ fn a_stage_that_is_not_a_select_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ddl.sql"));
 }
+
+#[tokio::test]
+async fn run_select_rebuilds_only_the_selected_stages_and_records_a_complete_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    let wh = dir.path().join("wh");
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = delta_versions(&wh);
+
+    // A new mart; run only it. Its inputs are read as the last run published them.
+    std::fs::write(
+        dir.path().join("sql/marts/segment_revenue.sql"),
+        "SELECT s.rfm_segment, COUNT(*) AS customers, SUM(f.revenue) AS revenue\n\
+         FROM customer_scores AS s JOIN fct_customer AS f USING (customer_id)\n\
+         GROUP BY s.rfm_segment ORDER BY s.rfm_segment\n",
+    )
+    .unwrap();
+    let out = run_pipeline(dir.path(), &pipeline, &["--select", "segment_revenue"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = latest_manifest(&wh);
+    let stages: Vec<&str> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["segment_revenue"], "only the selected stage ran");
+    let after = delta_versions(&wh);
+    for location in ["tables/fct_customer", "tables/customer_scores", "tables/model_params"] {
+        assert_eq!(before[location], after[location], "{location} was not rebuilt");
+    }
+    // The run's row in `runs` names a complete, consistent set: the carried tables at the
+    // versions the previous run published, plus the new one.
+    let records = runs(&wh).await;
+    let last = records.last().unwrap();
+    assert_eq!(last.outcome, "succeeded");
+    for location in ["tables/fct_customer", "tables/customer_scores", "tables/model_params"] {
+        assert_eq!(
+            last.table_versions.get(location).map(|v| *v as i64),
+            before[location],
+            "{location} in {last:?}"
+        );
+    }
+    assert!(last.table_versions.contains_key("tables/segment_revenue"), "{last:?}");
+    let ctx = warehouse_session(&wh).await;
+    let total = scalar(&ctx, "SELECT sum(revenue) FROM segment_revenue").await;
+    let expected = scalar(&ctx, "SELECT sum(revenue) FROM fct_customer").await;
+    assert!(
+        (total - expected).abs() < 1e-6 * expected.abs().max(1.0),
+        "{total} vs {expected}"
+    );
+
+    // On a warehouse where the inputs were never published, the selection must include them.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let out = run_pipeline(&fresh, &pipeline, &["--select", "segment_revenue"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not selected"), "{}", text(&out));
+    let out = run_pipeline(&fresh, &pipeline, &["--select", "+segment_revenue"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // An unknown stage is a usage error with a suggestion.
+    let out = run_pipeline(dir.path(), &pipeline, &["--select", "segment_revenu"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("segment_revenue"), "{}", text(&out));
+}
