@@ -648,6 +648,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 duration_ms: started.elapsed().as_millis() as u64,
                 materialized: Materialized::Table,
                 rows_new: None,
+                partition_by: Vec::new(),
                 output,
             });
         }
@@ -698,6 +699,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 location: format!("{kind}/{}", m.source),
                 staged: dir.join(&m.source),
                 rows,
+                partition_by: Vec::new(),
             });
         }
     }
@@ -708,6 +710,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             location: format!("{TABLES_DIR}/{}", m.name),
             staged: tables_dir.join(&m.name),
             rows: m.rows,
+            partition_by: m.partition_by.clone(),
         });
     }
     Ok(targets)
@@ -750,6 +753,7 @@ struct Target {
     location: String,
     staged: PathBuf,
     rows: u64,
+    partition_by: Vec<String>,
 }
 
 /// Commits every staged table to its Delta table, one overwrite commit each. On a failure
@@ -785,7 +789,7 @@ async fn publish_delta(
                     source,
                 })?;
             }
-            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id).await
+            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id, &t.partition_by).await
         };
         match attempt.await {
             Ok(commit) => {

@@ -115,6 +115,7 @@ pub async fn overwrite_from_parquet(
     staged: &Path,
     target: &Path,
     run_id: &str,
+    partition_by: &[String],
 ) -> Result<CommitMetrics, PublishError> {
     let staged_text = staged.to_string_lossy();
     let df = ctx
@@ -153,6 +154,7 @@ pub async fn overwrite_from_parquet(
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
         .with_table_name(table)
+        .with_partition_columns(partition_by.to_vec())
         .with_commit_properties(
             CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]),
         )

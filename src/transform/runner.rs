@@ -39,6 +39,9 @@ pub struct StageMetrics {
     /// the previous table to give `rows`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows_new: Option<u64>,
+    /// Columns the published Delta table is partitioned by.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
     /// The materialised file.
     #[serde(skip)]
     pub output: PathBuf,
@@ -343,6 +346,7 @@ pub async fn run_stage(
         duration_ms: started.elapsed().as_millis() as u64,
         materialized: stage.spec.materialized,
         rows_new,
+        partition_by: stage.spec.partition_by.clone(),
         output,
     };
     tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");

@@ -9,6 +9,7 @@
 //! -- @tags: daily, marts
 //! -- @unique_key: order_id, line_no      (incremental: the merge key)
 //! -- @incremental_column: order_ts       (incremental: `$watermark` is its last max)
+//! -- @partition_by: order_date           (Delta publish: partition columns)
 //! ```
 //! Schema file (`sql/marts/fct_customer.toml`):
 //! ```toml
@@ -135,6 +136,8 @@ pub struct StageSpec {
     pub unique_key: Vec<String>,
     /// Incremental stages: the column whose previous maximum is `$watermark`.
     pub incremental_column: Option<String>,
+    /// Columns the published Delta table is partitioned by.
+    pub partition_by: Vec<String>,
     /// Column descriptions.
     pub columns: BTreeMap<String, String>,
     /// Data tests.
@@ -245,12 +248,13 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
             }
             "tags" => spec.tags = list(value),
             "unique_key" => spec.unique_key = list(value),
+            "partition_by" => spec.partition_by = list(value),
             "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
             other => {
                 return Err(bad(
                     path,
                     format!(
-                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column)",
+                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by)",
                         i + 1
                     ),
                 ));
@@ -262,6 +266,12 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
         return Err(bad(
             path,
             "an incremental stage needs `-- @unique_key: <columns>` to merge new rows into the previous table",
+        ));
+    }
+    if spec.materialized == Materialized::View && !spec.partition_by.is_empty() {
+        return Err(bad(
+            path,
+            "`@partition_by` needs a stored stage (table or incremental), not a view",
         ));
     }
     if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some()) {

@@ -161,3 +161,36 @@ async fn run_select_rebuilds_only_the_selected_stages_and_records_a_complete_set
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("segment_revenue"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn a_partitioned_stage_is_published_as_a_delta_table_partitioned_by_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/channel_lines.sql"),
+        "-- @partition_by: channel\n\
+         SELECT channel, order_id, line_no, revenue FROM stg_sales ORDER BY order_id, line_no\n",
+    )
+    .unwrap();
+    let wh = dir.path().join("wh");
+    for _ in 0..2 {
+        let out = run_pipeline(dir.path(), &pipeline, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let table = wh.join("tables/channel_lines");
+    let partitions: Vec<String> = std::fs::read_dir(&table)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("channel="))
+        .collect();
+    let ctx = warehouse_session(&wh).await;
+    let channels = scalar(&ctx, "SELECT count(DISTINCT channel) FROM stg_sales").await as usize;
+    assert!(channels >= 2 && partitions.len() == channels, "{partitions:?}");
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    assert!(log.contains(r#""partitionColumns":["channel"]"#), "{log}");
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM channel_lines").await,
+        scalar(&ctx, "SELECT count(*) FROM stg_sales").await
+    );
+}
