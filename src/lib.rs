@@ -23,5 +23,6 @@ pub mod process_stats;
 pub mod progress;
 pub mod publish;
 pub mod score;
+pub mod serve;
 pub mod storage;
 pub mod transform;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::EngineSettings;
 use crate::publish::PublishSettings;
 use crate::score::ScoringSettings;
+use crate::serve::ServeSettings;
 pub use schema::TableSchema;
 
 /// Everything that can be wrong with a pipeline file or what it points to.
@@ -169,6 +170,8 @@ pub struct Plan {
     pub scoring: ScoringSettings,
     /// Table format, version retention, lock timeout.
     pub publish: PublishSettings,
+    /// `patron serve`: listen address, users, TLS, limits (TLS paths resolved).
+    pub serve: ServeSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +191,8 @@ struct RawPipeline {
     scoring: ScoringSettings,
     #[serde(default)]
     publish: PublishSettings,
+    #[serde(default)]
+    serve: ServeSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +268,7 @@ impl Plan {
         raw.engine.validate(&mut problems);
         raw.scoring.validate(&mut problems);
         raw.publish.validate(&mut problems);
+        raw.serve.validate(&mut problems);
 
         if raw.sources.is_empty() {
             problems.push("sources", "no `[[sources]]` declared");
@@ -338,6 +344,8 @@ impl Plan {
             });
         }
         let config_hash = hash_inputs(&text, &sources, &sql_dir);
+        let mut serve = raw.serve;
+        serve.resolve_paths(&root);
         Ok(Plan {
             name: raw.name.unwrap_or_else(|| {
                 pipeline_file
@@ -355,6 +363,7 @@ impl Plan {
             engine: raw.engine,
             scoring: raw.scoring,
             publish: raw.publish,
+            serve,
         })
     }
 }

@@ -12,5 +12,6 @@ mod golden;
 mod publish;
 mod recovery;
 mod run_fixtures;
+mod serve;
 mod stages;
 mod support;
