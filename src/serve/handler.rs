@@ -75,9 +75,20 @@ pub struct Shared {
 pub struct Connection {
     shared: Arc<Shared>,
     queries: Arc<Queries>,
+    /// Set when the connection is over `max_connections`: the login is answered with
+    /// this error (SQLSTATE 53300), as PostgreSQL does, and the connection closed.
+    refusal: Option<String>,
 }
 
 impl Connection {
+    /// Handlers for a connection that is refused at login with `message`.
+    pub fn refused(shared: Arc<Shared>, message: String) -> Connection {
+        Connection {
+            refusal: Some(message),
+            ..Connection::new(shared)
+        }
+    }
+
     /// Handlers for a new connection.
     pub fn new(shared: Arc<Shared>) -> Connection {
         let queries = Arc::new(Queries {
@@ -87,7 +98,11 @@ impl Connection {
             }),
             shared: Arc::clone(&shared),
         });
-        Connection { shared, queries }
+        Connection {
+            shared,
+            queries,
+            refusal: None,
+        }
     }
 }
 
@@ -121,6 +136,7 @@ impl PgWireServerHandlers for Connection {
         Arc::new(Startup {
             login,
             require_tls: self.shared.require_tls,
+            refusal: self.refusal.clone(),
         })
     }
 
@@ -149,6 +165,7 @@ enum Login {
 struct Startup {
     login: Login,
     require_tls: bool,
+    refusal: Option<String>,
 }
 
 #[async_trait]
@@ -159,7 +176,11 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if self.require_tls && matches!(message, PgWireFrontendMessage::Startup(_)) && !client.is_secure() {
+        let startup = matches!(message, PgWireFrontendMessage::Startup(_));
+        if let (Some(refusal), true) = (&self.refusal, startup) {
+            return Err(user_error("FATAL", "53300", refusal.clone()));
+        }
+        if self.require_tls && startup && !client.is_secure() {
             return Err(user_error(
                 "FATAL",
                 "28000",

@@ -202,13 +202,20 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                 continue;
             }
         };
+        let tls = tls.clone();
         let Ok(permit) = Arc::clone(&limiter).try_acquire_owned() else {
             tracing::warn!(%peer, max = settings.max_connections, "connection refused: max_connections reached");
-            drop(socket);
+            let message = format!(
+                "sorry, too many clients already (max_connections = {})",
+                settings.max_connections
+            );
+            let connection = handler::Connection::refused(Arc::clone(&shared), message);
+            tokio::spawn(async move {
+                let _ = process_socket(socket, tls, connection).await;
+            });
             continue;
         };
         let connection = handler::Connection::new(Arc::clone(&shared));
-        let tls = tls.clone();
         tokio::spawn(async move {
             if let Err(e) = process_socket(socket, tls, connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

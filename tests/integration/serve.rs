@@ -513,6 +513,46 @@ print(errors[:3])
 }
 
 #[test]
+fn serve_turns_away_clients_over_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = project_with_serve(dir.path(), "max_connections = 2\n");
+    let wh = shared_warehouse().to_str().unwrap().to_string();
+    let server = start(
+        dir.path(),
+        &["--pipeline", pipeline.to_str().unwrap(), "--warehouse", &wh],
+        &[],
+    );
+    let script = r#"
+import os, psycopg
+def connect():
+    return psycopg.connect(host="127.0.0.1", port=int(os.environ["PORT"]), dbname="patron", user="a", sslmode="disable")
+held = [connect(), connect()]
+try:
+    connect()
+    print("third: accepted")
+except psycopg.OperationalError as e:
+    print("third:", "too many clients" in str(e))
+held.pop().close()
+import time
+for _ in range(50):
+    try:
+        c = connect()
+        print("after close:", c.execute("SELECT 7").fetchone()[0])
+        break
+    except psycopg.OperationalError:
+        time.sleep(0.1)
+print("held still works:", held[0].execute("SELECT 8").fetchone()[0])
+"#;
+    let out = python(server.port, script, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "third: True\nafter close: 7\nheld still works: 8",
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn serve_cancels_a_statement_at_the_timeout_and_limits_memory() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = project_with_serve(dir.path(), "statement_timeout_secs = 5\nquery_memory_limit_mb = 16\n");
