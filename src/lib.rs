@@ -25,5 +25,6 @@ pub mod publish;
 pub mod remote;
 pub mod schedule;
 pub mod score;
+pub mod serve;
 pub mod storage;
 pub mod transform;

@@ -10,6 +10,7 @@ pub mod query;
 pub mod run;
 pub mod runs;
 pub mod schedule;
+pub mod serve;
 pub mod test;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -56,6 +57,8 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Run pipelines on their `[schedule]` until SIGTERM: retries, alerts, /healthz, /metrics.
     Schedule(schedule::ScheduleArgs),
+    /// Serve the latest published tables over the PostgreSQL wire protocol (psql, BI tools).
+    Serve(serve::ServeArgs),
 }
 
 /// A failed command: message already formatted, and its exit code.
@@ -99,6 +102,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Runs(args) => runs::run(args).await,
         Command::Query(args) => query::run(args).await,
         Command::Schedule(args) => schedule::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

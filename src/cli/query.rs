@@ -9,11 +9,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use super::{CliError, warehouse_of};
-use crate::names::{RUNS_TABLE, published_table_name};
-use crate::publish::{delta, runs};
+use crate::publish::{read, runs};
 
 /// Output format of `patron query`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,34 +66,9 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
             .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display())))?,
     };
     let ctx = SessionContext::new();
-    let failed = |e: crate::publish::PublishError| CliError::failed(e.to_string());
-    if record.table_versions.is_empty() {
-        // A Parquet-format run: the folders hold only the latest publish.
-        for location in record.table_rows.keys() {
-            let path = warehouse.join(location);
-            ctx.register_parquet(
-                published_table_name(location),
-                path.to_string_lossy().as_ref(),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
-        }
-    } else {
-        for (location, version) in &record.table_versions {
-            delta::register(
-                &ctx,
-                &published_table_name(location),
-                &warehouse.join(location),
-                Some(*version),
-            )
-            .await
-            .map_err(failed)?;
-        }
-    }
-    delta::register(&ctx, RUNS_TABLE, &runs::runs_table_path(&warehouse), None)
+    read::register_run(&ctx, &warehouse, record)
         .await
-        .map_err(failed)?;
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -19,6 +19,7 @@ use crate::publish::PublishSettings;
 use crate::remote::StorageSettings;
 use crate::schedule::settings::{CronSchedule, ScheduleSettings};
 use crate::score::ScoringSettings;
+use crate::serve::ServeSettings;
 pub use schema::TableSchema;
 
 /// Everything that can be wrong with a pipeline file or what it points to.
@@ -201,6 +202,8 @@ pub struct Plan {
     pub scoring: ScoringSettings,
     /// Table format, version retention, lock timeout.
     pub publish: PublishSettings,
+    /// `patron serve`: listen address, users, TLS, limits (TLS paths resolved).
+    pub serve: ServeSettings,
     /// Object store options and retry policy.
     pub storage: StorageSettings,
     /// Reload every file of incremental sources (`--full-refresh`).
@@ -240,6 +243,8 @@ struct RawPipeline {
     #[serde(default)]
     storage: StorageSettings,
     schedule: Option<ScheduleSettings>,
+    #[serde(default)]
+    serve: ServeSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,6 +346,7 @@ impl Plan {
         raw.publish.validate(&mut problems);
         raw.storage.validate(&mut problems);
         let cron = raw.schedule.as_ref().and_then(|s| s.validate(&mut problems));
+        raw.serve.validate(&mut problems);
 
         if raw.sources.is_empty() {
             problems.push("sources", "no `[[sources]]` declared");
@@ -429,6 +435,8 @@ impl Plan {
             });
         }
         let config_hash = hash_inputs(&text, &sources, &sql_dir);
+        let mut serve = raw.serve;
+        serve.resolve_paths(&root);
         Ok(Plan {
             name: raw.name.unwrap_or_else(|| {
                 pipeline_file
@@ -453,6 +461,7 @@ impl Plan {
                 .schedule
                 .zip(cron)
                 .map(|(settings, cron)| Schedule { settings, cron }),
+            serve,
         })
     }
 }

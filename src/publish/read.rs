@@ -6,8 +6,9 @@ use std::path::Path;
 
 use datafusion::prelude::SessionContext;
 
-use super::PublishError;
-use crate::names::{LATEST_MANIFEST, RUNS_DIR, TABLES_DIR};
+use super::runs::{self, RunRecord};
+use super::{PublishError, delta};
+use crate::names::{LATEST_MANIFEST, RUNS_DIR, RUNS_TABLE, TABLES_DIR, published_table_name};
 use crate::transform::runner::register_parquet;
 
 /// Registers every published table of `warehouse` on `ctx` (Delta tables at their latest
@@ -96,6 +97,34 @@ impl PublishedVersion {
                 })
         }
     }
+}
+
+/// Registers every table `record` published, each at the Delta version that run committed
+/// (so the set is consistent even while another run is publishing), plus the `runs` table.
+/// A Parquet-format run has no versions: its folders are read as they are now.
+pub async fn register_run(ctx: &SessionContext, warehouse: &Path, record: &RunRecord) -> Result<(), PublishError> {
+    if record.table_versions.is_empty() {
+        for location in record.table_rows.keys() {
+            let path = warehouse.join(location);
+            register_parquet(ctx, &published_table_name(location), &path)
+                .await
+                .map_err(|e| PublishError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+    } else {
+        for (location, version) in &record.table_versions {
+            delta::register(
+                ctx,
+                &published_table_name(location),
+                &warehouse.join(location),
+                Some(*version),
+            )
+            .await?;
+        }
+    }
+    delta::register(ctx, RUNS_TABLE, &runs::runs_table_path(warehouse), None).await
 }
 
 /// The latest successful run's manifest as JSON.

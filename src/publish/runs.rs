@@ -217,3 +217,13 @@ pub fn latest_succeeded<'a>(runs: &'a [RunRecord], pipeline: Option<&str>) -> Op
         .rev()
         .find(|r| r.outcome == OUTCOME_SUCCEEDED && pipeline.is_none_or(|p| r.pipeline == p))
 }
+
+/// The newest commit number in the `runs` table's log, read from the file names only
+/// (no log replay): a cheap way to notice that a run was recorded since the last look.
+pub fn committed_version(warehouse: &Path) -> Option<u64> {
+    std::fs::read_dir(runs_table_path(warehouse).join(delta::DELTA_LOG_DIR))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .max()
+}

@@ -15,5 +15,6 @@ mod recovery;
 mod remote_sources;
 mod run_fixtures;
 mod schedule;
+mod serve;
 mod stages;
 mod support;
