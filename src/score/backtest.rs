@@ -137,6 +137,11 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos * n_neg))
 }
 
+/// Share of customers `patron evaluate` reports precision at (the top 10% by score).
+pub const TOP_SHARE: f64 = 0.10;
+/// Bins of the calibration table `patron evaluate` reports.
+pub const CALIBRATION_BINS: usize = 10;
+
 /// Brier score: mean squared difference between the predicted probability and the outcome
 /// (0 = perfect, 0.25 = always saying 1/2). `None` for empty or unequal slices.
 pub fn brier(probabilities: &[f64], positive: &[bool]) -> Option<f64> {
