@@ -325,7 +325,7 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
         r.auc_note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     );
     println!(
-        "               {} among the {} repeat buyers (one-time buyers have churn_risk 0; {} of {} purchased)",
+        "               {} among the {} repeat buyers ({} of the {} one-time buyers purchased)",
         num(r.auc_repeat_buyers),
         r.auc_repeat_buyers_customers,
         r.one_time_buyers_purchased,

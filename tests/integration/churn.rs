@@ -225,3 +225,50 @@ async fn explain_shows_one_customers_card_from_the_published_tables() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn too_little_history_falls_back_to_bgnbd_and_says_why() {
+    // Six months of data: the training cut-off (as_of - 180 days) has almost no buyers.
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let out = patron(
+        &repo(),
+        &["run", "--as-of", "2023-07-01", "--out", wh.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = latest_manifest(&wh);
+    let churn = &manifest["models"]["churn"];
+    assert_eq!(churn["model"], "bgnbd");
+    let reason = churn["fallback_reason"].as_str().expect("a fallback reason");
+    assert!(reason.contains("training snapshot as of 2023-01-02"), "{reason}");
+    assert!(reason.contains("needs at least 100"), "{reason}");
+
+    let ctx = warehouse_session(&wh).await;
+    let note = rows(
+        &ctx,
+        "SELECT note FROM model_params WHERE model = 'churn_bgnbd' AND parameter = 'fallback'",
+    )
+    .await;
+    assert_eq!(note, [reason.to_string()]);
+    // (So early, BG/NBD itself may not be identified: then repeat buyers have no p_alive
+    // and no churn_risk, as before the churn model.)
+    let buyers = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE frequency > 0 AND p_alive IS NOT NULL",
+    )
+    .await;
+    assert!(buyers > 100.0);
+    let unscored = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE p_alive IS NULL AND (churn_risk IS NOT NULL OR churn_model IS NOT NULL)",
+    )
+    .await;
+    assert_eq!(unscored, 0.0);
+    let fallback = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE churn_model = 'bgnbd' \
+         AND abs(churn_risk - (1 - p_alive)) < 1e-12",
+    )
+    .await;
+    assert_eq!(fallback, buyers, "every buyer scored by 1 - p_alive");
+}

@@ -336,7 +336,7 @@ async fn model_scores_are_complete_and_within_their_ranges() {
         ),
         (
             "one churn model for every buyer",
-            "churn_model IS NULL OR churn_model <> (SELECT MIN(churn_model) FROM customer_scores)",
+            "churn_model IS NOT NULL AND churn_model <> (SELECT MIN(churn_model) FROM customer_scores)",
         ),
         ("x = 0 means alive", "frequency = 1 AND p_alive <> 1"),
         (
@@ -416,7 +416,38 @@ async fn model_scores_are_complete_and_within_their_ranges() {
     )
     .await;
     assert_eq!(r, r_table);
-    assert_eq!(scalar(&ctx, "SELECT COUNT(*) FROM model_params").await, 7.0);
+    assert_eq!(
+        scalar(
+            &ctx,
+            "SELECT COUNT(*) FROM model_params WHERE model IN ('bgnbd', 'gamma_gamma')"
+        )
+        .await,
+        7.0
+    );
+    // The churn model's parameters, as many as the manifest reports.
+    let churn = &models["churn"];
+    let learner = churn["model"].as_str().unwrap();
+    let churn_params = churn["fit"]["params"].as_object().unwrap().len() as f64;
+    let churn_rows = scalar(
+        &ctx,
+        &format!("SELECT COUNT(*) FROM model_params WHERE model = 'churn_{learner}'"),
+    )
+    .await;
+    assert_eq!(churn_rows, churn_params);
+    let auc = scalar(
+        &ctx,
+        &format!("SELECT value FROM model_params WHERE model = 'churn_{learner}' AND parameter = 'validation_auc'"),
+    )
+    .await;
+    let baseline = scalar(
+        &ctx,
+        &format!("SELECT value FROM model_params WHERE model = 'churn_{learner}' AND parameter = 'baseline_auc'"),
+    )
+    .await;
+    assert!(
+        auc > baseline,
+        "the chosen model beats BG/NBD on validation: {auc} vs {baseline}"
+    );
     let version = models["model_version"].as_str().unwrap();
     let other = scalar(
         &ctx,

@@ -83,6 +83,15 @@ pub enum ChurnError {
     /// A learner could not be fitted.
     #[error("churn model: {0}")]
     Fit(String),
+    /// BG/NBD or Gamma-Gamma could not be fitted as of a cut-off (too little or odd
+    /// history then): the run falls back to BG/NBD as of the as-of day.
+    #[error("fitting the purchase models as of {day}: {message}")]
+    SnapshotFit {
+        /// The cut-off.
+        day: NaiveDate,
+        /// The fit's error.
+        message: String,
+    },
 }
 
 /// One learner's (or the baseline's) result on the validation snapshot.
@@ -246,8 +255,8 @@ async fn snapshot(
         if stage.name == MODEL_INPUT_STAGE {
             models::fit_and_register(&snap, settings)
                 .await
-                .map_err(|e| ChurnError::Input {
-                    table: format!("{MODEL_INPUT_STAGE} as of {day}"),
+                .map_err(|e| ChurnError::SnapshotFit {
+                    day,
                     message: e.to_string(),
                 })?;
         }
@@ -441,14 +450,20 @@ async fn train(
 ) -> Result<Trained, ChurnError> {
     let h = settings.churn_holdout_days;
     let stages = chain(project, provided, order);
-    let training = snapshot(ctx, &stages, settings, c2).await?;
+    let training = match snapshot(ctx, &stages, settings, c2).await {
+        Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
+        other => other?,
+    };
     let y_train = labels(&training, &purchased_after(ctx, settings, c2, h).await?);
     report.training_customers = y_train.len() as u64;
     report.training_churn_rate = churn_rate(&y_train);
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = snapshot(ctx, &stages, settings, c1).await?;
+    let validation = match snapshot(ctx, &stages, settings, c1).await {
+        Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
+        other => other?,
+    };
     let y_valid = labels(&validation, &purchased_after(ctx, settings, c1, h).await?);
     report.validation_customers = y_valid.len() as u64;
     report.validation_churn_rate = churn_rate(&y_valid);
