@@ -4,6 +4,7 @@
 -- trained on exactly the features it scores with. "Recent" is the last
 -- scoring.recent_window_days days (90 by default), "prior" the window before it.
 --   p_alive            BG/NBD probability of being active (fitted as of the same day)
+--   log_expected_purchases  ln(0.01 + BG/NBD expected purchase days in the next churn_holdout_days)
 --   recency_days       days since the last order
 --   gap_vs_rhythm      recency / own mean time between purchase days (repeat buyers);
 --                      recency / recent_window_days for one-time buyers
@@ -62,6 +63,8 @@ rates AS (
 SELECT
     f.customer_id,
     COALESCE(bgnbd_p_alive(m.x, m.t_x, m.t_cal), 1.0) AS p_alive,
+    LN(0.01 + COALESCE(bgnbd_expected_purchases($churn_holdout_days / $time_unit_days, m.x, m.t_x, m.t_cal), 0.0))
+        AS log_expected_purchases,
     CAST(f.recency_days AS DOUBLE) AS recency_days,
     CASE
         WHEN m.x > 0 THEN f.recency_days / GREATEST(m.t_x * $time_unit_days / m.x, 1.0)

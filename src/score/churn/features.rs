@@ -26,8 +26,9 @@ pub enum Format {
 }
 
 /// The numeric feature columns of `churn_features`, in model order, with their format.
-pub const NUMERIC: [(&str, Format); 17] = [
+pub const NUMERIC: [(&str, Format); 18] = [
     ("p_alive", Format::Decimal),
+    ("log_expected_purchases", Format::Signed),
     ("recency_days", Format::Count),
     ("gap_vs_rhythm", Format::Times),
     ("frequency", Format::Count),

@@ -562,15 +562,20 @@ mod tests {
             values: vec![(0..NUMERIC.len()).map(|j| j as f64).collect()],
             channel: vec!["web".into()],
         };
+        let at = |name: &str| NUMERIC.iter().position(|(n, _)| *n == name).unwrap();
         let mut c = vec![0.0; NUMERIC.len() + 2];
-        c[7] = 0.9; // complaints_recent
-        c[2] = 0.4; // gap_vs_rhythm
-        c[0] = -2.0; // p_alive lowers risk: not a reason
+        c[at("complaints_recent")] = 0.9;
+        c[at("gap_vs_rhythm")] = 0.4;
+        c[at("p_alive")] = -2.0; // lowers risk: not a reason
         c[NUMERIC.len()] = 0.3;
         c[NUMERIC.len() + 1] = 0.3; // channel total 0.6
         assert_eq!(
             reasons(&c, &rows, 0),
-            "complaints_recent=7,channel=web,gap_vs_rhythm=2x"
+            format!(
+                "complaints_recent={},channel=web,gap_vs_rhythm={}x",
+                at("complaints_recent"),
+                at("gap_vs_rhythm")
+            )
         );
         assert_eq!(reasons(&vec![0.0; NUMERIC.len() + 2], &rows, 0), "");
     }
