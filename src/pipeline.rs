@@ -34,6 +34,7 @@ use crate::publish::read::PublishedVersion;
 use crate::publish::runs::{self, RunRecord};
 use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delta};
 use crate::score::bgnbd::BgNbdParams;
+use crate::score::churn;
 use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
 use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
@@ -448,16 +449,12 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .map(|s| names::raw_table(&s.name))
         .chain([names::QUARANTINE_TABLE.to_string()])
         .collect();
-    let order = transform::execution_order(&project, &external, &models::providers())?;
+    let provided = models::providers();
+    let order = transform::execution_order(&project, &external, &provided)?;
     let chosen = if plan.selection.is_all() {
         project.stages.keys().cloned().collect()
     } else {
-        select::select(
-            &project,
-            &models::providers(),
-            &plan.selection.select,
-            &plan.selection.exclude,
-        )?
+        select::select(&project, &provided, &plan.selection.select, &plan.selection.exclude)?
     };
     if chosen.is_empty() {
         return Err(RunError::Transform(TransformError::EmptySelection));
@@ -652,6 +649,31 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 output,
             });
         }
+        if name == churn::FEATURES_STAGE && (runs_now || needed.contains(name)) {
+            progress.phase("score: training the churn model");
+            let started = Instant::now();
+            let report = churn::fit_and_register(&ctx, &project, &provided, &order, &plan.scoring, as_of)
+                .await
+                .map_err(models::ScoreError::from)?;
+            // model_params gains the churn model's rows: registered and written again.
+            if let Some(m) = state.models.as_mut() {
+                m.churn = Some(report);
+                models::register_params_table(&ctx, m).map_err(|e| RunError::Engine(e.to_string()))?;
+                let df = ctx
+                    .table(MODEL_PARAMS_TABLE)
+                    .await
+                    .map_err(|e| RunError::Engine(e.to_string()))?;
+                let (output, rows, bytes) = runner::materialize(&ctx, MODEL_PARAMS_TABLE, df, &tables_dir)
+                    .await
+                    .map_err(|e| RunError::Engine(e.to_string()))?;
+                if let Some(stage) = state.stages.iter_mut().find(|s| s.name == MODEL_PARAMS_TABLE) {
+                    stage.rows = rows;
+                    stage.bytes = bytes;
+                    stage.output = output;
+                    stage.duration_ms += started.elapsed().as_millis() as u64;
+                }
+            }
+        }
     }
     if partial && state.models.is_none() {
         // The model was not refitted: its parameters stay as last published.
@@ -727,9 +749,10 @@ pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<Strin
         .collect();
     inputs.insert(names::QUARANTINE_TABLE.into(), extract::quarantine_schema());
     inputs.insert(MODEL_PARAMS_TABLE.into(), models::model_params_schema());
+    inputs.insert(churn::PREDICTIONS_TABLE.into(), churn::predictions_schema());
     let external: BTreeSet<String> = inputs
         .keys()
-        .filter(|k| k.as_str() != MODEL_PARAMS_TABLE)
+        .filter(|k| k.as_str() != MODEL_PARAMS_TABLE && k.as_str() != churn::PREDICTIONS_TABLE)
         .cloned()
         .collect();
     let order = transform::execution_order(&project, &external, &models::providers())?;

@@ -9,8 +9,11 @@
 --   Scores 1-5 (5 best; recency reversed) = 1 + floor(5 * percent_rank), capped at 5, so
 --   customers with the same value always get the same score. Segment from the R-F map in
 --   seeds/rfm_segments.csv.
--- 2 Churn (BG/NBD): p_alive, churn_risk = 1 - p_alive, churn_band low/medium/high,
---   expected purchases in the next 90 and 365 days.
+-- 2 Churn: p_alive (BG/NBD); churn_risk = the churn early-warning model's calibrated
+--   probability of no purchase in the next churn_holdout_days (churn_predictions, trained
+--   by patron on every signal), or 1 - p_alive when the run fell back to BG/NBD
+--   (churn_model says which); churn_band low/medium/high; expected purchases in the next 90
+--   and 365 days.
 -- 3 Spend (Gamma-Gamma): expected_order_value = (gamma + m x) p / (p x + q - 1), which is
 --   the population mean for one-time buyers; the customer's mean order value when the model
 --   could not be fitted (fewer than 3 repeat buyers).
@@ -28,7 +31,9 @@
 --   complaints (1 if none); repeat 0-1 = mean of the percent ranks of frequency and tenure
 --   among buyers; loyalty_score = 100 x (attitude + repeat) / 2.
 -- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
--- 10 Lifecycle stage, and churn_reasons (comma-separated codes, '' when none).
+-- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
+--   `code=value` (comma-separated, '' when none); with the BG/NBD fallback the rule codes
+--   long_gap, open_complaint, low_csat, unsubscribed, spend_falling.
 WITH base AS (
     SELECT
         f.*,
@@ -36,11 +41,15 @@ WITH base AS (
         m.t_x,
         m.t_cal,
         m.mean_repeat_spend,
+        cp.churn_risk AS model_churn_risk,
+        cp.churn_reasons AS model_churn_reasons,
+        cp.churn_model AS model_churn_model,
         f.orders > 0 AS is_buyer,
         CASE WHEN f.revenue > 0 THEN GREATEST(0.0, f.gross_margin / f.revenue) ELSE $margin_rate END AS margin_share,
         CASE WHEN $monetary_average THEN f.revenue / NULLIF(f.purchase_days, 0) ELSE f.revenue END AS monetary
     FROM fct_customer AS f
     LEFT JOIN customer_model_input AS m ON m.customer_id = f.customer_id
+    LEFT JOIN churn_predictions AS cp ON cp.customer_id = f.customer_id
 ),
 modelled AS (
     SELECT
@@ -136,7 +145,7 @@ scored AS (
     SELECT
         loyalty.*,
         CAST(ROUND(100.0 * (attitude + repeat_patronage) / 2.0) AS INT) AS loyalty_score,
-        1.0 - p_alive AS churn_risk,
+        CASE WHEN model_churn_risk IS NOT NULL THEN model_churn_risk ELSE 1.0 - p_alive END AS churn_risk,
         spend_prior_window > 0 AND spend_recent_window < $spend_falling_ratio * spend_prior_window AS spend_falling,
         CASE
             WHEN NOT is_buyer THEN false
@@ -157,20 +166,24 @@ SELECT
     CASE WHEN s.is_buyer THEN seg.rfm_segment ELSE 'prospect' END AS rfm_segment,
     s.p_alive,
     s.churn_risk,
+    CASE WHEN s.churn_risk IS NULL THEN NULL ELSE COALESCE(s.model_churn_model, 'bgnbd') END AS churn_model,
     CASE
         WHEN s.churn_risk IS NULL THEN NULL
         WHEN s.churn_risk >= $churn_band_high THEN 'high'
         WHEN s.churn_risk >= $churn_band_medium THEN 'medium'
         ELSE 'low'
     END AS churn_band,
-    CONCAT_WS(
-        ',',
-        CASE WHEN s.long_gap THEN 'long_gap' END,
-        CASE WHEN s.open_complaints > 0 THEN 'open_complaint' END,
-        CASE WHEN s.csat_responses > 0 AND s.avg_csat < $low_csat THEN 'low_csat' END,
-        CASE WHEN s.unsubscribed THEN 'unsubscribed' END,
-        CASE WHEN s.spend_falling THEN 'spend_falling' END
-    ) AS churn_reasons,
+    CASE
+        WHEN s.model_churn_reasons IS NOT NULL THEN s.model_churn_reasons
+        ELSE CONCAT_WS(
+            ',',
+            CASE WHEN s.long_gap THEN 'long_gap' END,
+            CASE WHEN s.open_complaints > 0 THEN 'open_complaint' END,
+            CASE WHEN s.csat_responses > 0 AND s.avg_csat < $low_csat THEN 'low_csat' END,
+            CASE WHEN s.unsubscribed THEN 'unsubscribed' END,
+            CASE WHEN s.spend_falling THEN 'spend_falling' END
+        )
+    END AS churn_reasons,
     s.expected_purchases_90d,
     s.expected_purchases_365d,
     s.expected_order_value,

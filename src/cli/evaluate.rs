@@ -227,6 +227,10 @@ pub struct EvaluationReport {
     pub one_time_buyers: u64,
     /// One-time buyers who purchased in the holdout.
     pub one_time_buyers_purchased: u64,
+    /// The churn scores compared on the holdout, over the same customers (those with both
+    /// a p_alive and a churn_risk): BG/NBD `1 - p_alive` alone, and the run's `churn_risk`
+    /// (the churn model, or BG/NBD again when the calibration run fell back).
+    pub churn_comparison: Vec<ChurnScoreEvaluation>,
     /// Model version of the calibration fit.
     pub model_version: String,
     /// Fitted BG/NBD parameters of the calibration run; `None` when it was not fitted.
@@ -235,6 +239,54 @@ pub struct EvaluationReport {
     pub bgnbd_skipped: Option<String>,
     /// The evaluation table's Parquet file.
     pub table: String,
+}
+
+/// One churn score on the holdout: ranking, top-decile precision, probability accuracy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnScoreEvaluation {
+    /// `bgnbd_p_alive` (scored as 1 - p_alive) or `churn_risk`.
+    pub score: String,
+    /// The model behind it: `bgnbd`, `logistic` or `gbt`.
+    pub model: String,
+    /// Customers compared.
+    pub customers: u64,
+    /// Share of them without a purchase in the holdout.
+    pub churn_rate: Option<f64>,
+    /// AUC for "no purchase in the holdout".
+    pub auc: Option<f64>,
+    /// Share without a purchase among the top 10% by score.
+    pub precision_at_top_10pct: Option<f64>,
+    /// Brier score of the score read as a probability of no purchase in the holdout.
+    pub brier: Option<f64>,
+    /// Mean score vs observed churn in ten equal-width bins of the score.
+    pub calibration: Vec<backtest::CalibrationBin>,
+}
+
+/// Compares `1 - p_alive` and `churn_risk` over the customers that have both.
+fn churn_comparison(totals: &Totals, churn_model: &str) -> Vec<ChurnScoreEvaluation> {
+    let keep: Vec<usize> = (0..totals.actual.len())
+        .filter(|&i| totals.p_alive[i].is_some() && totals.churn_risk[i].is_some())
+        .collect();
+    let positive: Vec<bool> = keep.iter().map(|&i| totals.actual[i] == 0.0).collect();
+    let churn_rate = (!keep.is_empty()).then(|| positive.iter().filter(|p| **p).count() as f64 / keep.len() as f64);
+    let bgnbd: Vec<f64> = keep
+        .iter()
+        .filter_map(|&i| totals.p_alive[i].map(|p| 1.0 - p))
+        .collect();
+    let model: Vec<f64> = keep.iter().filter_map(|&i| totals.churn_risk[i]).collect();
+    [("bgnbd_p_alive", "bgnbd", bgnbd), ("churn_risk", churn_model, model)]
+        .into_iter()
+        .map(|(score, model, values)| ChurnScoreEvaluation {
+            score: score.to_string(),
+            model: model.to_string(),
+            customers: keep.len() as u64,
+            churn_rate,
+            auc: backtest::auc(&values, &positive),
+            precision_at_top_10pct: backtest::precision_at_top(&values, &positive, backtest::TOP_SHARE),
+            brier: backtest::brier(&values, &positive),
+            calibration: backtest::calibration_table(&values, &positive, backtest::CALIBRATION_BINS),
+        })
+        .collect()
 }
 
 /// Runs the evaluation and prints a short summary; the error carries the exit code.
@@ -273,7 +325,7 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
         r.auc_note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     );
     println!(
-        "               {} among the {} repeat buyers (one-time buyers have churn_risk 0; {} of {} purchased)",
+        "               {} among the {} repeat buyers ({} of the {} one-time buyers purchased)",
         num(r.auc_repeat_buyers),
         r.auc_repeat_buyers_customers,
         r.one_time_buyers_purchased,
@@ -283,6 +335,32 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
         "               {} expected purchases, reversed",
         num(r.auc_predicted_purchases)
     );
+    for c in &r.churn_comparison {
+        println!(
+            "  {:<13} ({:<8}) AUC {}  precision@10% {}  Brier {}  ({} customers, {} without a purchase)",
+            c.score,
+            c.model,
+            num(c.auc),
+            num(c.precision_at_top_10pct),
+            num(c.brier),
+            c.customers,
+            num(c.churn_rate)
+        );
+        let bins: Vec<String> = c
+            .calibration
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:.1}-{:.1}: {:.2} vs {:.2} (n={})",
+                    b.from, b.to, b.mean_predicted, b.observed_rate, b.customers
+                )
+            })
+            .collect();
+        println!(
+            "    calibration (score bin: mean score vs observed) {}",
+            bins.join("; ")
+        );
+    }
     println!("table:  {}", r.table);
     println!("report: {}", report_path.display());
 }
@@ -416,6 +494,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         auc_predicted_purchases,
         one_time_buyers,
         one_time_buyers_purchased,
+        churn_comparison: churn_comparison(&totals, models.churn.as_ref().map_or("bgnbd", |c| c.model.as_str())),
         model_version: models.model_version.clone(),
         bgnbd_params: models.bgnbd.as_ref().map(|fit| fit.params.clone()),
         bgnbd_skipped: models.bgnbd_skipped.clone(),
@@ -483,6 +562,7 @@ struct Totals {
     predicted: Vec<f64>,
     actual: Vec<f64>,
     churn_risk: Vec<Option<f64>>,
+    p_alive: Vec<Option<f64>>,
     /// x > 0.
     repeat: Vec<bool>,
 }
@@ -543,6 +623,7 @@ SELECT
     m.t_x,
     m.t_cal,
     s.churn_risk,
+    s.p_alive,
     COALESCE(h.purchase_days, 0) AS actual_purchases
 FROM customer_model_input AS m
 LEFT JOIN customer_scores AS s ON s.customer_id = m.customer_id
@@ -561,6 +642,7 @@ fn evaluation_schema() -> SchemaRef {
         Field::new("actual_purchases", DataType::Int64, false),
         Field::new("abs_error", DataType::Float64, false),
         Field::new("churn_risk", DataType::Float64, true),
+        Field::new("p_alive", DataType::Float64, true),
         Field::new("purchased_in_holdout", DataType::Boolean, false),
     ]))
 }
@@ -615,6 +697,7 @@ async fn evaluate_customers(
         predicted: Vec::new(),
         actual: Vec::new(),
         churn_risk: Vec::new(),
+        p_alive: Vec::new(),
         repeat: Vec::new(),
     };
     let mut row = 0usize;
@@ -628,7 +711,7 @@ async fn evaluate_customers(
         };
         let ids = column("customer_id", &DataType::Utf8)?;
         let ids = downcast::<StringArray>(&ids, "customer_id", &query_err)?;
-        let floats = ["x", "t_x", "t_cal", "churn_risk"]
+        let floats = ["x", "t_x", "t_cal", "churn_risk", "p_alive"]
             .iter()
             .map(|name| column(name, &DataType::Float64))
             .collect::<Result<Vec<_>, _>>()?;
@@ -636,6 +719,7 @@ async fn evaluate_customers(
         let t_x = downcast::<Float64Array>(&floats[1], "t_x", &query_err)?;
         let t_cal = downcast::<Float64Array>(&floats[2], "t_cal", &query_err)?;
         let churn = downcast::<Float64Array>(&floats[3], "churn_risk", &query_err)?;
+        let p_alive = downcast::<Float64Array>(&floats[4], "p_alive", &query_err)?;
         let actual = column("actual_purchases", &DataType::Int64)?;
         let actual = downcast::<Int64Array>(&actual, "actual_purchases", &query_err)?;
 
@@ -664,6 +748,7 @@ async fn evaluate_customers(
             totals.predicted.push(p);
             totals.actual.push(a);
             totals.churn_risk.push(churn.is_valid(i).then(|| churn.value(i)));
+            totals.p_alive.push(p_alive.is_valid(i).then(|| p_alive.value(i)));
             totals.repeat.push(x.value(i) > 0.0);
         }
         let abs_error: Float64Array = predicted
@@ -681,6 +766,7 @@ async fn evaluate_customers(
             Arc::new(actual.clone()),
             Arc::new(abs_error),
             Arc::new(churn.clone()),
+            Arc::new(p_alive.clone()),
             Arc::new(purchased),
         ];
         let out_batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| WriteError {

@@ -4,6 +4,7 @@
 pub mod dag;
 pub mod docs;
 pub mod evaluate;
+pub mod explain;
 pub mod generate;
 pub mod lineage;
 pub mod query;
@@ -26,7 +27,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n  patron explain C0000042 --format json\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -51,6 +52,9 @@ pub enum Command {
     Lineage(lineage::LineageArgs),
     /// Backtest the churn and purchase models: fit as of a calibration end, predict the holdout.
     Evaluate(evaluate::EvaluateArgs),
+    /// One customer's card: facts, every score with the rule or model behind it, churn
+    /// reasons, recent orders, tickets and marketing events (published tables only).
+    Explain(explain::ExplainArgs),
     /// List the runs recorded in the warehouse's `runs` table.
     Runs(runs::RunsArgs),
     /// Run a SELECT on the published tables as a run left them (default: the latest succeeded).
@@ -99,6 +103,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Dag(args) => dag::run(args),
         Command::Lineage(args) => lineage::run(args).await,
         Command::Docs(args) => docs::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
         Command::Runs(args) => runs::run(args).await,
         Command::Query(args) => query::run(args).await,
         Command::Schedule(args) => schedule::run(args).await,

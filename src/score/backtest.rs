@@ -137,6 +137,81 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos * n_neg))
 }
 
+/// Share of customers `patron evaluate` reports precision at (the top 10% by score).
+pub const TOP_SHARE: f64 = 0.10;
+/// Bins of the calibration table `patron evaluate` reports.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// Brier score: mean squared difference between the predicted probability and the outcome
+/// (0 = perfect, 0.25 = always saying 1/2). `None` for empty or unequal slices.
+pub fn brier(probabilities: &[f64], positive: &[bool]) -> Option<f64> {
+    if probabilities.is_empty() || probabilities.len() != positive.len() {
+        return None;
+    }
+    let total: f64 = probabilities
+        .iter()
+        .zip(positive)
+        .map(|(p, y)| (p - f64::from(u8::from(*y))).powi(2))
+        .sum();
+    Some(total / probabilities.len() as f64)
+}
+
+/// Precision among the top `share` of scores (highest first; at least one customer): the
+/// share of positives among them. Ties at the cut are broken by order of the input, so
+/// pass customers in a fixed order. `None` for empty or unequal slices.
+pub fn precision_at_top(scores: &[f64], positive: &[bool], share: f64) -> Option<f64> {
+    if scores.is_empty() || scores.len() != positive.len() || scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
+    let k = ((scores.len() as f64 * share).ceil() as usize).clamp(1, scores.len());
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]).then(i.cmp(&j)));
+    let hits = order[..k].iter().filter(|&&i| positive[i]).count();
+    Some(hits as f64 / k as f64)
+}
+
+/// One bin of a calibration table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CalibrationBin {
+    /// Lower edge of the predicted probability (inclusive).
+    pub from: f64,
+    /// Upper edge (exclusive; the last bin includes 1).
+    pub to: f64,
+    /// Customers whose prediction falls in the bin.
+    pub customers: u64,
+    /// Their mean predicted probability.
+    pub mean_predicted: f64,
+    /// The share of them for whom the outcome happened.
+    pub observed_rate: f64,
+}
+
+/// Calibration table: predictions in `bins` equal-width bins of [0, 1]; empty bins are
+/// left out. A calibrated model has `mean_predicted` close to `observed_rate` in every bin.
+pub fn calibration_table(probabilities: &[f64], positive: &[bool], bins: usize) -> Vec<CalibrationBin> {
+    let bins = bins.max(1);
+    let mut sums = vec![(0u64, 0.0, 0u64); bins];
+    for (p, y) in probabilities.iter().zip(positive) {
+        if !p.is_finite() {
+            continue;
+        }
+        let b = ((p.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[b].0 += 1;
+        sums[b].1 += p;
+        sums[b].2 += u64::from(*y);
+    }
+    sums.into_iter()
+        .enumerate()
+        .filter(|(_, s)| s.0 > 0)
+        .map(|(b, (n, total, hits))| CalibrationBin {
+            from: b as f64 / bins as f64,
+            to: (b + 1) as f64 / bins as f64,
+            customers: n,
+            mean_predicted: total / n as f64,
+            observed_rate: hits as f64 / n as f64,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +346,23 @@ mod tests {
             "t_x > T"
         );
         assert_eq!(predicted_purchases(None, 39.0, 0.0, 0.0, 10.0), Ok(0.0), "no fit: 0");
+    }
+
+    #[test]
+    fn brier_precision_and_calibration_by_hand() {
+        let p = [0.9, 0.8, 0.3, 0.1];
+        let y = [true, false, true, false];
+        // (0.01 + 0.64 + 0.49 + 0.01) / 4
+        assert!((brier(&p, &y).unwrap() - 0.2875).abs() < 1e-12);
+        assert_eq!(precision_at_top(&p, &y, 0.25), Some(1.0));
+        assert_eq!(precision_at_top(&p, &y, 0.5), Some(0.5));
+        // At least one customer, even for a tiny share.
+        assert_eq!(precision_at_top(&p, &y, 0.001), Some(1.0));
+        let table = calibration_table(&p, &y, 2);
+        assert_eq!(table.len(), 2);
+        assert_eq!((table[0].customers, table[0].observed_rate), (2, 0.5));
+        assert!((table[1].mean_predicted - 0.85).abs() < 1e-12);
+        assert_eq!(calibration_table(&[1.0], &[true], 10)[0].from, 0.9);
+        assert_eq!(brier(&[], &[]), None);
     }
 }

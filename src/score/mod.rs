@@ -4,6 +4,7 @@
 
 pub mod backtest;
 pub mod bgnbd;
+pub mod churn;
 pub mod error;
 pub mod gamma_gamma;
 pub mod optimize;
@@ -83,6 +84,10 @@ pub struct ScoringSettings {
     pub long_gap_factor: f64,
     /// Recent-window spend below this share of the prior window's is "spend falling".
     pub spend_falling_ratio: f64,
+    /// Churn model: the label window in days. The model is trained on features as of
+    /// `as_of - churn_holdout_days` labelled by "no purchase in the following
+    /// churn_holdout_days", and its learner is chosen on the window before that.
+    pub churn_holdout_days: u32,
 }
 
 impl Default for ScoringSettings {
@@ -109,6 +114,7 @@ impl Default for ScoringSettings {
             incentive_discount_share: 0.5,
             long_gap_factor: 2.0,
             spend_falling_ratio: 0.75,
+            churn_holdout_days: 90,
         }
     }
 }
@@ -169,6 +175,12 @@ impl ScoringSettings {
         }
         if self.recent_window_days == 0 {
             problems.push("scoring.recent_window_days", "must be at least 1");
+        }
+        if self.churn_holdout_days == 0 || self.churn_holdout_days > crate::score::backtest::MAX_HOLDOUT_DAYS {
+            problems.push(
+                "scoring.churn_holdout_days",
+                format!("must be 1 to {} days", crate::score::backtest::MAX_HOLDOUT_DAYS),
+            );
         }
     }
 

@@ -35,6 +35,10 @@ pub fn providers() -> crate::transform::Provided {
         .iter()
         .chain(&[MODEL_PARAMS_TABLE])
         .map(|name| (name.to_string(), MODEL_INPUT_STAGE.to_string()))
+        .chain([(
+            super::churn::PREDICTIONS_TABLE.to_string(),
+            super::churn::FEATURES_STAGE.to_string(),
+        )])
         .collect()
 }
 
@@ -59,6 +63,9 @@ pub enum ScoreError {
         /// Why.
         source: ModelError,
     },
+    /// The churn model step failed.
+    #[error(transparent)]
+    Churn(#[from] super::churn::ChurnError),
 }
 
 /// One fitted model, as reported in the manifest and `model_params`.
@@ -82,6 +89,13 @@ pub struct ModelReport {
     pub distinct_inputs: u64,
 }
 
+impl ModelReport {
+    /// The report with a note for `model_params`.
+    fn with_note(self, note: &str) -> (ModelReport, Option<String>) {
+        (self, Some(note.to_string()))
+    }
+}
+
 /// What the model step did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelMetrics {
@@ -101,6 +115,9 @@ pub struct ModelMetrics {
     /// Weighted Pearson correlation of frequency and mean repeat spend among repeat
     /// buyers; Gamma-Gamma assumes they are independent, so far from 0 is a warning.
     pub frequency_spend_correlation: Option<f64>,
+    /// The churn early-warning model (set once `churn_features` is built); `None` when the
+    /// run has no such stage.
+    pub churn: Option<super::churn::ChurnReport>,
 }
 
 fn float_column(batch: &RecordBatch, name: &str, table: &str) -> Result<Float64Array, ScoreError> {
@@ -290,6 +307,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
         gamma_gamma: gg_report,
         gamma_gamma_skipped: gg_skipped,
         frequency_spend_correlation: correlation,
+        churn: None,
     };
     register_params_table(ctx, &metrics).map_err(|e| ScoreError::Input {
         table: MODEL_PARAMS_TABLE.into(),
@@ -312,16 +330,40 @@ pub fn model_params_schema() -> Arc<Schema> {
         Field::new("converged", DataType::Boolean, false),
         Field::new("fit_ms", DataType::UInt64, false),
         Field::new("customers", DataType::UInt64, false),
+        Field::new("note", DataType::Utf8, true),
     ]))
 }
 
-fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
+/// Registers (or replaces) `model_params` on `ctx` from the metrics: one row per
+/// parameter of BG/NBD, Gamma-Gamma and the churn model; a churn fallback is one row
+/// `churn_bgnbd` / `fallback` with the reason in `note`.
+pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
     let schema = model_params_schema();
-    let rows: Vec<(&ModelReport, &String, f64)> = m
+    let churn_fallback = m.churn.as_ref().and_then(|c| c.fallback_reason.as_ref()).map(|reason| {
+        ModelReport {
+            model: "churn_bgnbd".into(),
+            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
+            log_likelihood: 0.0,
+            iterations: 0,
+            converged: false,
+            fit_ms: 0,
+            customers: m.churn.as_ref().map_or(0, |c| c.training_customers),
+            distinct_inputs: 0,
+        }
+        .with_note(reason)
+    });
+    let churn_fit = m.churn.as_ref().and_then(|c| c.fit.clone()).map(|r| (r, None));
+    let reports: Vec<(ModelReport, Option<String>)> = m
         .bgnbd
         .iter()
         .chain(m.gamma_gamma.as_ref())
-        .flat_map(|r| r.params.iter().map(move |(k, v)| (r, k, *v)))
+        .map(|r| (r.clone(), None))
+        .chain(churn_fit)
+        .chain(churn_fallback)
+        .collect();
+    let rows: Vec<(&ModelReport, &String, f64, Option<&str>)> = reports
+        .iter()
+        .flat_map(|(r, note)| r.params.iter().map(move |(k, v)| (r, k, *v, note.as_deref())))
         .collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![m.model_version.as_str(); rows.len()])),
@@ -333,6 +375,7 @@ fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.0.converged)))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0.fit_ms))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0.customers))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3))),
     ];
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
     ctx.deregister_table(MODEL_PARAMS_TABLE)?;

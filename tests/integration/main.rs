@@ -1,6 +1,7 @@
 //! Integration tests through the real `patron` binary, one module per theme.
 
 mod cdnow;
+mod churn;
 mod cli_errors;
 mod crash;
 mod data_tests;

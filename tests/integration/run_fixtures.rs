@@ -3,13 +3,14 @@
 
 use crate::support::*;
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "stg_sales",
     "stg_service",
     "stg_marketing",
     "fct_customer",
     "customer_model_input",
     "model_params",
+    "churn_features",
     "customer_scores",
 ];
 
@@ -250,7 +251,7 @@ async fn an_earlier_as_of_date_ignores_later_events() {
 }
 
 /// Every score column of DOMAIN.md, in the published order.
-const SCORE_COLUMNS: [&str; 29] = [
+const SCORE_COLUMNS: [&str; 30] = [
     "customer_id",
     "as_of",
     "recency_days",
@@ -262,6 +263,7 @@ const SCORE_COLUMNS: [&str; 29] = [
     "rfm_segment",
     "p_alive",
     "churn_risk",
+    "churn_model",
     "churn_band",
     "churn_reasons",
     "expected_purchases_90d",
@@ -304,6 +306,7 @@ async fn model_scores_are_complete_and_within_their_ranges() {
             "m_score",
             "p_alive",
             "churn_risk",
+            "churn_model",
             "churn_band",
             "expected_purchases_90d",
             "expected_purchases_365d",
@@ -323,7 +326,18 @@ async fn model_scores_are_complete_and_within_their_ranges() {
     }
     let checks = [
         ("p_alive in [0, 1]", "p_alive < 0 OR p_alive > 1 OR isnan(p_alive)"),
-        ("churn_risk = 1 - p_alive", "abs(churn_risk - (1 - p_alive)) > 1e-12"),
+        (
+            "churn_risk a probability",
+            "churn_risk < 0 OR churn_risk > 1 OR isnan(churn_risk)",
+        ),
+        (
+            "churn_risk = 1 - p_alive only under the BG/NBD fallback",
+            "churn_model = 'bgnbd' AND abs(churn_risk - (1 - p_alive)) > 1e-12",
+        ),
+        (
+            "one churn model for every buyer",
+            "churn_model IS NOT NULL AND churn_model <> (SELECT MIN(churn_model) FROM customer_scores)",
+        ),
         ("x = 0 means alive", "frequency = 1 AND p_alive <> 1"),
         (
             "expected purchases non-negative",
@@ -402,7 +416,38 @@ async fn model_scores_are_complete_and_within_their_ranges() {
     )
     .await;
     assert_eq!(r, r_table);
-    assert_eq!(scalar(&ctx, "SELECT COUNT(*) FROM model_params").await, 7.0);
+    assert_eq!(
+        scalar(
+            &ctx,
+            "SELECT COUNT(*) FROM model_params WHERE model IN ('bgnbd', 'gamma_gamma')"
+        )
+        .await,
+        7.0
+    );
+    // The churn model's parameters, as many as the manifest reports.
+    let churn = &models["churn"];
+    let learner = churn["model"].as_str().unwrap();
+    let churn_params = churn["fit"]["params"].as_object().unwrap().len() as f64;
+    let churn_rows = scalar(
+        &ctx,
+        &format!("SELECT COUNT(*) FROM model_params WHERE model = 'churn_{learner}'"),
+    )
+    .await;
+    assert_eq!(churn_rows, churn_params);
+    let auc = scalar(
+        &ctx,
+        &format!("SELECT value FROM model_params WHERE model = 'churn_{learner}' AND parameter = 'validation_auc'"),
+    )
+    .await;
+    let baseline = scalar(
+        &ctx,
+        &format!("SELECT value FROM model_params WHERE model = 'churn_{learner}' AND parameter = 'baseline_auc'"),
+    )
+    .await;
+    assert!(
+        auc > baseline,
+        "the chosen model beats BG/NBD on validation: {auc} vs {baseline}"
+    );
     let version = models["model_version"].as_str().unwrap();
     let other = scalar(
         &ctx,

@@ -1,0 +1,383 @@
+//! `patron explain CUSTOMER_ID`: one customer's card from the published tables only:
+//! facts (`fct_customer`), every score and segment of `customer_scores` with the rule or
+//! model that produced it (model parameters from `model_params`), the churn model's
+//! reasons and features (`churn_features`), and the latest orders, tickets and marketing
+//! events (the staged tables). Every query filters on `customer_id`, so the Parquet scans
+//! skip row groups whose statistics cannot hold the customer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use datafusion::arrow::json::{WriterBuilder, writer::JsonArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use serde_json::{Map, Value, json};
+
+use super::{CliError, warehouse_of};
+use crate::names::TABLES_DIR;
+use crate::publish::read::register_table;
+use crate::score::churn::FEATURES_STAGE;
+use crate::score::models::MODEL_PARAMS_TABLE;
+
+/// Orders, tickets and marketing events shown at most, latest first.
+pub const RECENT_ROWS: usize = 10;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Sections of `key: value` lines.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// Arguments of `patron explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The customer id (trimmed and upper-cased, as the staging stages do).
+    pub customer_id: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Pipeline file whose warehouse to read.
+    #[arg(long, default_value = "pipelines/default.toml")]
+    pub pipeline: PathBuf,
+    /// Warehouse folder (overrides the pipeline's `run.warehouse`).
+    #[arg(long)]
+    pub warehouse: Option<PathBuf>,
+}
+
+/// Which rule or model produced each column of `customer_scores` (see DOMAIN.md and the
+/// header of customer_scores.sql). `{bgnbd}`, `{gamma_gamma}` and `{churn}` are replaced
+/// by the fitted models' descriptions.
+const PRODUCED_BY: [(&str, &str); 27] = [
+    ("recency_days", "days since the last order"),
+    ("frequency", "distinct purchase days"),
+    ("monetary", "RFM monetary (scoring.monetary: total or average spend)"),
+    ("r_score", "RFM: 1 + floor(5 x percent rank of recency, reversed)"),
+    ("f_score", "RFM: 1 + floor(5 x percent rank of frequency)"),
+    ("m_score", "RFM: 1 + floor(5 x percent rank of monetary)"),
+    ("rfm_segment", "RFM R-F map (seeds/rfm_segments.csv)"),
+    ("p_alive", "{bgnbd}"),
+    ("churn_risk", "{churn}"),
+    ("churn_model", "{churn}"),
+    (
+        "churn_band",
+        "churn_risk vs scoring.churn_band_medium / churn_band_high",
+    ),
+    ("churn_reasons", "{churn}"),
+    ("expected_purchases_90d", "{bgnbd}"),
+    ("expected_purchases_365d", "{bgnbd}"),
+    ("expected_order_value", "{gamma_gamma}"),
+    ("historical_value", "gross margin to date"),
+    ("current_value", "discounted CLV: {bgnbd} x {gamma_gamma} x margin"),
+    ("potential_value", "wallet headroom among peers + referral value"),
+    ("clv", "= current_value"),
+    (
+        "value_tier",
+        "ABC Pareto on historical value (scoring.value_tier_a_share / b_share)",
+    ),
+    ("portfolio_quadrant", "two-by-two: historical x potential value"),
+    ("economic_segment", "two-by-two: current x potential value"),
+    ("investment_class", "two-by-two: cost to serve x gross margin"),
+    (
+        "loyalty_score",
+        "Dick and Basu: 100 x (attitude + repeat patronage) / 2",
+    ),
+    ("loyalty_type", "Dick and Basu: attitude x repeat patronage"),
+    ("satisfaction_loyalty", "Jones and Sasser: CSAT x loyalty score"),
+    (
+        "lifecycle_stage",
+        "lifecycle rules: churn_risk > scoring.churned_threshold, long gap, spend trend",
+    ),
+];
+
+/// Runs the command.
+pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
+    let warehouse = warehouse_of(&args.pipeline, args.warehouse.clone())?;
+    let card = card(&warehouse, &args.customer_id).await?;
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&card).map_err(|e| CliError::failed(e.to_string()))?
+        ),
+        Format::Text => print!("{}", render_text(&card)),
+    }
+    Ok(())
+}
+
+/// The customer's card as JSON: `customer_id`, `facts`, `scores` (each `{value,
+/// produced_by}`), `churn` (`risk`, `band`, `model`, `reasons`, `features`), `orders`,
+/// `tickets`, `marketing_events`.
+pub async fn card(warehouse: &Path, customer_id: &str) -> Result<Value, CliError> {
+    let id = customer_id.trim().to_uppercase();
+    if id.is_empty() {
+        return Err(CliError::usage("explain: the customer id is empty"));
+    }
+    let ctx = SessionContext::new();
+    let tables = [
+        "customer_scores",
+        "fct_customer",
+        "stg_sales",
+        "stg_service",
+        "stg_marketing",
+    ];
+    for table in tables.iter().chain(&[FEATURES_STAGE, MODEL_PARAMS_TABLE]) {
+        let path = warehouse.join(TABLES_DIR).join(table);
+        let required = tables.contains(table);
+        if !path.is_dir() {
+            if required {
+                return Err(CliError::failed(format!(
+                    "explain: {} has no published table `{table}` (run `patron run` first)",
+                    warehouse.display()
+                )));
+            }
+            continue;
+        }
+        register_table(&ctx, table, &path)
+            .await
+            .map_err(|e| CliError::failed(format!("explain: {e}")))?;
+    }
+    let has = |t: &str| warehouse.join(TABLES_DIR).join(t).is_dir();
+    let one = |sql: String| query(&ctx, sql, &id);
+
+    let scores = one("SELECT * FROM customer_scores WHERE customer_id = $id".into()).await?;
+    let Some(scores) = scores.into_iter().next() else {
+        return Err(CliError::usage(format!(
+            "explain: customer `{id}` is not in customer_scores of {}",
+            warehouse.display()
+        )));
+    };
+    let facts = one("SELECT * FROM fct_customer WHERE customer_id = $id".into())
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let features = if has(FEATURES_STAGE) {
+        one(format!("SELECT * FROM {FEATURES_STAGE} WHERE customer_id = $id"))
+            .await?
+            .into_iter()
+            .next()
+    } else {
+        None
+    };
+    let params = if has(MODEL_PARAMS_TABLE) {
+        query(
+            &ctx,
+            format!("SELECT model, parameter, value, note FROM {MODEL_PARAMS_TABLE} ORDER BY model, parameter"),
+            &id,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let models = describe_models(&params, scores.get("churn_model").and_then(Value::as_str));
+    let orders = one(format!(
+        "SELECT order_id, MIN(order_ts) AS order_ts, MIN(channel) AS channel, COUNT(*) AS lines, \
+         SUM(revenue) AS revenue, SUM(discount) AS discount FROM stg_sales WHERE customer_id = $id \
+         GROUP BY order_id ORDER BY order_ts DESC, order_id DESC LIMIT {RECENT_ROWS}"
+    ))
+    .await?;
+    let tickets = one(format!(
+        "SELECT ticket_id, opened_at, closed_at, category, status, csat FROM stg_service \
+         WHERE customer_id = $id ORDER BY opened_at DESC, ticket_id DESC LIMIT {RECENT_ROWS}"
+    ))
+    .await?;
+    let events = one(format!(
+        "SELECT event_ts, campaign, channel, event_type FROM stg_marketing WHERE customer_id = $id \
+         ORDER BY event_ts DESC, event_id DESC LIMIT {RECENT_ROWS}"
+    ))
+    .await?;
+
+    let mut score_card = Map::new();
+    for (column, value) in &scores {
+        if column == "customer_id" || column == "as_of" || column == "model_version" {
+            continue;
+        }
+        let produced_by = PRODUCED_BY
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, how)| fill(how, &models))
+            .unwrap_or_else(|| "see customer_scores.sql".to_string());
+        score_card.insert(column.clone(), json!({ "value": value, "produced_by": produced_by }));
+    }
+    let reasons: Vec<&str> = scores
+        .get("churn_reasons")
+        .and_then(Value::as_str)
+        .map(|r| r.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    Ok(json!({
+        "customer_id": id,
+        "as_of": scores.get("as_of"),
+        "model_version": scores.get("model_version"),
+        "facts": facts,
+        "scores": score_card,
+        "churn": {
+            "risk": scores.get("churn_risk"),
+            "band": scores.get("churn_band"),
+            "model": scores.get("churn_model"),
+            "produced_by": models.get("churn"),
+            "reasons": reasons,
+            "features": features,
+        },
+        "orders": orders,
+        "tickets": tickets,
+        "marketing_events": events,
+    }))
+}
+
+/// One-line descriptions of the fitted models from `model_params`.
+fn describe_models(params: &[Map<String, Value>], churn_model: Option<&str>) -> HashMap<&'static str, String> {
+    let of = |model: &str| -> Vec<(String, f64)> {
+        params
+            .iter()
+            .filter(|r| r.get("model").and_then(Value::as_str) == Some(model))
+            .filter_map(|r| Some((r.get("parameter")?.as_str()?.to_string(), r.get("value")?.as_f64()?)))
+            .collect()
+    };
+    let list = |model: &str, keep: &dyn Fn(&str) -> bool| {
+        of(model)
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = HashMap::new();
+    out.insert("bgnbd", format!("BG/NBD ({})", list("bgnbd", &|_| true)));
+    out.insert(
+        "gamma_gamma",
+        format!("Gamma-Gamma ({})", list("gamma_gamma", &|_| true)),
+    );
+    let churn = match churn_model {
+        Some(m @ ("logistic" | "gbt")) => format!(
+            "churn model `{m}`, Platt-calibrated ({})",
+            list(&format!("churn_{m}"), &|k| !k.starts_with("coef:"))
+        ),
+        _ => {
+            let note = params
+                .iter()
+                .find(|r| r.get("model").and_then(Value::as_str) == Some("churn_bgnbd"))
+                .and_then(|r| r.get("note").and_then(Value::as_str))
+                .map(|n| format!("; fallback: {n}"))
+                .unwrap_or_default();
+            format!("BG/NBD 1 - p_alive{note}")
+        }
+    };
+    out.insert("churn", churn);
+    out
+}
+
+fn fill(template: &str, models: &HashMap<&'static str, String>) -> String {
+    let mut text = template.to_string();
+    for (key, description) in models {
+        text = text.replace(&format!("{{{key}}}"), description);
+    }
+    text
+}
+
+/// Runs `sql` with `$id` bound and returns its rows as JSON objects (NULLs kept).
+async fn query(ctx: &SessionContext, sql: String, id: &str) -> Result<Vec<Map<String, Value>>, CliError> {
+    let err = |e: datafusion::error::DataFusionError| CliError::failed(format!("explain: {e}"));
+    let params = HashMap::from([("id".to_string(), ScalarValue::Utf8(Some(id.to_string())))]);
+    let batches: Vec<RecordBatch> = ctx
+        .sql(&sql)
+        .await
+        .and_then(|df| df.with_param_values(params))
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, JsonArray>(Vec::new());
+    for batch in &batches {
+        writer
+            .write(batch)
+            .map_err(|e| CliError::failed(format!("explain: {e}")))?;
+    }
+    writer.finish().map_err(|e| CliError::failed(format!("explain: {e}")))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| CliError::failed(format!("explain: {e}")))
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.4}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string(),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn rows_text(out: &mut String, title: &str, rows: Option<&Value>) {
+    let rows = rows.and_then(Value::as_array).cloned().unwrap_or_default();
+    out.push_str(&format!("\n{title} ({} latest)\n", rows.len()));
+    for row in rows {
+        if let Value::Object(map) = row {
+            let line: Vec<String> = map.iter().map(|(k, v)| format!("{k}={}", show(v))).collect();
+            out.push_str(&format!("  {}\n", line.join("  ")));
+        }
+    }
+}
+
+/// The card as text sections.
+pub fn render_text(card: &Value) -> String {
+    let mut out = format!(
+        "customer {}  (as of {}, model version {})\n",
+        show(&card["customer_id"]),
+        show(&card["as_of"]),
+        show(&card["model_version"])
+    );
+    let churn = &card["churn"];
+    out.push_str(&format!(
+        "\nchurn risk {} ({}) by {}\n  reasons: {}\n",
+        show(&churn["risk"]),
+        show(&churn["band"]),
+        show(&churn["produced_by"]),
+        churn["reasons"]
+            .as_array()
+            .map(|r| r.iter().map(show).collect::<Vec<_>>().join(", "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into())
+    ));
+    out.push_str("\nfacts\n");
+    if let Value::Object(facts) = &card["facts"] {
+        for (k, v) in facts {
+            out.push_str(&format!("  {k:<24} {}\n", show(v)));
+        }
+    }
+    out.push_str("\nscores\n");
+    if let Value::Object(scores) = &card["scores"] {
+        for (k, v) in scores {
+            out.push_str(&format!(
+                "  {k:<24} {:<28} {}\n",
+                show(&v["value"]),
+                show(&v["produced_by"])
+            ));
+        }
+    }
+    if let Value::Object(features) = &churn["features"] {
+        out.push_str("\nchurn features\n");
+        for (k, v) in features {
+            if k != "customer_id" {
+                out.push_str(&format!("  {k:<24} {}\n", show(v)));
+            }
+        }
+    }
+    rows_text(&mut out, "orders", card.get("orders"));
+    rows_text(&mut out, "tickets", card.get("tickets"));
+    rows_text(&mut out, "marketing events", card.get("marketing_events"));
+    out
+}

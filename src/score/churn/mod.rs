@@ -1,0 +1,582 @@
+//! The churn early-warning model: trained at score time on the customer base's own
+//! history, from every signal of the three exports.
+//!
+//! Labels come from the data: with `H = scoring.churn_holdout_days`, the validation cut-off
+//! is `c1 = as_of - H` and the training cut-off `c2 = as_of - 2H`. The stage chain that
+//! builds [`FEATURES_STAGE`] (staging, `fct_customer`, `customer_model_input` with its own
+//! BG/NBD fit) is re-run as of each cut-off in a scratch session, so the features are the
+//! same SQL as the ones scored. A customer is labelled churned when they bought nothing in
+//! the `H` days after the cut-off.
+//!
+//! Two learners are fitted on the training snapshot (c2, labels up to c1) and compared on
+//! the validation snapshot (c1, labels up to as_of): L2-regularised logistic regression
+//! and gradient-boosted trees. The one with the higher validation AUC wins if it beats
+//! BG/NBD's `1 - p_alive` there; Platt scaling is fitted on its validation predictions,
+//! then it is refitted on the validation snapshot (the latest labelled one) and scores the
+//! as-of features. Otherwise, or with too little history, the run falls back to BG/NBD
+//! (`churn_risk = 1 - p_alive`) and the manifest says why.
+//!
+//! The result is the table [`PREDICTIONS_TABLE`] (customer_id, churn_risk, churn_reasons,
+//! churn_model) that `customer_scores` joins.
+
+pub mod features;
+pub mod gbt;
+mod linalg;
+pub mod logistic;
+pub mod platt;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{Days, NaiveDate};
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use serde::Serialize;
+
+use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
+use super::ScoringSettings;
+use super::backtest;
+use super::models::{self, MODEL_INPUT_STAGE, ModelReport};
+use crate::transform::{Project, Provided, dag};
+
+/// The stage holding the model's features; the churn step runs as soon as it is built.
+pub const FEATURES_STAGE: &str = "churn_features";
+/// The table the churn step registers: one row per scored buyer.
+pub const PREDICTIONS_TABLE: &str = "churn_predictions";
+/// The staged sales the labels are counted from.
+const SALES_STAGE: &str = "stg_sales";
+/// Fewest customers in the training and in the validation snapshot.
+pub const MIN_CUSTOMERS: usize = 100;
+/// Fewest customers of each class (churned, purchased) in either snapshot.
+pub const MIN_CLASS: usize = 20;
+/// L2 penalty of the logistic regression (standardised features, summed log-likelihood).
+const LOGISTIC_LAMBDA: f64 = 1.0;
+/// Churn reasons shown per customer at most.
+pub const MAX_REASONS: usize = 3;
+
+/// Logistic function.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Churn step failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ChurnError {
+    /// A table could not be read or computed.
+    #[error("churn model: reading `{table}`: {message}")]
+    Input {
+        /// The table or stage.
+        table: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A learner could not be fitted.
+    #[error("churn model: {0}")]
+    Fit(String),
+    /// BG/NBD or Gamma-Gamma could not be fitted as of a cut-off (too little or odd
+    /// history then): the run falls back to BG/NBD as of the as-of day.
+    #[error("fitting the purchase models as of {day}: {message}")]
+    SnapshotFit {
+        /// The cut-off.
+        day: NaiveDate,
+        /// The fit's error.
+        message: String,
+    },
+}
+
+/// One learner's (or the baseline's) result on the validation snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct LearnerScore {
+    /// `logistic`, `gbt` or `bgnbd_p_alive` (the baseline, `1 - p_alive`).
+    pub learner: String,
+    /// AUC for "no purchase in the holdout".
+    pub auc: Option<f64>,
+    /// Brier score of the uncalibrated probabilities.
+    pub brier: Option<f64>,
+}
+
+/// What the churn step did; in the run manifest under `models.churn`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnReport {
+    /// The model behind `churn_risk`: `logistic`, `gbt`, or `bgnbd` (1 - p_alive).
+    pub model: String,
+    /// Why the run fell back to BG/NBD, when it did.
+    pub fallback_reason: Option<String>,
+    /// The label window in days.
+    pub holdout_days: u32,
+    /// Training cut-off (features as of this day, labels from the next `holdout_days`).
+    pub training_cutoff: String,
+    /// Validation cut-off.
+    pub validation_cutoff: String,
+    /// Buyers in the training snapshot.
+    pub training_customers: u64,
+    /// Share of them who churned.
+    pub training_churn_rate: Option<f64>,
+    /// Buyers in the validation snapshot.
+    pub validation_customers: u64,
+    /// Share of them who churned.
+    pub validation_churn_rate: Option<f64>,
+    /// Every learner and the baseline on the validation snapshot.
+    pub validation: Vec<LearnerScore>,
+    /// Platt scaling `p = sigmoid(a * logit + b)` fitted on the validation predictions.
+    pub platt_a: Option<f64>,
+    /// See `platt_a`.
+    pub platt_b: Option<f64>,
+    /// The final model's parameters (coefficients for logistic regression), also written
+    /// to `model_params`.
+    pub fit: Option<ModelReport>,
+    /// Buyers scored as of the as-of day.
+    pub scored_customers: u64,
+}
+
+/// A fitted learner.
+enum Learner {
+    Logistic(logistic::Logistic),
+    Gbt(gbt::Gbt),
+}
+
+impl Learner {
+    fn name(&self) -> &'static str {
+        match self {
+            Learner::Logistic(_) => "logistic",
+            Learner::Gbt(_) => "gbt",
+        }
+    }
+
+    fn logit(&self, row: &[f64]) -> f64 {
+        match self {
+            Learner::Logistic(m) => m.logit(row),
+            Learner::Gbt(m) => m.logit(row),
+        }
+    }
+
+    fn contributions(&self, row: &[f64]) -> Vec<f64> {
+        match self {
+            Learner::Logistic(m) => m.contributions(row),
+            Learner::Gbt(m) => m.contributions(row, row.len()),
+        }
+    }
+
+    fn fit(kind: &str, x: &[Vec<f64>], y: &[bool]) -> Result<Learner, ChurnError> {
+        Ok(match kind {
+            "logistic" => Learner::Logistic(logistic::fit(x, y, LOGISTIC_LAMBDA)?),
+            _ => Learner::Gbt(gbt::fit(x, y, gbt::GbtSettings::default())?),
+        })
+    }
+}
+
+/// Schema of [`PREDICTIONS_TABLE`].
+pub fn predictions_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("churn_risk", DataType::Float64, false),
+        Field::new("churn_reasons", DataType::Utf8, false),
+        Field::new("churn_model", DataType::Utf8, false),
+    ]))
+}
+
+/// The stages [`FEATURES_STAGE`] needs, itself last, in `order`.
+fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> Vec<&'a crate::transform::Stage> {
+    let mut needed = BTreeSet::from([FEATURES_STAGE.to_string()]);
+    let mut todo = vec![FEATURES_STAGE.to_string()];
+    while let Some(name) = todo.pop() {
+        if let Some(stage) = project.stages.get(&name) {
+            for dep in dag::dependencies(project, provided, stage) {
+                if needed.insert(dep.to_string()) {
+                    todo.push(dep.to_string());
+                }
+            }
+        }
+    }
+    order
+        .iter()
+        .filter(|n| needed.contains(*n))
+        .filter_map(|n| project.stages.get(n))
+        .collect()
+}
+
+/// The feature rows as of `day`: the stage chain re-run in a scratch session that shares
+/// the run's extracted tables, seeds and engine settings (BG/NBD fitted as of `day` too).
+async fn snapshot(
+    ctx: &SessionContext,
+    stages: &[&crate::transform::Stage],
+    settings: &ScoringSettings,
+    day: NaiveDate,
+) -> Result<FeatureRows, ChurnError> {
+    let snap = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+    let state = ctx.state();
+    let options = state.config_options();
+    let err = |table: &str| {
+        let table = table.to_string();
+        move |e: datafusion::error::DataFusionError| ChurnError::Input {
+            table: table.clone(),
+            message: e.to_string(),
+        }
+    };
+    let schema = state
+        .catalog_list()
+        .catalog(&options.catalog.default_catalog)
+        .and_then(|c| c.schema(&options.catalog.default_schema))
+        .ok_or_else(|| ChurnError::Input {
+            table: "(session)".into(),
+            message: "the run's session has no default schema".into(),
+        })?;
+    for name in schema.table_names() {
+        if let Some(table) = schema.table(&name).await.map_err(err(&name))? {
+            snap.register_table(name.as_str(), table).map_err(err(&name))?;
+        }
+    }
+    let params = settings.sql_params(day);
+    let mut rows = None;
+    for stage in stages {
+        let df = snap
+            .sql(&stage.sql)
+            .await
+            .and_then(|df| df.with_param_values(params.clone()))
+            .map_err(err(&stage.name))?;
+        if stage.name == FEATURES_STAGE {
+            rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
+            break;
+        }
+        let cached = df.cache().await.map_err(err(&stage.name))?;
+        snap.deregister_table(stage.name.as_str()).map_err(err(&stage.name))?;
+        snap.register_table(stage.name.as_str(), cached.into_view())
+            .map_err(err(&stage.name))?;
+        if stage.name == MODEL_INPUT_STAGE {
+            models::fit_and_register(&snap, settings)
+                .await
+                .map_err(|e| ChurnError::SnapshotFit {
+                    day,
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    rows.ok_or_else(|| ChurnError::Input {
+        table: FEATURES_STAGE.into(),
+        message: "the stage is not in the run".into(),
+    })
+}
+
+/// Customers with a staged order in the `days` days after `day` (up to the as-of day).
+async fn purchased_after(
+    ctx: &SessionContext,
+    settings: &ScoringSettings,
+    day: NaiveDate,
+    days: u32,
+) -> Result<HashSet<String>, ChurnError> {
+    let bound = |d: NaiveDate| settings.sql_params(d).remove("as_of_end").unwrap_or(ScalarValue::Null);
+    let until = day.checked_add_days(Days::new(u64::from(days))).unwrap_or(day);
+    let params = HashMap::from([("after".to_string(), bound(day)), ("until".to_string(), bound(until))]);
+    let sql = format!(
+        "SELECT DISTINCT customer_id FROM {SALES_STAGE} WHERE order_ts >= $after AND order_ts < $until AND customer_id IS NOT NULL"
+    );
+    let err = |e: datafusion::error::DataFusionError| ChurnError::Input {
+        table: SALES_STAGE.into(),
+        message: e.to_string(),
+    };
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .and_then(|df| df.with_param_values(params))
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    let mut out = HashSet::new();
+    for b in batches {
+        let ids = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
+        if let Some(ids) = ids.as_any().downcast_ref::<StringArray>() {
+            out.extend(ids.iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(out)
+}
+
+/// "No purchase after the cut-off" for every row.
+fn labels(rows: &FeatureRows, purchased: &HashSet<String>) -> Vec<bool> {
+    rows.ids.iter().map(|id| !purchased.contains(id)).collect()
+}
+
+fn churn_rate(y: &[bool]) -> Option<f64> {
+    (!y.is_empty()).then(|| y.iter().filter(|v| **v).count() as f64 / y.len() as f64)
+}
+
+/// Why a labelled snapshot is too small to learn from, if it is.
+fn too_small(what: &str, day: NaiveDate, y: &[bool]) -> Option<String> {
+    let churned = y.iter().filter(|v| **v).count();
+    let stayed = y.len() - churned;
+    if y.len() < MIN_CUSTOMERS || churned < MIN_CLASS || stayed < MIN_CLASS {
+        Some(format!(
+            "the {what} snapshot as of {day} has {} buyers ({churned} churned, {stayed} purchased); \
+             the churn model needs at least {MIN_CUSTOMERS} and {MIN_CLASS} of each class",
+            y.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The top positive contributions as reason codes, largest first (one-hot channel
+/// columns count as the channel).
+fn reasons(contributions: &[f64], rows: &FeatureRows, i: usize) -> String {
+    let n = NUMERIC.len();
+    let mut parts: Vec<(f64, String)> = contributions[..n]
+        .iter()
+        .enumerate()
+        .map(|(j, c)| (*c, features::reason(j, rows.values[i][j])))
+        .collect();
+    let channel: f64 = contributions[n..].iter().sum();
+    parts.push((channel, format!("{}={}", features::CHANNEL, rows.channel[i])));
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    parts
+        .into_iter()
+        .filter(|(c, _)| *c > 1e-6)
+        .take(MAX_REASONS)
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs the churn step after [`FEATURES_STAGE`] was built on `ctx` as of `as_of`:
+/// trains and picks the model (or falls back), registers [`PREDICTIONS_TABLE`], and
+/// returns the report.
+pub async fn fit_and_register(
+    ctx: &SessionContext,
+    project: &Project,
+    provided: &Provided,
+    order: &[String],
+    settings: &ScoringSettings,
+    as_of: NaiveDate,
+) -> Result<ChurnReport, ChurnError> {
+    let started = Instant::now();
+    let h = settings.churn_holdout_days;
+    let back = |d: NaiveDate| d.checked_sub_days(Days::new(u64::from(h))).unwrap_or(NaiveDate::MIN);
+    let (c1, c2) = (back(as_of), back(back(as_of)));
+    let mut report = ChurnReport {
+        model: "bgnbd".into(),
+        fallback_reason: None,
+        holdout_days: h,
+        training_cutoff: c2.to_string(),
+        validation_cutoff: c1.to_string(),
+        training_customers: 0,
+        training_churn_rate: None,
+        validation_customers: 0,
+        validation_churn_rate: None,
+        validation: Vec::new(),
+        platt_a: None,
+        platt_b: None,
+        fit: None,
+        scored_customers: 0,
+    };
+    let scoring = features::read(
+        ctx.table(FEATURES_STAGE).await.map_err(|e| ChurnError::Input {
+            table: FEATURES_STAGE.into(),
+            message: e.to_string(),
+        })?,
+        FEATURES_STAGE,
+    )
+    .await?;
+    let outcome = train(ctx, project, provided, order, settings, (c1, c2), &mut report).await?;
+    let mut batch_rows: (Vec<String>, Vec<f64>, Vec<String>) = Default::default();
+    let model_name;
+    match outcome {
+        Err(reason) => {
+            tracing::warn!(%reason, "churn model not trained: churn_risk falls back to BG/NBD 1 - p_alive");
+            report.fallback_reason = Some(reason);
+            model_name = "bgnbd".to_string();
+        }
+        Ok((learner, encoding, (a, b))) => {
+            let x = encoding.encode(&scoring);
+            for (i, row) in x.iter().enumerate() {
+                let risk = sigmoid(a * learner.logit(row) + b);
+                batch_rows.0.push(scoring.ids[i].clone());
+                batch_rows.1.push(risk);
+                batch_rows.2.push(reasons(&learner.contributions(row), &scoring, i));
+            }
+            model_name = learner.name().to_string();
+            report.scored_customers = x.len() as u64;
+        }
+    }
+    report.model = model_name.clone();
+    if let Some(fit) = report.fit.as_mut() {
+        fit.fit_ms = started.elapsed().as_millis() as u64;
+    }
+    let n = batch_rows.0.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(batch_rows.0)),
+        Arc::new(Float64Array::from(batch_rows.1)),
+        Arc::new(StringArray::from(batch_rows.2)),
+        Arc::new(StringArray::from(vec![model_name.as_str(); n])),
+    ];
+    let register = || -> datafusion::error::Result<()> {
+        let schema = predictions_schema();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        ctx.deregister_table(PREDICTIONS_TABLE)?;
+        ctx.register_table(
+            PREDICTIONS_TABLE,
+            Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+        )?;
+        Ok(())
+    };
+    register().map_err(|e| ChurnError::Input {
+        table: PREDICTIONS_TABLE.into(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(model = %report.model, ms = started.elapsed().as_millis() as u64, "churn model done");
+    Ok(report)
+}
+
+/// The trained model, its encoding and Platt parameters; or why there is none.
+type Trained = Result<(Learner, Encoding, (f64, f64)), String>;
+
+async fn train(
+    ctx: &SessionContext,
+    project: &Project,
+    provided: &Provided,
+    order: &[String],
+    settings: &ScoringSettings,
+    (c1, c2): (NaiveDate, NaiveDate),
+    report: &mut ChurnReport,
+) -> Result<Trained, ChurnError> {
+    let h = settings.churn_holdout_days;
+    let stages = chain(project, provided, order);
+    let training = match snapshot(ctx, &stages, settings, c2).await {
+        Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
+        other => other?,
+    };
+    let y_train = labels(&training, &purchased_after(ctx, settings, c2, h).await?);
+    report.training_customers = y_train.len() as u64;
+    report.training_churn_rate = churn_rate(&y_train);
+    if let Some(why) = too_small("training", c2, &y_train) {
+        return Ok(Err(why));
+    }
+    let validation = match snapshot(ctx, &stages, settings, c1).await {
+        Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
+        other => other?,
+    };
+    let y_valid = labels(&validation, &purchased_after(ctx, settings, c1, h).await?);
+    report.validation_customers = y_valid.len() as u64;
+    report.validation_churn_rate = churn_rate(&y_valid);
+    if let Some(why) = too_small("validation", c1, &y_valid) {
+        return Ok(Err(why));
+    }
+
+    let baseline: Vec<f64> = validation.values.iter().map(|v| 1.0 - v[P_ALIVE]).collect();
+    let baseline_auc = backtest::auc(&baseline, &y_valid);
+    report.validation.push(LearnerScore {
+        learner: "bgnbd_p_alive".into(),
+        auc: baseline_auc,
+        brier: backtest::brier(&baseline, &y_valid),
+    });
+    let encoding = Encoding::of(&training);
+    let (x_train, x_valid) = (encoding.encode(&training), encoding.encode(&validation));
+    let mut best: Option<(f64, &str, Vec<f64>)> = None;
+    for kind in ["logistic", "gbt"] {
+        let learner = Learner::fit(kind, &x_train, &y_train)?;
+        let logits: Vec<f64> = x_valid.iter().map(|r| learner.logit(r)).collect();
+        let probabilities: Vec<f64> = logits.iter().map(|z| sigmoid(*z)).collect();
+        let auc = backtest::auc(&logits, &y_valid);
+        report.validation.push(LearnerScore {
+            learner: kind.into(),
+            auc,
+            brier: backtest::brier(&probabilities, &y_valid),
+        });
+        if let Some(a) = auc
+            && best.as_ref().is_none_or(|(b, _, _)| a > *b)
+        {
+            best = Some((a, kind, logits));
+        }
+    }
+    let Some((auc, kind, logits)) = best else {
+        return Ok(Err("no learner has a validation AUC".into()));
+    };
+    if let Some(base) = baseline_auc
+        && auc <= base
+    {
+        return Ok(Err(format!(
+            "the best learner ({kind}, validation AUC {auc:.3}) does not beat BG/NBD 1 - p_alive (AUC {base:.3}) \
+             on the window after {c1}"
+        )));
+    }
+    let (a, b) = platt::fit(&logits, &y_valid);
+    report.platt_a = Some(a);
+    report.platt_b = Some(b);
+
+    // Refit on the latest labelled snapshot; the Platt map carries over.
+    let final_encoding = Encoding::of(&validation);
+    let x_final = final_encoding.encode(&validation);
+    let learner = Learner::fit(kind, &x_final, &y_valid)?;
+    let mut params = BTreeMap::from([
+        ("platt_a".to_string(), a),
+        ("platt_b".to_string(), b),
+        ("validation_auc".to_string(), auc),
+    ]);
+    if let Some(base) = baseline_auc {
+        params.insert("baseline_auc".into(), base);
+    }
+    let (log_likelihood, iterations, converged) = match &learner {
+        Learner::Logistic(m) => {
+            params.insert("intercept".into(), m.intercept);
+            for (name, c) in final_encoding.columns().iter().zip(&m.coef) {
+                params.insert(format!("coef:{name}"), *c);
+            }
+            (m.log_likelihood, m.iterations, m.converged)
+        }
+        Learner::Gbt(m) => {
+            params.insert("trees".into(), m.trees() as f64);
+            params.insert("expected_logit".into(), m.expected_logit());
+            (m.log_likelihood, m.trees() as u64, true)
+        }
+    };
+    report.fit = Some(ModelReport {
+        model: format!("churn_{kind}"),
+        params,
+        log_likelihood,
+        iterations,
+        converged,
+        fit_ms: 0,
+        customers: y_valid.len() as u64,
+        distinct_inputs: x_final.len() as u64,
+    });
+    Ok(Ok((learner, final_encoding, (a, b))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_rank_positive_contributions_and_merge_channels() {
+        let rows = FeatureRows {
+            ids: vec!["A".into()],
+            values: vec![(0..NUMERIC.len()).map(|j| j as f64).collect()],
+            channel: vec!["web".into()],
+        };
+        let at = |name: &str| NUMERIC.iter().position(|(n, _)| *n == name).unwrap();
+        let mut c = vec![0.0; NUMERIC.len() + 2];
+        c[at("complaints_recent")] = 0.9;
+        c[at("gap_vs_rhythm")] = 0.4;
+        c[at("p_alive")] = -2.0; // lowers risk: not a reason
+        c[NUMERIC.len()] = 0.3;
+        c[NUMERIC.len() + 1] = 0.3; // channel total 0.6
+        assert_eq!(
+            reasons(&c, &rows, 0),
+            format!(
+                "complaints_recent={},channel=web,gap_vs_rhythm={}x",
+                at("complaints_recent"),
+                at("gap_vs_rhythm")
+            )
+        );
+        assert_eq!(reasons(&vec![0.0; NUMERIC.len() + 2], &rows, 0), "");
+    }
+}
