@@ -6,6 +6,7 @@ pub mod docs;
 pub mod evaluate;
 pub mod generate;
 pub mod lineage;
+pub mod quarantine;
 pub mod query;
 pub mod run;
 pub mod runs;
@@ -25,7 +26,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron quarantine --source sales --limit 5\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -54,6 +55,8 @@ pub enum Command {
     Runs(runs::RunsArgs),
     /// Run a SELECT on the published tables as a run left them (default: the latest succeeded).
     Query(query::QueryArgs),
+    /// Show what the latest succeeded run rejected and why: summary by source and reason, then sample rows.
+    Quarantine(quarantine::QuarantineArgs),
     /// Run pipelines on their `[schedule]` until SIGTERM: retries, alerts, /healthz, /metrics.
     Schedule(schedule::ScheduleArgs),
 }
@@ -98,6 +101,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Docs(args) => docs::run(args).await,
         Command::Runs(args) => runs::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Quarantine(args) => quarantine::run(args).await,
         Command::Schedule(args) => schedule::run(args).await,
     }
 }

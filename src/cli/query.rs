@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use super::{CliError, warehouse_of};
-use crate::names::{RUNS_TABLE, published_table_name};
-use crate::publish::{delta, runs};
+use crate::names::RUNS_TABLE;
+use crate::publish::{delta, read, runs};
 
 /// Output format of `patron query`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,17 +43,18 @@ pub struct QueryArgs {
     pub format: QueryFormat,
 }
 
-/// Registers the tables of the chosen run and prints the result of the SELECT.
-pub async fn run(args: QueryArgs) -> Result<(), CliError> {
-    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
-    let records = runs::read_all(&warehouse)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
-    let record = match &args.as_of_run {
+/// The run whose tables a read-only command looks at: `run_id` (which must have
+/// succeeded), else the latest succeeded run of any pipeline.
+pub fn chosen_run<'a>(
+    records: &'a [runs::RunRecord],
+    run_id: Option<&str>,
+    warehouse: &std::path::Path,
+) -> Result<&'a runs::RunRecord, CliError> {
+    match run_id {
         Some(id) => {
             let r = records
                 .iter()
-                .find(|r| &r.run_id == id)
+                .find(|r| r.run_id == id)
                 .ok_or_else(|| CliError::usage(format!("no run `{id}` in {}", warehouse.display())))?;
             if r.outcome != crate::names::OUTCOME_SUCCEEDED {
                 return Err(CliError::usage(format!(
@@ -61,37 +62,23 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
                     r.outcome
                 )));
             }
-            r
+            Ok(r)
         }
-        None => runs::latest_succeeded(&records, None)
-            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display())))?,
-    };
+        None => runs::latest_succeeded(records, None)
+            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display()))),
+    }
+}
+
+/// Registers the tables of the chosen run and prints the result of the SELECT.
+pub async fn run(args: QueryArgs) -> Result<(), CliError> {
+    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
+    let records = runs::read_all(&warehouse)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let record = chosen_run(&records, args.as_of_run.as_deref(), &warehouse)?;
     let ctx = SessionContext::new();
     let failed = |e: crate::publish::PublishError| CliError::failed(e.to_string());
-    if record.table_versions.is_empty() {
-        // A Parquet-format run: the folders hold only the latest publish.
-        for location in record.table_rows.keys() {
-            let path = warehouse.join(location);
-            ctx.register_parquet(
-                published_table_name(location),
-                path.to_string_lossy().as_ref(),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
-        }
-    } else {
-        for (location, version) in &record.table_versions {
-            delta::register(
-                &ctx,
-                &published_table_name(location),
-                &warehouse.join(location),
-                Some(*version),
-            )
-            .await
-            .map_err(failed)?;
-        }
-    }
+    read::register_run(&ctx, &warehouse, record).await.map_err(failed)?;
     delta::register(&ctx, RUNS_TABLE, &runs::runs_table_path(&warehouse), None)
         .await
         .map_err(failed)?;

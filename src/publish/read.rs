@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use super::PublishError;
-use crate::names::{LATEST_MANIFEST, RUNS_DIR, TABLES_DIR};
+use crate::names::{LATEST_MANIFEST, RUNS_DIR, TABLES_DIR, published_table_name};
 use crate::transform::runner::register_parquet;
 
 /// Registers every published table of `warehouse` on `ctx` (Delta tables at their latest
@@ -96,6 +96,42 @@ impl PublishedVersion {
                 })
         }
     }
+}
+
+/// Registers every table the succeeded run `record` published, at the versions it
+/// committed (Parquet-format runs: the folders as they are now), under their SQL names
+/// ([`published_table_name`]); returns the names, sorted.
+pub async fn register_run(
+    ctx: &SessionContext,
+    warehouse: &Path,
+    record: &super::runs::RunRecord,
+) -> Result<Vec<String>, PublishError> {
+    let mut names = Vec::new();
+    if record.table_versions.is_empty() {
+        // A Parquet-format run: the folders hold only the latest publish.
+        for location in record.table_rows.keys() {
+            let path = warehouse.join(location);
+            ctx.register_parquet(
+                published_table_name(location),
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(|e| PublishError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            names.push(published_table_name(location));
+        }
+    } else {
+        for (location, version) in &record.table_versions {
+            let name = published_table_name(location);
+            super::delta::register(ctx, &name, &warehouse.join(location), Some(*version)).await?;
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The latest successful run's manifest as JSON.

@@ -11,6 +11,7 @@ mod generate;
 mod golden;
 mod incremental;
 mod publish;
+mod quarantine_cli;
 mod recovery;
 mod remote_sources;
 mod run_fixtures;
