@@ -10,6 +10,7 @@ mod evaluate;
 mod generate;
 mod golden;
 mod incremental;
+mod malformed;
 mod publish;
 mod quarantine_cli;
 mod recovery;
