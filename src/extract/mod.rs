@@ -5,6 +5,8 @@
 //! quarantined, and the counts per file are in the returned [`SourceMetrics`].
 
 pub mod duplicates;
+#[cfg(test)]
+mod fuzz;
 pub mod incremental;
 pub mod input;
 pub mod reader;

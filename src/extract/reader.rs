@@ -163,7 +163,7 @@ impl Builders {
 }
 
 /// Wraps the file so record start offsets can be turned into line numbers: it remembers
-/// the offsets of the newlines read ahead of the CSV parser (csv's own line counter is
+/// the offsets of the line ends (`\n`, `\r\n` or a lone `\r`) read ahead of the CSV parser (csv's own line counter is
 /// off by one per record on CRLF files).
 struct NewlineIndex<R> {
     inner: R,
@@ -172,6 +172,8 @@ struct NewlineIndex<R> {
     /// The last byte read that is not a space or line end: tells whether the file ends
     /// with a closing quote.
     last_byte: Rc<std::cell::Cell<u8>>,
+    /// Offset of a `\r` whose next byte is not read yet.
+    pending_cr: Option<u64>,
 }
 
 impl<R: Read> Read for NewlineIndex<R> {
@@ -179,9 +181,23 @@ impl<R: Read> Read for NewlineIndex<R> {
         let n = self.inner.read(buf)?;
         let mut newlines = self.newlines.borrow_mut();
         for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'\n' {
-                newlines.push_back(self.offset + i as u64);
+            let at = self.offset + i as u64;
+            // A lone `\r` (old Mac line ends) ends a line too; in `\r\n` the `\n` does.
+            if let Some(cr) = self.pending_cr.take()
+                && *b != b'\n'
+            {
+                newlines.push_back(cr);
             }
+            if *b == b'\n' {
+                newlines.push_back(at);
+            } else if *b == b'\r' {
+                self.pending_cr = Some(at);
+            }
+        }
+        if n == 0
+            && let Some(cr) = self.pending_cr.take()
+        {
+            newlines.push_back(cr);
         }
         if let Some(last) = buf[..n].iter().rev().find(|b| !b" \t\r\n".contains(b)) {
             self.last_byte.set(*last);
@@ -252,6 +268,7 @@ impl CsvReader {
             offset: 0,
             newlines: Rc::clone(&newlines),
             last_byte: Rc::clone(&last_byte),
+            pending_cr: None,
         };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
@@ -722,6 +739,19 @@ mod tests {
             let b = read_all(&mut r).remove(0);
             assert_eq!((b.num_rows(), b.rejects.len()), (1, 0), "{text:?}");
         }
+    }
+
+    #[test]
+    fn old_mac_line_ends_number_lines_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,note,qty\ra,x,1\rb,\"two\rlines\",2\rc,y\rd,z,4").unwrap();
+        let mut r = csv_at(&p, 2).unwrap();
+        let batches = read_all(&mut r);
+        let lines: Vec<u64> = batches.iter().flat_map(|b| b.lines.clone()).collect();
+        assert_eq!(lines, vec![2, 3, 6]);
+        let rejected: Vec<u64> = batches.iter().flat_map(|b| b.rejects.iter().map(|r| r.line)).collect();
+        assert_eq!(rejected, vec![5]);
     }
 
     #[test]
