@@ -58,6 +58,32 @@ pub fn raw_table(source: &str) -> String {
     format!("{RAW_TABLE_PREFIX}{source}")
 }
 
+/// Folder under the warehouse (and a run's staging folder) holding the duplicates table.
+pub const DUPLICATES_DIR: &str = "duplicates";
+/// Table listing every extracted row whose primary key repeats another row of its source
+/// (one row per superseded copy), all sources together.
+pub const DUPLICATES_TABLE: &str = "duplicates";
+
+/// Columns of the duplicates table, in order.
+pub mod duplicates {
+    /// Run that found the duplicate.
+    pub const RUN_ID: &str = "run_id";
+    /// Source name from the pipeline file.
+    pub const SOURCE: &str = "source";
+    /// The primary key, as `column=value, ...`.
+    pub const KEY: &str = "key";
+    /// File of the superseded copy.
+    pub const FILE: &str = "file";
+    /// Line (or row) of the superseded copy.
+    pub const LINE: &str = "line";
+    /// File of the copy that stays current (the last in file, then line order).
+    pub const KEPT_FILE: &str = "kept_file";
+    /// Line of the copy that stays current.
+    pub const KEPT_LINE: &str = "kept_line";
+    /// True when the superseded copy has the same values as the current one.
+    pub const IDENTICAL: &str = "identical";
+}
+
 /// Columns of the quarantine table, in order.
 pub mod quarantine {
     /// Run that rejected the row.

@@ -26,7 +26,7 @@ use crate::error::RunError;
 use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
-use crate::names::{self, DOWNLOAD_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
+use crate::names::{self, DOWNLOAD_DIR, DUPLICATES_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
@@ -575,6 +575,17 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
     runner::register_seeds(&ctx, project.seeds.values()).await?;
+    progress.phase("extract: duplicate keys");
+    let duplicates_dir = state.staging.join(DUPLICATES_DIR);
+    let duplicate_rows = extract::duplicates::find_duplicates(
+        &ctx,
+        &plan.sources,
+        &mut state.extract,
+        &state.run_id,
+        &duplicates_dir.join("part-00000.parquet"),
+    )
+    .await
+    .map_err(RunError::Engine)?;
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project
@@ -725,6 +736,14 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             });
         }
     }
+    targets.push(Target {
+        name: names::DUPLICATES_TABLE.into(),
+        kind: DUPLICATES_DIR.into(),
+        location: DUPLICATES_DIR.into(),
+        staged: duplicates_dir,
+        rows: duplicate_rows,
+        partition_by: Vec::new(),
+    });
     for m in state.stages.iter().filter(|m| m.materialized.is_stored()) {
         targets.push(Target {
             name: m.name.clone(),

@@ -42,17 +42,18 @@ pub struct QueryArgs {
     pub format: QueryFormat,
 }
 
-/// Registers the tables of the chosen run and prints the result of the SELECT.
-pub async fn run(args: QueryArgs) -> Result<(), CliError> {
-    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
-    let records = runs::read_all(&warehouse)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
-    let record = match &args.as_of_run {
+/// The run whose tables a read-only command looks at: `run_id` (which must have
+/// succeeded), else the latest succeeded run of any pipeline.
+pub fn chosen_run<'a>(
+    records: &'a [runs::RunRecord],
+    run_id: Option<&str>,
+    warehouse: &std::path::Path,
+) -> Result<&'a runs::RunRecord, CliError> {
+    match run_id {
         Some(id) => {
             let r = records
                 .iter()
-                .find(|r| &r.run_id == id)
+                .find(|r| r.run_id == id)
                 .ok_or_else(|| CliError::usage(format!("no run `{id}` in {}", warehouse.display())))?;
             if r.outcome != crate::names::OUTCOME_SUCCEEDED {
                 return Err(CliError::usage(format!(
@@ -60,11 +61,20 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
                     r.outcome
                 )));
             }
-            r
+            Ok(r)
         }
-        None => runs::latest_succeeded(&records, None)
-            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display())))?,
-    };
+        None => runs::latest_succeeded(records, None)
+            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display()))),
+    }
+}
+
+/// Registers the tables of the chosen run and prints the result of the SELECT.
+pub async fn run(args: QueryArgs) -> Result<(), CliError> {
+    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
+    let records = runs::read_all(&warehouse)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let record = chosen_run(&records, args.as_of_run.as_deref(), &warehouse)?;
     let ctx = SessionContext::new();
     read::register_run(&ctx, &warehouse, record)
         .await

@@ -96,8 +96,16 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 } else {
                     String::new()
                 };
+                let duplicates = if s.duplicate_rows > 0 {
+                    format!(
+                        ", {} superseded by a later copy of their key ({} changed)",
+                        s.duplicate_rows, s.duplicate_rows_changed
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{reused}",
+                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{duplicates}{reused}",
                     s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
                 );
             }

@@ -1,8 +1,9 @@
 //! Declared export schemas in the Frictionless Table Schema format
 //! (<https://specs.frictionlessdata.io/table-schema/>), the subset patron validates:
 //! field `name`, `type` (string, integer, number, boolean, date, datetime), `format`,
-//! `description`, `constraints` (`required`, `minimum`, `maximum`, `enum`, `pattern`),
-//! the table's `primaryKey` and `missingValues`.
+//! `description`, `constraints` (`required`, `minimum`, `maximum`, `enum`, `pattern`), the
+//! number options `decimalChar`, `groupChar` and `bareNumber`, the table's `primaryKey` and
+//! `missingValues`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +45,38 @@ pub struct FieldSpec {
     pub allowed: Option<Vec<String>>,
     /// Regular expression a string must match in full.
     pub pattern: Option<regex::Regex>,
+    /// How number and integer text is written (separators, currency symbols).
+    pub number: NumberFormat,
+}
+
+/// How a number or integer is written in the export: Frictionless `decimalChar`,
+/// `groupChar` and `bareNumber`. The default is a plain number (`1234.5`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberFormat {
+    /// The decimal separator (`.` unless declared, e.g. `,` for `1.234,50`).
+    pub decimal_char: char,
+    /// The thousands separator, removed before parsing (e.g. `,` for `1,234.50`).
+    pub group_char: Option<char>,
+    /// `false` allows non-numeric text before and after the number, such as currency
+    /// symbols, codes and percent signs (`€12.50`, `12.50 USD`, `15%`); it is dropped.
+    pub bare_number: bool,
+}
+
+impl Default for NumberFormat {
+    fn default() -> Self {
+        NumberFormat {
+            decimal_char: '.',
+            group_char: None,
+            bare_number: true,
+        }
+    }
+}
+
+impl NumberFormat {
+    /// True for the default: text is parsed as it is.
+    pub fn is_plain(&self) -> bool {
+        *self == NumberFormat::default()
+    }
 }
 
 /// Logical field types and how they are parsed.
@@ -151,7 +184,10 @@ impl TableSchema {
             {
                 return Err(bad(format!("{at}: minimum {lo} is above maximum {hi}")));
             }
+            let number = number_format(&f.r#type, f.decimal_char, f.group_char, f.bare_number)
+                .map_err(|m| bad(format!("{at}: {m}")))?;
             fields.push(FieldSpec {
+                number,
                 name: f.name,
                 kind,
                 description: f.description,
@@ -220,6 +256,53 @@ struct RawField {
     format: Option<String>,
     description: Option<String>,
     constraints: Option<RawConstraints>,
+    #[serde(rename = "decimalChar")]
+    decimal_char: Option<String>,
+    #[serde(rename = "groupChar")]
+    group_char: Option<String>,
+    #[serde(rename = "bareNumber")]
+    bare_number: Option<bool>,
+}
+
+/// Checks the number options of a field of type `kind`: single characters, distinct, not
+/// digits or signs, and only on numeric types (`decimalChar` only on `number`).
+fn number_format(
+    kind: &str,
+    decimal: Option<String>,
+    group: Option<String>,
+    bare: Option<bool>,
+) -> Result<NumberFormat, String> {
+    let numeric = matches!(kind, "number" | "integer");
+    if !numeric && (decimal.is_some() || group.is_some() || bare.is_some()) {
+        return Err("`decimalChar`, `groupChar` and `bareNumber` apply only to number and integer fields".into());
+    }
+    if kind == "integer" && decimal.is_some() {
+        return Err("`decimalChar` applies only to number fields".into());
+    }
+    let one_char = |key: &str, text: String| -> Result<char, String> {
+        let mut chars = text.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if !c.is_ascii_digit() && c != '-' && c != '+' => Ok(c),
+            _ => Err(format!(
+                "`{key}` must be one character, not a digit or sign (got {text:?})"
+            )),
+        }
+    };
+    let mut format = NumberFormat::default();
+    if let Some(d) = decimal {
+        format.decimal_char = one_char("decimalChar", d)?;
+    }
+    if let Some(g) = group {
+        format.group_char = Some(one_char("groupChar", g)?);
+    }
+    if format.group_char == Some(format.decimal_char) {
+        return Err(format!(
+            "`groupChar` and `decimalChar` are both {:?}",
+            format.decimal_char
+        ));
+    }
+    format.bare_number = bare.unwrap_or(true);
+    Ok(format)
 }
 
 fn default_type() -> String {
@@ -260,6 +343,40 @@ mod tests {
             err.contains("x.json") && err.contains("`a`") && err.contains("geopoint"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn number_options_are_read_and_checked() {
+        let s = TableSchema::parse(
+            r#"{"fields":[{"name":"a","type":"number","decimalChar":",","groupChar":".","bareNumber":false},
+                          {"name":"b","type":"integer","groupChar":" "}]}"#,
+            Path::new("x.json"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.fields[0].number,
+            NumberFormat {
+                decimal_char: ',',
+                group_char: Some('.'),
+                bare_number: false
+            }
+        );
+        assert_eq!(s.fields[1].number.group_char, Some(' '));
+        assert!(s.fields[1].number.bare_number);
+        for (bad, needle) in [
+            (r#"{"name":"a","type":"number","groupChar":"."}"#, "both"),
+            (r#"{"name":"a","type":"number","decimalChar":",,"}"#, "one character"),
+            (r#"{"name":"a","type":"integer","decimalChar":","}"#, "only to number"),
+            (
+                r#"{"name":"a","type":"string","bareNumber":false}"#,
+                "only to number and integer",
+            ),
+        ] {
+            let err = TableSchema::parse(&format!(r#"{{"fields":[{bad}]}}"#), Path::new("x.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`a`") && err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -163,12 +163,17 @@ impl Builders {
 }
 
 /// Wraps the file so record start offsets can be turned into line numbers: it remembers
-/// the offsets of the newlines read ahead of the CSV parser (csv's own line counter is
+/// the offsets of the line ends (`\n`, `\r\n` or a lone `\r`) read ahead of the CSV parser (csv's own line counter is
 /// off by one per record on CRLF files).
 struct NewlineIndex<R> {
     inner: R,
     offset: u64,
     newlines: Rc<RefCell<VecDeque<u64>>>,
+    /// The last byte read that is not a space or line end: tells whether the file ends
+    /// with a closing quote.
+    last_byte: Rc<std::cell::Cell<u8>>,
+    /// Offset of a `\r` whose next byte is not read yet.
+    pending_cr: Option<u64>,
 }
 
 impl<R: Read> Read for NewlineIndex<R> {
@@ -176,9 +181,26 @@ impl<R: Read> Read for NewlineIndex<R> {
         let n = self.inner.read(buf)?;
         let mut newlines = self.newlines.borrow_mut();
         for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'\n' {
-                newlines.push_back(self.offset + i as u64);
+            let at = self.offset + i as u64;
+            // A lone `\r` (old Mac line ends) ends a line too; in `\r\n` the `\n` does.
+            if let Some(cr) = self.pending_cr.take()
+                && *b != b'\n'
+            {
+                newlines.push_back(cr);
             }
+            if *b == b'\n' {
+                newlines.push_back(at);
+            } else if *b == b'\r' {
+                self.pending_cr = Some(at);
+            }
+        }
+        if n == 0
+            && let Some(cr) = self.pending_cr.take()
+        {
+            newlines.push_back(cr);
+        }
+        if let Some(last) = buf[..n].iter().rev().find(|b| !b" \t\r\n".contains(b)) {
+            self.last_byte.set(*last);
         }
         self.offset += n as u64;
         Ok(n)
@@ -224,6 +246,9 @@ pub struct CsvReader {
     record: csv::ByteRecord,
     file: String,
     done: bool,
+    last_byte: Rc<std::cell::Cell<u8>>,
+    /// Line of the latest record when its last field holds a line break.
+    last_multiline: Option<u64>,
 }
 
 impl CsvReader {
@@ -237,10 +262,13 @@ impl CsvReader {
     ) -> Result<Self, ExtractError> {
         let newlines = Rc::new(RefCell::new(VecDeque::new()));
         let file_name = file;
+        let last_byte = Rc::new(std::cell::Cell::new(0));
         let file = NewlineIndex {
             inner: input,
             offset: 0,
             newlines: Rc::clone(&newlines),
+            last_byte: Rc::clone(&last_byte),
+            pending_cr: None,
         };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
@@ -290,6 +318,30 @@ impl CsvReader {
             record,
             file: file_name.to_string(),
             done: !has_header,
+            last_byte,
+            last_multiline: None,
+        })
+    }
+
+    /// True when a field of the current record holds a line break (it was quoted).
+    fn spans_lines(&self) -> bool {
+        self.record.iter().any(|f| f.contains(&b'\n'))
+    }
+
+    /// The error for a file whose last record ends inside a quoted field: a quote that is
+    /// never closed swallows every line after it into the record's last field (which then
+    /// holds line breaks, and the file does not end with a quote). Checked at the end of
+    /// the file, with the line of the last record whose last field spans lines.
+    fn open_quote_at_end(&self) -> Option<ExtractError> {
+        let line = self.last_multiline?;
+        (self.last_byte.get() != b'"').then(|| ExtractError::BadFile {
+            file: self.file.clone(),
+            line,
+            message: format!(
+                "a quoted field in the record starting on this line is never closed: it runs to the end of \
+                 the file (line {}), taking every line after it; close the quote",
+                self.lines.reached().saturating_sub(1).max(line)
+            ),
         })
     }
 
@@ -313,6 +365,11 @@ impl ExportReader for CsvReader {
             match self.reader.read_byte_record(&mut self.record) {
                 Ok(false) => {
                     self.done = true;
+                    // Loading or quarantining the last record as one would hide the lines
+                    // an unclosed quote swallowed.
+                    if let Some(e) = self.open_quote_at_end() {
+                        return Err(e);
+                    }
                     break;
                 }
                 Ok(true) => {}
@@ -328,12 +385,23 @@ impl ExportReader for CsvReader {
             }
             let offset = self.record.position().map(|p| p.byte()).unwrap_or(0);
             let line = self.lines.line_at(offset);
+            self.last_multiline = self
+                .record
+                .iter()
+                .next_back()
+                .is_some_and(|f| f.contains(&b'\n'))
+                .then_some(line);
             if self.record.len() != self.width {
+                let hint = if self.spans_lines() {
+                    " (a quoted field runs over several lines: is a quote not closed?)"
+                } else {
+                    ""
+                };
                 b.rejects.push(Reject {
                     line,
                     column: String::new(),
                     raw_value: None,
-                    reason: format!("expected {} fields, found {}", self.width, self.record.len()),
+                    reason: format!("expected {} fields, found {}{hint}", self.width, self.record.len()),
                     raw_record: self.raw_record(),
                 });
                 continue;
@@ -647,6 +715,43 @@ mod tests {
         assert_eq!(b.lines, vec![3]);
         assert_eq!(b.rejects[0].column, "note");
         assert!(b.rejects[0].reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn an_unclosed_quote_running_to_the_end_of_the_file_is_an_error_naming_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,note,qty\na,ok,1\nb,\"never closed,2\nc,gone,3\nd,gone,4\n").unwrap();
+        let mut r = csv_at(&p, 1024).unwrap();
+        let err = r.next_batch().unwrap_err().to_string();
+        assert!(
+            err.starts_with("a.csv, line 3:") && err.contains("never closed"),
+            "{err}"
+        );
+        // Legit multi-line quoted fields at the very end of a file are not mistaken for it.
+        for text in [
+            "id,note,qty\na,\"two\nlines\",1",
+            "id,qty,note\na,1,\"two\nlines\"",
+            "id,qty,note\na,1,\"x\ny\"\n",
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let mut r = csv_at(&p, 1024).unwrap();
+            let b = read_all(&mut r).remove(0);
+            assert_eq!((b.num_rows(), b.rejects.len()), (1, 0), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn old_mac_line_ends_number_lines_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,note,qty\ra,x,1\rb,\"two\rlines\",2\rc,y\rd,z,4").unwrap();
+        let mut r = csv_at(&p, 2).unwrap();
+        let batches = read_all(&mut r);
+        let lines: Vec<u64> = batches.iter().flat_map(|b| b.lines.clone()).collect();
+        assert_eq!(lines, vec![2, 3, 6]);
+        let rejected: Vec<u64> = batches.iter().flat_map(|b| b.rejects.iter().map(|r| r.line)).collect();
+        assert_eq!(rejected, vec![5]);
     }
 
     #[test]

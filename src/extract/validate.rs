@@ -3,6 +3,7 @@
 //! column by column; the good rows are then taken with one filter mask, so the line
 //! number of every row, good or bad, is kept.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -16,7 +17,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
 use super::reader::{Reject, TextBatch};
 use crate::config::TableSchema;
-use crate::config::schema::{DatetimeFormat, FieldKind, FieldSpec};
+use crate::config::schema::{DatetimeFormat, FieldKind, FieldSpec, NumberFormat};
 use crate::names::{SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN};
 
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01, for Arrow's Date32.
@@ -90,6 +91,87 @@ fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
     }
 }
 
+/// The text of a number or integer as Rust parses it: trimmed; with a `groupChar` the
+/// separators removed (only between digits, never after the decimal separator); a
+/// `decimalChar` turned into `.`; with `bareNumber: false` the non-numeric text before the
+/// first and after the last digit dropped, keeping a minus sign found before the number
+/// (`-€12.50`, `€ -12.50`). `None` when the text cannot be a number in this format.
+fn number_text<'a>(format: &NumberFormat, text: &'a str) -> Option<Cow<'a, str>> {
+    let t = text.trim();
+    if format.is_plain() {
+        return Some(Cow::Borrowed(t));
+    }
+    let mut body = t;
+    let mut negative = false;
+    if !format.bare_number {
+        let first = t.find(|c: char| c.is_ascii_digit())?;
+        let last = t.rfind(|c: char| c.is_ascii_digit())? + 1;
+        // A decimal separator right before the first digit belongs to the number (`€.50`).
+        let start = match t[..first].strip_suffix(format.decimal_char) {
+            Some(before) => before.len(),
+            None => first,
+        };
+        let prefix = &t[..start];
+        let sign = prefix.trim_end().chars().last();
+        if matches!(sign, Some('-' | '+')) {
+            negative = sign == Some('-');
+        } else if prefix.contains('-') {
+            negative = prefix.trim_start().starts_with('-');
+        }
+        body = &t[start..last];
+    }
+    let mut out = String::with_capacity(body.len() + 1);
+    if negative {
+        out.push('-');
+    }
+    let mut seen_decimal = false;
+    let mut previous: Option<char> = None;
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if Some(c) == format.group_char {
+            let between_digits =
+                previous.is_some_and(|p| p.is_ascii_digit()) && chars.peek().is_some_and(|n| n.is_ascii_digit());
+            if seen_decimal || !between_digits {
+                return None;
+            }
+        } else if c == format.decimal_char {
+            seen_decimal = true;
+            out.push('.');
+        } else if c == '.' {
+            // `.` is not the decimal separator here (and not the group separator).
+            return None;
+        } else {
+            out.push(c);
+        }
+        previous = Some(c);
+    }
+    Some(Cow::Owned(out))
+}
+
+/// Why `text` is not a number of `field`: the type, and a hint at the schema option that
+/// would read it when it looks like a formatted number.
+fn number_reason(field: &FieldSpec, text: &str) -> String {
+    let what = if field.kind == FieldKind::Integer {
+        "not an integer"
+    } else {
+        "not a number"
+    };
+    let t = text.trim();
+    if !t.contains(|c: char| c.is_ascii_digit()) {
+        return what.into();
+    }
+    let f = &field.number;
+    let inner = t.trim_matches(|c: char| !c.is_ascii_digit());
+    let outer = t.len() != inner.len() && t.trim_start_matches(['-', '+']).len() != inner.len();
+    if f.bare_number && outer && !t.ends_with('.') {
+        format!("{what} (declare `\"bareNumber\": false` to allow currency symbols, units or %)")
+    } else if f.group_char.is_none() && inner.contains([',', ' ', '\'', '\u{a0}', '.']) {
+        format!("{what} (declare `groupChar` / `decimalChar` for numbers like 1,234.50 or 1.234,50)")
+    } else {
+        what.into()
+    }
+}
+
 fn parse_bool(t: &str) -> Option<bool> {
     match t.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "y" | "t" => Some(true),
@@ -158,14 +240,14 @@ impl Typed {
                 }
                 return r.map(|_| None);
             }
-            (Typed::Int(b), _) => match t.trim().parse::<i64>() {
-                Ok(v) => check_range(field, v as f64).map(|_| b.append_value(v)),
-                Err(_) => Err("not an integer".into()),
+            (Typed::Int(b), _) => match number_text(&field.number, t).and_then(|n| n.parse::<i64>().ok()) {
+                Some(v) => check_range(field, v as f64).map(|_| b.append_value(v)),
+                None => Err(number_reason(field, t)),
             }
             .inspect_err(|_| b.append_null()),
-            (Typed::Num(b), _) => match t.trim().parse::<f64>() {
-                Ok(v) if v.is_finite() => check_range(field, v).map(|_| b.append_value(v)),
-                _ => Err("not a number".into()),
+            (Typed::Num(b), _) => match number_text(&field.number, t).and_then(|n| n.parse::<f64>().ok()) {
+                Some(v) if v.is_finite() => check_range(field, v).map(|_| b.append_value(v)),
+                _ => Err(number_reason(field, t)),
             }
             .inspect_err(|_| b.append_null()),
             (Typed::Bool(b), _) => match parse_bool(t) {
@@ -425,6 +507,105 @@ mod tests {
             v.max_timestamp,
             parse_datetime("2024-01-02T03:04:05Z", &DatetimeFormat::Any).ok()
         );
+    }
+
+    fn number_field(options: &str) -> FieldSpec {
+        TableSchema::parse(
+            &format!(r#"{{"fields":[{{"name":"n","type":"number"{options}}}]}}"#),
+            Path::new("t.json"),
+        )
+        .unwrap()
+        .fields
+        .remove(0)
+    }
+
+    fn parse_number(field: &FieldSpec, t: &str) -> Result<f64, String> {
+        let mut typed = Typed::new(&field.kind, 1);
+        typed.append(field, t)?;
+        let array = typed.finish();
+        let values = array.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        Ok(values.value(0))
+    }
+
+    #[test]
+    fn numbers_with_group_and_decimal_separators_and_symbols() {
+        let plain = number_field("");
+        assert_eq!(parse_number(&plain, " 1234.5 "), Ok(1234.5));
+        let err = parse_number(&plain, "1,234.50").unwrap_err();
+        assert!(err.starts_with("not a number") && err.contains("groupChar"), "{err}");
+        let err = parse_number(&plain, "€12.50").unwrap_err();
+        assert!(err.contains("bareNumber"), "{err}");
+        assert_eq!(parse_number(&plain, "twelve"), Err("not a number".into()));
+
+        let us = number_field(r#","groupChar":",""#);
+        assert_eq!(parse_number(&us, "1,234.50"), Ok(1234.5));
+        assert_eq!(parse_number(&us, "-1,234,567.25"), Ok(-1_234_567.25));
+        assert_eq!(parse_number(&us, "12"), Ok(12.0));
+        for bad in ["1,234.5,0", ",123", "123,", "1,,234", "€1,234.50"] {
+            assert!(parse_number(&us, bad).is_err(), "{bad}");
+        }
+
+        let de = number_field(r#","decimalChar":",","groupChar":".""#);
+        assert_eq!(parse_number(&de, "1.234,50"), Ok(1234.5));
+        assert_eq!(parse_number(&de, "0,5"), Ok(0.5));
+        assert!(parse_number(&de, "1,234.50").is_err());
+
+        let comma_only = number_field(r#","decimalChar":",""#);
+        assert_eq!(parse_number(&comma_only, "12,5"), Ok(12.5));
+        assert!(
+            parse_number(&comma_only, "12.5").is_err(),
+            "`.` is not the decimal separator"
+        );
+
+        let money = number_field(r#","groupChar":",","bareNumber":false"#);
+        for (text, value) in [
+            ("€12.50", 12.5),
+            ("12.50 USD", 12.5),
+            ("$1,234.50", 1234.5),
+            ("-€12.50", -12.5),
+            ("€ -12.50", -12.5),
+            ("15%", 15.0),
+            ("EUR .50", 0.5),
+        ] {
+            assert_eq!(parse_number(&money, text), Ok(value), "{text}");
+        }
+        for bad in ["EUR", "12 and 13", "1,2,3.4.5"] {
+            assert!(parse_number(&money, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_take_group_separators_and_units() {
+        let schema = TableSchema::parse(
+            r#"{"fields":[{"name":"q","type":"integer","groupChar":"'","bareNumber":false,"constraints":{"maximum":5000}}]}"#,
+            Path::new("t.json"),
+        )
+        .unwrap();
+        let raw = raw_schema(&schema);
+        let rows = ["1'200 pcs", "12", "1'200.5", "9'999", "x"];
+        let b = TextBatch {
+            lines: (2..2 + rows.len() as u64).collect(),
+            columns: vec![Arc::new(StringArray::from(rows.to_vec())) as ArrayRef],
+            rejects: vec![],
+        };
+        let v = validate(&schema, &raw, &b, "f.csv");
+        let good = v
+            .good
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(good.values().to_vec(), vec![1200, 12]);
+        let reasons: Vec<(u64, &str, Option<&str>)> = v
+            .rejects
+            .iter()
+            .map(|r| (r.line, r.reason.as_str(), r.raw_value.as_deref()))
+            .collect();
+        assert_eq!(reasons.len(), 3);
+        assert_eq!(reasons[0].0, 4);
+        assert!(reasons[0].1.starts_with("not an integer"), "{reasons:?}");
+        assert_eq!(reasons[1], (5, "9999 is above the maximum 5000", Some("9'999")));
+        assert_eq!(reasons[2], (6, "not an integer", Some("x")));
     }
 
     #[test]

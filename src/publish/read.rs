@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use super::runs::{self, RunRecord};
 use super::{PublishError, delta};
@@ -99,32 +99,41 @@ impl PublishedVersion {
     }
 }
 
-/// Registers every table `record` published, each at the Delta version that run committed
-/// (so the set is consistent even while another run is publishing), plus the `runs` table.
-/// A Parquet-format run has no versions: its folders are read as they are now.
-pub async fn register_run(ctx: &SessionContext, warehouse: &Path, record: &RunRecord) -> Result<(), PublishError> {
+/// Registers every table the succeeded run `record` published, at the versions it
+/// committed (Parquet-format runs: the folders as they are now), under their SQL names
+/// ([`published_table_name`]), plus the `runs` table; returns the table names, sorted.
+pub async fn register_run(
+    ctx: &SessionContext,
+    warehouse: &Path,
+    record: &RunRecord,
+) -> Result<Vec<String>, PublishError> {
+    let mut names = Vec::new();
     if record.table_versions.is_empty() {
+        // A Parquet-format run: the folders hold only the latest publish.
         for location in record.table_rows.keys() {
             let path = warehouse.join(location);
-            register_parquet(ctx, &published_table_name(location), &path)
-                .await
-                .map_err(|e| PublishError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            ctx.register_parquet(
+                published_table_name(location),
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(|e| PublishError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            names.push(published_table_name(location));
         }
     } else {
         for (location, version) in &record.table_versions {
-            delta::register(
-                ctx,
-                &published_table_name(location),
-                &warehouse.join(location),
-                Some(*version),
-            )
-            .await?;
+            let name = published_table_name(location);
+            delta::register(ctx, &name, &warehouse.join(location), Some(*version)).await?;
+            names.push(name);
         }
     }
-    delta::register(ctx, RUNS_TABLE, &runs::runs_table_path(warehouse), None).await
+    delta::register(ctx, RUNS_TABLE, &runs::runs_table_path(warehouse), None).await?;
+    names.sort();
+    Ok(names)
 }
 
 /// The latest successful run's manifest as JSON.

@@ -47,11 +47,13 @@ impl TestOutcome {
     }
 }
 
-fn ident(name: &str) -> String {
+/// `name` as a quoted SQL identifier (case kept, `"` doubled).
+pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn literal(value: &str) -> String {
+/// `value` as a SQL string literal (`'` doubled).
+pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 

@@ -13,6 +13,7 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::checks::ident;
 use super::spec::Materialized;
 use super::{Seed, Stage, TransformError};
 use crate::publish::read::PublishedVersion;
@@ -165,10 +166,6 @@ async fn plan_stage(
         .map_err(|e| stage_error(stage, e))
 }
 
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// An incremental stage: plan with `$is_incremental` / `$watermark`, materialise the new
 /// rows, then write new rows plus the previous rows whose key is not among them, ordered by
 /// the key. Returns (file, rows, bytes, new rows).
@@ -200,7 +197,7 @@ async fn run_incremental(
         let watermark = match &stage.spec.incremental_column {
             Some(col) => {
                 let batches = ctx
-                    .sql(&format!("SELECT max({}) FROM {}", quoted(col), quoted(&prev_name)))
+                    .sql(&format!("SELECT max({}) FROM {}", ident(col), ident(&prev_name)))
                     .await
                     .map_err(sql_err)?
                     .collect()
@@ -234,11 +231,11 @@ async fn run_incremental(
     let (_, new_rows, _) = materialize(ctx, &new_name, df, &new_dir)
         .await
         .map_err(|e| materialize_error(stage, e))?;
-    let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| quoted(k)).collect();
+    let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
     let null_keys = ctx
         .sql(&format!(
             "SELECT count(*) FROM {} WHERE {}",
-            quoted(&new_name),
+            ident(&new_name),
             keys.iter()
                 .map(|k| format!("{k} IS NULL"))
                 .collect::<Vec<_>>()
@@ -266,11 +263,11 @@ async fn run_incremental(
         format!(
             "SELECT * FROM {new} UNION ALL SELECT p.* FROM {prev} p LEFT ANTI JOIN {new} n ON {} ORDER BY {order}",
             on.join(" AND "),
-            new = quoted(&new_name),
-            prev = quoted(&prev_name),
+            new = ident(&new_name),
+            prev = ident(&prev_name),
         )
     } else {
-        format!("SELECT * FROM {} ORDER BY {order}", quoted(&new_name))
+        format!("SELECT * FROM {} ORDER BY {order}", ident(&new_name))
     };
     let df = ctx.sql(&merged).await.map_err(sql_err)?;
     let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir)

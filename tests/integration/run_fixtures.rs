@@ -123,6 +123,23 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
             valid,
             "{name}: staging keeps one copy of each valid row"
         );
+        // Duplicate keys are kept in raw and listed, never dropped unseen: the generator's
+        // injected copies are exact repeats, each superseded by the copy after it.
+        let injected_dups = truth["report"][name]["duplicate_rows"].as_u64().unwrap();
+        assert!(injected_dups > 0, "fixtures carry duplicates for {name}");
+        assert_eq!(source["duplicate_rows"].as_u64().unwrap(), injected_dups, "{name}");
+        assert_eq!(source["duplicate_rows_changed"].as_u64().unwrap(), 0, "{name}");
+        let listed = scalar(
+            &ctx,
+            &format!("SELECT COUNT(*) FROM duplicates WHERE source = '{name}' AND identical AND kept_line = line + 1 AND kept_file = file"),
+        )
+        .await;
+        assert_eq!(listed as u64, injected_dups, "{name}: duplicates table");
+        assert_eq!(
+            loaded - valid,
+            injected_dups,
+            "{name}: loaded = valid + duplicate copies"
+        );
     }
     assert_eq!(manifest["stages"].as_array().unwrap().len(), TABLES.len());
     for key in [

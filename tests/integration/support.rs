@@ -82,6 +82,9 @@ pub async fn warehouse_session(warehouse: &Path) -> SessionContext {
 /// Every published table of a warehouse: (location relative to it, SQL name).
 pub fn published_tables(warehouse: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if warehouse.join("duplicates").is_dir() {
+        out.push(("duplicates".to_string(), "duplicates".to_string()));
+    }
     for (kind, prefix) in [("tables", ""), ("raw", "raw_"), ("quarantine", "quarantine_")] {
         let Ok(entries) = std::fs::read_dir(warehouse.join(kind)) else {
             continue;

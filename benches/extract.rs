@@ -1,0 +1,240 @@
+//! Extract speed: a plain DataFusion CSV scan vs patron's extract on the same generated
+//! sales export, MB/s of input and the ratio, in one run. Figures only; no assertion.
+//!
+//! ```sh
+//! cargo bench --bench extract                          # 400k customers, ~1.9M order lines
+//! cargo bench --bench extract -- --customers 100000
+//! ```
+//!
+//! Four measurements, all on one thread (DataFusion with one target partition, patron
+//! extracts a source on one thread) and all producing typed Arrow columns of every field:
+//! - `datafusion scan`: `read_csv` with the declared Arrow schema, every batch pulled;
+//! - `patron read+validate`: patron's CSV reader and column-wise validation, no output;
+//! - `datafusion scan + parquet`: the scan, written with patron's Parquet writer;
+//! - `patron extract`: `extract_source`, the whole thing (raw and quarantine Parquet).
+//!
+//! The data is generated with `--clean` because DataFusion's scan fails on the first
+//! malformed row; patron's figures on the messy export are printed too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use patron::config::{Overrides, Plan};
+use patron::extract::reader::{CsvReader, ExportReader};
+use patron::extract::{LocalInput, validate};
+use patron::storage::ParquetSink;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generate(out: &Path, customers: u64, clean: bool) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patron"));
+    cmd.args([
+        "generate",
+        "--customers",
+        &customers.to_string(),
+        "--seed",
+        "42",
+        "--out",
+    ])
+    .arg(out)
+    .current_dir(repo())
+    .env("RUST_LOG", "patron=warn");
+    if clean {
+        cmd.arg("--clean");
+    }
+    cmd.stdout(std::process::Stdio::null());
+    let status = cmd.status().expect("patron generate starts");
+    assert!(status.success(), "patron generate failed");
+}
+
+/// The sales source of a pipeline reading `data/sales/*.csv` with the bundled schema.
+fn sales_source(dir: &Path, data: &Path) -> patron::config::SourcePlan {
+    let pipeline = dir.join("bench.toml");
+    let text = format!(
+        "name = \"bench\"\nroot = \".\"\n[run]\nas_of = \"2026-01-01\"\nerror_budget = 1.0\n\
+         [[sources]]\nname = \"sales\"\nlocation = {:?}\nschema = {:?}\n[transform]\nsql_dir = {:?}\n",
+        data.join("sales/*.csv").display().to_string(),
+        repo().join("schemas/sales.schema.json").display().to_string(),
+        repo().join("sql").display().to_string(),
+    );
+    std::fs::write(&pipeline, text).expect("write pipeline");
+    let plan = Plan::load(&pipeline, &Overrides::default()).expect("bench pipeline loads");
+    plan.sources.into_iter().next().expect("one source")
+}
+
+fn files(data: &Path) -> Vec<LocalInput> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(data.join("sales"))
+        .expect("sales folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| LocalInput::local(p).expect("input file"))
+        .collect()
+}
+
+struct Figure {
+    label: String,
+    secs: f64,
+    rows: u64,
+}
+
+async fn datafusion_scan(source: &patron::config::SourcePlan, inputs: &[LocalInput], out: Option<&Path>) -> u64 {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(8192));
+    let schema = source.schema.arrow_schema();
+    let options = CsvReadOptions::new().has_header(true).schema(&schema);
+    let paths: Vec<String> = inputs.iter().map(|f| f.path.display().to_string()).collect();
+    let df = ctx.read_csv(paths, options).await.expect("read_csv");
+    let mut stream = df.execute_stream().await.expect("scan");
+    let mut sink = out.map(|p| ParquetSink::create(p, std::sync::Arc::clone(&schema)).expect("sink"));
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.expect("DataFusion scan (the clean export must parse)");
+        rows += batch.num_rows() as u64;
+        if let Some(s) = sink.as_mut() {
+            s.write(&batch).expect("write");
+        }
+    }
+    if let Some(s) = sink {
+        s.close().expect("close");
+    }
+    rows
+}
+
+fn read_and_validate(source: &patron::config::SourcePlan, inputs: &[LocalInput]) -> u64 {
+    let raw = validate::raw_schema(&source.schema);
+    let mut rows = 0u64;
+    for f in inputs {
+        let file = std::fs::File::open(&f.path).expect("open");
+        let mut reader =
+            CsvReader::new(Box::new(file), &f.name, &source.schema, source.delimiter, 8192).expect("header");
+        while let Some(batch) = reader.next_batch().expect("read") {
+            let checked = validate::validate(&source.schema, &raw, &batch, &f.name);
+            rows += checked.good.num_rows() as u64;
+        }
+    }
+    rows
+}
+
+fn extract(source: &patron::config::SourcePlan, inputs: &[LocalInput], dir: &Path) -> u64 {
+    let m = patron::extract::extract_source(source, inputs, "bench", &dir.join("raw"), &dir.join("quarantine"), 8192)
+        .expect("extract");
+    m.rows_loaded
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let started = Instant::now();
+    let out = f();
+    (out, started.elapsed().as_secs_f64())
+}
+
+/// Prints the figures; `base` (the plain scan's seconds) gives the ratio column.
+fn report(title: &str, bytes: u64, base: Option<f64>, figures: &[Figure]) {
+    println!("\n{title}: {:.1} MB of CSV", bytes as f64 / 1e6);
+    println!(
+        "{:<28} {:>9} {:>10} {:>10} {:>8}",
+        "method", "rows out", "seconds", "MB/s", "ratio"
+    );
+    for f in figures {
+        let ratio = base
+            .map(|b| format!("{:.0}%", 100.0 * b / f.secs))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<28} {:>9} {:>10.3} {:>10.1} {:>8}",
+            f.label,
+            f.rows,
+            f.secs,
+            bytes as f64 / 1e6 / f.secs,
+            ratio
+        );
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let customers: u64 = std::env::args()
+        .skip_while(|a| a != "--customers")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400_000);
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let clean = scratch.path().join("clean");
+    generate(&clean, customers, true);
+    let source = sales_source(scratch.path(), &clean);
+    let inputs = files(&clean);
+    let bytes: u64 = inputs.iter().map(|f| f.size).sum();
+
+    // Warm the page cache so the first measurement does not pay for the disk.
+    let _ = read_and_validate(&source, &inputs);
+    let mut figures = Vec::new();
+    let started = Instant::now();
+    let rows = datafusion_scan(&source, &inputs, None).await;
+    figures.push(Figure {
+        label: "datafusion scan".into(),
+        secs: started.elapsed().as_secs_f64(),
+        rows,
+    });
+    let (rows, secs) = time(|| read_and_validate(&source, &inputs));
+    figures.push(Figure {
+        label: "patron read+validate".into(),
+        secs,
+        rows,
+    });
+    let out = scratch.path().join("df.parquet");
+    let started = Instant::now();
+    let rows = datafusion_scan(&source, &inputs, Some(&out)).await;
+    figures.push(Figure {
+        label: "datafusion scan + parquet".into(),
+        secs: started.elapsed().as_secs_f64(),
+        rows,
+    });
+    let _ = std::fs::remove_file(&out);
+    let (rows, secs) = time(|| extract(&source, &inputs, &scratch.path().join("extract-clean")));
+    figures.push(Figure {
+        label: "patron extract (parquet)".into(),
+        secs,
+        rows,
+    });
+    let _ = std::fs::remove_dir_all(scratch.path().join("extract-clean"));
+    report(
+        &format!("clean sales export, {customers} customers"),
+        bytes,
+        Some(figures[0].secs),
+        &figures,
+    );
+    println!("(ratio: the DataFusion scan's time / the method's time; 100% = as fast as the plain scan)");
+    std::fs::remove_dir_all(&clean).ok();
+
+    let messy = scratch.path().join("messy");
+    generate(&messy, customers, false);
+    let source = sales_source(scratch.path(), &messy);
+    let inputs = files(&messy);
+    let bytes: u64 = inputs.iter().map(|f| f.size).sum();
+    let _ = read_and_validate(&source, &inputs);
+    let (rows, secs) = time(|| read_and_validate(&source, &inputs));
+    let mut messy_figures = vec![Figure {
+        label: "patron read+validate".into(),
+        secs,
+        rows,
+    }];
+    let (rows, secs) = time(|| extract(&source, &inputs, &scratch.path().join("extract-messy")));
+    messy_figures.push(Figure {
+        label: "patron extract (parquet)".into(),
+        secs,
+        rows,
+    });
+    report(
+        &format!("messy sales export, {customers} customers (DataFusion's scan fails on it)"),
+        bytes,
+        None,
+        &messy_figures,
+    );
+}

@@ -1,0 +1,168 @@
+//! Duplicate primary keys: rows of one source whose declared `primaryKey` repeats another
+//! row of the same source (within the run's raw table, carried-over rows included).
+//!
+//! Duplicates are kept in the raw table, not quarantined: exports re-send rows (a
+//! corrected line, an overlapping daily file), and staging keeps the copy loaded last
+//! (latest file, then latest line). So that nothing disappears unseen, every superseded
+//! copy is listed in the `duplicates` table (source, key, its file and line, the file and
+//! line of the copy that stays current, and whether the two are identical), and the
+//! manifest counts them per source (`duplicate_rows`, `duplicate_rows_changed`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use super::SourceMetrics;
+use crate::config::SourcePlan;
+use crate::names::{self, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, duplicates as d};
+use crate::storage::ParquetSink;
+use crate::transform::checks::{ident, literal};
+
+/// Schema of the duplicates table.
+pub fn duplicates_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(d::RUN_ID, DataType::Utf8, false),
+        Field::new(d::SOURCE, DataType::Utf8, false),
+        Field::new(d::KEY, DataType::Utf8, false),
+        Field::new(d::FILE, DataType::Utf8, false),
+        Field::new(d::LINE, DataType::UInt64, false),
+        Field::new(d::KEPT_FILE, DataType::Utf8, false),
+        Field::new(d::KEPT_LINE, DataType::UInt64, false),
+        Field::new(d::IDENTICAL, DataType::Boolean, false),
+    ]))
+}
+
+/// The query listing the superseded copies of `source`'s rows in its raw table: keys seen
+/// more than once are found with one aggregate, and only their rows are ranked. Null key
+/// values count as equal, as in staging's `PARTITION BY`.
+pub fn duplicates_sql(source: &SourcePlan, run_id: &str) -> Option<String> {
+    let key = &source.schema.primary_key;
+    if key.is_empty() {
+        return None;
+    }
+    let table = ident(&names::raw_table(&source.name));
+    let key_cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    let key_list = key_cols.join(", ");
+    let join_on: Vec<String> = key_cols
+        .iter()
+        .map(|k| format!("(r.{k} IS NOT DISTINCT FROM k.{k})"))
+        .collect();
+    let window = format!(
+        "OVER (PARTITION BY {key_list} ORDER BY {f} DESC, {l} DESC)",
+        f = ident(SOURCE_FILE_COLUMN),
+        l = ident(SOURCE_LINE_COLUMN)
+    );
+    let columns: Vec<String> = source.schema.fields.iter().map(|f| ident(&f.name)).collect();
+    let kept_values: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("FIRST_VALUE({c}) {window} AS \"__kept_{i}\""))
+        .collect();
+    let same: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("({c} IS NOT DISTINCT FROM \"__kept_{i}\")"))
+        .collect();
+    let key_text: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let sep = if i == 0 { "" } else { ", " };
+            format!(
+                "{}, COALESCE(CAST({} AS VARCHAR), 'NULL')",
+                literal(&format!("{sep}{k}=")),
+                ident(k)
+            )
+        })
+        .collect();
+    Some(format!(
+        "WITH repeated AS (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1), \
+         copies AS (SELECT r.* FROM {table} r JOIN repeated k ON {join_on}), \
+         ranked AS (SELECT *, ROW_NUMBER() {window} AS \"__copy\", \
+                    FIRST_VALUE({f}) {window} AS \"__kept_file\", FIRST_VALUE({l}) {window} AS \"__kept_line\", \
+                    {kept_values} FROM copies) \
+         SELECT {run} AS {c_run}, {src} AS {c_src}, concat({key_text}) AS {c_key}, {f} AS {c_file}, {l} AS {c_line}, \
+                \"__kept_file\" AS {c_kfile}, \"__kept_line\" AS {c_kline}, ({same}) AS {c_same} \
+         FROM ranked WHERE \"__copy\" > 1 ORDER BY {f}, {l}",
+        join_on = join_on.join(" AND "),
+        f = ident(SOURCE_FILE_COLUMN),
+        l = ident(SOURCE_LINE_COLUMN),
+        kept_values = kept_values.join(", "),
+        run = literal(run_id),
+        src = literal(&source.name),
+        key_text = key_text.join(", "),
+        same = same.join(" AND "),
+        c_run = ident(d::RUN_ID),
+        c_src = ident(d::SOURCE),
+        c_key = ident(d::KEY),
+        c_file = ident(d::FILE),
+        c_line = ident(d::LINE),
+        c_kfile = ident(d::KEPT_FILE),
+        c_kline = ident(d::KEPT_LINE),
+        c_same = ident(d::IDENTICAL),
+    ))
+}
+
+/// Finds the duplicate primary keys of every source whose raw table is registered on
+/// `ctx` (as `raw_<source>`), writes them to `out` (one Parquet file, empty when there are
+/// none) and counts them into each source's metrics. Returns the rows written.
+pub async fn find_duplicates(
+    ctx: &SessionContext,
+    sources: &[SourcePlan],
+    metrics: &mut [SourceMetrics],
+    run_id: &str,
+    out: &Path,
+) -> Result<u64, String> {
+    let schema = duplicates_schema();
+    let mut sink = ParquetSink::create(out, Arc::clone(&schema)).map_err(|e| e.to_string())?;
+    let mut total = 0u64;
+    for (source, m) in sources.iter().zip(metrics.iter_mut()) {
+        let Some(sql) = duplicates_sql(source, run_id) else {
+            continue;
+        };
+        let failed = |e: datafusion::error::DataFusionError| format!("source `{}`: duplicate keys: {e}", source.name);
+        let mut stream = ctx
+            .sql(&sql)
+            .await
+            .map_err(failed)?
+            .execute_stream()
+            .await
+            .map_err(failed)?;
+        let (mut rows, mut identical) = (0u64, 0u64);
+        while let Some(batch) = stream.next().await {
+            let batch = conform(&batch.map_err(failed)?, &schema).map_err(|e| failed(e.into()))?;
+            let same = batch
+                .column(schema.fields().len() - 1)
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .map_or(0, |b| b.true_count());
+            rows += batch.num_rows() as u64;
+            identical += same as u64;
+            sink.write(&batch).map_err(|e| e.to_string())?;
+        }
+        m.duplicate_rows = rows;
+        m.duplicate_rows_changed = rows - identical;
+        if rows > 0 {
+            tracing::info!(source = %source.name, rows, changed = rows - identical, "duplicate primary keys");
+        }
+        total += rows;
+    }
+    sink.close().map_err(|e| e.to_string())?;
+    Ok(total)
+}
+
+/// `batch` with the column types of `schema` (DataFusion may hand out string views).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
+}
