@@ -456,7 +456,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     } else {
         select::select(&project, &provided, &plan.selection.select, &plan.selection.exclude)?
     };
-    if chosen.is_empty() {
+    if chosen.is_empty() && !plan.selection.is_all() {
         return Err(RunError::Transform(TransformError::EmptySelection));
     }
 
