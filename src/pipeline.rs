@@ -368,6 +368,16 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
 /// Extracts, transforms, scores and tests, then publishes. A cancellation before the
 /// publish drops the work in progress at once; during the publish it is checked before
 /// each table commit (see [`publish_delta`]).
+/// Writes the registered `model_params` table into the staging tables folder (and registers
+/// the written file in its place); returns (file, rows, bytes).
+async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(PathBuf, u64, u64), RunError> {
+    let engine = |e: &dyn std::fmt::Display| RunError::Engine(e.to_string());
+    let df = ctx.table(MODEL_PARAMS_TABLE).await.map_err(|e| engine(&e))?;
+    runner::materialize(ctx, MODEL_PARAMS_TABLE, df, tables_dir)
+        .await
+        .map_err(|e| engine(&e))
+}
+
 /// Registers table `name` as the last succeeded run published it and records it as carried
 /// into this run; false when no succeeded run published it.
 async fn carry_published(
@@ -640,13 +650,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             state.models = Some(models);
             failpoint::hit("score.after_fit");
             let started = Instant::now();
-            let df = ctx
-                .table(MODEL_PARAMS_TABLE)
-                .await
-                .map_err(|e| RunError::Engine(e.to_string()))?;
-            let (output, rows, bytes) = runner::materialize(&ctx, MODEL_PARAMS_TABLE, df, &tables_dir)
-                .await
-                .map_err(|e| RunError::Engine(e.to_string()))?;
+            let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
             state.stages.push(runner::StageMetrics {
                 name: MODEL_PARAMS_TABLE.into(),
                 file: String::new(),
@@ -670,13 +674,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             if let Some(m) = state.models.as_mut() {
                 m.churn = Some(report);
                 models::register_params_table(&ctx, m).map_err(|e| RunError::Engine(e.to_string()))?;
-                let df = ctx
-                    .table(MODEL_PARAMS_TABLE)
-                    .await
-                    .map_err(|e| RunError::Engine(e.to_string()))?;
-                let (output, rows, bytes) = runner::materialize(&ctx, MODEL_PARAMS_TABLE, df, &tables_dir)
-                    .await
-                    .map_err(|e| RunError::Engine(e.to_string()))?;
+                let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
                 if let Some(stage) = state.stages.iter_mut().find(|s| s.name == MODEL_PARAMS_TABLE) {
                     stage.rows = rows;
                     stage.bytes = bytes;

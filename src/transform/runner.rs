@@ -166,6 +166,16 @@ async fn plan_stage(
         .map_err(|e| stage_error(stage, e))
 }
 
+/// The first column of the first row of a one-row query (an aggregate).
+async fn first_value(ctx: &SessionContext, sql: &str) -> Result<ScalarValue, DataFusionError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let batch = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| DataFusionError::Execution(format!("no row from {sql}")))?;
+    ScalarValue::try_from_array(batch.column(0), 0)
+}
+
 /// An incremental stage: plan with `$is_incremental` / `$watermark`, materialise the new
 /// rows, then write new rows plus the previous rows whose key is not among them, ordered by
 /// the key. Returns (file, rows, bytes, new rows).
@@ -195,16 +205,9 @@ async fn run_incremental(
     let mut df = None;
     if base {
         let watermark = match &stage.spec.incremental_column {
-            Some(col) => {
-                let batches = ctx
-                    .sql(&format!("SELECT max({}) FROM {}", ident(col), ident(&prev_name)))
-                    .await
-                    .map_err(sql_err)?
-                    .collect()
-                    .await
-                    .map_err(sql_err)?;
-                ScalarValue::try_from_array(batches[0].column(0), 0).map_err(sql_err)?
-            }
+            Some(col) => first_value(ctx, &format!("SELECT max({}) FROM {}", ident(col), ident(&prev_name)))
+                .await
+                .map_err(sql_err)?,
             None => ScalarValue::Null,
         };
         let planned = plan_stage(ctx, stage, bind(true, watermark)).await?;
@@ -232,21 +235,19 @@ async fn run_incremental(
         .await
         .map_err(|e| materialize_error(stage, e))?;
     let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
-    let null_keys = ctx
-        .sql(&format!(
+    let nulls = first_value(
+        ctx,
+        &format!(
             "SELECT count(*) FROM {} WHERE {}",
             ident(&new_name),
             keys.iter()
                 .map(|k| format!("{k} IS NULL"))
                 .collect::<Vec<_>>()
                 .join(" OR ")
-        ))
-        .await
-        .map_err(sql_err)?
-        .collect()
-        .await
-        .map_err(sql_err)?;
-    let nulls = ScalarValue::try_from_array(null_keys[0].column(0), 0).map_err(sql_err)?;
+        ),
+    )
+    .await
+    .map_err(sql_err)?;
     if !matches!(nulls, ScalarValue::Int64(Some(0))) {
         return Err(TransformError::Sql {
             stage: stage.name.clone(),
