@@ -95,6 +95,16 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
 }
 
+/// The tables a run registers before its stages, which stages may read: every source's
+/// raw table, the run's quarantine and its duplicates.
+pub fn external_tables(plan: &Plan) -> BTreeSet<String> {
+    plan.sources
+        .iter()
+        .map(|s| names::raw_table(&s.name))
+        .chain([names::QUARANTINE_TABLE.to_string(), names::DUPLICATES_TABLE.to_string()])
+        .collect()
+}
+
 /// Runs the plan once.
 pub async fn run(plan: &Plan, progress: &Progress) -> Result<RunReport, RunFailure> {
     run_with(plan, progress, &RunOptions::default()).await
@@ -453,12 +463,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     }
     // Stage files are checked before the (long) extract too.
     let project = transform::discover(&plan.sql_dir)?;
-    let external: BTreeSet<String> = plan
-        .sources
-        .iter()
-        .map(|s| names::raw_table(&s.name))
-        .chain([names::QUARANTINE_TABLE.to_string()])
-        .collect();
+    let external = external_tables(plan);
     let provided = models::providers();
     let order = transform::execution_order(&project, &external, &provided)?;
     let chosen = if plan.selection.is_all() {
@@ -596,6 +601,10 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     )
     .await
     .map_err(RunError::Engine)?;
+    // Stages (and data tests) can read this run's duplicates, like its quarantine.
+    runner::register_parquet(&ctx, names::DUPLICATES_TABLE, &duplicates_dir.join("part-00000.parquet"))
+        .await
+        .map_err(|e| RunError::Engine(e.to_string()))?;
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project
@@ -765,6 +774,7 @@ pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<Strin
         .map(|s| (names::raw_table(&s.name), extract::validate::raw_schema(&s.schema)))
         .collect();
     inputs.insert(names::QUARANTINE_TABLE.into(), extract::quarantine_schema());
+    inputs.insert(names::DUPLICATES_TABLE.into(), extract::duplicates::duplicates_schema());
     inputs.insert(MODEL_PARAMS_TABLE.into(), models::model_params_schema());
     inputs.insert(churn::PREDICTIONS_TABLE.into(), churn::predictions_schema());
     let external: BTreeSet<String> = inputs

@@ -191,12 +191,7 @@ pub fn run(args: DagArgs) -> Result<(), CliError> {
     let plan = Plan::load(&args.pipeline, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
     let project = discover(&plan.sql_dir).map_err(|e| CliError::usage(e.to_string()))?;
     let provided = models::providers();
-    let external: BTreeSet<String> = plan
-        .sources
-        .iter()
-        .map(|s| names::raw_table(&s.name))
-        .chain([names::QUARANTINE_TABLE.to_string()])
-        .collect();
+    let external = crate::pipeline::external_tables(&plan);
     let order = execution_order(&project, &external, &provided).map_err(|e| CliError::usage(e.to_string()))?;
     let chosen = select::select(&project, &provided, &args.select, &[])
         .map_err(|e: transform::TransformError| CliError::usage(e.to_string()))?;

@@ -13,6 +13,7 @@ use datafusion::prelude::SessionContext;
 
 use super::{CliError, warehouse_of};
 use crate::publish::{read, runs};
+use crate::serve::dashboards;
 
 /// Output format of `patron query`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -27,7 +28,13 @@ pub enum QueryFormat {
 #[derive(Debug, Args)]
 pub struct QueryArgs {
     /// The SELECT to run, e.g. "SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1".
-    pub sql: String,
+    #[arg(required_unless_present = "dashboard")]
+    pub sql: Option<String>,
+    /// Run one of the supported dashboard queries instead (README, "Dashboard queries"):
+    /// churn_risk_by_segment, clv_distribution, value_tiers, top_customers,
+    /// churn_risk_trend, segment_migration_matrix.
+    #[arg(long, conflicts_with = "sql")]
+    pub dashboard: Option<String>,
     /// Read the tables as this run published them (default: the latest succeeded run).
     #[arg(long)]
     pub as_of_run: Option<String>,
@@ -79,12 +86,22 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
     read::register_run(&ctx, &warehouse, record)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
+    let sql = match (&args.sql, &args.dashboard) {
+        (_, Some(name)) => dashboards::dashboard(name)
+            .map(|d| d.sql.to_string())
+            .ok_or_else(|| {
+                let known: Vec<&str> = dashboards::DASHBOARDS.iter().map(|d| d.name).collect();
+                CliError::usage(format!("no dashboard query `{name}` (known: {})", known.join(", ")))
+            })?,
+        (Some(sql), None) => sql.clone(),
+        (None, None) => return Err(CliError::usage("give a SELECT or --dashboard NAME")),
+    };
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
     let df = ctx
-        .sql_with_options(&args.sql, options)
+        .sql_with_options(&sql, options)
         .await
         .map_err(|e| CliError::usage(format!("only a SELECT can run here: {e}")))?;
     let batches = df.collect().await.map_err(|e| CliError::failed(e.to_string()))?;

@@ -92,8 +92,20 @@ pub enum FieldKind {
     Boolean,
     /// Calendar date, `YYYY-MM-DD` unless a strftime pattern is given.
     Date(Option<String>),
-    /// Instant stored as UTC microseconds; see [`DatetimeFormat`].
-    Datetime(DatetimeFormat),
+    /// Instant stored as UTC microseconds; see [`DatetimeSpec`].
+    Datetime(DatetimeSpec),
+}
+
+/// How a datetime field's text is read: the declared formats, tried in order (the first
+/// that matches wins), and the time zone of values written without an offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatetimeSpec {
+    /// Frictionless `format`, or patron's `formats` list; never empty.
+    pub formats: Vec<DatetimeFormat>,
+    /// `timezone` (an IANA name): the zone of values without an offset; UTC when unset.
+    /// A local time that a daylight-saving change skips is rejected; one it repeats is read
+    /// as the earlier instant.
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 /// How datetime text is parsed.
@@ -146,7 +158,7 @@ impl TableSchema {
             return Err(bad("`fields` is empty".into()));
         }
         let mut fields = Vec::with_capacity(raw.fields.len());
-        for (i, f) in raw.fields.into_iter().enumerate() {
+        for (i, mut f) in raw.fields.into_iter().enumerate() {
             let at = format!("fields[{i}] (`{}`)", f.name);
             if f.name.trim().is_empty() {
                 return Err(bad(format!("fields[{i}]: `name` is empty")));
@@ -161,11 +173,9 @@ impl TableSchema {
                 "number" => FieldKind::Number,
                 "boolean" => FieldKind::Boolean,
                 "date" => FieldKind::Date(format.filter(|s| s != "any")),
-                "datetime" => FieldKind::Datetime(match format.as_deref() {
-                    None => DatetimeFormat::Default,
-                    Some("any") => DatetimeFormat::Any,
-                    Some(p) => DatetimeFormat::Pattern(p.to_string()),
-                }),
+                "datetime" => FieldKind::Datetime(
+                    datetime_spec(format, f.formats.take(), f.timezone.take()).map_err(|m| bad(format!("{at}: {m}")))?,
+                ),
                 other => {
                     return Err(bad(format!(
                         "{at}: type `{other}` is not supported (use string, integer, number, boolean, date or datetime)"
@@ -183,6 +193,9 @@ impl TableSchema {
                 && lo > hi
             {
                 return Err(bad(format!("{at}: minimum {lo} is above maximum {hi}")));
+            }
+            if f.formats.is_some() || f.timezone.is_some() {
+                return Err(bad(format!("{at}: `formats` and `timezone` apply to datetime fields only")));
             }
             let number = number_format(&f.r#type, f.decimal_char, f.group_char, f.bare_number)
                 .map_err(|m| bad(format!("{at}: {m}")))?;
@@ -262,6 +275,49 @@ struct RawField {
     group_char: Option<String>,
     #[serde(rename = "bareNumber")]
     bare_number: Option<bool>,
+    /// patron's extension: several datetime formats, tried in order.
+    formats: Option<Vec<String>>,
+    /// patron's extension: the IANA zone of datetimes written without an offset.
+    timezone: Option<String>,
+}
+
+/// One datetime format by its Frictionless name (`default`, `any`) or as a strftime
+/// pattern, checked for pattern errors.
+fn datetime_format(name: &str) -> Result<DatetimeFormat, String> {
+    match name {
+        "default" => Ok(DatetimeFormat::Default),
+        "any" => Ok(DatetimeFormat::Any),
+        p => {
+            let broken = chrono::format::StrftimeItems::new(p).any(|i| matches!(i, chrono::format::Item::Error));
+            if broken || p.trim().is_empty() {
+                Err(format!("`{p}` is not a valid strftime datetime format"))
+            } else {
+                Ok(DatetimeFormat::Pattern(p.to_string()))
+            }
+        }
+    }
+}
+
+/// A datetime field's reading rules from its `format`, `formats` and `timezone`.
+fn datetime_spec(
+    format: Option<String>,
+    formats: Option<Vec<String>>,
+    timezone: Option<String>,
+) -> Result<DatetimeSpec, String> {
+    let formats = match (format, formats) {
+        (Some(_), Some(_)) => return Err("give `format` or `formats`, not both".into()),
+        (_, Some(list)) if list.is_empty() => return Err("`formats` is empty".into()),
+        (_, Some(list)) => list.iter().map(|f| datetime_format(f)).collect::<Result<_, _>>()?,
+        (Some(f), None) => vec![datetime_format(&f)?],
+        (None, None) => vec![DatetimeFormat::Default],
+    };
+    let timezone = timezone
+        .map(|z| {
+            z.parse::<chrono_tz::Tz>()
+                .map_err(|_| format!("`timezone` `{z}` is not an IANA time zone name (such as Europe/Berlin)"))
+        })
+        .transpose()?;
+    Ok(DatetimeSpec { formats, timezone })
 }
 
 /// Checks the number options of a field of type `kind`: single characters, distinct, not
@@ -329,9 +385,38 @@ mod tests {
         let s = TableSchema::load(&path).expect("bundled schema loads");
         assert_eq!(s.primary_key, vec!["order_id", "line_no"]);
         assert!(matches!(
-            s.fields[s.field_index("order_ts").unwrap()].kind,
-            FieldKind::Datetime(DatetimeFormat::Any)
+            &s.fields[s.field_index("order_ts").unwrap()].kind,
+            FieldKind::Datetime(DatetimeSpec { formats, timezone: None }) if formats == &[DatetimeFormat::Any]
         ));
+    }
+
+    #[test]
+    fn datetime_formats_list_and_timezone_are_read_and_checked() {
+        let s = TableSchema::parse(
+            r#"{"fields":[{"name":"t","type":"datetime","formats":["%d.%m.%Y %H:%M","any"],"timezone":"Europe/Berlin"}]}"#,
+            Path::new("x.json"),
+        )
+        .unwrap();
+        let FieldKind::Datetime(spec) = &s.fields[0].kind else {
+            panic!("{:?}", s.fields[0].kind)
+        };
+        assert_eq!(
+            spec.formats,
+            vec![DatetimeFormat::Pattern("%d.%m.%Y %H:%M".into()), DatetimeFormat::Any]
+        );
+        assert_eq!(spec.timezone, Some(chrono_tz::Europe::Berlin));
+        for (bad, needle) in [
+            (r#"{"name":"a","type":"datetime","format":"any","formats":["any"]}"#, "not both"),
+            (r#"{"name":"a","type":"datetime","formats":[]}"#, "`formats` is empty"),
+            (r#"{"name":"a","type":"datetime","formats":["%Y-%m-%d %Q"]}"#, "not a valid strftime"),
+            (r#"{"name":"a","type":"datetime","timezone":"Mars/Olympus"}"#, "IANA"),
+            (r#"{"name":"a","type":"string","timezone":"UTC"}"#, "datetime fields only"),
+        ] {
+            let err = TableSchema::parse(&format!(r#"{{"fields":[{bad}]}}"#), Path::new("x.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`a`") && err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

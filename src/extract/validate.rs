@@ -13,11 +13,11 @@ use arrow::array::{
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
 use super::reader::{Reject, TextBatch};
 use crate::config::TableSchema;
-use crate::config::schema::{DatetimeFormat, FieldKind, FieldSpec, NumberFormat};
+use crate::config::schema::{DatetimeFormat, DatetimeSpec, FieldKind, FieldSpec, NumberFormat};
 use crate::names::{SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN};
 
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01, for Arrow's Date32.
@@ -49,45 +49,79 @@ pub struct Validated {
     pub max_timestamp: Option<i64>,
 }
 
-/// Parses one value of a field; `Err` carries the reason.
-fn parse_datetime(text: &str, format: &DatetimeFormat) -> Result<i64, String> {
-    let t = text.trim();
-    let fixed = |t: &str| DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_micros());
+/// A datetime as one format read it: an instant, or a local time still to be placed in the
+/// field's zone.
+enum ParsedDatetime {
+    Instant(i64),
+    Local(NaiveDateTime),
+}
+
+/// Reads `t` with one format; `None` when it does not match.
+fn parse_with(t: &str, format: &DatetimeFormat) -> Option<ParsedDatetime> {
+    let instant = |d: DateTime<chrono::FixedOffset>| ParsedDatetime::Instant(d.timestamp_micros());
     match format {
-        DatetimeFormat::Default => fixed(t).map_err(|_| "not an ISO 8601 / RFC 3339 datetime with a zone".into()),
-        DatetimeFormat::Any => {
-            if let Ok(v) = fixed(t) {
-                return Ok(v);
-            }
-            for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"] {
-                if let Ok(d) = DateTime::parse_from_str(t, f) {
-                    return Ok(d.timestamp_micros());
-                }
-            }
-            for f in [
-                "%Y-%m-%dT%H:%M:%S%.f",
-                "%Y-%m-%d %H:%M:%S%.f",
-                "%Y-%m-%dT%H:%M",
-                "%Y-%m-%d %H:%M",
-            ] {
-                if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
-                    return Ok(d.and_utc().timestamp_micros());
-                }
-            }
-            NaiveDate::parse_from_str(t, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|d| d.and_utc().timestamp_micros())
-                .ok_or_else(|| "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into())
+        DatetimeFormat::Default => DateTime::parse_from_rfc3339(t).ok().map(instant),
+        DatetimeFormat::Any => DateTime::parse_from_rfc3339(t)
+            .ok()
+            .or_else(|| {
+                ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
+                    .iter()
+                    .find_map(|f| DateTime::parse_from_str(t, f).ok())
+            })
+            .map(instant)
+            .or_else(|| {
+                ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+                    .or_else(|| NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().map(|d| d.and_time(NaiveTime::MIN)))
+                    .map(ParsedDatetime::Local)
+            }),
+        DatetimeFormat::Pattern(p) if p.contains("%z") || p.contains("%:z") || p.contains("%#z") => {
+            DateTime::parse_from_str(t, p).ok().map(instant)
         }
-        DatetimeFormat::Pattern(p) => if p.contains("%z") || p.contains("%:z") || p.contains("%#z") {
-            DateTime::parse_from_str(t, p).map(|d| d.timestamp_micros())
-        } else {
-            NaiveDateTime::parse_from_str(t, p)
-                .or_else(|_| NaiveDate::parse_from_str(t, p).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default()))
-                .map(|d| d.and_utc().timestamp_micros())
+        DatetimeFormat::Pattern(p) => NaiveDateTime::parse_from_str(t, p)
+            .or_else(|_| NaiveDate::parse_from_str(t, p).map(|d| d.and_time(NaiveTime::MIN)))
+            .ok()
+            .map(ParsedDatetime::Local),
+    }
+}
+
+/// Why a value matching no format was rejected, naming the format(s).
+fn mismatch(formats: &[DatetimeFormat]) -> String {
+    match formats {
+        [DatetimeFormat::Default] => "not an ISO 8601 / RFC 3339 datetime with a zone".into(),
+        [DatetimeFormat::Any] => "not a datetime (ISO 8601, 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD')".into(),
+        [DatetimeFormat::Pattern(p)] => format!("does not match the datetime format `{p}`"),
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|f| match f {
+                    DatetimeFormat::Default => "`default`".to_string(),
+                    DatetimeFormat::Any => "`any`".to_string(),
+                    DatetimeFormat::Pattern(p) => format!("`{p}`"),
+                })
+                .collect();
+            format!("matches none of the datetime formats {}", names.join(", "))
         }
-        .map_err(|_| format!("does not match the datetime format `{p}`")),
+    }
+}
+
+/// Parses one datetime value with the field's formats, in order; a value without an offset
+/// is placed in the field's time zone (UTC when none). `Err` carries the reason.
+fn parse_datetime(text: &str, spec: &DatetimeSpec) -> Result<i64, String> {
+    let t = text.trim();
+    let Some(parsed) = spec.formats.iter().find_map(|f| parse_with(t, f)) else {
+        return Err(mismatch(&spec.formats));
+    };
+    match (parsed, spec.timezone) {
+        (ParsedDatetime::Instant(us), _) => Ok(us),
+        (ParsedDatetime::Local(local), None) => Ok(local.and_utc().timestamp_micros()),
+        (ParsedDatetime::Local(local), Some(zone)) => match zone.from_local_datetime(&local) {
+            LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => Ok(d.timestamp_micros()),
+            LocalResult::None => Err(format!(
+                "{local} does not exist in {zone} (a daylight-saving change skips it)"
+            )),
+        },
     }
 }
 
@@ -505,7 +539,7 @@ mod tests {
         // +01:00 is the same instant as 03:04:05Z, so the max is 03:04:05Z.
         assert_eq!(
             v.max_timestamp,
-            parse_datetime("2024-01-02T03:04:05Z", &DatetimeFormat::Any).ok()
+            parse_datetime("2024-01-02T03:04:05Z", &spec(&[DatetimeFormat::Any], None)).ok()
         );
     }
 
@@ -608,15 +642,45 @@ mod tests {
         assert_eq!(reasons[2], (6, "not an integer", Some("x")));
     }
 
+    fn spec(formats: &[DatetimeFormat], zone: Option<&str>) -> DatetimeSpec {
+        DatetimeSpec {
+            formats: formats.to_vec(),
+            timezone: zone.map(|z| z.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn declared_formats_are_tried_in_order_and_local_times_placed_in_the_zone() {
+        let utc = parse_datetime("2024-03-05T14:22:10Z", &spec(&[DatetimeFormat::Any], None)).unwrap();
+        let berlin = spec(
+            &[DatetimeFormat::Pattern("%d/%m/%Y %H:%M:%S".into()), DatetimeFormat::Any],
+            Some("Europe/Berlin"),
+        );
+        // CET is UTC+1 in March: local 15:22:10 is 14:22:10Z, in either declared format.
+        assert_eq!(parse_datetime("05/03/2024 15:22:10", &berlin).unwrap(), utc);
+        assert_eq!(parse_datetime("2024-03-05 15:22:10", &berlin).unwrap(), utc);
+        // An explicit offset wins over the zone.
+        assert_eq!(parse_datetime("2024-03-05T14:22:10Z", &berlin).unwrap(), utc);
+        // Summer time (UTC+2), the skipped hour, and the repeated hour (the earlier instant).
+        let summer = parse_datetime("2024-07-01 12:00:00", &berlin).unwrap();
+        assert_eq!(summer, parse_datetime("2024-07-01T10:00:00Z", &berlin).unwrap());
+        let gap = parse_datetime("2024-03-31 02:30:00", &berlin).unwrap_err();
+        assert!(gap.contains("does not exist in Europe/Berlin"), "{gap}");
+        let repeated = parse_datetime("2024-10-27 02:30:00", &berlin).unwrap();
+        assert_eq!(repeated, parse_datetime("2024-10-27T00:30:00Z", &berlin).unwrap());
+        let none = parse_datetime("5 March 2024", &berlin).unwrap_err();
+        assert_eq!(none, "matches none of the datetime formats `%d/%m/%Y %H:%M:%S`, `any`");
+    }
+
     #[test]
     fn datetime_forms_agree_on_the_instant() {
-        let f = DatetimeFormat::Any;
+        let f = spec(&[DatetimeFormat::Any], None);
         let a = parse_datetime("2024-03-05T14:22:10Z", &f).unwrap();
         assert_eq!(parse_datetime("2024-03-05 14:22:10", &f).unwrap(), a);
         assert_eq!(parse_datetime("2024-03-05T15:22:10+01:00", &f).unwrap(), a);
-        assert!(parse_datetime("2024-03-05 14:22:10", &DatetimeFormat::Default).is_err());
+        assert!(parse_datetime("2024-03-05 14:22:10", &spec(&[DatetimeFormat::Default], None)).is_err());
         assert_eq!(
-            parse_datetime("05/03/2024 14:22", &DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())).unwrap(),
+            parse_datetime("05/03/2024 14:22", &spec(&[DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())], None)).unwrap(),
             a - 10_000_000
         );
     }

@@ -9,6 +9,7 @@ mod degenerate;
 mod docs;
 mod evaluate;
 mod generate;
+mod history;
 mod golden;
 mod incremental;
 mod malformed;

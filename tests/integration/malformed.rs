@@ -187,6 +187,34 @@ const CASES: &[Case] = &[
         manifest: &[],
     },
     Case {
+        file: "mixed_timestamps_declared.csv",
+        schema: "zoned.schema.json",
+        settings: "",
+        expect: Expect::Loads {
+            loaded: 4,
+            rejected: &[
+                (6, "ts", "does not exist in Europe/Berlin"),
+                (7, "ts", "matches none of the datetime formats `%d.%m.%Y %H:%M`, `any`"),
+            ],
+        },
+        checks: &[
+            // Berlin local 15:22 in March is 14:22 UTC, in either declared form.
+            (
+                "SELECT CAST(COUNT(DISTINCT ts) AS VARCHAR) FROM raw_orders WHERE id IN ('z1', 'z2', 'z3')",
+                "1",
+            ),
+            (
+                "SELECT CAST(ts AS VARCHAR) FROM raw_orders WHERE id = 'z3'",
+                "2024-03-05T14:22:00",
+            ),
+            (
+                "SELECT CAST(ts AS VARCHAR) FROM raw_orders WHERE id = 'z4'",
+                "2024-07-01T10:00:00",
+            ),
+        ],
+        manifest: &[],
+    },
+    Case {
         file: "thousands_currency.csv",
         schema: "money.schema.json",
         settings: "",

@@ -117,6 +117,19 @@ fn psql_rows(port: u16, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// Rows equal cell by cell: text exactly, numbers to 1e-9 relative.
+fn assert_same_rows(what: &str, a: &[Vec<Result<f64, String>>], b: &[Vec<Result<f64, String>>]) {
+    let same = |x: &Result<f64, String>, y: &Result<f64, String>| match (x, y) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => x == y,
+    };
+    let equal = a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(r, s)| r.len() == s.len() && r.iter().zip(s).all(|(x, y)| same(x, y)));
+    assert!(equal, "{what}: served {a:?}\n direct {b:?}");
+}
+
 /// Runs a Python script using psycopg with `PORT` (and the given env) set; returns its output.
 fn python(port: u16, script: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("python3");
@@ -209,44 +222,42 @@ fn serve_lists_tables_and_answers_dashboard_queries_over_psql() {
     let dt = psql_rows(server.port, "\\dt");
     assert!(dt.iter().any(|l| l.contains("customer_scores")), "{dt:?}");
 
-    // Dashboard-style queries, checked against the same tables read directly.
+    // Every supported dashboard query (README), checked against the same tables read
+    // directly; floats to 1e-9 relative (aggregation order may differ).
     let rt = tokio::runtime::Runtime::new().unwrap();
     let direct = rt.block_on(support::warehouse_session(wh));
-    let churn_by_segment = "SELECT rfm_segment, COUNT(*) AS customers, ROUND(AVG(churn_risk), 6) AS avg_churn_risk \
-         FROM customer_scores GROUP BY rfm_segment ORDER BY rfm_segment";
-    let served = psql_rows(server.port, churn_by_segment);
-    let expected = rt.block_on(support::rows(&direct, churn_by_segment));
-    assert!(!served.is_empty());
-    assert_eq!(numeric(&served), numeric(&expected));
-
-    let tiers = "SELECT value_tier, COUNT(*) FROM customer_scores GROUP BY value_tier ORDER BY value_tier";
-    assert_eq!(
-        numeric(&psql_rows(server.port, tiers)),
-        numeric(&rt.block_on(support::rows(&direct, tiers)))
-    );
-
-    let buckets = psql_rows(
-        server.port,
-        "SELECT CASE WHEN clv < 50 THEN '0-50' WHEN clv < 200 THEN '50-200' WHEN clv < 1000 THEN '200-1000' ELSE '1000+' END AS bucket, \
-         COUNT(*) FROM customer_scores GROUP BY 1 ORDER BY 1",
-    );
+    for d in patron::serve::dashboards::DASHBOARDS {
+        let served = psql_rows(server.port, d.sql);
+        let expected = rt.block_on(support::rows(&direct, d.sql));
+        assert!(!served.is_empty(), "{}: no rows", d.name);
+        assert_same_rows(d.name, &numeric(&served), &numeric(&expected));
+        // The extended protocol too (parse/bind/execute), through psycopg.
+        let out = python(
+            server.port,
+            "import os, psycopg\n\
+             c = psycopg.connect(host='127.0.0.1', port=int(os.environ['PORT']), dbname='patron', user='analyst')\n\
+             print(len(c.execute(os.environ['SQL']).fetchall()))",
+            &[("SQL", d.sql)],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}: {}", d.name, text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), served.len().to_string(), "{}", d.name);
+    }
+    let customers = rt.block_on(support::scalar(&direct, "SELECT COUNT(*) FROM customer_scores")) as i64;
+    let buckets = psql_rows(server.port, patron::serve::dashboards::dashboard("clv_distribution").unwrap().sql);
     let total: i64 = buckets
         .iter()
         .map(|l| l.split('|').nth(1).unwrap().parse::<i64>().unwrap())
         .sum();
-    let customers = rt.block_on(support::scalar(&direct, "SELECT COUNT(*) FROM customer_scores")) as i64;
     assert_eq!(total, customers, "{buckets:?}");
-
-    let top = psql_rows(
-        server.port,
-        "SELECT customer_id, clv, churn_reasons FROM customer_scores ORDER BY clv DESC, customer_id LIMIT 100",
-    );
+    let top = psql_rows(server.port, patron::serve::dashboards::dashboard("top_customers").unwrap().sql);
     assert_eq!(top.len() as i64, customers.min(100));
     let clvs: Vec<f64> = top
         .iter()
         .map(|l| l.split('|').nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(clvs.windows(2).all(|w| w[0] >= w[1]), "not sorted by clv: {clvs:?}");
+    let trend = psql_rows(server.port, patron::serve::dashboards::dashboard("churn_risk_trend").unwrap().sql);
+    assert_eq!(trend.len(), 1, "one run, one as-of day: {trend:?}");
 
     let params = psql_rows(server.port, "SELECT COUNT(*) FROM model_params");
     assert!(params[0].parse::<i64>().unwrap() > 0, "{params:?}");

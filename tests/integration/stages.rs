@@ -15,9 +15,21 @@ async fn a_new_stage_file_is_picked_up_and_ordered_after_its_inputs() {
          GROUP BY s.rfm_segment ORDER BY s.rfm_segment",
     )
     .unwrap();
+    // The run's duplicates (and quarantine) are tables stages can read, like raw tables.
+    std::fs::write(
+        dir.path().join("sql/marts/dq_issues.sql"),
+        "SELECT 'duplicates' AS kind, COUNT(*) AS n FROM duplicates\n\
+         UNION ALL SELECT 'quarantine' AS kind, COUNT(*) AS n FROM quarantine",
+    )
+    .unwrap();
     let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let manifest = latest_manifest(&dir.path().join("wh"));
+    let ctx = warehouse_session(&dir.path().join("wh")).await;
+    let staged = scalar(&ctx, "SELECT n FROM dq_issues WHERE kind = 'duplicates'").await;
+    let published = scalar(&ctx, "SELECT COUNT(*) FROM duplicates").await;
+    assert!(published > 0.0, "the fixtures repeat some keys");
+    assert_eq!(staged, published);
     let order: Vec<&str> = manifest["stages"]
         .as_array()
         .unwrap()

@@ -1,0 +1,128 @@
+//! Score history and segment migration: runs on two as-of days keep both days' scores in
+//! `customer_scores_history` (one Delta partition each); `segment_migration` compares
+//! the later day with the earlier one; rerunning a day replaces its rows and changes
+//! nothing else.
+
+use std::path::Path;
+
+use chrono::{Days, NaiveDate};
+
+use crate::support::*;
+
+fn run_as_of(warehouse: &Path, as_of: &str) {
+    let out = patron(
+        &repo(),
+        &["run", "--out", warehouse.to_str().unwrap(), "--as-of", as_of],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+async fn count(warehouse: &Path, sql: &str) -> i64 {
+    let ctx = warehouse_session(warehouse).await;
+    scalar(&ctx, sql).await as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    run_default(&wh);
+    let latest: NaiveDate = latest_manifest(&wh)["as_of"].as_str().unwrap().parse().unwrap();
+    let first = latest.checked_sub_days(Days::new(60)).unwrap().to_string();
+    let second = latest.checked_sub_days(Days::new(30)).unwrap().to_string();
+    // A fresh warehouse for the two days, in order.
+    let wh = dir.path().join("wh2");
+    run_as_of(&wh, &first);
+    let first_customers = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
+    let only_new = count(
+        &wh,
+        "SELECT COUNT(*) FROM segment_migration WHERE movement <> 'new' OR from_as_of IS NOT NULL",
+    )
+    .await;
+    assert_eq!(only_new, 0, "the first as-of day has nothing to compare with");
+    run_as_of(&wh, &second);
+    let second_customers = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
+    assert!(second_customers >= first_customers);
+
+    let ctx = warehouse_session(&wh).await;
+    let days = rows(
+        &ctx,
+        "SELECT CAST(as_of AS VARCHAR), COUNT(*) FROM customer_scores_history GROUP BY as_of ORDER BY as_of",
+    )
+    .await;
+    assert_eq!(
+        days,
+        vec![format!("{first}|{first_customers}"), format!("{second}|{second_customers}")]
+    );
+    // One Delta partition folder per as-of day.
+    let mut partitions: Vec<String> = std::fs::read_dir(wh.join("tables/customer_scores_history"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("as_of="))
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, vec![format!("as_of={first}"), format!("as_of={second}")]);
+    // The history's later day is exactly this run's customer_scores.
+    let differs = scalar(
+        &ctx,
+        &format!(
+            "SELECT COUNT(*) FROM (SELECT customer_id, rfm_segment, clv, churn_risk FROM customer_scores \
+             EXCEPT SELECT customer_id, rfm_segment, clv, churn_risk FROM customer_scores_history \
+             WHERE as_of = DATE '{second}')"
+        ),
+    )
+    .await;
+    assert_eq!(differs, 0.0);
+
+    // Migration, checked against the two partitions joined here independently.
+    let from_days = rows(&ctx, "SELECT DISTINCT CAST(from_as_of AS VARCHAR) FROM segment_migration").await;
+    assert_eq!(from_days, vec![first.clone()]);
+    let segmentations = ints(
+        &ctx,
+        "SELECT SUM(customers) FROM segment_migration GROUP BY segmentation ORDER BY segmentation",
+    )
+    .await;
+    assert_eq!(segmentations.len(), 9);
+    let both = format!(
+        "(SELECT customer_id FROM customer_scores_history WHERE as_of = DATE '{first}') \
+         UNION (SELECT customer_id FROM customer_scores_history WHERE as_of = DATE '{second}')"
+    );
+    let everyone = scalar(&ctx, &format!("SELECT COUNT(*) FROM ({both})")).await as i64;
+    assert!(segmentations.iter().all(|n| *n == everyone), "{segmentations:?} vs {everyone}");
+    let pairs = format!(
+        "SELECT p.rfm_segment AS f, c.rfm_segment AS t, COUNT(*) AS n \
+         FROM (SELECT * FROM customer_scores_history WHERE as_of = DATE '{first}') p \
+         JOIN (SELECT * FROM customer_scores_history WHERE as_of = DATE '{second}') c USING (customer_id) \
+         GROUP BY 1, 2 ORDER BY 1, 2"
+    );
+    let expected = rows(&ctx, &pairs).await;
+    let published = rows(
+        &ctx,
+        "SELECT from_segment, to_segment, customers FROM segment_migration \
+         WHERE segmentation = 'rfm_segment' AND movement IN ('stayed', 'moved') ORDER BY 1, 2",
+    )
+    .await;
+    assert_eq!(published, expected);
+    let moved = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM segment_migration WHERE movement = 'moved' AND from_segment = to_segment",
+    )
+    .await;
+    assert_eq!(moved, 0.0);
+    let new = count(
+        &wh,
+        "SELECT COALESCE(SUM(customers), 0) FROM segment_migration WHERE segmentation = 'rfm_segment' AND movement = 'new'",
+    )
+    .await;
+    assert_eq!(new, everyone - first_customers, "new = scored now but not on the first day");
+
+    // Rerunning the second day replaces its rows: same history, same migration.
+    let history = "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
+    let migration = "SELECT * FROM segment_migration ORDER BY segmentation, from_segment, to_segment";
+    let (h1, m1) = (rows(&ctx, history).await, rows(&ctx, migration).await);
+    run_as_of(&wh, &second);
+    let ctx = warehouse_session(&wh).await;
+    assert_eq!(rows(&ctx, history).await, h1);
+    assert_eq!(rows(&ctx, migration).await, m1);
+}
