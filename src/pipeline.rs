@@ -602,9 +602,13 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     .await
     .map_err(RunError::Engine)?;
     // Stages (and data tests) can read this run's duplicates, like its quarantine.
-    runner::register_parquet(&ctx, names::DUPLICATES_TABLE, &duplicates_dir.join("part-00000.parquet"))
-        .await
-        .map_err(|e| RunError::Engine(e.to_string()))?;
+    runner::register_parquet(
+        &ctx,
+        names::DUPLICATES_TABLE,
+        &duplicates_dir.join("part-00000.parquet"),
+    )
+    .await
+    .map_err(|e| RunError::Engine(e.to_string()))?;
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project

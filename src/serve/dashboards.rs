@@ -28,8 +28,8 @@ pub const DASHBOARDS: [Dashboard; 6] = [
         title: "CLV distribution in buckets",
         sql: "SELECT CASE WHEN clv <= 0 THEN '0' WHEN clv < 50 THEN '0-50' WHEN clv < 100 THEN '50-100' \
               WHEN clv < 250 THEN '100-250' WHEN clv < 500 THEN '250-500' WHEN clv < 1000 THEN '500-1000' \
-              ELSE '1000+' END AS clv_bucket, COUNT(*) AS customers, SUM(clv) AS clv \
-              FROM customer_scores GROUP BY 1 ORDER BY MIN(clv)",
+              ELSE '1000+' END AS clv_bucket, MIN(clv) AS lowest_clv, COUNT(*) AS customers, SUM(clv) AS total_clv \
+              FROM customer_scores GROUP BY 1 ORDER BY lowest_clv",
     },
     Dashboard {
         name: "value_tiers",
@@ -72,7 +72,12 @@ mod tests {
     fn the_readme_lists_every_dashboard_query_verbatim() {
         let readme = include_str!("../../README.md");
         for d in DASHBOARDS {
-            assert!(readme.contains(d.sql), "README.md lacks the `{}` query:\n{}", d.name, d.sql);
+            assert!(
+                readme.contains(d.sql),
+                "README.md lacks the `{}` query:\n{}",
+                d.name,
+                d.sql
+            );
         }
     }
 

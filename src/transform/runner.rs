@@ -6,15 +6,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::Column;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::checks::ident;
-use super::spec::Materialized;
+use super::spec::{Materialized, OnSchemaChange};
 use super::{Seed, Stage, TransformError};
 use crate::publish::read::PublishedVersion;
 use crate::storage::ParquetSink;
@@ -203,6 +205,7 @@ async fn run_incremental(
         p
     };
     let mut df = None;
+    let mut evolved: Option<Vec<Field>> = None;
     if base {
         let watermark = match &stage.spec.incremental_column {
             Some(col) => first_value(ctx, &format!("SELECT max({}) FROM {}", ident(col), ident(&prev_name)))
@@ -212,18 +215,32 @@ async fn run_incremental(
         };
         let planned = plan_stage(ctx, stage, bind(true, watermark)).await?;
         let before = ctx.table(&prev_name).await.map_err(sql_err)?;
-        let same = |a: &datafusion::common::DFSchema, b: &datafusion::common::DFSchema| {
-            a.fields().len() == b.fields().len()
-                && a.fields()
-                    .iter()
-                    .zip(b.fields())
-                    .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
-        };
-        if same(planned.schema(), before.schema()) {
-            df = Some(planned);
-        } else {
-            tracing::warn!(stage = %stage.name, "columns changed since the previous run: full refresh");
-            base = false;
+        let change = SchemaChange::between(before.schema().inner(), planned.schema().inner());
+        match stage.spec.on_schema_change {
+            _ if change.is_none() => df = Some(planned),
+            OnSchemaChange::FullRefresh => {
+                tracing::warn!(stage = %stage.name, %change, "columns changed since the previous run: full refresh");
+                base = false;
+            }
+            OnSchemaChange::AppendNewColumns if change.retyped.is_empty() => {
+                tracing::info!(stage = %stage.name, %change, "columns changed: previous rows kept, new columns NULL in them");
+                evolved = Some(change.union);
+                df = Some(planned);
+            }
+            OnSchemaChange::Fail | OnSchemaChange::AppendNewColumns => {
+                return Err(TransformError::Sql {
+                    stage: stage.name.clone(),
+                    path: stage.path.clone(),
+                    message: format!(
+                        "the columns changed since the previous run ({change}) and `@on_schema_change` is {}; \
+                         rerun with --full-refresh to rebuild the table",
+                        match stage.spec.on_schema_change {
+                            OnSchemaChange::Fail => "fail",
+                            _ => "append_new_columns, which cannot change a column's type",
+                        }
+                    ),
+                });
+            }
         }
     }
     let df = match df {
@@ -258,6 +275,15 @@ async fn run_incremental(
             ),
         });
     }
+    if let Some(columns) = &evolved {
+        // Both sides take the union of the columns (NULL where a side lacks one).
+        for name in [&new_name, &prev_name] {
+            let aligned = align(ctx.table(name.as_str()).await.map_err(sql_err)?, columns).map_err(sql_err)?;
+            ctx.deregister_table(name.as_str()).map_err(sql_err)?;
+            ctx.register_table(name.as_str(), aligned.into_view())
+                .map_err(sql_err)?;
+        }
+    }
     let order = keys.join(", ");
     let merged = if base {
         let on: Vec<String> = keys.iter().map(|k| format!("p.{k} = n.{k}")).collect();
@@ -278,6 +304,84 @@ async fn run_incremental(
         ctx.deregister_table(name.as_str()).map_err(sql_err)?;
     }
     Ok((output, rows, bytes, new_rows))
+}
+
+/// How a stage's columns differ from its previous table's.
+#[derive(Debug, Default)]
+struct SchemaChange {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// (column, previous type, new type).
+    retyped: Vec<(String, DataType, DataType)>,
+    /// Only the order of the columns changed.
+    reordered: bool,
+    /// The new columns in order, then the previous table's columns the query dropped.
+    union: Vec<Field>,
+}
+
+impl SchemaChange {
+    fn between(before: &Schema, after: &Schema) -> SchemaChange {
+        let mut change = SchemaChange::default();
+        for f in after.fields() {
+            match before.field_with_name(f.name()) {
+                Err(_) => change.added.push(f.name().clone()),
+                Ok(b) if b.data_type() != f.data_type() => {
+                    change
+                        .retyped
+                        .push((f.name().clone(), b.data_type().clone(), f.data_type().clone()))
+                }
+                Ok(_) => {}
+            }
+            change.union.push(f.as_ref().clone().with_nullable(true));
+        }
+        for f in before.fields() {
+            if after.field_with_name(f.name()).is_err() {
+                change.removed.push(f.name().clone());
+                change.union.push(f.as_ref().clone().with_nullable(true));
+            }
+        }
+        let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        change.reordered = names(before) != names(after);
+        change
+    }
+
+    fn is_none(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.retyped.is_empty() && !self.reordered
+    }
+}
+
+impl std::fmt::Display for SchemaChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.added.is_empty() {
+            parts.push(format!("added {}", self.added.join(", ")));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!("removed {}", self.removed.join(", ")));
+        }
+        for (name, was, now) in &self.retyped {
+            parts.push(format!("{name} was {was}, now {now}"));
+        }
+        if parts.is_empty() && self.reordered {
+            parts.push("columns reordered".into());
+        }
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+/// `df` with exactly `columns`, in order: its own where it has them, typed NULLs elsewhere.
+fn align(df: DataFrame, columns: &[Field]) -> Result<DataFrame, DataFusionError> {
+    let exprs = columns
+        .iter()
+        .map(|f| {
+            if df.schema().inner().field_with_name(f.name()).is_ok() {
+                Ok(col(Column::new_unqualified(f.name())))
+            } else {
+                Ok(lit(ScalarValue::try_from(f.data_type())?).alias(f.name()))
+            }
+        })
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    df.select(exprs)
 }
 
 /// Streams `df` into `out_dir/<name>/part-00000.parquet` and registers the file as table
@@ -349,4 +453,59 @@ pub async fn run_stage(
     };
     tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(fields: &[(&str, DataType)]) -> Schema {
+        Schema::new(
+            fields
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), false))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_schema_change_lists_added_removed_and_retyped_columns() {
+        let before = schema(&[("id", DataType::Utf8), ("a", DataType::Int64), ("gone", DataType::Utf8)]);
+        let after = schema(&[
+            ("id", DataType::Utf8),
+            ("a", DataType::Float64),
+            ("new", DataType::Boolean),
+        ]);
+        let c = SchemaChange::between(&before, &after);
+        assert_eq!(c.added, vec!["new"]);
+        assert_eq!(c.removed, vec!["gone"]);
+        assert_eq!(c.retyped, vec![("a".to_string(), DataType::Int64, DataType::Float64)]);
+        let names: Vec<&str> = c.union.iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, vec!["id", "a", "new", "gone"]);
+        assert_eq!(c.to_string(), "added new; removed gone; a was Int64, now Float64");
+        assert!(SchemaChange::between(&before, &before).is_none());
+        let reordered = schema(&[("a", DataType::Int64), ("id", DataType::Utf8), ("gone", DataType::Utf8)]);
+        let c = SchemaChange::between(&before, &reordered);
+        assert!(!c.is_none());
+        assert_eq!(c.to_string(), "columns reordered");
+    }
+
+    #[tokio::test]
+    async fn align_fills_missing_columns_with_typed_nulls() {
+        let ctx = SessionContext::new();
+        let df = ctx.sql("SELECT 'x' AS id, 1 AS a").await.unwrap();
+        let columns = vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("id", DataType::Utf8, true),
+            Field::new("score", DataType::Float64, true),
+        ];
+        let aligned = align(df, &columns).unwrap();
+        let batches = aligned.collect().await.unwrap();
+        let b = &batches[0];
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, vec!["a", "id", "score"]);
+        assert_eq!(b.column(2).data_type(), &DataType::Float64);
+        assert_eq!(b.column(2).null_count(), 1);
+    }
 }

@@ -10,6 +10,7 @@
 //! -- @unique_key: order_id, line_no      (incremental: the merge key)
 //! -- @incremental_column: order_ts       (incremental: `$watermark` is its last max)
 //! -- @partition_by: order_date           (Delta publish: partition columns)
+//! -- @on_schema_change: append_new_columns  (incremental: full_refresh | fail | append_new_columns)
 //! ```
 //! Schema file (`sql/marts/fct_customer.toml`):
 //! ```toml
@@ -123,6 +124,21 @@ pub struct DataTest {
     pub file: PathBuf,
 }
 
+/// What an incremental stage does when its query's columns no longer match the previous
+/// table's (a column added, removed or retyped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSchemaChange {
+    /// Rebuild the table from this run's query alone (the previous rows are dropped).
+    #[default]
+    FullRefresh,
+    /// Fail the run, naming the differences.
+    Fail,
+    /// Keep the previous rows: new columns are NULL in them, columns the query no longer
+    /// selects stay (NULL in new rows); a column whose type changed fails the run.
+    AppendNewColumns,
+}
+
 /// Descriptions, settings and tests of one stage.
 #[derive(Debug, Clone, Default)]
 pub struct StageSpec {
@@ -138,6 +154,8 @@ pub struct StageSpec {
     pub incremental_column: Option<String>,
     /// Columns the published Delta table is partitioned by.
     pub partition_by: Vec<String>,
+    /// Incremental stages: what a change of columns does.
+    pub on_schema_change: OnSchemaChange,
     /// Column descriptions.
     pub columns: BTreeMap<String, String>,
     /// Data tests.
@@ -215,6 +233,7 @@ fn bad(path: &Path, message: impl Into<String>) -> TransformError {
 
 /// Reads `-- @key: value` lines at the top of a stage file into `spec`.
 fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), TransformError> {
+    let mut schema_change_set = false;
     for (i, line) in sql.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -250,11 +269,28 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
             "unique_key" => spec.unique_key = list(value),
             "partition_by" => spec.partition_by = list(value),
             "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
+            "on_schema_change" => {
+                spec.on_schema_change = match value {
+                    "full_refresh" => OnSchemaChange::FullRefresh,
+                    "fail" => OnSchemaChange::Fail,
+                    "append_new_columns" => OnSchemaChange::AppendNewColumns,
+                    other => {
+                        return Err(bad(
+                            path,
+                            format!(
+                                "line {}: on_schema_change `{other}` is not one of full_refresh, fail, append_new_columns",
+                                i + 1
+                            ),
+                        ));
+                    }
+                };
+                schema_change_set = true;
+            }
             other => {
                 return Err(bad(
                     path,
                     format!(
-                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by)",
+                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by, on_schema_change)",
                         i + 1
                     ),
                 ));
@@ -274,10 +310,10 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
             "`@partition_by` needs a stored stage (table or incremental), not a view",
         ));
     }
-    if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some()) {
+    if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some() || schema_change_set) {
         return Err(bad(
             path,
-            "`@unique_key` and `@incremental_column` apply to `@materialized: incremental` stages only",
+            "`@unique_key`, `@incremental_column` and `@on_schema_change` apply to `@materialized: incremental` stages only",
         ));
     }
     Ok(())

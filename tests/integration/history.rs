@@ -47,12 +47,15 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
     let ctx = warehouse_session(&wh).await;
     let days = rows(
         &ctx,
-        "SELECT CAST(as_of AS VARCHAR), COUNT(*) FROM customer_scores_history GROUP BY as_of ORDER BY as_of",
+        "SELECT CAST(as_of AS VARCHAR) AS day, COUNT(*) FROM customer_scores_history GROUP BY as_of ORDER BY as_of",
     )
     .await;
     assert_eq!(
         days,
-        vec![format!("{first}|{first_customers}"), format!("{second}|{second_customers}")]
+        vec![
+            format!("{first}|{first_customers}"),
+            format!("{second}|{second_customers}")
+        ]
     );
     // One Delta partition folder per as-of day.
     let mut partitions: Vec<String> = std::fs::read_dir(wh.join("tables/customer_scores_history"))
@@ -76,7 +79,11 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
     assert_eq!(differs, 0.0);
 
     // Migration, checked against the two partitions joined here independently.
-    let from_days = rows(&ctx, "SELECT DISTINCT CAST(from_as_of AS VARCHAR) FROM segment_migration").await;
+    let from_days = rows(
+        &ctx,
+        "SELECT DISTINCT CAST(from_as_of AS VARCHAR) AS day FROM segment_migration",
+    )
+    .await;
     assert_eq!(from_days, vec![first.clone()]);
     let segmentations = ints(
         &ctx,
@@ -89,7 +96,10 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
          UNION (SELECT customer_id FROM customer_scores_history WHERE as_of = DATE '{second}')"
     );
     let everyone = scalar(&ctx, &format!("SELECT COUNT(*) FROM ({both})")).await as i64;
-    assert!(segmentations.iter().all(|n| *n == everyone), "{segmentations:?} vs {everyone}");
+    assert!(
+        segmentations.iter().all(|n| *n == everyone),
+        "{segmentations:?} vs {everyone}"
+    );
     let pairs = format!(
         "SELECT p.rfm_segment AS f, c.rfm_segment AS t, COUNT(*) AS n \
          FROM (SELECT * FROM customer_scores_history WHERE as_of = DATE '{first}') p \
@@ -115,14 +125,55 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
         "SELECT COALESCE(SUM(customers), 0) FROM segment_migration WHERE segmentation = 'rfm_segment' AND movement = 'new'",
     )
     .await;
-    assert_eq!(new, everyone - first_customers, "new = scored now but not on the first day");
+    assert_eq!(
+        new,
+        everyone - first_customers,
+        "new = scored now but not on the first day"
+    );
 
     // Rerunning the second day replaces its rows: same history, same migration.
-    let history = "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
+    let history =
+        "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
     let migration = "SELECT * FROM segment_migration ORDER BY segmentation, from_segment, to_segment";
     let (h1, m1) = (rows(&ctx, history).await, rows(&ctx, migration).await);
     run_as_of(&wh, &second);
     let ctx = warehouse_session(&wh).await;
     assert_eq!(rows(&ctx, history).await, h1);
     assert_eq!(rows(&ctx, migration).await, m1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_scores_column_keeps_the_older_days_with_null_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    let wh = dir.path().join("wh");
+    let out = run_pipeline(dir.path(), &p, &["--as-of", "2024-06-30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = count(&wh, "SELECT COUNT(*) FROM customer_scores_history").await;
+    // customer_scores gains a column, as a new release of the scoring SQL would.
+    let scores = dir.path().join("sql/scoring/customer_scores.sql");
+    let sql = std::fs::read_to_string(&scores).unwrap();
+    assert!(sql.contains("    p.model_version\nFROM scored"));
+    std::fs::write(
+        &scores,
+        sql.replace(
+            "    p.model_version\nFROM scored",
+            "    p.model_version,\n    1 AS score_release\nFROM scored",
+        ),
+    )
+    .unwrap();
+    let out = run_pipeline(dir.path(), &p, &["--as-of", "2024-07-31"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ctx = warehouse_session(&wh).await;
+    let days = rows(
+        &ctx,
+        "SELECT CAST(as_of AS VARCHAR) AS day, COUNT(*), COUNT(score_release) FROM customer_scores_history \
+         GROUP BY as_of ORDER BY as_of",
+    )
+    .await;
+    let second = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
+    assert_eq!(
+        days,
+        vec![format!("2024-06-30|{first}|0"), format!("2024-07-31|{second}|{second}")]
+    );
 }

@@ -3,7 +3,7 @@
 
 use crate::support::*;
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 10] = [
     "stg_sales",
     "stg_service",
     "stg_marketing",
@@ -12,6 +12,8 @@ const TABLES: [&str; 8] = [
     "model_params",
     "churn_features",
     "customer_scores",
+    "customer_scores_history",
+    "segment_migration",
 ];
 
 #[tokio::test]
