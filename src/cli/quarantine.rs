@@ -133,7 +133,15 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
     let tables = read::register_run(&ctx, &warehouse, record)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
-    let report = summarise(&ctx, &tables, record, args.source.as_deref(), args.reason.as_deref(), args.limit).await?;
+    let report = summarise(
+        &ctx,
+        &tables,
+        record,
+        args.source.as_deref(),
+        args.reason.as_deref(),
+        args.limit,
+    )
+    .await?;
     match args.format {
         QuarantineFormat::Json => {
             let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::failed(e.to_string()))?;

@@ -63,7 +63,10 @@ pub async fn run(args: ReportArgs) -> Result<(), CliError> {
     let values = |rows: Vec<Map<String, Value>>| rows.iter().map(|r| float(r, "v")).collect::<Vec<_>>();
     let segment = |column: &str| queries::SEGMENT.replace("{column}", column);
     let mut data = ReportData {
-        customers: q(queries::CUSTOMERS.into()).await?.first().map_or(0, |r| cell_u64(r, "customers")),
+        customers: q(queries::CUSTOMERS.into())
+            .await?
+            .first()
+            .map_or(0, |r| cell_u64(r, "customers")),
         segments: Vec::new(),
         lifecycle: segments(&q(segment(queries::LIFECYCLE_COLUMN)).await?),
         clv: values(q(queries::CLV.into()).await?),

@@ -44,7 +44,14 @@ pub const SAMPLE_LIMIT: usize = 2000;
 /// Quarantine reason groups listed at most.
 pub const TOP_REASONS: usize = 10;
 /// Lifecycle stages in funnel order (DOMAIN.md, "Lifecycle stage").
-pub const LIFECYCLE_ORDER: [&str; 6] = ["prospect", "exploration", "formation", "stability", "decline", "churned"];
+pub const LIFECYCLE_ORDER: [&str; 6] = [
+    "prospect",
+    "exploration",
+    "formation",
+    "stability",
+    "decline",
+    "churned",
+];
 /// Portfolio quadrants in grid order: top-left, top-right, bottom-left, bottom-right
 /// (historical value across, potential value up).
 pub const QUADRANT_ORDER: [&str; 4] = ["cultivate", "invest", "abandon", "maintain"];
@@ -96,11 +103,14 @@ pub struct ReportData {
 }
 
 fn table(head: &[&str], rows: &[(String, Vec<String>)]) -> String {
-    let mut html = String::from("<table><tr>");
-    for h in head {
-        let _ = write!(html, "<th>{}</th>", esc(h));
+    let mut html = String::from("<table>");
+    if !head.is_empty() {
+        html.push_str("<tr>");
+        for h in head {
+            let _ = write!(html, "<th>{}</th>", esc(h));
+        }
+        html.push_str("</tr>\n");
     }
-    html.push_str("</tr>\n");
     for (attrs, cells) in rows {
         let _ = write!(html, "<tr{attrs}>");
         for c in cells {
@@ -116,7 +126,10 @@ fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
-        Value::Number(n) => n.as_u64().map(int).unwrap_or_else(|| num(n.as_f64().unwrap_or(f64::NAN))),
+        Value::Number(n) => n
+            .as_u64()
+            .map(int)
+            .unwrap_or_else(|| short(n.as_f64().unwrap_or(f64::NAN))),
         other => other.to_string(),
     }
 }
@@ -163,13 +176,17 @@ fn histogram_panel(id: &str, title: &str, quantity: &str, values: &[f64], edges:
         })
         .collect();
     let edges_text: Vec<String> = edges.iter().map(|e| short(*e)).collect();
-    let rows: Vec<_> = labels.into_iter().zip(&counts).map(|(l, c)| (String::new(), vec![l, int(*c)])).collect();
+    let rows: Vec<_> = labels
+        .into_iter()
+        .zip(&counts)
+        .map(|(l, c)| (String::new(), vec![l, int(*c)]))
+        .collect();
     format!(
-        "{}<p class=\"muted\">{} customers; bucket edges: {}</p>\n{}",
+        "<div class=\"row\">{}{}</div><p class=\"muted\">{} customers; bucket edges: {}</p>\n",
         svg::bars(id, title, quantity, "customers", &chart, false),
+        table(&[quantity, "customers"], &rows),
         int(values.len() as u64),
-        esc(&edges_text.join(", ")),
-        table(&[quantity, "customers"], &rows)
+        esc(&edges_text.join(", "))
     )
 }
 
@@ -216,7 +233,12 @@ fn model_panel(m: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|l| (String::new(), vec![text(&l["learner"]), text(&l["auc"]), text(&l["brier"])]))
+        .map(|l| {
+            (
+                String::new(),
+                vec![text(&l["learner"]), text(&l["auc"]), text(&l["brier"])],
+            )
+        })
         .collect();
     html.push_str(&table(&["learner", "AUC", "Brier"], &rows));
     html
@@ -229,7 +251,10 @@ fn quality_panel(m: &Value, q: &Summary) -> String {
         .flatten()
         .map(|s| {
             let cells = ["rows_read", "rows_loaded", "rows_quarantined", "duplicate_rows"].map(|k| text(&s[k]));
-            (String::new(), std::iter::once(text(&s["source"])).chain(cells).collect())
+            (
+                String::new(),
+                std::iter::once(text(&s["source"])).chain(cells).collect(),
+            )
         })
         .collect();
     let mut html = table(&["source", "rows read", "loaded", "quarantined", "duplicates"], &rows);
@@ -248,7 +273,10 @@ fn quality_panel(m: &Value, q: &Summary) -> String {
         .take(TOP_REASONS)
         .map(|g| {
             let column = if g.column.is_empty() { "(row)" } else { &g.column };
-            (String::new(), vec![g.source.clone(), column.to_string(), g.reason.clone(), int(g.rows)])
+            (
+                String::new(),
+                vec![g.source.clone(), column.to_string(), g.reason.clone(), int(g.rows)],
+            )
         })
         .collect();
     if top.is_empty() {
@@ -265,9 +293,10 @@ pub fn render(d: &ReportData) -> String {
     let m = &d.manifest;
     let mut html = String::from(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>patron run report</title>\n<style>\
-         body{font-family:sans-serif;margin:2em;color:#1a202c;max-width:1100px}table{border-collapse:collapse;margin:.5em 0 1.5em}\
+         body{font-family:sans-serif;margin:2em;color:#1a202c;max-width:1250px}\
+         .row{display:flex;gap:1.5em;align-items:flex-start;flex-wrap:wrap}table{border-collapse:collapse;margin:.5em 0 1.5em}\
          td,th{border:1px solid #cbd5e0;padding:3px 8px;text-align:left;font-size:13px}th{background:#edf2f7}\
-         .muted{color:#718096}.nodata{color:#c53030;font-style:italic}svg.chart{display:block;margin:1em 0}</style></head><body>\n\
+         .muted{color:#718096}.nodata{color:#c53030;font-style:italic}svg.chart{display:block;margin:.5em 0}</style></head><body>\n\
          <h1>patron run report</h1>\n",
     );
     let header: Vec<_> = [
@@ -281,10 +310,11 @@ pub fn render(d: &ReportData) -> String {
     .into_iter()
     .map(|(k, v)| (String::new(), vec![k.to_string(), v]))
     .collect();
-    let _ = write!(html, "<h2>{}</h2>\n{}", PANELS[0], table(&["", ""], &header));
+    let _ = write!(html, "<h2>{}</h2>\n{}", PANELS[0], table(&[], &header));
 
     let _ = writeln!(html, "<h2>{}</h2>", PANELS[1]);
     for (dimension, segments) in &d.segments {
+        html.push_str("<div class=\"row\">");
         html.push_str(&bars(
             &format!("seg-{dimension}"),
             &format!("Customers by {dimension}"),
@@ -294,6 +324,7 @@ pub fn render(d: &ReportData) -> String {
             false,
         ));
         html.push_str(&segment_table(dimension, segments));
+        html.push_str("</div>\n");
     }
 
     let _ = writeln!(html, "<h2>{}</h2>", PANELS[2]);
@@ -319,12 +350,17 @@ pub fn render(d: &ReportData) -> String {
         Cell {
             name: name.to_string(),
             customers: s.map_or(0, |s| s.customers),
-            value: s.map_or(0.0, |s| s.value + s.potential),
+            historical: s.map_or(0.0, |s| s.value),
+            potential: s.map_or(0.0, |s| s.potential),
         }
     });
+    html.push_str("<div class=\"row\">");
     html.push_str(&svg::quadrant(
         "portfolio",
-        "Portfolio: historical x potential value (value = historical + potential)",
+        &format!(
+            "Portfolio: historical x potential value (axes split at quantile {} of buyers)",
+            text(&m["settings"]["scoring"]["segment_split_quantile"])
+        ),
         "historical value",
         "potential value",
         &cells,
@@ -333,14 +369,29 @@ pub fn render(d: &ReportData) -> String {
         .quadrants
         .iter()
         .map(|s| {
-            let attrs = format!(" data-quadrant=\"{}\" data-customers=\"{}\"", esc(&s.label), s.customers);
-            (attrs, vec![s.label.clone(), int(s.customers), num(s.value), num(s.potential)])
+            let attrs = format!(
+                " data-quadrant=\"{}\" data-customers=\"{}\"",
+                esc(&s.label),
+                s.customers
+            );
+            (
+                attrs,
+                vec![s.label.clone(), int(s.customers), num(s.value), num(s.potential)],
+            )
         })
         .collect();
-    html.push_str(&table(&["quadrant", "customers", "historical value", "potential value"], &rows));
+    html.push_str(&table(
+        &["quadrant", "customers", "historical value", "potential value"],
+        &rows,
+    ));
+    html.push_str("</div>\n");
     html.push_str(&svg::scatter(
         "portfolio-scatter",
-        &format!("Sample of {} of {} customers (by MD5 of customer_id)", int(d.sample.len() as u64), int(d.customers)),
+        &format!(
+            "Sample of {} of {} customers (by MD5 of customer_id)",
+            int(d.sample.len() as u64),
+            int(d.customers)
+        ),
         "historical value",
         "potential value",
         &d.sample,
@@ -350,15 +401,25 @@ pub fn render(d: &ReportData) -> String {
     let mut stages: Vec<Segment> = LIFECYCLE_ORDER
         .iter()
         .map(|name| {
-            d.lifecycle.iter().find(|s| s.label == *name).cloned().unwrap_or(Segment {
-                label: name.to_string(),
-                customers: 0,
-                value: 0.0,
-                potential: 0.0,
-            })
+            d.lifecycle
+                .iter()
+                .find(|s| s.label == *name)
+                .cloned()
+                .unwrap_or(Segment {
+                    label: name.to_string(),
+                    customers: 0,
+                    value: 0.0,
+                    potential: 0.0,
+                })
         })
         .collect();
-    stages.extend(d.lifecycle.iter().filter(|s| !LIFECYCLE_ORDER.contains(&s.label.as_str())).cloned());
+    stages.extend(
+        d.lifecycle
+            .iter()
+            .filter(|s| !LIFECYCLE_ORDER.contains(&s.label.as_str()))
+            .cloned(),
+    );
+    html.push_str("<div class=\"row\">");
     html.push_str(&bars(
         "lifecycle",
         "Customers by lifecycle stage",
@@ -368,6 +429,7 @@ pub fn render(d: &ReportData) -> String {
         true,
     ));
     html.push_str(&segment_table(queries::LIFECYCLE_COLUMN, &stages));
+    html.push_str("</div>\n");
 
     let _ = writeln!(html, "<h2>{}</h2>", PANELS[5]);
     html.push_str(&model_panel(&m["models"]));

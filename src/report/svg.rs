@@ -69,8 +69,8 @@ pub fn short(x: f64) -> String {
 }
 
 /// Bucket edges for a skewed non-negative quantity such as CLV: 0, then 1-2-5 steps per
-/// decade from the decade of the smallest positive value (at most six decades below the
-/// largest) up to the first edge above the largest. A negative minimum becomes the first edge. Empty data gives no edges; data
+/// decade from the decade of the smallest positive value (at most three decades below
+/// the largest) up to the first edge above the largest. A negative minimum becomes the first edge. Empty data gives no edges; data
 /// that is all one value gives the two edges around it.
 pub fn log_edges(values: &[f64]) -> Vec<f64> {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
@@ -83,7 +83,7 @@ pub fn log_edges(values: &[f64]) -> Vec<f64> {
     let mut edges = vec![min.min(0.0)];
     let smallest = finite.iter().copied().filter(|v| *v > 0.0).reduce(f64::min);
     if let Some(smallest) = smallest {
-        let mut exponent = smallest.max(max * 1e-6).log10().floor() as i32;
+        let mut exponent = smallest.max(max * 1e-3).log10().floor() as i32;
         'outer: loop {
             let decade = 10f64.powi(exponent);
             for step in [1.0, 2.0, 5.0] {
@@ -193,31 +193,36 @@ pub struct Cell {
     pub name: String,
     /// Customers in it.
     pub customers: u64,
-    /// Their summed historical and potential value.
-    pub value: f64,
+    /// Their summed historical value.
+    pub historical: f64,
+    /// Their summed potential value.
+    pub potential: f64,
 }
 
 /// The two-by-two grid: `cells` in the order top-left, top-right, bottom-left,
 /// bottom-right (low x / high y, high / high, low / low, high / low).
 pub fn quadrant(id: &str, title: &str, x_label: &str, y_label: &str, cells: &[Cell; 4]) -> String {
-    let (left, top, side) = (60.0, 40.0, 300.0);
+    let (left, top, side) = (60.0, 40.0, 220.0);
     let mut svg = open(id, top + 2.0 * side + 50.0, title);
     for (i, c) in cells.iter().enumerate() {
         let (x, y) = (left + side * (i % 2) as f64, top + side * (i / 2) as f64);
         let _ = writeln!(
             svg,
             "<rect x=\"{x}\" y=\"{y}\" width=\"{side}\" height=\"{side}\" fill=\"#ebf4ff\" stroke=\"#4a5568\">\
-             <title>{name}: {n} customers, value {v}</title></rect>\
+             <title>{name}: {n} customers, historical value {h}, potential value {p}</title></rect>\
              <text x=\"{cx}\" y=\"{}\" font-size=\"16\" font-weight=\"bold\" text-anchor=\"middle\">{name}</text>\
              <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\">{n} customers</text>\
-             <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\">value {v}</text>",
-            y + side / 2.0 - 14.0,
-            y + side / 2.0 + 8.0,
-            y + side / 2.0 + 26.0,
+             <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\">historical {h}</text>\
+             <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\">potential {p}</text>",
+            y + side / 2.0 - 22.0,
+            y + side / 2.0,
+            y + side / 2.0 + 18.0,
+            y + side / 2.0 + 36.0,
             cx = x + side / 2.0,
             name = esc(&c.name),
             n = int(c.customers),
-            v = num(c.value)
+            h = num(c.historical),
+            p = num(c.potential)
         );
     }
     let _ = write!(
@@ -328,13 +333,17 @@ mod tests {
         assert_eq!(log_edges(&[0.0, 0.0]), vec![0.0, 1.0]);
         assert_eq!(log_edges(&[-5.0, 5.0]), vec![-5.0, 1.0, 2.0, 5.0, 10.0]);
         let tiny = log_edges(&[1e-300, 1.0]);
-        assert_eq!(tiny.len(), 21, "0, six decades of three steps, 1, 2: {tiny:?}");
-        assert!((tiny[1] - 1e-6).abs() < 1e-18, "{tiny:?}");
+        assert_eq!(tiny.len(), 12, "0, three decades of three steps, 1, 2: {tiny:?}");
+        assert!((tiny[1] - 1e-3).abs() < 1e-15, "{tiny:?}");
         assert!(log_edges(&[]).is_empty());
         let values = [0.0, 0.5, 1.0, 1.5, 20.0, 49.99, 50.0];
         let edges = log_edges(&values);
         let counts = histogram(&values, &edges);
-        assert_eq!(counts.iter().sum::<u64>(), values.len() as u64, "every value in a bucket");
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            values.len() as u64,
+            "every value in a bucket"
+        );
         assert_eq!(counts, vec![1, 0, 0, 1, 2, 0, 0, 0, 2, 1]);
     }
 
@@ -360,7 +369,10 @@ mod tests {
         };
         let svg = bars("b", "Segments <1>", "segment", "customers", &[evil], false);
         assert!(!svg.contains("<script>"), "{svg}");
-        assert!(svg.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"), "{svg}");
+        assert!(
+            svg.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"),
+            "{svg}"
+        );
         assert!(svg.contains("Segments &lt;1&gt;") && svg.contains("3 &quot;customers&quot;"));
         assert!(svg.contains("<title>") && svg.contains(">segment</text>") && svg.contains(">customers</text>"));
         assert_eq!(bars("b", "t", "y", "x", &[], false), NO_DATA);
@@ -377,6 +389,9 @@ mod tests {
             y: 0.0,
         };
         let svg = scatter("s", "t", "x", "y", &[p]);
-        assert!(svg.contains("<circle") && svg.contains("&lt;b&gt;") && !svg.contains("NaN"), "{svg}");
+        assert!(
+            svg.contains("<circle") && svg.contains("&lt;b&gt;") && !svg.contains("NaN"),
+            "{svg}"
+        );
     }
 }

@@ -12,7 +12,11 @@ fn attrs(html: &str, pattern: &str) -> Vec<Vec<String>> {
     regex::Regex::new(pattern)
         .unwrap()
         .captures_iter(html)
-        .map(|c| c.iter().map(|m| m.map_or(String::new(), |m| m.as_str().to_string())).collect())
+        .map(|c| {
+            c.iter()
+                .map(|m| m.map_or(String::new(), |m| m.as_str().to_string()))
+                .collect()
+        })
         .collect()
 }
 
@@ -51,7 +55,13 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
     let report = |out: &std::path::Path| {
         patron(
             &repo(),
-            &["report", "--warehouse", wh.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[
+                "report",
+                "--warehouse",
+                wh.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
         )
     };
 
@@ -69,8 +79,13 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
     let manifest = latest_manifest(&wh);
 
     // Self-contained: nothing loaded from anywhere, no script at all.
-    let external = regex::Regex::new(r#"(?i)(src|href)\s*=\s*["']?\s*(https?:)?//|url\(|@import|<script|<link|<img"#).unwrap();
-    assert!(external.find(&html).is_none(), "external reference: {:?}", external.find(&html));
+    let external =
+        regex::Regex::new(r#"(?i)(src|href)\s*=\s*["']?\s*(https?:)?//|url\(|@import|<script|<link|<img"#).unwrap();
+    assert!(
+        external.find(&html).is_none(),
+        "external reference: {:?}",
+        external.find(&html)
+    );
     for panel in patron::report::PANELS {
         assert!(html.contains(&format!("<h2>{panel}</h2>")), "no panel {panel}");
     }
@@ -78,7 +93,10 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
 
     // Segment and lifecycle counts equal an independent GROUP BY over customer_scores.
     let mut shown: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for c in attrs(&html, r#"data-dimension="([^"]*)" data-label="([^"]*)" data-customers="(\d+)""#) {
+    for c in attrs(
+        &html,
+        r#"data-dimension="([^"]*)" data-label="([^"]*)" data-customers="(\d+)""#,
+    ) {
         shown
             .entry(unescape(&c[1]))
             .or_default()
@@ -96,7 +114,10 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
             }
         }
         assert_eq!(table, &expected, "{column}");
-        assert!(expected.values().sum::<u64>() > 100, "{column}: the fixtures have customers");
+        assert!(
+            expected.values().sum::<u64>() > 100,
+            "{column}: the fixtures have customers"
+        );
     }
     let quadrants: u64 = attrs(&html, r#"data-quadrant="([^"]*)" data-customers="(\d+)""#)
         .iter()
@@ -148,7 +169,11 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
     };
     let shot = dir.path().join("report.png");
     let run = browse(&format!("--screenshot={}", shot.display()));
-    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        shot.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
