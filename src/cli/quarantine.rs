@@ -207,7 +207,7 @@ pub async fn summarise(
         let with = format!("WITH q AS ({union}), f AS (SELECT * FROM q {filter})");
         let row_id = format!("concat({src}, '|', {file}, '|', CAST({line} AS VARCHAR))");
         let totals = rows(
-            &ctx,
+            ctx,
             &format!("{with} SELECT COUNT(DISTINCT {row_id}) AS r, COUNT(*) AS e FROM f"),
         )
         .await?;
@@ -216,7 +216,7 @@ pub async fn summarise(
             report.entries = number(t, "e");
         }
         let groups = rows(
-            &ctx,
+            ctx,
             &format!(
                 "{with} SELECT {src} AS s, {col} AS c, {reason} AS why, COUNT(DISTINCT {row_id}) AS r, COUNT(*) AS e \
                  FROM f GROUP BY 1, 2, 3"
@@ -246,7 +246,7 @@ pub async fn summarise(
                 .then_with(|| (&a.source, &a.column).cmp(&(&b.source, &b.column)))
         });
         report.samples = rows(
-            &ctx,
+            ctx,
             &format!(
                 "{with} SELECT {src}, {file}, {line}, {col}, {raw}, {reason}, {record} FROM f \
                  ORDER BY {src}, {file}, {line}, {col} LIMIT {limit}",
@@ -263,7 +263,7 @@ pub async fn summarise(
             None => String::new(),
         };
         let dups = rows(
-            &ctx,
+            ctx,
             &format!(
                 "SELECT {s} AS s, COUNT(*) AS r, SUM(CASE WHEN {i} THEN 0 ELSE 1 END) AS c FROM {t} {only} \
                  GROUP BY 1 ORDER BY 1",
