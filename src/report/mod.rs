@@ -438,3 +438,69 @@ pub fn render(d: &ReportData) -> String {
     html.push_str("</body></html>\n");
     html
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> ReportData {
+        ReportData {
+            manifest: Value::Null,
+            customers: 0,
+            segments: Vec::new(),
+            lifecycle: Vec::new(),
+            clv: Vec::new(),
+            churn_risk: Vec::new(),
+            quadrants: Vec::new(),
+            sample: Vec::new(),
+            quarantine: Summary {
+                run_id: String::new(),
+                pipeline: String::new(),
+                finished_at: String::new(),
+                rows: 0,
+                entries: 0,
+                summary: Vec::new(),
+                duplicates: Vec::new(),
+                samples: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn an_empty_run_renders_every_panel_with_no_data_notes() {
+        let html = render(&empty());
+        for panel in PANELS {
+            assert!(html.contains(&format!("<h2>{panel}</h2>")), "{panel}");
+        }
+        assert_eq!(html.matches(svg::NO_DATA).count(), 4, "two histograms, the scatter, the funnel");
+        assert!(html.contains("data-quarantined-rows=\"0\"") && html.contains("no churn model"));
+        assert!(!html.contains("NaN") && !html.contains("inf"), "{html}");
+    }
+
+    #[test]
+    fn user_data_is_escaped_in_tables_attributes_and_tooltips() {
+        let mut d = empty();
+        let evil = "<img src=x onerror='1'>\"&";
+        d.segments.push((
+            "rfm_segment".into(),
+            vec![Segment {
+                label: evil.into(),
+                customers: 3,
+                value: 1.5,
+                potential: 0.0,
+            }],
+        ));
+        d.sample.push(Point {
+            id: evil.into(),
+            x: 1.0,
+            y: 2.0,
+        });
+        d.manifest = serde_json::json!({"pipeline": evil, "models": {"churn": {"model": evil, "validation": []}}});
+        let html = render(&d);
+        assert!(!html.contains("<img") && !html.contains("'1'"), "{html}");
+        let escaped = "&lt;img src=x onerror=&#39;1&#39;&gt;&quot;&amp;";
+        assert!(html.contains(&format!("data-label=\"{escaped}\"")), "{html}");
+        assert!(html.contains(&format!("<td>{escaped}</td>")));
+        assert!(html.contains(&format!("<title>{escaped}: 1.00, 2.00</title>")));
+    }
+}
