@@ -472,7 +472,11 @@ mod tests {
         for panel in PANELS {
             assert!(html.contains(&format!("<h2>{panel}</h2>")), "{panel}");
         }
-        assert_eq!(html.matches(svg::NO_DATA).count(), 4, "two histograms, the scatter, the funnel");
+        assert_eq!(
+            html.matches(svg::NO_DATA).count(),
+            4,
+            "two histograms, the scatter, the funnel"
+        );
         assert!(html.contains("data-quarantined-rows=\"0\"") && html.contains("no churn model"));
         assert!(!html.contains("NaN") && !html.contains("inf"), "{html}");
     }
