@@ -48,11 +48,13 @@ impl LastRun {
     }
 }
 
-fn esc(text: &str) -> String {
+/// `text` safe inside HTML or SVG text and quoted attribute values.
+pub fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// Node fill colour by kind; the docs test looks for the stage colour in a screenshot.

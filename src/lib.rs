@@ -23,6 +23,7 @@ pub mod process_stats;
 pub mod progress;
 pub mod publish;
 pub mod remote;
+pub mod report;
 pub mod schedule;
 pub mod score;
 pub mod serve;

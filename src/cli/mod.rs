@@ -9,6 +9,7 @@ pub mod generate;
 pub mod lineage;
 pub mod quarantine;
 pub mod query;
+pub mod report;
 pub mod run;
 pub mod runs;
 pub mod schedule;
@@ -28,7 +29,7 @@ use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n  patron explain C0000042 --format json\n  patron quarantine --source sales --limit 5\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n  patron explain C0000042 --format json\n  patron quarantine --source sales --limit 5\n  patron report --out report.html              # HTML report of the latest succeeded run\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -62,6 +63,10 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Show what the latest succeeded run rejected and why: summary by source and reason, then sample rows.
     Quarantine(quarantine::QuarantineArgs),
+    /// Write a self-contained HTML report of the latest succeeded run: segments,
+    /// distributions, portfolio, lifecycle, model fits, data quality (default
+    /// `<warehouse>/report.html`).
+    Report(report::ReportArgs),
     /// Run pipelines on their `[schedule]` until SIGTERM: retries, alerts, /healthz, /metrics.
     Schedule(schedule::ScheduleArgs),
     /// Serve the latest published tables over the PostgreSQL wire protocol (psql, BI tools).
@@ -110,6 +115,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Runs(args) => runs::run(args).await,
         Command::Query(args) => query::run(args).await,
         Command::Quarantine(args) => quarantine::run(args).await,
+        Command::Report(args) => report::run(args).await,
         Command::Schedule(args) => schedule::run(args).await,
         Command::Serve(args) => serve::run(args).await,
     }

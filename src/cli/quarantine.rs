@@ -11,7 +11,7 @@ use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::query::chosen_run;
+use super::query::{cell_text as text, cell_u64 as number, chosen_run, json_rows};
 use super::{CliError, warehouse_of};
 use crate::names::{DUPLICATES_TABLE, QUARANTINE_TABLE, duplicates as d, quarantine as q};
 use crate::publish::{read, runs};
@@ -54,41 +54,49 @@ pub struct QuarantineArgs {
 
 /// One group of the summary.
 #[derive(Debug, Serialize)]
-struct Group {
-    source: String,
-    column: String,
+pub struct Group {
+    /// Source name.
+    pub source: String,
+    /// Declared column (empty: the row as a whole).
+    pub column: String,
     /// The reason with its numbers replaced by `<n>`, so that values group together.
-    reason: String,
+    pub reason: String,
     /// Rejected rows (a row counts once per column it failed in).
-    rows: u64,
+    pub rows: u64,
     /// Quarantine entries.
-    entries: u64,
+    pub entries: u64,
 }
 
 /// Duplicate keys of one source.
 #[derive(Debug, Serialize)]
-struct Duplicates {
-    source: String,
+pub struct Duplicates {
+    /// Source name.
+    pub source: String,
     /// Superseded copies (kept in raw, left out by staging).
-    rows: u64,
+    pub rows: u64,
     /// Of those, copies whose values differ from the current one.
-    changed: u64,
+    pub changed: u64,
 }
 
 /// The whole answer.
 #[derive(Debug, Serialize)]
-struct Report {
-    run_id: String,
-    pipeline: String,
-    finished_at: String,
+pub struct Summary {
+    /// The run.
+    pub run_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// When it finished.
+    pub finished_at: String,
     /// Distinct rejected rows (file and line) matching the filters.
-    rows: u64,
+    pub rows: u64,
     /// Quarantine entries matching the filters.
-    entries: u64,
-    summary: Vec<Group>,
-    duplicates: Vec<Duplicates>,
+    pub entries: u64,
+    /// Groups by source, column and reason pattern, most rows first.
+    pub summary: Vec<Group>,
+    /// Superseded copies per source.
+    pub duplicates: Vec<Duplicates>,
     /// Up to `--limit` entries, ordered by source, file, line, column.
-    samples: Vec<Map<String, Value>>,
+    pub samples: Vec<Map<String, Value>>,
 }
 
 /// Replaces the numbers standing alone in a reason (`-3 is below the minimum 1`) by `<n>`.
@@ -111,35 +119,7 @@ fn reason_pattern(reason: &str) -> String {
 }
 
 async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Map<String, Value>>, CliError> {
-    let failed = |e: String| CliError::failed(format!("reading the quarantine: {e}"));
-    let batches = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .collect()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-    let refs: Vec<_> = batches.iter().collect();
-    writer.write_batches(&refs).map_err(|e| failed(e.to_string()))?;
-    writer.finish().map_err(|e| failed(e.to_string()))?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))
-}
-
-fn text(row: &Map<String, Value>, key: &str) -> String {
-    match row.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn number(row: &Map<String, Value>, key: &str) -> u64 {
-    row.get(key).and_then(Value::as_u64).unwrap_or(0)
+    json_rows(ctx, sql, "reading the quarantine").await
 }
 
 /// Prints what the chosen run quarantined.
@@ -153,20 +133,51 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
     let tables = read::register_run(&ctx, &warehouse, record)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
+    let report = summarise(
+        &ctx,
+        &tables,
+        record,
+        args.source.as_deref(),
+        args.reason.as_deref(),
+        args.limit,
+    )
+    .await?;
+    match args.format {
+        QuarantineFormat::Json => {
+            let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::failed(e.to_string()))?;
+            println!("{text}");
+        }
+        QuarantineFormat::Text => print_text(&report, &args),
+    }
+    Ok(())
+}
+
+/// What the succeeded run `record` quarantined (its tables registered on `ctx` by
+/// [`read::register_run`], named in `tables`): totals, groups by source, column and
+/// reason pattern (most rows first), duplicates per source and up to `limit` sample
+/// entries, optionally only of one `source` and of reasons containing `reason`.
+pub async fn summarise(
+    ctx: &SessionContext,
+    tables: &[String],
+    record: &runs::RunRecord,
+    source: Option<&str>,
+    reason: Option<&str>,
+    limit: usize,
+) -> Result<Summary, CliError> {
     let prefix = format!("{QUARANTINE_TABLE}_");
     let sources: Vec<&str> = tables.iter().filter_map(|t| t.strip_prefix(&prefix)).collect();
-    let chosen: Vec<&str> = match &args.source {
-        Some(s) if !sources.contains(&s.as_str()) => {
+    let chosen: Vec<&str> = match source {
+        Some(s) if !sources.contains(&s) => {
             return Err(CliError::usage(format!(
                 "run {} has no source `{s}`; its sources: {}",
                 record.run_id,
                 sources.join(", ")
             )));
         }
-        Some(s) => vec![s.as_str()],
+        Some(s) => vec![s],
         None => sources.clone(),
     };
-    let mut report = Report {
+    let mut report = Summary {
         run_id: record.run_id.clone(),
         pipeline: record.pipeline.clone(),
         finished_at: record.finished_at.clone(),
@@ -182,7 +193,7 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
             .map(|s| format!("SELECT * FROM {}", ident(&format!("{prefix}{s}"))))
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        let filter = match &args.reason {
+        let filter = match reason {
             Some(r) => format!("WHERE strpos(lower({}), lower({})) > 0", ident(q::REASON), literal(r)),
             None => String::new(),
         };
@@ -196,7 +207,7 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
         let with = format!("WITH q AS ({union}), f AS (SELECT * FROM q {filter})");
         let row_id = format!("concat({src}, '|', {file}, '|', CAST({line} AS VARCHAR))");
         let totals = rows(
-            &ctx,
+            ctx,
             &format!("{with} SELECT COUNT(DISTINCT {row_id}) AS r, COUNT(*) AS e FROM f"),
         )
         .await?;
@@ -205,7 +216,7 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
             report.entries = number(t, "e");
         }
         let groups = rows(
-            &ctx,
+            ctx,
             &format!(
                 "{with} SELECT {src} AS s, {col} AS c, {reason} AS why, COUNT(DISTINCT {row_id}) AS r, COUNT(*) AS e \
                  FROM f GROUP BY 1, 2, 3"
@@ -235,24 +246,24 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
                 .then_with(|| (&a.source, &a.column).cmp(&(&b.source, &b.column)))
         });
         report.samples = rows(
-            &ctx,
+            ctx,
             &format!(
                 "{with} SELECT {src}, {file}, {line}, {col}, {raw}, {reason}, {record} FROM f \
                  ORDER BY {src}, {file}, {line}, {col} LIMIT {limit}",
                 raw = ident(q::RAW_VALUE),
                 record = ident(q::RAW_RECORD),
-                limit = args.limit
+                limit = limit
             ),
         )
         .await?;
     }
     if tables.iter().any(|t| t == DUPLICATES_TABLE) {
-        let only = match &args.source {
+        let only = match source {
             Some(s) => format!("WHERE {} = {}", ident(d::SOURCE), literal(s)),
             None => String::new(),
         };
         let dups = rows(
-            &ctx,
+            ctx,
             &format!(
                 "SELECT {s} AS s, COUNT(*) AS r, SUM(CASE WHEN {i} THEN 0 ELSE 1 END) AS c FROM {t} {only} \
                  GROUP BY 1 ORDER BY 1",
@@ -271,17 +282,10 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
             })
             .collect();
     }
-    match args.format {
-        QuarantineFormat::Json => {
-            let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::failed(e.to_string()))?;
-            println!("{text}");
-        }
-        QuarantineFormat::Text => print_text(&report, &args),
-    }
-    Ok(())
+    Ok(report)
 }
 
-fn print_text(r: &Report, args: &QuarantineArgs) {
+fn print_text(r: &Summary, args: &QuarantineArgs) {
     let mut filters = Vec::new();
     if let Some(s) = &args.source {
         filters.push(format!("source {s}"));

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
+use serde_json::{Map, Value};
 
 use super::{CliError, warehouse_of};
 use crate::publish::{read, runs};
@@ -73,6 +74,41 @@ pub fn chosen_run<'a>(
         None => runs::latest_succeeded(records, None)
             .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display()))),
     }
+}
+
+/// The rows of a query as JSON objects (column name to value); `what` prefixes errors.
+pub async fn json_rows(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<Map<String, Value>>, CliError> {
+    let failed = |e: String| CliError::failed(format!("{what}: {e}"));
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    let refs: Vec<_> = batches.iter().collect();
+    writer.write_batches(&refs).map_err(|e| failed(e.to_string()))?;
+    writer.finish().map_err(|e| failed(e.to_string()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))
+}
+
+/// A JSON row's value as text (`""` for NULL or missing).
+pub fn cell_text(row: &Map<String, Value>, key: &str) -> String {
+    match row.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A JSON row's value as a count (0 for NULL, missing or not a count).
+pub fn cell_u64(row: &Map<String, Value>, key: &str) -> u64 {
+    row.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// Registers the tables of the chosen run and prints the result of the SELECT.

@@ -138,13 +138,21 @@ pub async fn register_run(
 
 /// The latest successful run's manifest as JSON.
 pub fn latest_manifest(warehouse: &Path) -> Result<serde_json::Value, PublishError> {
-    let path = warehouse.join(RUNS_DIR).join(LATEST_MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|source| PublishError::Io {
-        path: path.clone(),
+    read_manifest(&warehouse.join(RUNS_DIR).join(LATEST_MANIFEST))
+}
+
+/// The manifest of run `run_id` (`runs/<run_id>.json`) as JSON.
+pub fn run_manifest(warehouse: &Path, run_id: &str) -> Result<serde_json::Value, PublishError> {
+    read_manifest(&warehouse.join(RUNS_DIR).join(format!("{run_id}.json")))
+}
+
+fn read_manifest(path: &Path) -> Result<serde_json::Value, PublishError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PublishError::Io {
+        path: path.to_path_buf(),
         source,
     })?;
     serde_json::from_str(&text).map_err(|e| PublishError::Io {
-        path,
+        path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })
 }

@@ -17,6 +17,7 @@ mod publish;
 mod quarantine_cli;
 mod recovery;
 mod remote_sources;
+mod report;
 mod run_fixtures;
 mod schedule;
 mod serve;
