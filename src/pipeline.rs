@@ -35,8 +35,8 @@ use crate::publish::runs::{self, RunRecord};
 use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delta};
 use crate::score::bgnbd::BgNbdParams;
 use crate::score::churn;
-use crate::storage::Layout;
 use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
+use crate::storage::Layout;
 use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
@@ -603,9 +603,13 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     .await
     .map_err(RunError::Engine)?;
     // Stages (and data tests) can read this run's duplicates, like its quarantine.
-    runner::register_parquet(&ctx, names::DUPLICATES_TABLE, &duplicates_dir.join("part-00000.parquet"))
-        .await
-        .map_err(|e| RunError::Engine(e.to_string()))?;
+    runner::register_parquet(
+        &ctx,
+        names::DUPLICATES_TABLE,
+        &duplicates_dir.join("part-00000.parquet"),
+    )
+    .await
+    .map_err(|e| RunError::Engine(e.to_string()))?;
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project

@@ -22,6 +22,10 @@ use parquet::schema::types::ColumnPath;
 /// that the per-group metadata stays small.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
 
+/// Rows per data page of a clustered table (Parquet's default is 20000): a lookup by the
+/// cluster column decodes about one page per column.
+pub const CLUSTERED_PAGE_ROWS: usize = 4096;
+
 /// How a table's Parquet files are laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -42,16 +46,23 @@ impl Default for Layout {
 
 impl Layout {
     /// The Parquet writer settings: Snappy, page statistics and page index on every column,
-    /// `row_group_rows` per row group, bloom filters on the cluster columns.
+    /// `row_group_rows` per row group; with cluster columns, pages of
+    /// [`CLUSTERED_PAGE_ROWS`] rows and bloom filters (no dictionary) on those columns.
     pub fn writer_properties(&self) -> WriterProperties {
         let mut builder = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("patron {}", env!("CARGO_PKG_VERSION")))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)));
+        if !self.cluster_by.is_empty() {
+            builder = builder.set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
+        }
         for column in &self.cluster_by {
             let path = ColumnPath::from(column.as_str());
+            // Plain encoding: a dictionary page holds the whole row group's ids and would be
+            // read in full by every lookup.
             builder = builder
+                .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_bloom_filter_enabled(path.clone(), true)
                 .set_column_bloom_filter_max_ndv(path, self.row_group_rows.max(1) as u64);
         }
@@ -92,7 +103,8 @@ impl ParquetSink {
             std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
         }
         let file = File::create(path).map_err(|e| err(e.to_string()))?;
-        let writer = ArrowWriter::try_new(file, schema, Some(layout.writer_properties())).map_err(|e| err(e.to_string()))?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(layout.writer_properties())).map_err(|e| err(e.to_string()))?;
         Ok(ParquetSink {
             writer,
             path: path.to_path_buf(),

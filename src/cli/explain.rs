@@ -112,7 +112,13 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
 }
 
 /// Tables explain needs; [`FEATURES_STAGE`] and [`MODEL_PARAMS_TABLE`] are optional.
-const REQUIRED_TABLES: [&str; 5] = ["customer_scores", "fct_customer", "stg_sales", "stg_service", "stg_marketing"];
+const REQUIRED_TABLES: [&str; 5] = [
+    "customer_scores",
+    "fct_customer",
+    "stg_sales",
+    "stg_service",
+    "stg_marketing",
+];
 
 /// The session explain reads with: Parquet filter pushdown (with the page index and bloom
 /// filters, DataFusion's defaults) so a scan decodes only the rows of the pages that can
@@ -196,10 +202,7 @@ pub async fn card(warehouse: &Path, customer_id: &str) -> Result<Value, CliError
         .next()
         .unwrap_or_default();
     let features = if has(FEATURES_STAGE) {
-        one(lookup(FEATURES_STAGE))
-            .await?
-            .into_iter()
-            .next()
+        one(lookup(FEATURES_STAGE)).await?.into_iter().next()
     } else {
         None
     };

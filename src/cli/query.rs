@@ -87,12 +87,10 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     let sql = match (&args.sql, &args.dashboard) {
-        (_, Some(name)) => dashboards::dashboard(name)
-            .map(|d| d.sql.to_string())
-            .ok_or_else(|| {
-                let known: Vec<&str> = dashboards::DASHBOARDS.iter().map(|d| d.name).collect();
-                CliError::usage(format!("no dashboard query `{name}` (known: {})", known.join(", ")))
-            })?,
+        (_, Some(name)) => dashboards::dashboard(name).map(|d| d.sql.to_string()).ok_or_else(|| {
+            let known: Vec<&str> = dashboards::DASHBOARDS.iter().map(|d| d.name).collect();
+            CliError::usage(format!("no dashboard query `{name}` (known: {})", known.join(", ")))
+        })?,
         (Some(sql), None) => sql.clone(),
         (None, None) => return Err(CliError::usage("give a SELECT or --dashboard NAME")),
     };

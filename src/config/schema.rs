@@ -174,7 +174,8 @@ impl TableSchema {
                 "boolean" => FieldKind::Boolean,
                 "date" => FieldKind::Date(format.filter(|s| s != "any")),
                 "datetime" => FieldKind::Datetime(
-                    datetime_spec(format, f.formats.take(), f.timezone.take()).map_err(|m| bad(format!("{at}: {m}")))?,
+                    datetime_spec(format, f.formats.take(), f.timezone.take())
+                        .map_err(|m| bad(format!("{at}: {m}")))?,
                 ),
                 other => {
                     return Err(bad(format!(
@@ -195,7 +196,9 @@ impl TableSchema {
                 return Err(bad(format!("{at}: minimum {lo} is above maximum {hi}")));
             }
             if f.formats.is_some() || f.timezone.is_some() {
-                return Err(bad(format!("{at}: `formats` and `timezone` apply to datetime fields only")));
+                return Err(bad(format!(
+                    "{at}: `formats` and `timezone` apply to datetime fields only"
+                )));
             }
             let number = number_format(&f.r#type, f.decimal_char, f.group_char, f.bare_number)
                 .map_err(|m| bad(format!("{at}: {m}")))?;
@@ -406,11 +409,20 @@ mod tests {
         );
         assert_eq!(spec.timezone, Some(chrono_tz::Europe::Berlin));
         for (bad, needle) in [
-            (r#"{"name":"a","type":"datetime","format":"any","formats":["any"]}"#, "not both"),
+            (
+                r#"{"name":"a","type":"datetime","format":"any","formats":["any"]}"#,
+                "not both",
+            ),
             (r#"{"name":"a","type":"datetime","formats":[]}"#, "`formats` is empty"),
-            (r#"{"name":"a","type":"datetime","formats":["%Y-%m-%d %Q"]}"#, "not a valid strftime"),
+            (
+                r#"{"name":"a","type":"datetime","formats":["%Y-%m-%d %Q"]}"#,
+                "not a valid strftime",
+            ),
             (r#"{"name":"a","type":"datetime","timezone":"Mars/Olympus"}"#, "IANA"),
-            (r#"{"name":"a","type":"string","timezone":"UTC"}"#, "datetime fields only"),
+            (
+                r#"{"name":"a","type":"string","timezone":"UTC"}"#,
+                "datetime fields only",
+            ),
         ] {
             let err = TableSchema::parse(&format!(r#"{{"fields":[{bad}]}}"#), Path::new("x.json"))
                 .unwrap_err()

@@ -70,11 +70,20 @@ fn parse_with(t: &str, format: &DatetimeFormat) -> Option<ParsedDatetime> {
             })
             .map(instant)
             .or_else(|| {
-                ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
-                    .iter()
-                    .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
-                    .or_else(|| NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().map(|d| d.and_time(NaiveTime::MIN)))
-                    .map(ParsedDatetime::Local)
+                [
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%d %H:%M:%S%.f",
+                    "%Y-%m-%dT%H:%M",
+                    "%Y-%m-%d %H:%M",
+                ]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+                .or_else(|| {
+                    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                        .ok()
+                        .map(|d| d.and_time(NaiveTime::MIN))
+                })
+                .map(ParsedDatetime::Local)
             }),
         DatetimeFormat::Pattern(p) if p.contains("%z") || p.contains("%:z") || p.contains("%#z") => {
             DateTime::parse_from_str(t, p).ok().map(instant)
@@ -680,7 +689,11 @@ mod tests {
         assert_eq!(parse_datetime("2024-03-05T15:22:10+01:00", &f).unwrap(), a);
         assert!(parse_datetime("2024-03-05 14:22:10", &spec(&[DatetimeFormat::Default], None)).is_err());
         assert_eq!(
-            parse_datetime("05/03/2024 14:22", &spec(&[DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())], None)).unwrap(),
+            parse_datetime(
+                "05/03/2024 14:22",
+                &spec(&[DatetimeFormat::Pattern("%d/%m/%Y %H:%M".into())], None)
+            )
+            .unwrap(),
             a - 10_000_000
         );
     }

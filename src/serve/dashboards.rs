@@ -72,7 +72,12 @@ mod tests {
     fn the_readme_lists_every_dashboard_query_verbatim() {
         let readme = include_str!("../../README.md");
         for d in DASHBOARDS {
-            assert!(readme.contains(d.sql), "README.md lacks the `{}` query:\n{}", d.name, d.sql);
+            assert!(
+                readme.contains(d.sql),
+                "README.md lacks the `{}` query:\n{}",
+                d.name,
+                d.sql
+            );
         }
     }
 

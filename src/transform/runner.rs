@@ -310,7 +310,8 @@ async fn materialize_plan(
 ) -> Result<(PathBuf, u64, u64), MaterializeError> {
     let output = out_dir.join(name).join("part-00000.parquet");
     let mut sink = ParquetSink::create_with(&output, plan.schema(), layout).map_err(MaterializeError::Write)?;
-    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
+    let mut stream =
+        datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
     while let Some(batch) = stream.next().await {
         sink.write(&batch.map_err(MaterializeError::Query)?)
             .map_err(MaterializeError::Write)?;

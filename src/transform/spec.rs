@@ -485,9 +485,13 @@ mod tests {
         let spec = load_spec("t", &sql, "-- @cluster_by: customer_id, day\nSELECT 1").unwrap();
         assert_eq!(spec.cluster_by, vec!["customer_id", "day"]);
         for kind in ["view", "incremental\n-- @unique_key: a"] {
-            let e = load_spec("t", &sql, &format!("-- @materialized: {kind}\n-- @cluster_by: a\nSELECT 1 AS a"))
-                .unwrap_err()
-                .to_string();
+            let e = load_spec(
+                "t",
+                &sql,
+                &format!("-- @materialized: {kind}\n-- @cluster_by: a\nSELECT 1 AS a"),
+            )
+            .unwrap_err()
+            .to_string();
             assert!(e.contains("t.sql") && e.contains("@cluster_by"), "{e}");
         }
     }

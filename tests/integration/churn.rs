@@ -229,10 +229,7 @@ async fn explain_shows_one_customers_card_from_the_published_tables() {
 /// `row_groups_pruned_<what>=N total → M matched` of an EXPLAIN ANALYZE text, as (N, M).
 fn pruned(plan: &str, what: &str) -> (u64, u64) {
     let key = format!("row_groups_pruned_{what}=");
-    let after = plan
-        .split(&key)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {key} in {plan}"));
+    let after = plan.split(&key).nth(1).unwrap_or_else(|| panic!("no {key} in {plan}"));
     let mut numbers = after
         .split(|c: char| !c.is_ascii_digit())
         .filter(|t| !t.is_empty())
@@ -248,7 +245,11 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
     let pipeline = scratch_project(dir.path());
     let config = std::fs::read_to_string(&pipeline).unwrap();
     assert!(config.contains("[publish]\n"));
-    std::fs::write(&pipeline, config.replace("[publish]\n", "[publish]\nrow_group_rows = 200\n")).unwrap();
+    std::fs::write(
+        &pipeline,
+        config.replace("[publish]\n", "[publish]\nrow_group_rows = 200\n"),
+    )
+    .unwrap();
     let out = run_pipeline(dir.path(), &pipeline, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let wh = dir.path().join("wh");
@@ -295,7 +296,10 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
         // The scan kept at most the two row groups the customer's rows can straddle.
         let (total, matched) = pruned(&plan, "statistics");
         assert!(total >= 3, "{t}: {total} row groups: {plan}");
-        assert!((1..=2).contains(&matched), "{t}: {matched} of {total} row groups read: {plan}");
+        assert!(
+            (1..=2).contains(&matched),
+            "{t}: {matched} of {total} row groups read: {plan}"
+        );
         // An id that sorts right after the customer's but is nowhere: where the statistics
         // keep a row group for it, the bloom filter drops it.
         let absent = format!("{id}_");
@@ -310,7 +314,10 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
         assert!(checked == kept && passed == 0, "{t}: {plan}");
         bloom_pruned += checked;
     }
-    assert!(bloom_pruned > 0, "no table had a row group for the bloom filters to drop");
+    assert!(
+        bloom_pruned > 0,
+        "no table had a row group for the bloom filters to drop"
+    );
     // The card itself reads the same tables.
     let card = patron::cli::explain::card(&wh, &id).await.unwrap();
     assert_eq!(card["customer_id"], id.as_str());

@@ -52,7 +52,10 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
     .await;
     assert_eq!(
         days,
-        vec![format!("{first}|{first_customers}"), format!("{second}|{second_customers}")]
+        vec![
+            format!("{first}|{first_customers}"),
+            format!("{second}|{second_customers}")
+        ]
     );
     // One Delta partition folder per as-of day.
     let mut partitions: Vec<String> = std::fs::read_dir(wh.join("tables/customer_scores_history"))
@@ -76,7 +79,11 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
     assert_eq!(differs, 0.0);
 
     // Migration, checked against the two partitions joined here independently.
-    let from_days = rows(&ctx, "SELECT DISTINCT CAST(from_as_of AS VARCHAR) FROM segment_migration").await;
+    let from_days = rows(
+        &ctx,
+        "SELECT DISTINCT CAST(from_as_of AS VARCHAR) FROM segment_migration",
+    )
+    .await;
     assert_eq!(from_days, vec![first.clone()]);
     let segmentations = ints(
         &ctx,
@@ -89,7 +96,10 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
          UNION (SELECT customer_id FROM customer_scores_history WHERE as_of = DATE '{second}')"
     );
     let everyone = scalar(&ctx, &format!("SELECT COUNT(*) FROM ({both})")).await as i64;
-    assert!(segmentations.iter().all(|n| *n == everyone), "{segmentations:?} vs {everyone}");
+    assert!(
+        segmentations.iter().all(|n| *n == everyone),
+        "{segmentations:?} vs {everyone}"
+    );
     let pairs = format!(
         "SELECT p.rfm_segment AS f, c.rfm_segment AS t, COUNT(*) AS n \
          FROM (SELECT * FROM customer_scores_history WHERE as_of = DATE '{first}') p \
@@ -115,10 +125,15 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
         "SELECT COALESCE(SUM(customers), 0) FROM segment_migration WHERE segmentation = 'rfm_segment' AND movement = 'new'",
     )
     .await;
-    assert_eq!(new, everyone - first_customers, "new = scored now but not on the first day");
+    assert_eq!(
+        new,
+        everyone - first_customers,
+        "new = scored now but not on the first day"
+    );
 
     // Rerunning the second day replaces its rows: same history, same migration.
-    let history = "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
+    let history =
+        "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
     let migration = "SELECT * FROM segment_migration ORDER BY segmentation, from_segment, to_segment";
     let (h1, m1) = (rows(&ctx, history).await, rows(&ctx, migration).await);
     run_as_of(&wh, &second);

@@ -240,23 +240,37 @@ fn serve_lists_tables_and_answers_dashboard_queries_over_psql() {
             &[("SQL", d.sql)],
         );
         assert_eq!(out.status.code(), Some(0), "{}: {}", d.name, text(&out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), served.len().to_string(), "{}", d.name);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            served.len().to_string(),
+            "{}",
+            d.name
+        );
     }
     let customers = rt.block_on(support::scalar(&direct, "SELECT COUNT(*) FROM customer_scores")) as i64;
-    let buckets = psql_rows(server.port, patron::serve::dashboards::dashboard("clv_distribution").unwrap().sql);
+    let buckets = psql_rows(
+        server.port,
+        patron::serve::dashboards::dashboard("clv_distribution").unwrap().sql,
+    );
     let total: i64 = buckets
         .iter()
         .map(|l| l.split('|').nth(1).unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(total, customers, "{buckets:?}");
-    let top = psql_rows(server.port, patron::serve::dashboards::dashboard("top_customers").unwrap().sql);
+    let top = psql_rows(
+        server.port,
+        patron::serve::dashboards::dashboard("top_customers").unwrap().sql,
+    );
     assert_eq!(top.len() as i64, customers.min(100));
     let clvs: Vec<f64> = top
         .iter()
         .map(|l| l.split('|').nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(clvs.windows(2).all(|w| w[0] >= w[1]), "not sorted by clv: {clvs:?}");
-    let trend = psql_rows(server.port, patron::serve::dashboards::dashboard("churn_risk_trend").unwrap().sql);
+    let trend = psql_rows(
+        server.port,
+        patron::serve::dashboards::dashboard("churn_risk_trend").unwrap().sql,
+    );
     assert_eq!(trend.len(), 1, "one run, one as-of day: {trend:?}");
 
     let params = psql_rows(server.port, "SELECT COUNT(*) FROM model_params");

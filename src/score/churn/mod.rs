@@ -287,7 +287,12 @@ async fn snapshot(
 struct Background(tokio::task::JoinHandle<Result<FeatureRows, ChurnError>>);
 
 impl Background {
-    fn spawn(snap: SessionContext, stages: Vec<crate::transform::Stage>, settings: ScoringSettings, day: NaiveDate) -> Self {
+    fn spawn(
+        snap: SessionContext,
+        stages: Vec<crate::transform::Stage>,
+        settings: ScoringSettings,
+        day: NaiveDate,
+    ) -> Self {
         Background(tokio::spawn(snapshot(snap, stages, settings, day)))
     }
 
@@ -524,7 +529,13 @@ async fn train(
     let (x_train, x_valid) = (encoding.encode(&training), encoding.encode(&validation));
     let mut best: Option<(f64, &str, Vec<f64>)> = None;
     for kind in ["logistic", "gbt"] {
+        let fit_started = Instant::now();
         let learner = Learner::fit(kind, &x_train, &y_train)?;
+        tracing::info!(
+            learner = kind,
+            ms = fit_started.elapsed().as_millis() as u64,
+            "churn learner fitted"
+        );
         let logits: Vec<f64> = x_valid.iter().map(|r| learner.logit(r)).collect();
         let probabilities: Vec<f64> = logits.iter().map(|z| sigmoid(*z)).collect();
         let auc = backtest::auc(&logits, &y_valid);
@@ -557,7 +568,13 @@ async fn train(
     // Refit on the latest labelled snapshot; the Platt map carries over.
     let final_encoding = Encoding::of(&validation);
     let x_final = final_encoding.encode(&validation);
+    let fit_started = Instant::now();
     let learner = Learner::fit(kind, &x_final, &y_valid)?;
+    tracing::info!(
+        learner = kind,
+        ms = fit_started.elapsed().as_millis() as u64,
+        "churn learner refitted"
+    );
     let mut params = BTreeMap::from([
         ("platt_a".to_string(), a),
         ("platt_b".to_string(), b),
