@@ -36,6 +36,7 @@ use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delt
 use crate::score::bgnbd::BgNbdParams;
 use crate::score::churn;
 use crate::score::models::{self, MODEL_INPUT_STAGE, MODEL_PARAMS_TABLE, ModelMetrics, fit_and_register};
+use crate::storage::Layout;
 use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
@@ -383,7 +384,7 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
 async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(PathBuf, u64, u64), RunError> {
     let engine = |e: &dyn std::fmt::Display| RunError::Engine(e.to_string());
     let df = ctx.table(MODEL_PARAMS_TABLE).await.map_err(|e| engine(&e))?;
-    runner::materialize(ctx, MODEL_PARAMS_TABLE, df, tables_dir)
+    runner::materialize(ctx, MODEL_PARAMS_TABLE, df, tables_dir, &Layout::default())
         .await
         .map_err(|e| engine(&e))
 }
@@ -636,7 +637,15 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                     PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}"))
                 })
                 .flatten();
-            let m = runner::run_stage(&ctx, stage, &params, &tables_dir, previous.as_ref()).await?;
+            let m = runner::run_stage(
+                &ctx,
+                stage,
+                &params,
+                &tables_dir,
+                previous.as_ref(),
+                plan.publish.row_group_rows,
+            )
+            .await?;
             state.stages.push(m);
             state
                 .tests
@@ -674,6 +683,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 materialized: Materialized::Table,
                 rows_new: None,
                 partition_by: Vec::new(),
+                cluster_by: Vec::new(),
                 output,
             });
         }
@@ -744,6 +754,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 staged: dir.join(&m.source),
                 rows,
                 partition_by: Vec::new(),
+                cluster_by: Vec::new(),
             });
         }
     }
@@ -754,6 +765,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         staged: duplicates_dir,
         rows: duplicate_rows,
         partition_by: Vec::new(),
+        cluster_by: Vec::new(),
     });
     for m in state.stages.iter().filter(|m| m.materialized.is_stored()) {
         targets.push(Target {
@@ -763,6 +775,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             staged: tables_dir.join(&m.name),
             rows: m.rows,
             partition_by: m.partition_by.clone(),
+            cluster_by: m.cluster_by.clone(),
         });
     }
     Ok(targets)
@@ -808,6 +821,8 @@ struct Target {
     staged: PathBuf,
     rows: u64,
     partition_by: Vec<String>,
+    /// The stage's `@cluster_by` columns (sorted first; bloom filters).
+    cluster_by: Vec<String>,
 }
 
 /// Commits every staged table to its Delta table, one overwrite commit each. On a failure
@@ -843,7 +858,12 @@ async fn publish_delta(
                     source,
                 })?;
             }
-            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id, &t.partition_by).await
+            let layout = Layout {
+                row_group_rows: plan.publish.row_group_rows,
+                cluster_by: t.cluster_by.clone(),
+            };
+            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id, &t.partition_by, &layout)
+                .await
         };
         match attempt.await {
             Ok(commit) => {

@@ -1,5 +1,11 @@
 //! Writing Parquet files: one [`ParquetSink`] per output file, used by extract (raw and
-//! quarantine) and by the stage runner, so every table patron writes has the same settings.
+//! quarantine) and by the stage runner, so every table patron writes has the same settings;
+//! the Delta publish writes with the same [`Layout`] (see `publish::delta`).
+//!
+//! A [`Layout`] bounds the rows per row group and, for a stage declaring
+//! `-- @cluster_by: customer_id`, adds a bloom filter on the cluster columns. Every column
+//! gets page-level statistics and the page index (column and offset indexes), so a reader
+//! filtering on a sorted column skips the row groups and pages whose min/max cannot match.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,7 +14,61 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+/// Rows per row group unless the pipeline says otherwise (`publish.row_group_rows`): small
+/// enough that a lookup by a clustered key reads a sliver of a large table, large enough
+/// that the per-group metadata stays small.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
+
+/// Rows per data page of a clustered table (Parquet's default is 20000): a lookup by the
+/// cluster column decodes about one page per column.
+pub const CLUSTERED_PAGE_ROWS: usize = 4096;
+
+/// How a table's Parquet files are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Most rows per row group.
+    pub row_group_rows: usize,
+    /// Columns the rows are sorted by first (`-- @cluster_by`): each gets a bloom filter.
+    pub cluster_by: Vec<String>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            cluster_by: Vec::new(),
+        }
+    }
+}
+
+impl Layout {
+    /// The Parquet writer settings: Snappy, page statistics and page index on every column,
+    /// `row_group_rows` per row group; with cluster columns, pages of
+    /// [`CLUSTERED_PAGE_ROWS`] rows and bloom filters (no dictionary) on those columns.
+    pub fn writer_properties(&self) -> WriterProperties {
+        let mut builder = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by(format!("patron {}", env!("CARGO_PKG_VERSION")))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(self.row_group_rows.max(1)));
+        if !self.cluster_by.is_empty() {
+            builder = builder.set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
+        }
+        for column in &self.cluster_by {
+            let path = ColumnPath::from(column.as_str());
+            // Plain encoding: a dictionary page holds the whole row group's ids and would be
+            // read in full by every lookup.
+            builder = builder
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_bloom_filter_enabled(path.clone(), true)
+                .set_column_bloom_filter_max_ndv(path, self.row_group_rows.max(1) as u64);
+        }
+        builder.build()
+    }
+}
 
 /// Failure writing a Parquet file, with its path.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +88,13 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    /// Creates `path` (and its parent folders) for batches of `schema`.
+    /// Creates `path` (and its parent folders) for batches of `schema`, default layout.
     pub fn create(path: &Path, schema: SchemaRef) -> Result<Self, WriteError> {
+        Self::create_with(path, schema, &Layout::default())
+    }
+
+    /// Creates `path` (and its parent folders) for batches of `schema`, laid out as `layout`.
+    pub fn create_with(path: &Path, schema: SchemaRef, layout: &Layout) -> Result<Self, WriteError> {
         let err = |message: String| WriteError {
             path: path.to_path_buf(),
             message,
@@ -38,11 +103,8 @@ impl ParquetSink {
             std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
         }
         let file = File::create(path).map_err(|e| err(e.to_string()))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_created_by(format!("patron {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(layout.writer_properties())).map_err(|e| err(e.to_string()))?;
         Ok(ParquetSink {
             writer,
             path: path.to_path_buf(),

@@ -1,3 +1,4 @@
+-- @cluster_by: customer_id
 -- fct_customer: one row per customer seen in any export (buyers, and people known only to
 -- the service desk or the marketing tool), with their sales, service and marketing facts
 -- as of the as-of day. Money is in the export currency.

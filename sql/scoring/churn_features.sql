@@ -1,3 +1,4 @@
+-- @cluster_by: customer_id
 -- churn_features: the inputs of the churn early-warning model, one row per buyer, as of the
 -- as-of day. patron computes this same query as of earlier cut-offs too (the whole stage
 -- chain re-run with $as_of moved back by scoring.churn_holdout_days), so the model is

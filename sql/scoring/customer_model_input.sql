@@ -1,3 +1,4 @@
+-- @cluster_by: customer_id
 -- customer_model_input: the per-buyer summary the probabilistic models are fitted on
 -- (Fader, Hardie and Lee 2005). Purchases on the same day are one purchase.
 --   x                 purchase days after the first (repeat purchases)

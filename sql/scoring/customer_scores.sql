@@ -1,3 +1,4 @@
+-- @cluster_by: customer_id
 -- customer_scores: one row per customer of fct_customer, as of the as-of day. Every
 -- threshold is a `[scoring]` setting of the pipeline file, passed in as `$<setting>`.
 -- Customers who never ordered (known only to service or marketing) are `prospect`s: the

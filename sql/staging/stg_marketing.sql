@@ -1,3 +1,6 @@
+-- @cluster_by: customer_id
+-- Rows are sorted by customer first (then the key), so a lookup of one customer
+-- (`patron explain`) reads only the row groups and pages that hold them.
 -- stg_marketing: marketing events, cleaned. One row per event_id (the copy loaded last
 -- wins), events up to the as-of day.
 WITH ranked AS (
@@ -22,4 +25,4 @@ SELECT
     _source_line
 FROM ranked
 WHERE copy_rank = 1
-ORDER BY event_id
+ORDER BY customer_id, event_id

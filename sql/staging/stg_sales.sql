@@ -1,3 +1,6 @@
+-- @cluster_by: customer_id
+-- Rows are sorted by customer first (then the key), so a lookup of one customer
+-- (`patron explain`) reads only the row groups and pages that hold them.
 -- stg_sales: sales order lines, cleaned. One row per (order_id, line_no): when an export
 -- repeats a line, the copy loaded last (latest file, then latest line) wins. Customer ids
 -- are trimmed and upper-cased; orders after the as-of day are left out. Revenue is the
@@ -37,4 +40,4 @@ SELECT
     _source_line
 FROM ranked
 WHERE copy_rank = 1
-ORDER BY order_id, line_no
+ORDER BY customer_id, order_id, line_no

@@ -1,3 +1,6 @@
+-- @cluster_by: customer_id
+-- Rows are sorted by customer first (then the key), so a lookup of one customer
+-- (`patron explain`) reads only the row groups and pages that hold them.
 -- stg_service: service tickets, cleaned and seen as of the as-of day. One row per
 -- ticket_id (the copy loaded last wins). A ticket closed after the as-of day was still
 -- open then, and its CSAT was not known yet.
@@ -28,4 +31,4 @@ SELECT
     _source_line
 FROM ranked
 WHERE copy_rank = 1
-ORDER BY ticket_id
+ORDER BY customer_id, ticket_id

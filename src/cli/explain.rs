@@ -2,8 +2,11 @@
 //! facts (`fct_customer`), every score and segment of `customer_scores` with the rule or
 //! model that produced it (model parameters from `model_params`), the churn model's
 //! reasons and features (`churn_features`), and the latest orders, tickets and marketing
-//! events (the staged tables). Every query filters on `customer_id`, so the Parquet scans
-//! skip row groups whose statistics cannot hold the customer.
+//! events (the staged tables). Every query filters on `customer_id`, and the tables it
+//! reads are clustered by it (`-- @cluster_by: customer_id`: sorted, row groups of
+//! `publish.row_group_rows`, page index, bloom filter), so the Parquet scans skip the row
+//! groups and pages whose statistics cannot hold the customer and read a sliver of each
+//! table however large the warehouse ([`session`] turns filter pushdown on).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use datafusion::arrow::json::{WriterBuilder, writer::JsonArray};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde_json::{Map, Value, json};
 
@@ -108,6 +111,71 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Tables explain needs; [`FEATURES_STAGE`] and [`MODEL_PARAMS_TABLE`] are optional.
+const REQUIRED_TABLES: [&str; 5] = [
+    "customer_scores",
+    "fct_customer",
+    "stg_sales",
+    "stg_service",
+    "stg_marketing",
+];
+
+/// The session explain reads with: Parquet filter pushdown (with the page index and bloom
+/// filters, DataFusion's defaults) so a scan decodes only the rows of the pages that can
+/// hold the customer.
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::new();
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    parquet.enable_page_index = true;
+    parquet.bloom_filter_on_read = true;
+    SessionContext::new_with_config(config)
+}
+
+/// Registers the published tables explain reads on `ctx`; an error naming the first
+/// required one that is missing.
+pub async fn register(ctx: &SessionContext, warehouse: &Path) -> Result<(), CliError> {
+    for table in REQUIRED_TABLES.iter().chain(&[FEATURES_STAGE, MODEL_PARAMS_TABLE]) {
+        let path = warehouse.join(TABLES_DIR).join(table);
+        if !path.is_dir() {
+            if REQUIRED_TABLES.contains(table) {
+                return Err(CliError::failed(format!(
+                    "explain: {} has no published table `{table}` (run `patron run` first)",
+                    warehouse.display()
+                )));
+            }
+            continue;
+        }
+        register_table(ctx, table, &path)
+            .await
+            .map_err(|e| CliError::failed(format!("explain: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The query explain runs on `table` (`$id` is the customer id): the whole row of
+/// `customer_scores`, `fct_customer` and [`FEATURES_STAGE`], the latest orders, tickets and
+/// marketing events of the staged tables.
+pub fn lookup(table: &str) -> String {
+    match table {
+        "stg_sales" => format!(
+            "SELECT order_id, MIN(order_ts) AS order_ts, MIN(channel) AS channel, COUNT(*) AS lines, \
+             SUM(revenue) AS revenue, SUM(discount) AS discount FROM stg_sales WHERE customer_id = $id \
+             GROUP BY order_id ORDER BY order_ts DESC, order_id DESC LIMIT {RECENT_ROWS}"
+        ),
+        "stg_service" => format!(
+            "SELECT ticket_id, opened_at, closed_at, category, status, csat FROM stg_service \
+             WHERE customer_id = $id ORDER BY opened_at DESC, ticket_id DESC LIMIT {RECENT_ROWS}"
+        ),
+        "stg_marketing" => format!(
+            "SELECT event_ts, campaign, channel, event_type FROM stg_marketing WHERE customer_id = $id \
+             ORDER BY event_ts DESC, event_id DESC LIMIT {RECENT_ROWS}"
+        ),
+        other => format!("SELECT * FROM {other} WHERE customer_id = $id"),
+    }
+}
+
 /// The customer's card as JSON: `customer_id`, `facts`, `scores` (each `{value,
 /// produced_by}`), `churn` (`risk`, `band`, `model`, `reasons`, `features`), `orders`,
 /// `tickets`, `marketing_events`.
@@ -116,50 +184,25 @@ pub async fn card(warehouse: &Path, customer_id: &str) -> Result<Value, CliError
     if id.is_empty() {
         return Err(CliError::usage("explain: the customer id is empty"));
     }
-    let ctx = SessionContext::new();
-    let tables = [
-        "customer_scores",
-        "fct_customer",
-        "stg_sales",
-        "stg_service",
-        "stg_marketing",
-    ];
-    for table in tables.iter().chain(&[FEATURES_STAGE, MODEL_PARAMS_TABLE]) {
-        let path = warehouse.join(TABLES_DIR).join(table);
-        let required = tables.contains(table);
-        if !path.is_dir() {
-            if required {
-                return Err(CliError::failed(format!(
-                    "explain: {} has no published table `{table}` (run `patron run` first)",
-                    warehouse.display()
-                )));
-            }
-            continue;
-        }
-        register_table(&ctx, table, &path)
-            .await
-            .map_err(|e| CliError::failed(format!("explain: {e}")))?;
-    }
+    let ctx = session();
+    register(&ctx, warehouse).await?;
     let has = |t: &str| warehouse.join(TABLES_DIR).join(t).is_dir();
     let one = |sql: String| query(&ctx, sql, &id);
 
-    let scores = one("SELECT * FROM customer_scores WHERE customer_id = $id".into()).await?;
+    let scores = one(lookup("customer_scores")).await?;
     let Some(scores) = scores.into_iter().next() else {
         return Err(CliError::usage(format!(
             "explain: customer `{id}` is not in customer_scores of {}",
             warehouse.display()
         )));
     };
-    let facts = one("SELECT * FROM fct_customer WHERE customer_id = $id".into())
+    let facts = one(lookup("fct_customer"))
         .await?
         .into_iter()
         .next()
         .unwrap_or_default();
     let features = if has(FEATURES_STAGE) {
-        one(format!("SELECT * FROM {FEATURES_STAGE} WHERE customer_id = $id"))
-            .await?
-            .into_iter()
-            .next()
+        one(lookup(FEATURES_STAGE)).await?.into_iter().next()
     } else {
         None
     };
@@ -174,22 +217,9 @@ pub async fn card(warehouse: &Path, customer_id: &str) -> Result<Value, CliError
         Vec::new()
     };
     let models = describe_models(&params, scores.get("churn_model").and_then(Value::as_str));
-    let orders = one(format!(
-        "SELECT order_id, MIN(order_ts) AS order_ts, MIN(channel) AS channel, COUNT(*) AS lines, \
-         SUM(revenue) AS revenue, SUM(discount) AS discount FROM stg_sales WHERE customer_id = $id \
-         GROUP BY order_id ORDER BY order_ts DESC, order_id DESC LIMIT {RECENT_ROWS}"
-    ))
-    .await?;
-    let tickets = one(format!(
-        "SELECT ticket_id, opened_at, closed_at, category, status, csat FROM stg_service \
-         WHERE customer_id = $id ORDER BY opened_at DESC, ticket_id DESC LIMIT {RECENT_ROWS}"
-    ))
-    .await?;
-    let events = one(format!(
-        "SELECT event_ts, campaign, channel, event_type FROM stg_marketing WHERE customer_id = $id \
-         ORDER BY event_ts DESC, event_id DESC LIMIT {RECENT_ROWS}"
-    ))
-    .await?;
+    let orders = one(lookup("stg_sales")).await?;
+    let tickets = one(lookup("stg_service")).await?;
+    let events = one(lookup("stg_marketing")).await?;
 
     let mut score_card = Map::new();
     for (column, value) in &scores {
@@ -279,7 +309,7 @@ fn fill(template: &str, models: &HashMap<&'static str, String>) -> String {
 }
 
 /// Runs `sql` with `$id` bound and returns its rows as JSON objects (NULLs kept).
-async fn query(ctx: &SessionContext, sql: String, id: &str) -> Result<Vec<Map<String, Value>>, CliError> {
+pub async fn query(ctx: &SessionContext, sql: String, id: &str) -> Result<Vec<Map<String, Value>>, CliError> {
     let err = |e: datafusion::error::DataFusionError| CliError::failed(format!("explain: {e}"));
     let params = HashMap::from([("id".to_string(), ScalarValue::Utf8(Some(id.to_string())))]);
     let batches: Vec<RecordBatch> = ctx

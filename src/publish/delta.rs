@@ -24,6 +24,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::PublishError;
+use crate::storage::Layout;
 
 /// Subfolder holding a Delta table's transaction log.
 pub const DELTA_LOG_DIR: &str = "_delta_log";
@@ -109,6 +110,9 @@ pub struct CommitMetrics {
 
 /// Replaces the content of the Delta table in `target` with the Parquet files in the
 /// folder `staged`, in one overwrite commit tagged with `run_id`. Rows keep their order.
+/// delta-rs rewrites the rows into new files (it does not copy the staged ones), with
+/// `layout`'s writer settings, so the published files have the same row groups, page
+/// index and bloom filters as the staged ones.
 pub async fn overwrite_from_parquet(
     ctx: &SessionContext,
     table: &str,
@@ -116,6 +120,7 @@ pub async fn overwrite_from_parquet(
     target: &Path,
     run_id: &str,
     partition_by: &[String],
+    layout: &Layout,
 ) -> Result<CommitMetrics, PublishError> {
     let staged_text = staged.to_string_lossy();
     let df = ctx
@@ -155,6 +160,7 @@ pub async fn overwrite_from_parquet(
         .with_schema_mode(SchemaMode::Overwrite)
         .with_table_name(table)
         .with_partition_columns(partition_by.to_vec())
+        .with_writer_properties(layout.writer_properties())
         .with_commit_properties(
             CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]),
         )

@@ -69,6 +69,9 @@ impl TableFormat {
     }
 }
 
+/// Largest `publish.row_group_rows`.
+pub const MAX_ROW_GROUP_ROWS: usize = 16 * 1024 * 1024;
+
 /// Publish settings (`[publish]` in the pipeline file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,6 +84,8 @@ pub struct PublishSettings {
     pub retain_versions: u64,
     /// A warehouse lock whose heartbeat is older than this is stale and taken over.
     pub lock_timeout_secs: u64,
+    /// Most rows per Parquet row group of the staged and published tables.
+    pub row_group_rows: usize,
 }
 
 impl Default for PublishSettings {
@@ -89,6 +94,7 @@ impl Default for PublishSettings {
             format: TableFormat::Delta,
             retain_versions: 0,
             lock_timeout_secs: 60,
+            row_group_rows: crate::storage::DEFAULT_ROW_GROUP_ROWS,
         }
     }
 }
@@ -100,6 +106,12 @@ impl PublishSettings {
             problems.push(
                 "publish.lock_timeout_secs",
                 format!("{} must be between 5 and 86400", self.lock_timeout_secs),
+            );
+        }
+        if !(1..=MAX_ROW_GROUP_ROWS).contains(&self.row_group_rows) {
+            problems.push(
+                "publish.row_group_rows",
+                format!("{} must be between 1 and {MAX_ROW_GROUP_ROWS}", self.row_group_rows),
             );
         }
     }

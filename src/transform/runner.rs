@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::Column;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
@@ -19,7 +21,7 @@ use super::checks::ident;
 use super::spec::{Materialized, OnSchemaChange};
 use super::{Seed, Stage, TransformError};
 use crate::publish::read::PublishedVersion;
-use crate::storage::ParquetSink;
+use crate::storage::{Layout, ParquetSink};
 
 /// What one stage did.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +47,9 @@ pub struct StageMetrics {
     /// Columns the published Delta table is partitioned by.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
+    /// Columns the table is sorted by first (`-- @cluster_by`), with bloom filters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster_by: Vec<String>,
     /// The materialised file.
     #[serde(skip)]
     pub output: PathBuf,
@@ -187,6 +192,7 @@ async fn run_incremental(
     params: &HashMap<String, ScalarValue>,
     out_dir: &Path,
     previous: Option<&PublishedVersion>,
+    layout: &Layout,
 ) -> Result<(PathBuf, u64, u64, u64), TransformError> {
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let prev_name = format!("__previous_{}", stage.name);
@@ -248,7 +254,7 @@ async fn run_incremental(
         None => plan_stage(ctx, stage, bind(false, ScalarValue::Null)).await?,
     };
     let new_dir = out_dir.parent().unwrap_or(out_dir).join("incremental");
-    let (_, new_rows, _) = materialize(ctx, &new_name, df, &new_dir)
+    let (_, new_rows, _) = materialize(ctx, &new_name, df, &new_dir, layout)
         .await
         .map_err(|e| materialize_error(stage, e))?;
     let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
@@ -297,7 +303,7 @@ async fn run_incremental(
         format!("SELECT * FROM {} ORDER BY {order}", ident(&new_name))
     };
     let df = ctx.sql(&merged).await.map_err(sql_err)?;
-    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir)
+    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir, layout)
         .await
         .map_err(|e| materialize_error(stage, e))?;
     for name in [&prev_name, &new_name] {
@@ -375,7 +381,7 @@ fn align(df: DataFrame, columns: &[Field]) -> Result<DataFrame, DataFusionError>
         .iter()
         .map(|f| {
             if df.schema().inner().field_with_name(f.name()).is_ok() {
-                Ok(col(Column::new_unqualified(f.name())))
+                Ok(col(datafusion::common::Column::new_unqualified(f.name())))
             } else {
                 Ok(lit(ScalarValue::try_from(f.data_type())?).alias(f.name()))
             }
@@ -384,18 +390,31 @@ fn align(df: DataFrame, columns: &[Field]) -> Result<DataFrame, DataFusionError>
     df.select(exprs)
 }
 
-/// Streams `df` into `out_dir/<name>/part-00000.parquet` and registers the file as table
-/// `name` in place of the query; returns (file, rows, bytes).
+/// Streams `df` into `out_dir/<name>/part-00000.parquet` (laid out as `layout`) and
+/// registers the file as table `name` in place of the query; returns (file, rows, bytes).
 pub async fn materialize(
     ctx: &SessionContext,
     name: &str,
     df: DataFrame,
     out_dir: &Path,
+    layout: &Layout,
 ) -> Result<(PathBuf, u64, u64), MaterializeError> {
-    let schema = df.schema().inner().clone();
+    let plan = df.create_physical_plan().await.map_err(MaterializeError::Query)?;
+    materialize_plan(ctx, name, plan, out_dir, layout).await
+}
+
+/// [`materialize`] for a planned query.
+async fn materialize_plan(
+    ctx: &SessionContext,
+    name: &str,
+    plan: Arc<dyn ExecutionPlan>,
+    out_dir: &Path,
+    layout: &Layout,
+) -> Result<(PathBuf, u64, u64), MaterializeError> {
     let output = out_dir.join(name).join("part-00000.parquet");
-    let mut sink = ParquetSink::create(&output, schema).map_err(MaterializeError::Write)?;
-    let mut stream = df.execute_stream().await.map_err(MaterializeError::Query)?;
+    let mut sink = ParquetSink::create_with(&output, plan.schema(), layout).map_err(MaterializeError::Write)?;
+    let mut stream =
+        datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
     while let Some(batch) = stream.next().await {
         sink.write(&batch.map_err(MaterializeError::Query)?)
             .map_err(MaterializeError::Write)?;
@@ -407,17 +426,58 @@ pub async fn materialize(
     Ok((output, rows, bytes))
 }
 
+/// Checks that the planned query's output is sorted by the stage's `@cluster_by` columns
+/// first (ascending), as its ORDER BY must say.
+fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan) -> Result<(), TransformError> {
+    let cluster = &stage.spec.cluster_by;
+    if cluster.is_empty() {
+        return Ok(());
+    }
+    let sorted: Vec<String> = plan
+        .properties()
+        .output_ordering()
+        .map(|ordering| {
+            ordering
+                .iter()
+                .map_while(|s| {
+                    let column = s.expr.downcast_ref::<Column>()?;
+                    (!s.options.descending).then(|| column.name().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if sorted.len() >= cluster.len() && sorted[..cluster.len()] == cluster[..] {
+        return Ok(());
+    }
+    Err(TransformError::Sql {
+        stage: stage.name.clone(),
+        path: stage.path.clone(),
+        message: format!(
+            "`-- @cluster_by: {}` needs the stage to end with `ORDER BY {}, ...` (ascending); its output is sorted by [{}]",
+            cluster.join(", "),
+            cluster.join(", "),
+            sorted.join(", ")
+        ),
+    })
+}
+
 /// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
 /// `previous` is the stage's table as the last succeeded run published it: incremental
-/// stages merge into it (`None`: a full refresh); other stages ignore it.
+/// stages merge into it (`None`: a full refresh); other stages ignore it. Files get at most
+/// `row_group_rows` rows per row group.
 pub async fn run_stage(
     ctx: &SessionContext,
     stage: &Stage,
     params: &HashMap<String, ScalarValue>,
     out_dir: &Path,
     previous: Option<&PublishedVersion>,
+    row_group_rows: usize,
 ) -> Result<StageMetrics, TransformError> {
     let started = Instant::now();
+    let layout = Layout {
+        row_group_rows,
+        cluster_by: stage.spec.cluster_by.clone(),
+    };
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let mut rows_new = None;
     let (output, rows, bytes) = match stage.spec.materialized {
@@ -429,12 +489,14 @@ pub async fn run_stage(
         }
         Materialized::Table => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
-            materialize(ctx, &stage.name, df, out_dir)
+            let plan = df.create_physical_plan().await.map_err(sql_err)?;
+            check_clustered(stage, plan.as_ref())?;
+            materialize_plan(ctx, &stage.name, plan, out_dir, &layout)
                 .await
                 .map_err(|e| materialize_error(stage, e))?
         }
         Materialized::Incremental => {
-            let (output, rows, bytes, new) = run_incremental(ctx, stage, params, out_dir, previous).await?;
+            let (output, rows, bytes, new) = run_incremental(ctx, stage, params, out_dir, previous, &layout).await?;
             rows_new = Some(new);
             (output, rows, bytes)
         }
@@ -449,6 +511,7 @@ pub async fn run_stage(
         materialized: stage.spec.materialized,
         rows_new,
         partition_by: stage.spec.partition_by.clone(),
+        cluster_by: layout.cluster_by,
         output,
     };
     tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");

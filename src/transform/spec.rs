@@ -11,6 +11,7 @@
 //! -- @incremental_column: order_ts       (incremental: `$watermark` is its last max)
 //! -- @partition_by: order_date           (Delta publish: partition columns)
 //! -- @on_schema_change: append_new_columns  (incremental: full_refresh | fail | append_new_columns)
+//! -- @cluster_by: customer_id             (the ORDER BY starts with these: lookups prune)
 //! ```
 //! Schema file (`sql/marts/fct_customer.toml`):
 //! ```toml
@@ -156,6 +157,10 @@ pub struct StageSpec {
     pub partition_by: Vec<String>,
     /// Incremental stages: what a change of columns does.
     pub on_schema_change: OnSchemaChange,
+    /// Columns the stage's output is sorted by first (its ORDER BY must start with them;
+    /// the run checks): the written files get bloom filters on them and row groups small
+    /// enough that a lookup by these columns skips most of the table.
+    pub cluster_by: Vec<String>,
     /// Column descriptions.
     pub columns: BTreeMap<String, String>,
     /// Data tests.
@@ -268,6 +273,7 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
             "tags" => spec.tags = list(value),
             "unique_key" => spec.unique_key = list(value),
             "partition_by" => spec.partition_by = list(value),
+            "cluster_by" => spec.cluster_by = list(value),
             "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
             "on_schema_change" => {
                 spec.on_schema_change = match value {
@@ -290,7 +296,7 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
                 return Err(bad(
                     path,
                     format!(
-                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by, on_schema_change)",
+                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by, on_schema_change, cluster_by)",
                         i + 1
                     ),
                 ));
@@ -308,6 +314,13 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
         return Err(bad(
             path,
             "`@partition_by` needs a stored stage (table or incremental), not a view",
+        ));
+    }
+    if spec.materialized != Materialized::Table && !spec.cluster_by.is_empty() {
+        return Err(bad(
+            path,
+            "`@cluster_by` applies to `@materialized: table` stages (a view is not written; an incremental \
+             stage is ordered by its unique key)",
         ));
     }
     if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some() || schema_change_set) {
@@ -499,5 +512,23 @@ mod tests {
         std::fs::write(dir.path().join("t.toml"), "[columns.a]\ntests = [\"uniq\"]\n").unwrap();
         let e = load_spec("t", &sql, "SELECT 1").unwrap_err().to_string();
         assert!(e.contains("t.toml") && e.contains("uniq"), "{e}");
+    }
+
+    #[test]
+    fn cluster_by_is_read_and_only_allowed_on_table_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("t.sql");
+        let spec = load_spec("t", &sql, "-- @cluster_by: customer_id, day\nSELECT 1").unwrap();
+        assert_eq!(spec.cluster_by, vec!["customer_id", "day"]);
+        for kind in ["view", "incremental\n-- @unique_key: a"] {
+            let e = load_spec(
+                "t",
+                &sql,
+                &format!("-- @materialized: {kind}\n-- @cluster_by: a\nSELECT 1 AS a"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("t.sql") && e.contains("@cluster_by"), "{e}");
+        }
     }
 }

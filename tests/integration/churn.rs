@@ -226,6 +226,123 @@ async fn explain_shows_one_customers_card_from_the_published_tables() {
     );
 }
 
+/// `row_groups_pruned_<what>=N total → M matched` of an EXPLAIN ANALYZE text, as (N, M).
+fn pruned(plan: &str, what: &str) -> (u64, u64) {
+    let key = format!("row_groups_pruned_{what}=");
+    let after = plan.split(&key).nth(1).unwrap_or_else(|| panic!("no {key} in {plan}"));
+    let mut numbers = after
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u64>().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+#[tokio::test]
+async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
+    // Small row groups so the fixtures' tables have many; the layout is what a large
+    // warehouse gets with the default size.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    let config = std::fs::read_to_string(&pipeline).unwrap();
+    assert!(config.contains("[publish]\n"));
+    std::fs::write(
+        &pipeline,
+        config.replace("[publish]\n", "[publish]\nrow_group_rows = 200\n"),
+    )
+    .unwrap();
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let wh = dir.path().join("wh");
+    let manifest = latest_manifest(&wh);
+    let clustered: Vec<&str> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["cluster_by"] == serde_json::json!(["customer_id"]))
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let tables = [
+        "customer_scores",
+        "fct_customer",
+        "churn_features",
+        "stg_sales",
+        "stg_service",
+        "stg_marketing",
+    ];
+    for t in tables {
+        assert!(clustered.contains(&t), "{t} not clustered: {clustered:?}");
+    }
+
+    // A buyer in the middle of the id range, with tickets and marketing events.
+    let ctx = warehouse_session(&wh).await;
+    let ids = rows(
+        &ctx,
+        "SELECT f.customer_id FROM fct_customer f WHERE f.orders > 0 AND f.tickets > 0 AND f.marketing_sent > 0 \
+         ORDER BY f.customer_id",
+    )
+    .await;
+    let id = ids[ids.len() / 2].clone();
+    let explain = patron::cli::explain::session();
+    patron::cli::explain::register(&explain, &wh).await.unwrap();
+    let mut bloom_pruned = 0;
+    for t in tables {
+        let sql = format!("EXPLAIN ANALYZE {}", patron::cli::explain::lookup(t));
+        let plan: String = patron::cli::explain::query(&explain, sql.clone(), &id)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get("plan").and_then(|p| p.as_str()).map(str::to_string))
+            .collect();
+        // The scan kept at most the two row groups the customer's rows can straddle.
+        let (total, matched) = pruned(&plan, "statistics");
+        assert!(total >= 3, "{t}: {total} row groups: {plan}");
+        assert!(
+            (1..=2).contains(&matched),
+            "{t}: {matched} of {total} row groups read: {plan}"
+        );
+        // An id that sorts right after the customer's but is nowhere: where the statistics
+        // keep a row group for it, the bloom filter drops it.
+        let absent = format!("{id}_");
+        let plan: String = patron::cli::explain::query(&explain, sql, &absent)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get("plan").and_then(|p| p.as_str()).map(str::to_string))
+            .collect();
+        let (_, kept) = pruned(&plan, "statistics");
+        let (checked, passed) = pruned(&plan, "bloom_filter");
+        assert!(checked == kept && passed == 0, "{t}: {plan}");
+        bloom_pruned += checked;
+    }
+    assert!(
+        bloom_pruned > 0,
+        "no table had a row group for the bloom filters to drop"
+    );
+    // The card itself reads the same tables.
+    let card = patron::cli::explain::card(&wh, &id).await.unwrap();
+    assert_eq!(card["customer_id"], id.as_str());
+    assert!(!card["orders"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cluster_by_stage_must_order_by_its_cluster_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = scratch_project(dir.path());
+    std::fs::write(
+        dir.path().join("sql/marts/by_revenue.sql"),
+        "-- @cluster_by: customer_id\nSELECT customer_id, revenue FROM fct_customer ORDER BY revenue, customer_id\n",
+    )
+    .unwrap();
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("by_revenue") && err.contains("@cluster_by: customer_id") && err.contains("ORDER BY customer_id"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[tokio::test]
 async fn too_little_history_falls_back_to_bgnbd_and_says_why() {
     // Six months of data: the training cut-off (as_of - 180 days) has almost no buyers.

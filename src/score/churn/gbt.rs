@@ -97,18 +97,34 @@ impl Builder<'_> {
             return id;
         }
         let parent_score = g * g / (h + self.s.lambda);
+        // Every feature's histogram in one pass over the rows (each bin still sums its rows
+        // in row order, so the sums are the ones a pass per feature gives).
+        let mut hists: Vec<Vec<(f64, f64, usize)>> = self
+            .edges
+            .iter()
+            .map(|e| {
+                if e.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(0.0, 0.0, 0usize); e.len() + 1]
+                }
+            })
+            .collect();
+        for &i in &rows {
+            let (grad, hess, bins) = (self.grad[i], self.hess[i], &self.binned[i]);
+            for (hist, &bin) in hists.iter_mut().zip(bins) {
+                if let Some(slot) = hist.get_mut(usize::from(bin)) {
+                    slot.0 += grad;
+                    slot.1 += hess;
+                    slot.2 += 1;
+                }
+            }
+        }
         let mut best: Option<(f64, usize, usize)> = None;
-        for (f, feature_edges) in self.edges.iter().enumerate() {
-            let k = feature_edges.len();
+        for (f, hist) in hists.iter().enumerate() {
+            let k = self.edges[f].len();
             if k == 0 {
                 continue;
-            }
-            let mut hist = vec![(0.0, 0.0, 0usize); k + 1];
-            for &i in &rows {
-                let slot = &mut hist[usize::from(self.binned[i][f])];
-                slot.0 += self.grad[i];
-                slot.1 += self.hess[i];
-                slot.2 += 1;
             }
             let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0usize);
             for (b, slot) in hist.iter().enumerate().take(k) {

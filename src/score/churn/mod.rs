@@ -205,24 +205,12 @@ fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> 
         .collect()
 }
 
-/// The feature rows as of `day`: the stage chain re-run in a scratch session that shares
-/// the run's extracted tables, seeds and engine settings (BG/NBD fitted as of `day` too).
-async fn snapshot(
-    ctx: &SessionContext,
-    stages: &[&crate::transform::Stage],
-    settings: &ScoringSettings,
-    day: NaiveDate,
-) -> Result<FeatureRows, ChurnError> {
+/// A scratch session for a snapshot: it shares the run's registered tables (extracted
+/// tables, seeds, stages built so far), engine settings and memory pool.
+async fn scratch_session(ctx: &SessionContext) -> Result<SessionContext, ChurnError> {
     let snap = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
     let state = ctx.state();
     let options = state.config_options();
-    let err = |table: &str| {
-        let table = table.to_string();
-        move |e: datafusion::error::DataFusionError| ChurnError::Input {
-            table: table.clone(),
-            message: e.to_string(),
-        }
-    };
     let schema = state
         .catalog_list()
         .catalog(&options.catalog.default_catalog)
@@ -232,39 +220,94 @@ async fn snapshot(
             message: "the run's session has no default schema".into(),
         })?;
     for name in schema.table_names() {
-        if let Some(table) = schema.table(&name).await.map_err(err(&name))? {
-            snap.register_table(name.as_str(), table).map_err(err(&name))?;
+        if let Some(table) = schema.table(&name).await.map_err(input_err(&name))? {
+            snap.register_table(name.as_str(), table).map_err(input_err(&name))?;
         }
     }
+    Ok(snap)
+}
+
+fn input_err(table: &str) -> impl Fn(datafusion::error::DataFusionError) -> ChurnError {
+    let table = table.to_string();
+    move |e| ChurnError::Input {
+        table: table.clone(),
+        message: e.to_string(),
+    }
+}
+
+/// The feature rows as of `day`: the stage chain re-run in the scratch session `snap`
+/// (see [`scratch_session`]), BG/NBD fitted as of `day` too. Each stage's time is logged.
+async fn snapshot(
+    snap: SessionContext,
+    stages: Vec<crate::transform::Stage>,
+    settings: ScoringSettings,
+    day: NaiveDate,
+) -> Result<FeatureRows, ChurnError> {
+    let started = Instant::now();
     let params = settings.sql_params(day);
     let mut rows = None;
-    for stage in stages {
+    for stage in &stages {
+        let stage_started = Instant::now();
+        let err = input_err(&stage.name);
         let df = snap
             .sql(&stage.sql)
             .await
             .and_then(|df| df.with_param_values(params.clone()))
-            .map_err(err(&stage.name))?;
+            .map_err(&err)?;
         if stage.name == FEATURES_STAGE {
             rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
+            tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
             break;
         }
-        let cached = df.cache().await.map_err(err(&stage.name))?;
-        snap.deregister_table(stage.name.as_str()).map_err(err(&stage.name))?;
+        let cached = df.cache().await.map_err(&err)?;
+        snap.deregister_table(stage.name.as_str()).map_err(&err)?;
         snap.register_table(stage.name.as_str(), cached.into_view())
-            .map_err(err(&stage.name))?;
+            .map_err(&err)?;
+        tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
         if stage.name == MODEL_INPUT_STAGE {
-            models::fit_and_register(&snap, settings)
+            let fit_started = Instant::now();
+            models::fit_and_register(&snap, &settings)
                 .await
                 .map_err(|e| ChurnError::SnapshotFit {
                     day,
                     message: e.to_string(),
                 })?;
+            tracing::info!(%day, ms = fit_started.elapsed().as_millis() as u64, "churn snapshot purchase models fitted");
         }
     }
+    tracing::info!(%day, ms = started.elapsed().as_millis() as u64, "churn snapshot done");
     rows.ok_or_else(|| ChurnError::Input {
         table: FEATURES_STAGE.into(),
         message: "the stage is not in the run".into(),
     })
+}
+
+/// A snapshot computed on another worker thread while the caller does other work; aborted
+/// when dropped unjoined (a run that stops early does not leave it running).
+struct Background(tokio::task::JoinHandle<Result<FeatureRows, ChurnError>>);
+
+impl Background {
+    fn spawn(
+        snap: SessionContext,
+        stages: Vec<crate::transform::Stage>,
+        settings: ScoringSettings,
+        day: NaiveDate,
+    ) -> Self {
+        Background(tokio::spawn(snapshot(snap, stages, settings, day)))
+    }
+
+    async fn join(mut self) -> Result<FeatureRows, ChurnError> {
+        (&mut self.0).await.map_err(|e| ChurnError::Input {
+            table: FEATURES_STAGE.into(),
+            message: format!("the snapshot task stopped: {e}"),
+        })?
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Customers with a staged order in the `days` days after `day` (up to the as-of day).
@@ -449,8 +492,12 @@ async fn train(
     report: &mut ChurnReport,
 ) -> Result<Trained, ChurnError> {
     let h = settings.churn_holdout_days;
-    let stages = chain(project, provided, order);
-    let training = match snapshot(ctx, &stages, settings, c2).await {
+    let stages: Vec<crate::transform::Stage> = chain(project, provided, order).into_iter().cloned().collect();
+    // The two snapshots are independent: the validation one runs on another worker thread
+    // while this one computes the training one. Their results are then taken in the order
+    // a sequential run would use them, so the outcome (and which error wins) is the same.
+    let validation = Background::spawn(scratch_session(ctx).await?, stages.clone(), settings.clone(), c1);
+    let training = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c2).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -460,7 +507,7 @@ async fn train(
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = match snapshot(ctx, &stages, settings, c1).await {
+    let validation = match validation.join().await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -482,7 +529,13 @@ async fn train(
     let (x_train, x_valid) = (encoding.encode(&training), encoding.encode(&validation));
     let mut best: Option<(f64, &str, Vec<f64>)> = None;
     for kind in ["logistic", "gbt"] {
+        let fit_started = Instant::now();
         let learner = Learner::fit(kind, &x_train, &y_train)?;
+        tracing::info!(
+            learner = kind,
+            ms = fit_started.elapsed().as_millis() as u64,
+            "churn learner fitted"
+        );
         let logits: Vec<f64> = x_valid.iter().map(|r| learner.logit(r)).collect();
         let probabilities: Vec<f64> = logits.iter().map(|z| sigmoid(*z)).collect();
         let auc = backtest::auc(&logits, &y_valid);
@@ -515,7 +568,13 @@ async fn train(
     // Refit on the latest labelled snapshot; the Platt map carries over.
     let final_encoding = Encoding::of(&validation);
     let x_final = final_encoding.encode(&validation);
+    let fit_started = Instant::now();
     let learner = Learner::fit(kind, &x_final, &y_valid)?;
+    tracing::info!(
+        learner = kind,
+        ms = fit_started.elapsed().as_millis() as u64,
+        "churn learner refitted"
+    );
     let mut params = BTreeMap::from([
         ("platt_a".to_string(), a),
         ("platt_b".to_string(), b),
