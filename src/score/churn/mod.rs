@@ -213,7 +213,7 @@ async fn snapshot(
     settings: &ScoringSettings,
     day: NaiveDate,
 ) -> Result<FeatureRows, ChurnError> {
-    let snap = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+    let snap = crate::engine::scratch_context(ctx);
     let state = ctx.state();
     let options = state.config_options();
     let err = |table: &str| {
