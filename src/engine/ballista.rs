@@ -18,7 +18,7 @@ use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
-use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
@@ -77,6 +77,8 @@ fn describe(what: &str, e: impl std::fmt::Display) -> String {
 pub struct SchedulerOptions {
     /// Address the scheduler's gRPC service listens on.
     pub bind: SocketAddr,
+    /// Host name executors reach the scheduler by.
+    pub external_host: String,
     /// Seconds without a heartbeat after which an executor counts as lost and its tasks
     /// are rescheduled.
     pub executor_timeout_secs: u64,
@@ -88,10 +90,13 @@ pub async fn run_scheduler(options: &SchedulerOptions) -> Result<(), String> {
     let config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),
         bind_port: options.bind.port(),
-        external_host: options.bind.ip().to_string(),
+        external_host: options.external_host.clone(),
         executor_timeout_seconds: options.executor_timeout_secs,
         expire_dead_executor_interval_seconds: (options.executor_timeout_secs / 3).max(1),
         no_executors_grace_period_seconds: options.executor_timeout_secs,
+        // Spread tasks over the executors rather than filling one first: a run's queries
+        // are many small jobs.
+        task_distribution: TaskDistributionPolicy::RoundRobin,
         override_logical_codec: Some(logical),
         override_physical_codec: Some(physical),
         ..SchedulerConfig::default()
@@ -107,10 +112,14 @@ pub async fn run_scheduler(options: &SchedulerOptions) -> Result<(), String> {
 /// Settings of `patron ballista-executor`.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
-    /// The scheduler to register with.
-    pub scheduler: SocketAddr,
+    /// The scheduler to register with: host name or IP address.
+    pub scheduler_host: String,
+    /// The scheduler's gRPC port.
+    pub scheduler_port: u16,
     /// Address of the executor's Arrow Flight service (shuffle data).
     pub bind: SocketAddr,
+    /// Host name the scheduler and other executors reach this executor by.
+    pub external_host: String,
     /// Port of the executor's gRPC service (task control).
     pub grpc_port: u16,
     /// Folder for shuffle files.
@@ -128,14 +137,13 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<(), String> {
     let (logical, physical) = codec::codecs();
     // Every built-in function of patron's DataFusion build, nested ones included.
     let functions = BallistaFunctionRegistry::from(&SessionStateBuilder::new().with_default_features().build());
-    let host = options.bind.ip().to_string();
     let config = ExecutorProcessConfig {
-        bind_host: host.clone(),
-        external_host: Some(host),
+        bind_host: options.bind.ip().to_string(),
+        external_host: Some(options.external_host.clone()),
         port: options.bind.port(),
         grpc_port: options.grpc_port,
-        scheduler_host: options.scheduler.ip().to_string(),
-        scheduler_port: options.scheduler.port(),
+        scheduler_host: options.scheduler_host.clone(),
+        scheduler_port: options.scheduler_port,
         scheduler_connect_timeout_seconds: 30,
         vcores: options.slots,
         work_dir: Some(options.work_dir.to_string_lossy().into_owned()),

@@ -124,7 +124,7 @@ fn run_on(engine: &str, warehouse: &Path) -> std::process::Output {
 }
 
 fn engine_of(warehouse: &Path) -> String {
-    latest_manifest(warehouse)["engine"]["engine"]
+    latest_manifest(warehouse)["settings"]["engine"]["engine"]
         .as_str()
         .unwrap_or_default()
         .to_string()
