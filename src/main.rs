@@ -15,7 +15,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Query plans are encoded and decoded recursively (Ballista ships them between
+    // processes); deep scoring plans need more than the default 2 MiB per thread, as in
+    // Ballista's own binaries.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 * 1024 * 1024)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("patron: cannot start the async runtime: {e}");

@@ -13,6 +13,9 @@ pub const TABLES_DIR: &str = "tables";
 pub const RUNS_DIR: &str = "runs";
 /// Folder under the warehouse holding each run's work in progress; never read by BI.
 pub const STAGING_DIR: &str = "_staging";
+/// Folder under a run's staging folder holding tables patron keeps in memory or reads
+/// through Delta, written to Parquet so the executors of a Ballista cluster can read them.
+pub const PORTABLE_DIR: &str = "portable";
 /// Folder under the warehouse holding the `runs` Delta table (one row per run).
 pub const RUNS_TABLE_DIR: &str = "runs/table";
 /// SQL name of the table of runs.

@@ -26,7 +26,9 @@ use crate::error::RunError;
 use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
-use crate::names::{self, DOWNLOAD_DIR, DUPLICATES_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR};
+use crate::names::{
+    self, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR,
+};
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
@@ -382,11 +384,11 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
 /// Writes the registered `model_params` table into the staging tables folder (and registers
 /// the written file in its place); returns (file, rows, bytes).
 async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(PathBuf, u64, u64), RunError> {
-    let engine = |e: &dyn std::fmt::Display| RunError::Engine(e.to_string());
-    let df = ctx.table(MODEL_PARAMS_TABLE).await.map_err(|e| engine(&e))?;
-    runner::materialize(ctx, MODEL_PARAMS_TABLE, df, tables_dir, &Layout::default())
+    // Held in memory by the fit: written here, then read from the file by later stages
+    // (which a Ballista cluster's executors can do too).
+    runner::materialize_here(ctx, MODEL_PARAMS_TABLE, tables_dir)
         .await
-        .map_err(|e| engine(&e))
+        .map_err(|e| RunError::Engine(e.to_string()))
 }
 
 /// Registers table `name` as the last succeeded run published it and records it as carried
@@ -403,6 +405,9 @@ async fn carry_published(
         return Ok(false);
     };
     p.register(ctx, name).await?;
+    runner::make_portable(ctx, name, &state.staging.join(PORTABLE_DIR))
+        .await
+        .map_err(|e| RunError::Engine(format!("table `{name}` as published before: {e}")))?;
     let rows = runs::latest_succeeded(history, Some(&plan.name))
         .and_then(|r| r.table_rows.get(&location).copied())
         .unwrap_or(0);
@@ -576,7 +581,9 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     // Transform: one session, raw tables and seeds registered, stages in order.
     let spill = state.staging.join("spill");
     std::fs::create_dir_all(&spill).map_err(staging_io(&spill))?;
-    let ctx = build_context(&plan.engine, &spill).map_err(|e| RunError::Engine(e.to_string()))?;
+    let ctx = build_context(&plan.engine, &spill)
+        .await
+        .map_err(|e| RunError::Engine(e.to_string()))?;
     for m in &state.extract {
         runner::register_parquet_files(&ctx, &names::raw_table(&m.source), &m.raw_files)
             .await
@@ -693,6 +700,9 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             let report = churn::fit_and_register(&ctx, &project, &provided, &order, &plan.scoring, as_of)
                 .await
                 .map_err(models::ScoreError::from)?;
+            runner::make_portable(&ctx, churn::PREDICTIONS_TABLE, &state.staging.join(PORTABLE_DIR))
+                .await
+                .map_err(|e| RunError::Engine(format!("table `{}`: {e}", churn::PREDICTIONS_TABLE)))?;
             // model_params gains the churn model's rows: registered and written again.
             if let Some(m) = state.models.as_mut() {
                 m.churn = Some(report);

@@ -1,6 +1,7 @@
 //! Command line: argument parsing with clap and one module per subcommand. Each
 //! subcommand returns a [`CliError`] whose exit code is part of the documented contract.
 
+pub mod ballista;
 pub mod dag;
 pub mod docs;
 pub mod evaluate;
@@ -71,6 +72,12 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Serve the latest published tables over the PostgreSQL wire protocol (psql, BI tools).
     Serve(serve::ServeArgs),
+    /// Run a Ballista scheduler with patron's codecs (for `run --engine df://HOST:PORT`).
+    #[command(name = "ballista-scheduler", hide = true)]
+    BallistaScheduler(ballista::SchedulerArgs),
+    /// Run a Ballista executor with patron's codecs and functions.
+    #[command(name = "ballista-executor", hide = true)]
+    BallistaExecutor(ballista::ExecutorArgs),
 }
 
 /// A failed command: message already formatted, and its exit code.
@@ -118,6 +125,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Report(args) => report::run(args).await,
         Command::Schedule(args) => schedule::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::BallistaScheduler(args) => ballista::scheduler(args).await,
+        Command::BallistaExecutor(args) => ballista::executor(args).await,
     }
 }
 

@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::config::{AsOf, Overrides, Plan, Selection};
+use crate::engine::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{self, RunOptions};
@@ -33,9 +34,18 @@ pub struct RunArgs {
     /// Stages to leave out (same syntax).
     #[arg(long, num_args = 1..)]
     pub exclude: Vec<String>,
+    /// Where queries execute: `local` (this process), `standalone` (an in-process Ballista
+    /// scheduler and executor) or `df://HOST:PORT` (a Ballista scheduler; every executor
+    /// must read the warehouse under the same path). Overrides `engine.engine`.
+    #[arg(long, value_parser = parse_engine)]
+    pub engine: Option<Engine>,
     /// Run id to use instead of a new one (set by `patron schedule` for its attempts).
     #[arg(long, hide = true)]
     pub run_id: Option<String>,
+}
+
+fn parse_engine(text: &str) -> Result<Engine, String> {
+    text.parse()
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT, so the run stops cleanly: it aborts
@@ -71,6 +81,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             select: args.select,
             exclude: args.exclude,
         },
+        engine: args.engine,
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
     let progress = Progress::for_stderr();

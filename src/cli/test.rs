@@ -58,7 +58,9 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
         })
         .ok_or_else(|| CliError::failed("the latest manifest has no as_of date"))?;
     let spill = std::env::temp_dir();
-    let ctx = build_context(&plan.engine, &spill).map_err(|e| CliError::failed(e.to_string()))?;
+    let ctx = build_context(&plan.engine, &spill)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let published = register_published(&ctx, &plan.warehouse)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::EngineSettings;
+use crate::engine::{Engine, EngineSettings};
 use crate::publish::PublishSettings;
 use crate::remote::StorageSettings;
 use crate::schedule::settings::{CronSchedule, ScheduleSettings};
@@ -290,6 +290,8 @@ pub struct Overrides {
     pub full_refresh: bool,
     /// `--select` / `--exclude`: the stages a run runs (dbt selector syntax).
     pub selection: Selection,
+    /// `--engine`: where queries execute (overrides `engine.engine`).
+    pub engine: Option<Engine>,
 }
 
 /// Which stages a run runs: all when both lists are empty.
@@ -451,7 +453,10 @@ impl Plan {
             as_of,
             sources,
             sql_dir,
-            engine: raw.engine,
+            engine: EngineSettings {
+                engine: overrides.engine.clone().unwrap_or(raw.engine.engine.clone()),
+                ..raw.engine
+            },
             scoring: raw.scoring,
             publish: raw.publish,
             storage: raw.storage,

@@ -33,6 +33,14 @@ pub const MODEL_FUNCTIONS: [&str; 4] = [
     "gg_expected_order_value",
 ];
 
+/// Each model function: name, computation, number of arguments.
+const FUNCTIONS: [(&str, Kind, usize); 4] = [
+    (MODEL_FUNCTIONS[0], Kind::PAlive, 3),
+    (MODEL_FUNCTIONS[1], Kind::ExpectedPurchases, 4),
+    (MODEL_FUNCTIONS[2], Kind::DiscountedPurchases, 5),
+    (MODEL_FUNCTIONS[3], Kind::ExpectedOrderValue, 2),
+];
+
 /// Which model computation a function performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -196,22 +204,96 @@ pub fn register(
     time_unit_days: f64,
 ) {
     let month_in_units = 365.25 / 12.0 / time_unit_days;
-    let functions = [
-        ("bgnbd_p_alive", Kind::PAlive, 3),
-        ("bgnbd_expected_purchases", Kind::ExpectedPurchases, 4),
-        ("bgnbd_discounted_purchases", Kind::DiscountedPurchases, 5),
-        ("gg_expected_order_value", Kind::ExpectedOrderValue, 2),
-    ];
-    for (name, kind, arity) in functions {
-        ctx.register_udf(ScalarUDF::new_from_impl(ModelFunction {
-            name,
-            kind,
-            bgnbd,
-            gamma_gamma,
-            month_in_units,
-            signature: Signature::uniform(arity, vec![DataType::Float64], Volatility::Immutable),
-        }));
+    for (name, kind, arity) in FUNCTIONS {
+        ctx.register_udf(model_function(name, kind, arity, bgnbd, gamma_gamma, month_in_units));
     }
+}
+
+/// Format version of [`encode_model_function`]'s bytes.
+const WIRE_VERSION: u8 = 1;
+
+/// The fitted parameters of a model function as bytes, so a distributed engine can ship
+/// the function inside a query plan to processes that never ran the fit; `None` for any
+/// other function.
+pub fn encode_model_function(udf: &ScalarUDF) -> Option<Vec<u8>> {
+    let f = udf.inner().downcast_ref::<ModelFunction>()?;
+    let mut out = vec![
+        WIRE_VERSION,
+        f.kind as u8,
+        u8::from(f.bgnbd.is_some()),
+        u8::from(f.gamma_gamma.is_some()),
+    ];
+    let mut floats = vec![f.month_in_units];
+    if let Some(p) = &f.bgnbd {
+        floats.extend([p.r, p.alpha, p.a, p.b]);
+    }
+    if let Some(g) = &f.gamma_gamma {
+        floats.extend([g.p, g.q, g.gamma]);
+    }
+    for v in floats {
+        out.extend(v.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// Rebuilds a model function from [`encode_model_function`]'s bytes; `None` when `name`
+/// is not a model function or `buf` is empty (then the receiver's registry applies).
+pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUDF>> {
+    let (fn_name, kind, arity) = FUNCTIONS.iter().copied().find(|(n, _, _)| *n == name)?;
+    if buf.is_empty() {
+        return None;
+    }
+    let bad = |why: &str| {
+        datafusion::error::DataFusionError::Plan(format!("model function {name}: {why} in the shipped parameters"))
+    };
+    Some((|| {
+        let (head, rest) = buf.split_at_checked(4).ok_or_else(|| bad("truncated header"))?;
+        if head[0] != WIRE_VERSION {
+            return Err(bad(&format!(
+                "format version {} (this patron reads {WIRE_VERSION})",
+                head[0]
+            )));
+        }
+        let (has_bgnbd, has_gg) = (head[2] == 1, head[3] == 1);
+        let expected = 1 + if has_bgnbd { 4 } else { 0 } + if has_gg { 3 } else { 0 };
+        if rest.len() != expected * 8 || head[1] != kind as u8 {
+            return Err(bad("unexpected length or kind"));
+        }
+        let mut floats = rest
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        let mut next = || floats.next().ok_or_else(|| bad("truncated parameters"));
+        let month_in_units = next()?;
+        let bgnbd = if has_bgnbd {
+            Some(BgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
+        } else {
+            None
+        };
+        let gamma_gamma = if has_gg {
+            Some(GammaGammaParams::new(next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
+        } else {
+            None
+        };
+        Ok(model_function(fn_name, kind, arity, bgnbd, gamma_gamma, month_in_units))
+    })())
+}
+
+fn model_function(
+    name: &'static str,
+    kind: Kind,
+    arity: usize,
+    bgnbd: Option<BgNbdParams>,
+    gamma_gamma: Option<GammaGammaParams>,
+    month_in_units: f64,
+) -> ScalarUDF {
+    ScalarUDF::new_from_impl(ModelFunction {
+        name,
+        kind,
+        bgnbd,
+        gamma_gamma,
+        month_in_units,
+        signature: Signature::uniform(arity, vec![DataType::Float64], Volatility::Immutable),
+    })
 }
 
 #[cfg(test)]
@@ -250,6 +332,39 @@ mod tests {
         );
         // Without discounting the monthly increments add up to the 12-month expectation.
         assert!((col(5).value(0) - col(6).value(0)).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn shipped_model_functions_compute_what_the_fitted_ones_do() {
+        let gg = GammaGammaParams::new(6.25, 3.74, 15.44).unwrap();
+        let here = SessionContext::new();
+        register(&here, Some(cdnow()), Some(gg), 7.0);
+        let there = SessionContext::new();
+        for name in MODEL_FUNCTIONS {
+            let udf = datafusion::execution::FunctionRegistry::udf(&here, name).unwrap();
+            let bytes = encode_model_function(&udf).expect("a model function encodes");
+            there.register_udf(decode_model_function(name, &bytes).unwrap().unwrap());
+            assert!(
+                decode_model_function(name, &bytes[..bytes.len() - 1]).unwrap().is_err(),
+                "truncated"
+            );
+        }
+        assert!(
+            decode_model_function("bgnbd_p_alive", &[]).is_none(),
+            "empty: the registry's"
+        );
+        assert!(decode_model_function("abs", &[1]).is_none(), "not a model function");
+        let sql = "SELECT bgnbd_p_alive(2, 30.43, 38.86), bgnbd_expected_purchases(39, 2, 30.43, 38.86), \
+                   bgnbd_discounted_purchases(2, 30.43, 38.86, 12, 0.01), gg_expected_order_value(2, 30.0)";
+        let row = |ctx: SessionContext| async move {
+            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap().remove(0);
+            (0..4)
+                .map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().unwrap().value(0))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (row(here).await, row(there).await);
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| v.is_finite() && *v > 0.0), "{a:?}");
     }
 
     #[test]

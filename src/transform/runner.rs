@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::view::ViewTable;
+use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{DataFrame, SessionContext, col, lit};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
@@ -124,6 +126,36 @@ pub async fn register_parquet_files(
     Ok(())
 }
 
+/// Writes table `name` (any provider: in memory, Delta) to `out_dir/<name>/part-00000.parquet`
+/// by reading it in this process, and registers the file in its place; returns (file, rows,
+/// bytes). For tables patron holds in memory (fitted model output) or reads through a
+/// provider only this process has.
+pub async fn materialize_here(
+    ctx: &SessionContext,
+    name: &str,
+    out_dir: &Path,
+) -> Result<(PathBuf, u64, u64), MaterializeError> {
+    let provider = ctx.table_provider(name).await.map_err(MaterializeError::Query)?;
+    let here = SessionContext::new_with_config_rt(SessionConfig::new(), ctx.runtime_env());
+    let df = here.read_table(provider).map_err(MaterializeError::Query)?;
+    materialize(ctx, name, df, out_dir, &Layout::default()).await
+}
+
+/// On a distributed engine, replaces table `name` by a Parquet file in `out_dir` unless it
+/// already is files (or a view over them), so executors can read it; on the local engine
+/// it does nothing.
+pub async fn make_portable(ctx: &SessionContext, name: &str, out_dir: &Path) -> Result<(), MaterializeError> {
+    if !crate::engine::is_distributed(ctx) {
+        return Ok(());
+    }
+    let provider = ctx.table_provider(name).await.map_err(MaterializeError::Query)?;
+    if provider.is::<ListingTable>() || provider.is::<ViewTable>() {
+        return Ok(());
+    }
+    tracing::debug!(table = name, "written to Parquet for the cluster's executors");
+    materialize_here(ctx, name, out_dir).await.map(|_| ())
+}
+
 /// Why materialising a table failed.
 #[derive(Debug)]
 pub enum MaterializeError {
@@ -199,8 +231,14 @@ async fn run_incremental(
     let new_name = format!("__new_{}", stage.name);
     let mut base = false;
     if let Some(p) = previous {
+        let portable = out_dir.parent().unwrap_or(out_dir).join(crate::names::PORTABLE_DIR);
         match p.register(ctx, &prev_name).await {
-            Ok(()) => base = true,
+            Ok(()) => {
+                make_portable(ctx, &prev_name, &portable)
+                    .await
+                    .map_err(|e| materialize_error(stage, e))?;
+                base = true
+            }
             Err(e) => tracing::warn!(stage = %stage.name, error = %e, "previous table unreadable: full refresh"),
         }
     }

@@ -1,5 +1,6 @@
 //! Integration tests through the real `patron` binary, one module per theme.
 
+mod ballista;
 mod cdnow;
 mod churn;
 mod cli_errors;

@@ -208,7 +208,7 @@ fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> 
 /// A scratch session for a snapshot: it shares the run's registered tables (extracted
 /// tables, seeds, stages built so far), engine settings and memory pool.
 async fn scratch_session(ctx: &SessionContext) -> Result<SessionContext, ChurnError> {
-    let snap = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+    let snap = crate::engine::scratch_context(ctx);
     let state = ctx.state();
     let options = state.config_options();
     let schema = state

@@ -1,0 +1,252 @@
+//! The one place that builds the DataFusion [`SessionContext`] a run executes on: memory
+//! limit, spill folder, parallelism, and where queries execute (in this process, or on an
+//! Apache DataFusion Ballista cluster). Stages never create their own context.
+
+pub mod ballista;
+pub mod codec;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Problems;
+
+/// The scheduler port when a `df://` address names none (Ballista's default).
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// Where a run's queries execute (`engine.engine`, `patron run --engine`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Engine {
+    /// DataFusion in the patron process (`local`).
+    #[default]
+    Local,
+    /// A Ballista scheduler and executor started inside the patron process (`standalone`):
+    /// the distributed code path without a cluster.
+    Standalone,
+    /// A Ballista cluster: its scheduler's address (`df://host:port`).
+    Remote {
+        /// Scheduler host name or IP address.
+        host: String,
+        /// Scheduler gRPC port.
+        port: u16,
+    },
+}
+
+impl Engine {
+    /// True when queries leave this process's DataFusion (any Ballista engine).
+    pub fn is_distributed(&self) -> bool {
+        !matches!(self, Engine::Local)
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        match text {
+            "local" => return Ok(Engine::Local),
+            "standalone" => return Ok(Engine::Standalone),
+            _ => {}
+        }
+        let usage = || format!("`{text}`: expected `local`, `standalone` or `df://HOST:PORT`");
+        let address = text.strip_prefix("df://").ok_or_else(usage)?.trim_end_matches('/');
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{text}`: `{port}` is not a port number"))?,
+            ),
+            None => (address, DEFAULT_SCHEDULER_PORT),
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) || port == 0 {
+            return Err(usage());
+        }
+        Ok(Engine::Remote {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::Local => write!(f, "local"),
+            Engine::Standalone => write!(f, "standalone"),
+            Engine::Remote { host, port } => write!(f, "df://{host}:{port}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Engine {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Engine> for String {
+    fn from(engine: Engine) -> String {
+        engine.to_string()
+    }
+}
+
+/// Query engine settings (`[engine]` in the pipeline file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Where queries execute: `local`, `standalone` or `df://HOST:PORT` (a Ballista
+    /// scheduler). `patron run --engine` overrides it.
+    pub engine: Engine,
+    /// Memory the query engine may use before it spills to disk, in MiB.
+    pub memory_limit_mb: u64,
+    /// Parallel partitions per query; 0 means the number of cores (one when `deterministic`).
+    pub target_partitions: usize,
+    /// Bit-identical results run after run: every query runs on one partition. With more,
+    /// floating-point sums and averages add up in the order partitions happen to finish,
+    /// so scores can differ in the last digits between two runs on the same inputs.
+    pub deterministic: bool,
+    /// Rows per Arrow batch, for the engine and for extract.
+    pub batch_size: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            engine: Engine::Local,
+            memory_limit_mb: 4096,
+            target_partitions: 0,
+            deterministic: true,
+            batch_size: 8192,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// Records out-of-range values under `engine.*`.
+    pub fn validate(&self, problems: &mut Problems) {
+        if self.memory_limit_mb < 64 {
+            problems.push(
+                "engine.memory_limit_mb",
+                format!("{} is below the minimum of 64", self.memory_limit_mb),
+            );
+        }
+        if self.deterministic && self.target_partitions > 1 {
+            problems.push(
+                "engine.target_partitions",
+                format!(
+                    "{} partitions make results vary between runs; set `engine.deterministic = false` to allow it",
+                    self.target_partitions
+                ),
+            );
+        }
+        if !(1..=1_048_576).contains(&self.batch_size) {
+            problems.push(
+                "engine.batch_size",
+                format!("{} must be between 1 and 1048576", self.batch_size),
+            );
+        }
+    }
+}
+
+/// Builds the session for a run; `spill_dir` holds operator spill files. For a Ballista
+/// engine the session plans locally and executes on the cluster (see [`ballista`]).
+pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfResult<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit((settings.memory_limit_mb as usize) * 1024 * 1024, 1.0)
+        .with_temp_file_path(spill_dir)
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_batch_size(settings.batch_size)
+        .with_information_schema(true);
+    // Keep token positions so planning errors can point at the line of the stage file.
+    config.options_mut().sql_parser.collect_spans = true;
+    if settings.deterministic {
+        config = config.with_target_partitions(1);
+    } else if settings.target_partitions > 0 {
+        config = config.with_target_partitions(settings.target_partitions);
+    }
+    if settings.engine.is_distributed() {
+        return ballista::context(&settings.engine, config, runtime).await;
+    }
+    Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))
+}
+
+/// A session that executes where `ctx` does (same engine, settings, functions) but starts
+/// with no tables: for re-running stages on other parameters without touching the run's.
+pub fn scratch_context(ctx: &SessionContext) -> SessionContext {
+    let state = ctx.state();
+    let config = state.config().clone().with_create_default_catalog_and_schema(true);
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// True when `ctx` executes its queries on Ballista (built by [`build_context`] for a
+/// distributed engine).
+pub fn is_distributed(ctx: &SessionContext) -> bool {
+    ballista::is_ballista(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_parse_and_print_back() {
+        for (text, engine) in [
+            ("local", Engine::Local),
+            ("standalone", Engine::Standalone),
+            (
+                "df://scheduler:50051",
+                Engine::Remote {
+                    host: "scheduler".into(),
+                    port: 50051,
+                },
+            ),
+        ] {
+            assert_eq!(text.parse::<Engine>().unwrap(), engine);
+            assert_eq!(engine.to_string(), text);
+        }
+        let default_port: Engine = "df://10.1.2.3".parse().unwrap();
+        assert_eq!(
+            default_port.to_string(),
+            format!("df://10.1.2.3:{DEFAULT_SCHEDULER_PORT}")
+        );
+        for bad in [
+            "spark://x:1",
+            "df://",
+            "df://:50050",
+            "df://h:99999",
+            "df://h:0",
+            "df://u@h:1",
+            "remote",
+        ] {
+            assert!(bad.parse::<Engine>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_engine_key_reads_from_the_pipeline_file() {
+        let s: EngineSettings = toml::from_str("engine = \"df://127.0.0.1:5000\"").unwrap();
+        assert!(s.engine.is_distributed());
+        assert!(!EngineSettings::default().engine.is_distributed());
+        let err = toml::from_str::<EngineSettings>("engine = \"yarn\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("df://HOST:PORT"), "{err}");
+    }
+}
