@@ -12,6 +12,7 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col, lit};
@@ -464,9 +465,30 @@ async fn materialize_plan(
     Ok((output, rows, bytes))
 }
 
+/// The leading ascending plain-column keys of the ORDER BY at the top of a logical plan
+/// (under projections that pass the columns through by name).
+fn logical_ordering(plan: &LogicalPlan) -> Vec<String> {
+    match plan {
+        LogicalPlan::Sort(sort) => sort
+            .expr
+            .iter()
+            .map_while(|s| match &s.expr {
+                Expr::Column(c) if s.asc => Some(c.name.clone()),
+                _ => None,
+            })
+            .collect(),
+        LogicalPlan::Projection(p) => {
+            let passed = |name: &String| p.expr.iter().any(|e| matches!(e, Expr::Column(c) if &c.name == name));
+            logical_ordering(&p.input).into_iter().take_while(passed).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Checks that the planned query's output is sorted by the stage's `@cluster_by` columns
-/// first (ascending), as its ORDER BY must say.
-fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan) -> Result<(), TransformError> {
+/// first (ascending), as its ORDER BY must say: from the physical plan's ordering, or, on a
+/// distributed engine (whose plan does not report one), from the logical plan's ORDER BY.
+fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPlan) -> Result<(), TransformError> {
     let cluster = &stage.spec.cluster_by;
     if cluster.is_empty() {
         return Ok(());
@@ -484,7 +506,11 @@ fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan) -> Result<(), Transf
                 .collect()
         })
         .unwrap_or_default();
-    if sorted.len() >= cluster.len() && sorted[..cluster.len()] == cluster[..] {
+    let leads = |sorted: &[String]| sorted.len() >= cluster.len() && sorted[..cluster.len()] == cluster[..];
+    if leads(&sorted) {
+        return Ok(());
+    }
+    if plan.properties().output_ordering().is_none() && leads(&logical_ordering(logical)) {
         return Ok(());
     }
     Err(TransformError::Sql {
@@ -527,8 +553,9 @@ pub async fn run_stage(
         }
         Materialized::Table => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
+            let logical = df.logical_plan().clone();
             let plan = df.create_physical_plan().await.map_err(sql_err)?;
-            check_clustered(stage, plan.as_ref())?;
+            check_clustered(stage, plan.as_ref(), &logical)?;
             materialize_plan(ctx, &stage.name, plan, out_dir, &layout)
                 .await
                 .map_err(|e| materialize_error(stage, e))?
