@@ -273,16 +273,17 @@ async fn run_incremental(
                 df = Some(planned);
             }
             OnSchemaChange::Fail | OnSchemaChange::AppendNewColumns => {
+                let why = if stage.spec.on_schema_change == OnSchemaChange::Fail {
+                    "fail"
+                } else {
+                    "append_new_columns, which cannot change a column's type"
+                };
                 return Err(TransformError::Sql {
                     stage: stage.name.clone(),
                     path: stage.path.clone(),
                     message: format!(
-                        "the columns changed since the previous run ({change}) and `@on_schema_change` is {}; \
-                         rerun with --full-refresh to rebuild the table",
-                        match stage.spec.on_schema_change {
-                            OnSchemaChange::Fail => "fail",
-                            _ => "append_new_columns, which cannot change a column's type",
-                        }
+                        "the columns changed since the previous run ({change}) and `@on_schema_change` is {why}; \
+                         rerun with --full-refresh to rebuild the table"
                     ),
                 });
             }

@@ -255,20 +255,17 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
         match key.trim() {
             "description" => spec.description = Some(value.to_string()),
             "materialized" => {
-                spec.materialized = match value {
-                    "table" => Materialized::Table,
-                    "view" => Materialized::View,
-                    "incremental" => Materialized::Incremental,
-                    other => {
-                        return Err(bad(
-                            path,
-                            format!(
-                                "line {}: materialized `{other}` is not one of table, view, incremental",
-                                i + 1
-                            ),
-                        ));
-                    }
-                }
+                spec.materialized = one_of(
+                    path,
+                    i + 1,
+                    "materialized",
+                    value,
+                    &[
+                        ("table", Materialized::Table),
+                        ("view", Materialized::View),
+                        ("incremental", Materialized::Incremental),
+                    ],
+                )?
             }
             "tags" => spec.tags = list(value),
             "unique_key" => spec.unique_key = list(value),
@@ -276,20 +273,17 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
             "cluster_by" => spec.cluster_by = list(value),
             "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
             "on_schema_change" => {
-                spec.on_schema_change = match value {
-                    "full_refresh" => OnSchemaChange::FullRefresh,
-                    "fail" => OnSchemaChange::Fail,
-                    "append_new_columns" => OnSchemaChange::AppendNewColumns,
-                    other => {
-                        return Err(bad(
-                            path,
-                            format!(
-                                "line {}: on_schema_change `{other}` is not one of full_refresh, fail, append_new_columns",
-                                i + 1
-                            ),
-                        ));
-                    }
-                };
+                spec.on_schema_change = one_of(
+                    path,
+                    i + 1,
+                    "on_schema_change",
+                    value,
+                    &[
+                        ("full_refresh", OnSchemaChange::FullRefresh),
+                        ("fail", OnSchemaChange::Fail),
+                        ("append_new_columns", OnSchemaChange::AppendNewColumns),
+                    ],
+                )?;
                 schema_change_set = true;
             }
             other => {
@@ -330,6 +324,28 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
         ));
     }
     Ok(())
+}
+
+/// The choice named `value` of a header setting, or an error naming the line and the
+/// choices.
+fn one_of<T: Copy>(
+    path: &Path,
+    line: usize,
+    setting: &str,
+    value: &str,
+    choices: &[(&str, T)],
+) -> Result<T, TransformError> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            bad(
+                path,
+                format!("line {line}: {setting} `{value}` is not one of {}", names.join(", ")),
+            )
+        })
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -507,6 +523,36 @@ mod tests {
             .to_string();
         assert!(
             e.contains("t.sql") && e.contains("line 1") && e.contains("@materialised"),
+            "{e}"
+        );
+        // A setting with a fixed set of values names them.
+        for (header, needle) in [
+            (
+                "-- @materialized: tabel",
+                "line 1: materialized `tabel` is not one of table, view, incremental",
+            ),
+            (
+                "-- @materialized: incremental\n-- @unique_key: a\n-- @on_schema_change: drop",
+                "line 3: on_schema_change `drop` is not one of full_refresh, fail, append_new_columns",
+            ),
+        ] {
+            let e = load_spec("t", &sql, &format!("{header}\nSELECT 1 AS a"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("t.sql") && e.contains(needle), "{e}");
+        }
+        let spec = load_spec(
+            "t",
+            &sql,
+            "-- @materialized: incremental\n-- @unique_key: a\n-- @on_schema_change: append_new_columns\nSELECT 1 AS a",
+        )
+        .unwrap();
+        assert_eq!(spec.on_schema_change, OnSchemaChange::AppendNewColumns);
+        let e = load_spec("t", &sql, "-- @on_schema_change: fail\nSELECT 1 AS a")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`@on_schema_change` apply to `@materialized: incremental`"),
             "{e}"
         );
         std::fs::write(dir.path().join("t.toml"), "[columns.a]\ntests = [\"uniq\"]\n").unwrap();

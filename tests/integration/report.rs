@@ -3,7 +3,6 @@
 //! chromium (as in docs.rs) to prove the charts draw.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use crate::support::*;
 
@@ -143,30 +142,7 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
     assert!(text(&failed).contains(bad.to_str().unwrap()), "{}", text(&failed));
 
     // Rendered by a real browser: a non-trivial screenshot, the charts in the DOM.
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok())
-        .expect("chromium is installed by .ci/run (apt-get install chromium)");
-    let browse = |mode: &str| {
-        let profile = tempfile::tempdir().unwrap();
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1280,4000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(mode)
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap()
-    };
+    let browse = |mode: &str| chromium(&page, (1280, 4000), mode);
     let shot = dir.path().join("report.png");
     let run = browse(&format!("--screenshot={}", shot.display()));
     assert!(
@@ -174,17 +150,8 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
         "no screenshot: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (1280, 4000));
-    let bar = u32::from_str_radix(patron::report::svg::BAR_FILL.trim_start_matches('#'), 16).unwrap();
-    let rgb = [(bar >> 16) as u8, (bar >> 8) as u8, bar as u8];
-    let bar_px = buf[..info.buffer_size()]
-        .chunks(info.color_type.samples())
-        .filter(|px| px[..3] == rgb)
-        .count();
+    let (size, bar_px) = count_colour(&shot, hex(patron::report::svg::BAR_FILL));
+    assert_eq!(size, (1280, 4000));
     assert!(bar_px > 20_000, "bars not drawn ({bar_px} px of the bar colour)");
     let dom = browse("--dump-dom");
     let dom = String::from_utf8_lossy(&dom.stdout);

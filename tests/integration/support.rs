@@ -292,3 +292,54 @@ pub fn write_pipeline(dir: &Path, locations: &[(&str, String)]) -> PathBuf {
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
 }
+
+/// Opens `page` in headless chromium (installed by .ci/run) at `width`x`height` with one
+/// more flag (`--screenshot=FILE` or `--dump-dom`), in a fresh profile, with the flags that
+/// keep it off the network; returns its output.
+#[allow(dead_code)]
+pub fn chromium(page: &Path, (width, height): (u32, u32), mode: &str) -> Output {
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .expect("chromium is installed by .ci/run (apt-get install chromium)");
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(mode)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap()
+}
+
+/// An `#rrggbb` colour as RGB bytes.
+#[allow(dead_code)]
+pub fn hex(colour: &str) -> [u8; 3] {
+    let v = u32::from_str_radix(colour.trim_start_matches('#'), 16).unwrap();
+    [(v >> 16) as u8, (v >> 8) as u8, v as u8]
+}
+
+/// The (width, height) of a PNG screenshot and how many of its pixels have colour `rgb`.
+#[allow(dead_code)]
+pub fn count_colour(png_path: &Path, rgb: [u8; 3]) -> ((u32, u32), usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let count = buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|px| px[..3] == rgb)
+        .count();
+    ((info.width, info.height), count)
+}
