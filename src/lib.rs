@@ -29,3 +29,4 @@ pub mod score;
 pub mod serve;
 pub mod storage;
 pub mod transform;
+pub mod warehouse;

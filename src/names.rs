@@ -23,6 +23,12 @@ pub const RUNS_TABLE: &str = "runs";
 /// Name of the file inside [`RUNS_DIR`] that always holds the latest successful manifest.
 pub const LATEST_MANIFEST: &str = "latest.json";
 
+/// Where `patron docs` writes its catalog in the warehouse (unless `--out`).
+pub const DOCS_KEY: &str = "docs/index.html";
+
+/// Where `patron report` writes its page in the warehouse (unless `--out`).
+pub const REPORT_KEY: &str = "report.html";
+
 /// `runs.outcome` of a run that published its tables.
 pub const OUTCOME_SUCCEEDED: &str = "succeeded";
 /// `runs.outcome` of a run that stopped with an error (or was aborted); nothing published.

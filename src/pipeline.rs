@@ -26,13 +26,11 @@ use crate::error::RunError;
 use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
-use crate::names::{
-    self, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, RUNS_DIR, STAGING_DIR, TABLES_DIR,
-};
+use crate::names::{self, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, TABLES_DIR};
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
-use crate::publish::read::PublishedVersion;
+use crate::publish::read::{self, PublishedVersion};
 use crate::publish::runs::{self, RunRecord};
 use crate::publish::{self, Outcome, PublishError, RunManifest, TableFormat, delta};
 use crate::score::bgnbd::BgNbdParams;
@@ -43,14 +41,15 @@ use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
 use crate::transform::{self, TransformError, runner, select};
+use crate::warehouse::{Warehouse, WarehouseError};
 
 /// The result of a successful run.
 #[derive(Debug)]
 pub struct RunReport {
     /// The manifest as written.
     pub manifest: RunManifest,
-    /// Where it was written.
-    pub manifest_path: PathBuf,
+    /// Where it was written (path or URL).
+    pub manifest_path: String,
     /// Delta data files deleted by version retention after the run.
     pub vacuumed_files: usize,
 }
@@ -62,7 +61,7 @@ pub struct RunFailure {
     /// Why the run stopped.
     pub error: RunError,
     /// The failed run's manifest, when it could be written.
-    pub manifest_path: Option<PathBuf>,
+    pub manifest_path: Option<String>,
 }
 
 /// A new run id: UTC start time (sortable) plus a random suffix (unique).
@@ -165,9 +164,9 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         )
     });
     failpoint::hit("run.after_lock");
-    remove_crashed_staging(&plan.warehouse);
+    remove_crashed_staging(&plan.warehouse).await;
     let mut state = RunState {
-        staging: plan.warehouse.join(STAGING_DIR).join(&run_id),
+        staging: plan.warehouse.staging_root().join(&run_id),
         run_id,
         as_of: None,
         extract: Vec::new(),
@@ -285,7 +284,7 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         lock_taken_over,
     };
     failpoint::hit("publish.before_manifest");
-    let written = publish::write_manifest(&plan.warehouse, &manifest);
+    let written = publish::write_manifest(&plan.warehouse, &manifest).await;
     let mut vacuumed_files = 0;
     if result.is_ok() && plan.publish.format == TableFormat::Delta && plan.publish.retain_versions > 0 {
         progress.phase("vacuum: dropping old table versions");
@@ -324,13 +323,14 @@ fn staging_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 /// Removes the staging folders of runs that left no manifest (killed mid-run); a failed
 /// run's staging folder is kept for inspection. Called with the warehouse lock held, so no
 /// other run is writing into its staging folder.
-fn remove_crashed_staging(warehouse: &Path) {
-    let Ok(entries) = std::fs::read_dir(warehouse.join(STAGING_DIR)) else {
+async fn remove_crashed_staging(warehouse: &Warehouse) {
+    let Ok(entries) = std::fs::read_dir(warehouse.staging_root()) else {
         return;
     };
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
-        if !warehouse.join(RUNS_DIR).join(format!("{id}.json")).exists() {
+        // When the manifest cannot be looked up, keep the folder.
+        if !warehouse.exists(&read::manifest_key(&id)).await.unwrap_or(true) {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::info!(run_id = %id, "removed the staging folder of a crashed run"),
                 Err(e) => tracing::warn!(run_id = %id, error = %e, "cannot remove a crashed run's staging folder"),
@@ -343,7 +343,7 @@ fn remove_crashed_staging(warehouse: &Path) {
 /// latest succeeded runs in the `runs` table (and the latest succeeded run of every
 /// pipeline; this run is the latest). Failures are logged: the run itself has succeeded
 /// and is recorded.
-async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u64) -> usize {
+async fn retain_versions(warehouse: &Warehouse, tables: &[PublishedTable], retain: u64) -> usize {
     let records = match runs::read_all(warehouse).await {
         Ok(r) => r,
         Err(e) => {
@@ -370,7 +370,7 @@ async fn retain_versions(warehouse: &Path, tables: &[PublishedTable], retain: u6
             .filter_map(|r| r.table_versions.get(&t.location).copied())
             .chain(t.version)
             .collect();
-        match delta::vacuum(&t.name, Path::new(&t.path), &keep).await {
+        match delta::vacuum(warehouse, &t.name, &t.location, &keep).await {
             Ok(n) => deleted += n,
             Err(e) => tracing::warn!(table = %t.name, error = %e, "vacuum failed"),
         }
@@ -401,7 +401,7 @@ async fn carry_published(
     name: &str,
 ) -> Result<bool, RunError> {
     let location = format!("{TABLES_DIR}/{name}");
-    let Some(p) = PublishedVersion::latest(&plan.warehouse, history, &plan.name, &location) else {
+    let Some(p) = PublishedVersion::latest(&plan.warehouse, history, &plan.name, &location).await else {
         return Ok(false);
     };
     p.register(ctx, name).await?;
@@ -440,7 +440,13 @@ async fn execute(
             for t in &targets {
                 lock.check().map_err(PublishError::from)?;
                 let (_, bytes) = folder_stats(&t.staged, t.rows);
-                let target = plan.warehouse.join(&t.location);
+                // Checked when the plan loads: the parquet format needs a local warehouse.
+                let target = plan.warehouse.local_path(&t.location).ok_or_else(|| {
+                    PublishError::Store(WarehouseError {
+                        location: plan.warehouse.describe(&t.location),
+                        message: "the parquet format needs a local warehouse".into(),
+                    })
+                })?;
                 failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
                 publish::swap_in(&t.staged, &target, &retired.join(&t.location))?;
                 failpoint::hit_with(|| format!("publish.after_commit.{}", t.name));
@@ -639,11 +645,13 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         if runs_now {
             progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
             failpoint::hit_with(|| format!("transform.before.{name}"));
-            let previous = (stage.spec.materialized == Materialized::Incremental)
-                .then(|| {
+            let previous = match stage.spec.materialized {
+                Materialized::Incremental => {
                     PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}"))
-                })
-                .flatten();
+                        .await
+                }
+                _ => None,
+            };
             let m = runner::run_stage(
                 &ctx,
                 stage,
@@ -847,13 +855,13 @@ async fn publish_delta(
     cancel: &CancellationToken,
 ) -> Result<(), RunError> {
     let ctx = delta::publish_session();
-    let mut committed: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
+    let mut committed: Vec<(String, String, Option<u64>)> = Vec::new();
     for t in targets {
-        let path = plan.warehouse.join(&t.location);
+        let path = plan.warehouse.describe(&t.location);
         failpoint::hit_with(|| format!("publish.before_commit.{}", t.name));
         if cancel.is_cancelled() {
             if !committed.is_empty() && lock.check().is_ok() {
-                rollback(&committed).await;
+                rollback(&plan.warehouse, &committed).await;
             }
             state.tables.clear();
             return Err(RunError::Aborted {
@@ -864,7 +872,7 @@ async fn publish_delta(
             lock.check()?;
             if t.kind == "table" {
                 failpoint::error("publish.write_error").map_err(|source| PublishError::Io {
-                    path: path.clone(),
+                    path: PathBuf::from(&path),
                     source,
                 })?;
             }
@@ -872,17 +880,26 @@ async fn publish_delta(
                 row_group_rows: plan.publish.row_group_rows,
                 cluster_by: t.cluster_by.clone(),
             };
-            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &path, &state.run_id, &t.partition_by, &layout)
-                .await
+            delta::overwrite_from_parquet(
+                &ctx,
+                &t.name,
+                &t.staged,
+                &plan.warehouse,
+                &t.location,
+                &state.run_id,
+                &t.partition_by,
+                &layout,
+            )
+            .await
         };
         match attempt.await {
             Ok(commit) => {
                 let (_, bytes) = folder_stats(&t.staged, t.rows);
-                committed.push((t.name.clone(), path.clone(), commit.previous));
+                committed.push((t.name.clone(), t.location.clone(), commit.previous));
                 state.tables.push(PublishedTable {
                     name: t.name.clone(),
                     kind: t.kind.clone(),
-                    path: path.to_string_lossy().into_owned(),
+                    path: path.clone(),
                     location: t.location.clone(),
                     version: Some(commit.version),
                     rows: t.rows,
@@ -891,7 +908,7 @@ async fn publish_delta(
             }
             Err(error) => {
                 if !committed.is_empty() && lock.check().is_ok() {
-                    rollback(&committed).await;
+                    rollback(&plan.warehouse, &committed).await;
                 }
                 state.tables.clear();
                 return Err(error.into());
@@ -903,14 +920,14 @@ async fn publish_delta(
 }
 
 /// Restores each table committed by a failed publish to the version before it.
-async fn rollback(committed: &[(String, PathBuf, Option<u64>)]) {
-    for (name, path, previous) in committed.iter().rev() {
+async fn rollback(warehouse: &Warehouse, committed: &[(String, String, Option<u64>)]) {
+    for (name, location, previous) in committed.iter().rev() {
         let Some(previous) = previous else {
             // A table this run created: there is nothing older to show, and no succeeded
             // run names it.
             continue;
         };
-        match delta::restore(name, path, *previous).await {
+        match delta::restore(warehouse, name, location, *previous).await {
             Ok(v) => tracing::warn!(table = %name, restored = previous, version = v, "publish failed: table restored"),
             Err(e) => tracing::error!(table = %name, error = %e, "publish failed and the table could not be restored"),
         }

@@ -8,6 +8,7 @@ use clap::Args;
 use super::CliError;
 use crate::config::{Overrides, Plan};
 use crate::docs::{LastRun, render};
+use crate::names::DOCS_KEY;
 use crate::pipeline::lineage_graph;
 use crate::publish::read::latest_manifest;
 
@@ -19,7 +20,7 @@ pub struct DocsArgs {
     pub pipeline: PathBuf,
     /// Warehouse whose last run gives row counts and test results (overrides `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
     /// Output file (default `<warehouse>/docs/index.html`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -40,16 +41,11 @@ pub async fn run(args: DocsArgs) -> Result<(), CliError> {
     let chosen: BTreeSet<String> = project.stages.keys().cloned().collect();
     let graph = super::dag::graph(&project, &plan, &order, &chosen);
     let last = latest_manifest(&plan.warehouse)
+        .await
         .map(|m| LastRun::from_manifest(&m))
         .unwrap_or_default();
     let html = render(&project, &order, &graph, &lineage, &last);
-    let out = args
-        .out
-        .unwrap_or_else(|| plan.warehouse.join("docs").join("index.html"));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
-    }
-    std::fs::write(&out, html).map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
-    println!("{}", out.display());
+    let written = super::write_output(args.out.as_deref(), &plan.warehouse, DOCS_KEY, html).await?;
+    println!("{written}");
     Ok(())
 }

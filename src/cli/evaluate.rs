@@ -64,7 +64,7 @@ pub struct EvaluateArgs {
     /// Warehouse folder (overrides `run.warehouse`); the evaluation goes to
     /// `<warehouse>/evaluations/<evaluation_id>/`.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub out: Option<String>,
 }
 
 /// Why an evaluation stopped.
@@ -98,7 +98,7 @@ pub enum EvaluateError {
         date: NaiveDate,
     },
     /// One of the pipeline runs failed.
-    #[error("{what} failed: {failure}{}", failure.manifest_path.as_ref().map(|p| format!("\nmanifest: {}", p.display())).unwrap_or_default())]
+    #[error("{what} failed: {failure}{}", failure.manifest_path.as_ref().map(|p| format!("\nmanifest: {p}")).unwrap_or_default())]
     Run {
         /// Which run: the end-of-data or the calibration run.
         what: String,
@@ -111,7 +111,7 @@ pub enum EvaluateError {
         /// The run.
         run_id: String,
         /// Its manifest file.
-        manifest: PathBuf,
+        manifest: String,
         /// What is missing or wrong.
         message: String,
     },
@@ -385,7 +385,19 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         });
     }
     let evaluation_id = pipeline::new_run_id(Utc::now());
-    let scratch = plan.warehouse.join(EVALUATIONS_DIR).join(&evaluation_id);
+    let Some(warehouse_dir) = plan.warehouse.local_dir() else {
+        return Err(EvaluateError::Config(crate::config::ConfigError::Invalid {
+            path: args.pipeline.clone(),
+            problems: vec![crate::config::Problem {
+                key: "--out".into(),
+                message: format!(
+                    "`patron evaluate` runs its scratch runs in a local folder; {} is an object store",
+                    plan.warehouse
+                ),
+            }],
+        }));
+    };
+    let scratch = warehouse_dir.join(EVALUATIONS_DIR).join(&evaluation_id);
     tracing::info!(%evaluation_id, scratch = %scratch.display(), "evaluation started");
 
     // End of the data: given, or the as-of date a normal run finds (into the scratch
@@ -515,7 +527,7 @@ async fn run_pipeline(
 ) -> Result<RunReport, EvaluateError> {
     let overrides = Overrides {
         as_of: Some(as_of),
-        warehouse: Some(scratch.to_path_buf()),
+        warehouse: Some(scratch.to_string_lossy().into_owned()),
         ..Overrides::default()
     };
     let plan = Plan::load(pipeline_file, &overrides)?;
@@ -665,8 +677,10 @@ async fn evaluate_customers(
         (SCORES_TABLE.to_string(), scratch.join(TABLES_DIR).join(SCORES_TABLE)),
         (names::raw_table(SALES_SOURCE), scratch.join(RAW_DIR).join(SALES_SOURCE)),
     ];
+    let warehouse = crate::warehouse::Warehouse::local(scratch);
     for (table, path) in &inputs {
-        crate::publish::read::register_table(&ctx, table, path)
+        let location = path.strip_prefix(scratch).unwrap_or(path).to_string_lossy();
+        crate::publish::read::register_table(&ctx, table, &warehouse, &location)
             .await
             .map_err(|e| EvaluateError::Table {
                 table: table.clone(),

@@ -8,8 +8,8 @@
 //! groups and pages whose statistics cannot hold the customer and read a sliver of each
 //! table however large the warehouse ([`session`] turns filter pushdown on).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use datafusion::arrow::json::{WriterBuilder, writer::JsonArray};
@@ -23,6 +23,7 @@ use crate::names::TABLES_DIR;
 use crate::publish::read::register_table;
 use crate::score::churn::FEATURES_STAGE;
 use crate::score::models::MODEL_PARAMS_TABLE;
+use crate::warehouse::Warehouse;
 
 /// Orders, tickets and marketing events shown at most, latest first.
 pub const RECENT_ROWS: usize = 10;
@@ -49,7 +50,7 @@ pub struct ExplainArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
 }
 
 /// Which rule or model produced each column of `customer_scores` (see DOMAIN.md and the
@@ -135,23 +136,30 @@ pub fn session() -> SessionContext {
 
 /// Registers the published tables explain reads on `ctx`; an error naming the first
 /// required one that is missing.
-pub async fn register(ctx: &SessionContext, warehouse: &Path) -> Result<(), CliError> {
+/// Returns the names registered.
+pub async fn register(ctx: &SessionContext, warehouse: &Warehouse) -> Result<BTreeSet<String>, CliError> {
+    let published: BTreeSet<String> = warehouse
+        .folders(TABLES_DIR)
+        .await
+        .map_err(|e| CliError::failed(format!("explain: {e}")))?
+        .into_iter()
+        .collect();
+    let mut registered = BTreeSet::new();
     for table in REQUIRED_TABLES.iter().chain(&[FEATURES_STAGE, MODEL_PARAMS_TABLE]) {
-        let path = warehouse.join(TABLES_DIR).join(table);
-        if !path.is_dir() {
+        if !published.contains(*table) {
             if REQUIRED_TABLES.contains(table) {
                 return Err(CliError::failed(format!(
-                    "explain: {} has no published table `{table}` (run `patron run` first)",
-                    warehouse.display()
+                    "explain: {warehouse} has no published table `{table}` (run `patron run` first)"
                 )));
             }
             continue;
         }
-        register_table(ctx, table, &path)
+        register_table(ctx, table, warehouse, &format!("{TABLES_DIR}/{table}"))
             .await
             .map_err(|e| CliError::failed(format!("explain: {e}")))?;
+        registered.insert(table.to_string());
     }
-    Ok(())
+    Ok(registered)
 }
 
 /// The query explain runs on `table` (`$id` is the customer id): the whole row of
@@ -179,21 +187,20 @@ pub fn lookup(table: &str) -> String {
 /// The customer's card as JSON: `customer_id`, `facts`, `scores` (each `{value,
 /// produced_by}`), `churn` (`risk`, `band`, `model`, `reasons`, `features`), `orders`,
 /// `tickets`, `marketing_events`.
-pub async fn card(warehouse: &Path, customer_id: &str) -> Result<Value, CliError> {
+pub async fn card(warehouse: &Warehouse, customer_id: &str) -> Result<Value, CliError> {
     let id = customer_id.trim().to_uppercase();
     if id.is_empty() {
         return Err(CliError::usage("explain: the customer id is empty"));
     }
     let ctx = session();
-    register(&ctx, warehouse).await?;
-    let has = |t: &str| warehouse.join(TABLES_DIR).join(t).is_dir();
+    let registered = register(&ctx, warehouse).await?;
+    let has = |t: &str| registered.contains(t);
     let one = |sql: String| query(&ctx, sql, &id);
 
     let scores = one(lookup("customer_scores")).await?;
     let Some(scores) = scores.into_iter().next() else {
         return Err(CliError::usage(format!(
-            "explain: customer `{id}` is not in customer_scores of {}",
-            warehouse.display()
+            "explain: customer `{id}` is not in customer_scores of {warehouse}"
         )));
     };
     let facts = one(lookup("fct_customer"))

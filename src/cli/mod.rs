@@ -17,12 +17,13 @@ pub mod schedule;
 pub mod serve;
 pub mod test;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Overrides, Plan};
 use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
+use crate::warehouse::Warehouse;
 
 /// patron: customer data warehouse pipeline.
 #[derive(Debug, Parser)]
@@ -130,12 +131,41 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// The warehouse a read-only command looks at: `--warehouse`, else the pipeline's.
-pub fn warehouse_of(pipeline: &Path, warehouse: Option<PathBuf>) -> Result<PathBuf, CliError> {
-    match warehouse {
-        Some(w) => Ok(w),
-        None => Plan::load(pipeline, &Overrides::default())
-            .map(|p| p.warehouse)
+/// Writes a command's output document: to the file `out` when given, else to `key` in the
+/// warehouse (a local file or an object); returns where it went.
+pub async fn write_output(
+    out: Option<&Path>,
+    warehouse: &Warehouse,
+    key: &str,
+    text: String,
+) -> Result<String, CliError> {
+    match out {
+        Some(out) => {
+            std::fs::write(out, text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
+            Ok(out.display().to_string())
+        }
+        None => {
+            warehouse
+                .put(key, text)
+                .await
+                .map_err(|e| CliError::failed(e.to_string()))?;
+            Ok(warehouse.describe(key))
+        }
+    }
+}
+
+/// The warehouse a read-only command looks at: `--warehouse` (a folder relative to the
+/// working directory, or an object store URL), else the pipeline's. Object store options
+/// come from the pipeline's `[storage]` when the pipeline file loads, else the defaults.
+pub fn warehouse_of(pipeline: &Path, warehouse: Option<String>) -> Result<Warehouse, CliError> {
+    let overrides = Overrides {
+        warehouse: warehouse.clone(),
+        ..Overrides::default()
+    };
+    match (Plan::load(pipeline, &overrides), warehouse) {
+        (Ok(plan), _) => Ok(plan.warehouse),
+        (Err(_), Some(w)) => Warehouse::open(&w, Path::new("."), &crate::remote::StorageSettings::default())
             .map_err(|e| CliError::usage(e.to_string())),
+        (Err(e), None) => Err(CliError::usage(e.to_string())),
     }
 }

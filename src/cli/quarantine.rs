@@ -34,7 +34,7 @@ pub struct QuarantineArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
     /// Only this source.
     #[arg(long)]
     pub source: Option<String>,

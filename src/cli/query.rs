@@ -44,7 +44,7 @@ pub struct QueryArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: QueryFormat,
@@ -55,14 +55,14 @@ pub struct QueryArgs {
 pub fn chosen_run<'a>(
     records: &'a [runs::RunRecord],
     run_id: Option<&str>,
-    warehouse: &std::path::Path,
+    warehouse: &crate::warehouse::Warehouse,
 ) -> Result<&'a runs::RunRecord, CliError> {
     match run_id {
         Some(id) => {
             let r = records
                 .iter()
                 .find(|r| r.run_id == id)
-                .ok_or_else(|| CliError::usage(format!("no run `{id}` in {}", warehouse.display())))?;
+                .ok_or_else(|| CliError::usage(format!("no run `{id}` in {warehouse}")))?;
             if r.outcome != crate::names::OUTCOME_SUCCEEDED {
                 return Err(CliError::usage(format!(
                     "run `{id}` {}: it published nothing to read",
@@ -72,7 +72,7 @@ pub fn chosen_run<'a>(
             Ok(r)
         }
         None => runs::latest_succeeded(records, None)
-            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {}", warehouse.display()))),
+            .ok_or_else(|| CliError::failed(format!("no succeeded run recorded in {warehouse}"))),
     }
 }
 

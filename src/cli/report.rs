@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::query::{cell_text, cell_u64, chosen_run, json_rows};
 use super::{CliError, quarantine, warehouse_of};
+use crate::names::REPORT_KEY;
 use crate::publish::{read, runs};
 use crate::report::svg::Point;
 use crate::report::{ReportData, SAMPLE_LIMIT, Segment, queries, render};
@@ -25,7 +26,7 @@ pub struct ReportArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
 }
 
 fn float(row: &Map<String, Value>, key: &str) -> f64 {
@@ -50,7 +51,9 @@ pub async fn run(args: ReportArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     let record = chosen_run(&records, None, &warehouse)?;
-    let manifest = read::run_manifest(&warehouse, &record.run_id).map_err(|e| CliError::failed(e.to_string()))?;
+    let manifest = read::run_manifest(&warehouse, &record.run_id)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let ctx = SessionContext::new();
     let tables = read::register_run(&ctx, &warehouse, record)
         .await
@@ -88,9 +91,7 @@ pub async fn run(args: ReportArgs) -> Result<(), CliError> {
         data.segments
             .push((column.to_string(), segments(&q(segment(column)).await?)));
     }
-    let out = args.out.unwrap_or_else(|| warehouse.join("report.html"));
-    std::fs::write(&out, render(&data))
-        .map_err(|e| CliError::failed(format!("cannot write the report to {}: {e}", out.display())))?;
-    println!("{}", out.display());
+    let written = super::write_output(args.out.as_deref(), &warehouse, REPORT_KEY, render(&data)).await?;
+    println!("{written}");
     Ok(())
 }

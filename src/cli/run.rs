@@ -23,7 +23,7 @@ pub struct RunArgs {
     pub as_of: Option<AsOf>,
     /// Warehouse folder to publish into (overrides `run.warehouse`).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub out: Option<String>,
     /// Reload every file of `incremental` sources instead of only new or changed ones.
     #[arg(long)]
     pub full_refresh: bool,
@@ -137,8 +137,8 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             if report.vacuumed_files > 0 {
                 println!("vacuum: {} old data files deleted", report.vacuumed_files);
             }
-            println!("warehouse: {}", plan.warehouse.display());
-            println!("manifest:  {}", report.manifest_path.display());
+            println!("warehouse: {}", plan.warehouse);
+            println!("manifest:  {}", report.manifest_path);
             Ok(())
         }
         Err(failure) if failure.error.is_locked() => Err(CliError {
@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         Err(failure) => {
             let mut message = format!("run failed: {}", failure.error);
             if let Some(p) = &failure.manifest_path {
-                message.push_str(&format!("\nmanifest: {}", p.display()));
+                message.push_str(&format!("\nmanifest: {p}"));
             }
             Err(CliError {
                 message,

@@ -24,7 +24,7 @@ pub struct RunsArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: RunsFormat,
@@ -43,7 +43,7 @@ pub async fn run(args: RunsArgs) -> Result<(), CliError> {
         }
         RunsFormat::Table => {
             if records.is_empty() {
-                println!("no runs recorded in {}", warehouse.display());
+                println!("no runs recorded in {warehouse}");
                 return Ok(());
             }
             println!(

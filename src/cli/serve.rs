@@ -25,7 +25,7 @@ pub struct ServeArgs {
     pub pipeline: PathBuf,
     /// Warehouse folder (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
     /// Address to listen on (overrides `[serve] listen`); port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,

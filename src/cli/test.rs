@@ -29,7 +29,7 @@ pub struct TestArgs {
     pub exclude: Vec<String>,
     /// Warehouse folder (overrides `run.warehouse`).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub out: Option<String>,
 }
 
 /// Runs the tests and prints a line per test.
@@ -43,10 +43,10 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
     let project = discover(&plan.sql_dir).map_err(|e| CliError::usage(e.to_string()))?;
     let chosen = select::select(&project, &models::providers(), &args.select, &args.exclude)
         .map_err(|e| CliError::usage(e.to_string()))?;
-    let manifest = latest_manifest(&plan.warehouse).map_err(|e| {
+    let manifest = latest_manifest(&plan.warehouse).await.map_err(|e| {
         CliError::usage(format!(
             "{e}\nno published run to test in {}; run `patron run` first",
-            plan.warehouse.display()
+            plan.warehouse
         ))
     })?;
     let as_of = manifest["as_of"]
@@ -91,7 +91,7 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(CliError::usage(format!(
             "not published in {}: {}; run `patron run` first",
-            plan.warehouse.display(),
+            plan.warehouse,
             missing.join(", ")
         )));
     }

@@ -20,6 +20,7 @@ use crate::remote::StorageSettings;
 use crate::schedule::settings::{CronSchedule, ScheduleSettings};
 use crate::score::ScoringSettings;
 use crate::serve::ServeSettings;
+use crate::warehouse::Warehouse;
 pub use schema::TableSchema;
 
 /// Everything that can be wrong with a pipeline file or what it points to.
@@ -188,8 +189,8 @@ pub struct Plan {
     pub config_hash: String,
     /// Folder relative paths resolve against.
     pub root: PathBuf,
-    /// Warehouse folder the run publishes into.
-    pub warehouse: PathBuf,
+    /// The warehouse the run publishes into: a folder or an object store URL.
+    pub warehouse: Warehouse,
     /// The as-of date setting.
     pub as_of: AsOf,
     /// Sources to extract, in file order.
@@ -284,8 +285,8 @@ pub const DEFAULT_ERROR_BUDGET: f64 = 0.05;
 pub struct Overrides {
     /// `--as-of`.
     pub as_of: Option<AsOf>,
-    /// `--out`: warehouse folder (relative to the working directory).
-    pub warehouse: Option<PathBuf>,
+    /// `--out`: warehouse folder (relative to the working directory) or object store URL.
+    pub warehouse: Option<String>,
     /// `--full-refresh`: incremental sources reload every file.
     pub full_refresh: bool,
     /// `--select` / `--exclude`: the stages a run runs (dbt selector syntax).
@@ -339,14 +340,29 @@ impl Plan {
         };
         let error_budget = raw.run.error_budget.unwrap_or(DEFAULT_ERROR_BUDGET);
         problems.check_range("run.error_budget", error_budget, 0.0, 1.0);
-        let warehouse = match &overrides.warehouse {
-            Some(w) => w.clone(),
-            None => root.join(raw.run.warehouse.as_deref().unwrap_or("warehouse")),
-        };
         raw.engine.validate(&mut problems);
         raw.scoring.validate(&mut problems);
         raw.publish.validate(&mut problems);
         raw.storage.validate(&mut problems);
+        // `--out` is relative to the working directory, `run.warehouse` to the pipeline.
+        let (key, location, base) = match &overrides.warehouse {
+            Some(w) => ("--out", w.as_str(), Path::new(".")),
+            None => (
+                "run.warehouse",
+                raw.run.warehouse.as_deref().unwrap_or("warehouse"),
+                root.as_path(),
+            ),
+        };
+        let warehouse = Warehouse::open(location, base, &raw.storage).unwrap_or_else(|e| {
+            problems.push(key, e.message);
+            Warehouse::local(root.join("warehouse"))
+        });
+        if warehouse.is_remote() && raw.publish.format != crate::publish::TableFormat::Delta {
+            problems.push(
+                "publish.format",
+                "an object store warehouse takes Delta tables only (the parquet format swaps folders with renames)",
+            );
+        }
         let cron = raw.schedule.as_ref().and_then(|s| s.validate(&mut problems));
         raw.serve.validate(&mut problems);
 
@@ -630,7 +646,7 @@ mod tests {
         assert_eq!(plan.sources[0].format, Format::Csv);
         let root = std::fs::canonicalize(dir.path()).unwrap();
         assert_eq!(plan.sources[0].location, root.join("data/*.csv").to_string_lossy());
-        assert_eq!(plan.warehouse, root.join("warehouse"));
+        assert_eq!(plan.warehouse.local_dir(), Some(root.join("warehouse").as_path()));
         assert_eq!(plan.as_of, AsOf::Latest);
     }
 }

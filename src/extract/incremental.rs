@@ -23,10 +23,11 @@ use futures::StreamExt;
 
 use super::{FileMetrics, InputFile, SourceMetrics};
 use crate::config::SourcePlan;
-use crate::names::{self, QUARANTINE_DIR, RAW_DIR, RUNS_DIR};
+use crate::names::{self, QUARANTINE_DIR, RAW_DIR};
 use crate::publish::read::PublishedVersion;
 use crate::publish::runs;
 use crate::storage::ParquetSink;
+use crate::warehouse::Warehouse;
 
 /// What the previous succeeded run loaded for one source, and where its rows are.
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ pub fn read_settings_hash(source: &SourcePlan) -> String {
 /// The previous load of `source` by pipeline `pipeline`, when there is one to build on:
 /// a succeeded run that published the source's raw table with the same read settings.
 /// Anything unreadable means "no previous load" (a full load), logged.
-pub async fn previous_load(warehouse: &Path, pipeline: &str, source: &SourcePlan) -> Option<PreviousLoad> {
+pub async fn previous_load(warehouse: &Warehouse, pipeline: &str, source: &SourcePlan) -> Option<PreviousLoad> {
     let records = match runs::read_all(warehouse).await {
         Ok(r) => r,
         Err(e) => {
@@ -65,17 +66,15 @@ pub async fn previous_load(warehouse: &Path, pipeline: &str, source: &SourcePlan
             return None;
         }
     };
-    let raw = PublishedVersion::latest(warehouse, &records, pipeline, &format!("{RAW_DIR}/{}", source.name))?;
+    let raw = PublishedVersion::latest(warehouse, &records, pipeline, &format!("{RAW_DIR}/{}", source.name)).await?;
     let quarantine = PublishedVersion::latest(
         warehouse,
         &records,
         pipeline,
         &format!("{QUARANTINE_DIR}/{}", source.name),
-    )?;
-    let manifest_path = warehouse.join(RUNS_DIR).join(format!("{}.json", raw.run_id));
-    let manifest: serde_json::Value = std::fs::read_to_string(&manifest_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())?;
+    )
+    .await?;
+    let manifest = crate::publish::read::run_manifest(warehouse, &raw.run_id).await.ok()?;
     let metrics = manifest
         .get("extract")?
         .as_array()?
@@ -155,7 +154,7 @@ pub async fn carry_over(
 
 async fn copy_rows(table: &PublishedVersion, filter: &str, out: &Path, schema: &SchemaRef) -> Result<u64, String> {
     let ctx = SessionContext::new();
-    let what = |e: &dyn std::fmt::Display| format!("reading the previous load in {}: {e}", table.path.display());
+    let what = |e: &dyn std::fmt::Display| format!("reading the previous load in {}: {e}", table.path);
     table.register(&ctx, "previous").await.map_err(|e| what(&e))?;
     let columns: Vec<String> = schema.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
     let sql = format!("SELECT {} FROM previous WHERE {filter}", columns.join(", "));

@@ -5,11 +5,12 @@
 //! A Delta table is a folder of Parquet files plus a transaction log (`_delta_log/`); a
 //! version exists once its JSON commit file is written (atomically, by the log store), so
 //! a reader sees the whole overwrite or none of it, and older versions stay readable by
-//! number until vacuumed. Object stores (S3 and friends) are not wired up yet: paths are
-//! local folders.
+//! number until vacuumed. Tables are addressed by their location in a [`Warehouse`]
+//! (`tables/fct_customer`), in a local folder or an object store alike; in an object store
+//! the commit file is written with a conditional put (see [`crate::warehouse`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
@@ -21,10 +22,11 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 use super::PublishError;
 use crate::storage::Layout;
+use crate::warehouse::Warehouse;
 
 /// Subfolder holding a Delta table's transaction log.
 pub const DELTA_LOG_DIR: &str = "_delta_log";
@@ -32,8 +34,8 @@ pub const DELTA_LOG_DIR: &str = "_delta_log";
 /// Commit metadata key naming the run that made a commit.
 pub const RUN_ID_COMMIT_KEY: &str = "patron.run_id";
 
-fn delta_err(table: &str, path: &Path) -> impl FnOnce(DeltaTableError) -> PublishError {
-    let (table, path) = (table.to_string(), path.to_path_buf());
+fn delta_err(table: &str, path: String) -> impl FnOnce(DeltaTableError) -> PublishError {
+    let table = table.to_string();
     move |e| PublishError::Delta {
         table,
         path,
@@ -41,32 +43,33 @@ fn delta_err(table: &str, path: &Path) -> impl FnOnce(DeltaTableError) -> Publis
     }
 }
 
-/// True when `path` holds a Delta table (a `_delta_log` folder).
-pub fn is_delta_table(path: &Path) -> bool {
-    path.join(DELTA_LOG_DIR).is_dir()
+/// True when `location` in `warehouse` holds a Delta table (a non-empty `_delta_log`).
+pub async fn is_delta_table(warehouse: &Warehouse, location: &str) -> Result<bool, PublishError> {
+    Ok(warehouse.has_any_under(&format!("{location}/{DELTA_LOG_DIR}")).await?)
 }
 
-/// Opens (or prepares to create) the Delta table in folder `path`, creating the folder.
-pub async fn open(table: &str, path: &Path) -> Result<DeltaTable, PublishError> {
-    std::fs::create_dir_all(path).map_err(|source| PublishError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let text = path.to_str().ok_or_else(|| PublishError::Delta {
-        table: table.to_string(),
-        path: path.to_path_buf(),
-        message: "the path is not valid UTF-8".into(),
-    })?;
-    let url = deltalake::ensure_table_uri(text).map_err(delta_err(table, path))?;
-    DeltaTable::try_from_url(url).await.map_err(delta_err(table, path))
+/// Opens (or prepares to create) the Delta table at `location` in `warehouse`.
+pub async fn open(warehouse: &Warehouse, table: &str, location: &str) -> Result<DeltaTable, PublishError> {
+    let path = warehouse.describe(location);
+    let url = warehouse.table_url(location)?;
+    let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(delta_err(table, path.clone()))?;
+    if let Some(store) = warehouse.remote_store() {
+        builder = builder.with_storage_backend(store, url);
+    }
+    let mut delta = builder.build().map_err(delta_err(table, path.clone()))?;
+    // A location without a table yet is fine: the first write creates it.
+    match delta.load().await {
+        Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(delta),
+        Err(e) => Err(delta_err(table, path)(e)),
+    }
 }
 
-/// The latest committed version of the table in `path`, `None` when there is no table.
-pub async fn latest_version(table: &str, path: &Path) -> Result<Option<u64>, PublishError> {
-    if !is_delta_table(path) {
+/// The latest committed version of the table at `location`, `None` when there is none.
+pub async fn latest_version(warehouse: &Warehouse, table: &str, location: &str) -> Result<Option<u64>, PublishError> {
+    if !is_delta_table(warehouse, location).await? {
         return Ok(None);
     }
-    Ok(open(table, path).await?.version())
+    Ok(open(warehouse, table, location).await?.version())
 }
 
 /// A session for publishing: delta-rs' planner (its write plan has nodes of its own), one
@@ -108,8 +111,8 @@ pub struct CommitMetrics {
     pub previous: Option<u64>,
 }
 
-/// Replaces the content of the Delta table in `target` with the Parquet files in the
-/// folder `staged`, in one overwrite commit tagged with `run_id`. Rows keep their order.
+/// Replaces the content of the Delta table at `location` with the Parquet files in the
+/// local folder `staged`, in one overwrite commit tagged with `run_id`. Rows keep their order.
 /// delta-rs rewrites the rows into new files (it does not copy the staged ones), with
 /// `layout`'s writer settings, so the published files have the same row groups, page
 /// index and bloom filters as the staged ones.
@@ -117,7 +120,8 @@ pub async fn overwrite_from_parquet(
     ctx: &SessionContext,
     table: &str,
     staged: &Path,
-    target: &Path,
+    warehouse: &Warehouse,
+    location: &str,
     run_id: &str,
     partition_by: &[String],
     layout: &Layout,
@@ -128,7 +132,7 @@ pub async fn overwrite_from_parquet(
         .await
         .map_err(|e| PublishError::Delta {
             table: table.to_string(),
-            path: staged.to_path_buf(),
+            path: staged.display().to_string(),
             message: format!("reading the staged table: {e}"),
         })?;
     let needs_cast = df.schema().fields().iter().any(|f| delta_type(f.data_type()).is_some());
@@ -144,13 +148,13 @@ pub async fn overwrite_from_parquet(
             .collect();
         df.select(exprs).map_err(|e| PublishError::Delta {
             table: table.to_string(),
-            path: staged.to_path_buf(),
+            path: staged.display().to_string(),
             message: e.to_string(),
         })?
     } else {
         df
     };
-    let current = open(table, target).await?;
+    let current = open(warehouse, table, location).await?;
     let previous = current.version();
     let written = current
         .write(Vec::new())
@@ -165,10 +169,10 @@ pub async fn overwrite_from_parquet(
             CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]),
         )
         .await
-        .map_err(delta_err(table, target))?;
+        .map_err(delta_err(table, warehouse.describe(location)))?;
     let version = written.version().ok_or_else(|| PublishError::Delta {
         table: table.to_string(),
-        path: target.to_path_buf(),
+        path: warehouse.describe(location),
         message: "the commit returned no version".into(),
     })?;
     Ok(CommitMetrics { version, previous })
@@ -176,13 +180,13 @@ pub async fn overwrite_from_parquet(
 
 /// Makes `version` the content of the table again, with a new commit (readers of the
 /// latest version see the old content; the history keeps both).
-pub async fn restore(table: &str, path: &Path, version: u64) -> Result<u64, PublishError> {
-    let current = open(table, path).await?;
+pub async fn restore(warehouse: &Warehouse, table: &str, location: &str, version: u64) -> Result<u64, PublishError> {
+    let current = open(warehouse, table, location).await?;
     let (restored, _) = current
         .restore()
         .with_version_to_restore(version)
         .await
-        .map_err(delta_err(table, path))?;
+        .map_err(delta_err(table, warehouse.describe(location)))?;
     Ok(restored.version().unwrap_or(version))
 }
 
@@ -191,8 +195,8 @@ pub async fn restore(table: &str, path: &Path, version: u64) -> Result<u64, Publ
 /// read (their log entries stay, as history). Full mode: files no commit ever named (left
 /// by a run killed while writing, or a Parquet-format publish) go too; call it only
 /// while holding the warehouse lock, so no writer is half-way through a commit.
-pub async fn vacuum(table: &str, path: &Path, keep: &[u64]) -> Result<usize, PublishError> {
-    let current = open(table, path).await?;
+pub async fn vacuum(warehouse: &Warehouse, table: &str, location: &str, keep: &[u64]) -> Result<usize, PublishError> {
+    let current = open(warehouse, table, location).await?;
     let Some(latest) = current.version() else {
         return Ok(0);
     };
@@ -206,33 +210,35 @@ pub async fn vacuum(table: &str, path: &Path, keep: &[u64]) -> Result<usize, Pub
         .with_retention_period(chrono::Duration::zero())
         .with_enforce_retention_duration(false)
         .await
-        .map_err(delta_err(table, path))?;
+        .map_err(delta_err(table, warehouse.describe(location)))?;
     Ok(metrics.files_deleted.len())
 }
 
-/// Registers the Delta table in `path` as `name` in `ctx`, at `version` (or the latest).
-pub async fn register(ctx: &SessionContext, name: &str, path: &Path, version: Option<u64>) -> Result<(), PublishError> {
-    let mut table = open(name, path).await?;
+/// Registers the Delta table at `location` as `name` in `ctx`, at `version` (or the latest).
+pub async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    warehouse: &Warehouse,
+    location: &str,
+    version: Option<u64>,
+) -> Result<(), PublishError> {
+    let path = warehouse.describe(location);
+    let mut table = open(warehouse, name, location).await?;
     if let Some(v) = version {
-        table.load_version(v).await.map_err(delta_err(name, path))?;
+        table.load_version(v).await.map_err(delta_err(name, path.clone()))?;
     }
     table
         .update_datafusion_session(&ctx.state())
-        .map_err(delta_err(name, path))?;
+        .map_err(delta_err(name, path.clone()))?;
     let provider = table.table_provider().await.map_err(|e| PublishError::Delta {
         table: name.to_string(),
-        path: path.to_path_buf(),
+        path: path.clone(),
         message: e.to_string(),
     })?;
     ctx.register_table(name, provider).map_err(|e| PublishError::Delta {
         table: name.to_string(),
-        path: path.to_path_buf(),
+        path,
         message: e.to_string(),
     })?;
     Ok(())
-}
-
-/// The folder of each table kind under the warehouse.
-pub fn table_path(warehouse: &Path, kind: &str, name: &str) -> PathBuf {
-    warehouse.join(kind).join(name)
 }

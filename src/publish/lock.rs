@@ -1,29 +1,35 @@
 //! The warehouse lock: one run at a time publishes into a warehouse.
 //!
-//! The lock is the file `_lock.json` in the warehouse, created with `create_new` (the OS
-//! guarantees only one creator wins) and holding its owner: run id, host, pid, start and a
-//! heartbeat a background thread rewrites every few seconds. A lock is *stale*, and is
-//! taken over, when its heartbeat is older than the timeout, or when it names a process on
-//! this host that no longer exists (a run killed with `SIGKILL` leaves its lock behind).
+//! The lock is the object `_lock.json` in the warehouse, created only if absent (a local
+//! file opened with `create_new`, or an object store's conditional put: only one creator
+//! wins) and holding its owner: run id, host, pid, start and a heartbeat a background
+//! thread rewrites every few seconds. A lock is *stale*, and is taken over, when its
+//! heartbeat is older than the timeout, or when it names a process on this host that no
+//! longer exists (a run killed with `SIGKILL` leaves its lock behind).
 //!
-//! Taking over renames the stale file aside, checks that the file moved is the one judged
-//! stale (another run may have taken it over in between; then the file is put back and
-//! the lock counts as held), and creates a fresh lock. The owner checks it still holds
-//! the lock ([`WarehouseLock::check`]) before each commit, so a run whose lock was taken
-//! over (paused longer than the timeout) stops instead of publishing beside the new owner.
+//! Taking over must replace exactly the lock judged stale, never one another run wrote in
+//! between. In an object store that is a compare-and-swap: the new owner is written only
+//! if the object still has the ETag that was read. In a local folder the stale file is
+//! renamed aside, checked to be the one judged (else put back) and a fresh lock created.
+//! The owner checks it still holds the lock ([`WarehouseLock::check`]) before each commit,
+//! so a run whose lock was taken over (paused longer than the timeout) stops instead of
+//! publishing beside the new owner.
 //!
 //! The scheduler reuses this module: [`WarehouseLock::acquire`] and [`LockError::Held`].
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{SecondsFormat, Utc};
+use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 
-/// Name of the lock file in the warehouse folder.
+use crate::warehouse::{Warehouse, WarehouseError};
+
+/// Name of the lock object in the warehouse.
 pub const LOCK_FILE: &str = "_lock.json";
 
 /// Who holds a lock: the content of `_lock.json`.
@@ -53,8 +59,8 @@ pub enum LockError {
         owner.run_id, owner.host, owner.pid, owner.started, age_secs
     )]
     Held {
-        /// The lock file.
-        path: PathBuf,
+        /// The lock file or object.
+        path: String,
         /// Its owner.
         owner: Box<LockOwner>,
         /// Seconds since its last heartbeat.
@@ -65,18 +71,18 @@ pub enum LockError {
     /// Our lock was taken over by another run (we were paused longer than the timeout).
     #[error("the warehouse lock {path} was taken over by run {by}; this run stops without publishing further")]
     Lost {
-        /// The lock file.
-        path: PathBuf,
+        /// The lock file or object.
+        path: String,
         /// The run now holding it (or `nobody` if the file is gone).
         by: String,
     },
-    /// Reading or writing the lock file failed.
-    #[error("warehouse lock {path}: {source}")]
+    /// Reading or writing the lock failed.
+    #[error("warehouse lock {path}: {message}")]
     Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The lock file or object.
+        path: String,
+        /// The OS or store error.
+        message: String,
     },
 }
 
@@ -98,21 +104,14 @@ impl LockTiming {
     }
 }
 
-/// A held warehouse lock; released (file removed) on drop.
+/// A held warehouse lock; released (removed) on drop.
 #[derive(Debug)]
 pub struct WarehouseLock {
-    path: PathBuf,
+    file: Arc<LockFile>,
     run_id: String,
     taken_over: Option<LockOwner>,
     stop: Option<mpsc::Sender<()>>,
     heartbeat: Option<JoinHandle<()>>,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
-    move |source| LockError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn now_ms() -> i64 {
@@ -134,7 +133,7 @@ pub fn host_name() -> String {
 
 /// Whether process `pid` exists on this host; `None` when that cannot be told (no `/proc`).
 fn process_alive(pid: u32) -> Option<bool> {
-    if !Path::new("/proc/self").exists() {
+    if !std::path::Path::new("/proc/self").exists() {
         return None;
     }
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -162,41 +161,255 @@ fn staleness(owner: &LockOwner, timing: LockTiming, host: &str) -> Option<String
     None
 }
 
-fn write_owner(path: &Path, owner: &LockOwner, create_new: bool) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(owner).map_err(std::io::Error::other)?;
-    if create_new {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()
-    } else {
-        // Renewal: write aside and rename over, so a reader never sees half a lock.
-        let tmp = path.with_extension(format!("json.{}.tmp", owner.run_id));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)
+/// A lock as read: its text, its owner or why it does not parse, how old the object is,
+/// and (in an object store) its version for a compare-and-swap.
+struct Seen {
+    text: String,
+    owner: Result<LockOwner, String>,
+    age: Duration,
+    version: Option<UpdateVersion>,
+}
+
+/// Where the lock lives, and the few operations the protocol needs from it.
+enum LockFile {
+    /// `_lock.json` in a local warehouse folder.
+    Local(PathBuf),
+    /// `_lock.json` in an object store, driven from a private runtime: the lock is used
+    /// from synchronous code (the heartbeat thread, `Drop`) as well as from async code.
+    Remote {
+        warehouse: Warehouse,
+        /// Always `Some` until dropped.
+        runtime: Option<tokio::runtime::Runtime>,
+    },
+}
+
+impl std::fmt::Debug for LockFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
     }
 }
 
-/// A lock file as read: its text, and its owner or why it does not parse.
-type ReadLock = (String, Result<LockOwner, String>);
-
-/// Reads a lock file: `Ok(None)` when absent, `Err` text when unreadable as a lock.
-fn read_owner(path: &Path) -> Result<Option<ReadLock>, LockError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let parsed = serde_json::from_str(&text).map_err(|e| e.to_string());
-            Ok(Some((text, parsed)))
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's context would panic.
+        if let LockFile::Remote { runtime, .. } = self
+            && let Some(rt) = runtime.take()
+        {
+            rt.shutdown_background();
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(path)(e)),
     }
+}
+
+fn serialize(owner: &LockOwner) -> String {
+    serde_json::to_string_pretty(owner).unwrap_or_default()
+}
+
+impl LockFile {
+    fn new(warehouse: &Warehouse) -> Result<LockFile, LockError> {
+        match warehouse.local_dir() {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| LockError::Io {
+                    path: dir.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Ok(LockFile::Local(dir.join(LOCK_FILE)))
+            }
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| LockError::Io {
+                        path: warehouse.describe(LOCK_FILE),
+                        message: e.to_string(),
+                    })?;
+                Ok(LockFile::Remote {
+                    warehouse: warehouse.clone(),
+                    runtime: Some(runtime),
+                })
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            LockFile::Local(path) => path.display().to_string(),
+            LockFile::Remote { warehouse, .. } => warehouse.describe(LOCK_FILE),
+        }
+    }
+
+    fn err(&self, message: impl ToString) -> LockError {
+        LockError::Io {
+            path: self.describe(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Creates the lock holding `owner` if there is none; `false` when one exists.
+    fn create(&self, owner: &LockOwner) -> Result<bool, LockError> {
+        let text = serialize(owner);
+        match self {
+            LockFile::Local(path) => {
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .and_then(|mut file| {
+                        file.write_all(text.as_bytes())?;
+                        file.sync_all()
+                    });
+                match written {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(self.err(e)),
+                }
+            }
+            LockFile::Remote { warehouse, runtime } => {
+                let wh = warehouse.clone();
+                on(runtime, async move { wh.put_new(LOCK_FILE, text).await })
+                    .and_then(|r| r)
+                    .map_err(|e| self.err(e.message))
+            }
+        }
+    }
+
+    /// The lock as it is now, `None` when there is none.
+    fn read(&self) -> Result<Option<Seen>, LockError> {
+        let parse = |text: String, age: Duration, version: Option<UpdateVersion>| Seen {
+            owner: serde_json::from_str(&text).map_err(|e| e.to_string()),
+            text,
+            age,
+            version,
+        };
+        match self {
+            LockFile::Local(path) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let age = std::fs::metadata(path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .unwrap_or_default();
+                    Ok(Some(parse(text, age, None)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.err(e)),
+            },
+            LockFile::Remote { warehouse, runtime } => {
+                let wh = warehouse.clone();
+                let got = on(runtime, async move { wh.get_versioned(LOCK_FILE).await })
+                    .and_then(|r| r)
+                    .map_err(|e| self.err(e.message))?;
+                Ok(got.map(|(bytes, version, modified)| {
+                    let age = (Utc::now() - modified).to_std().unwrap_or_default();
+                    parse(String::from_utf8_lossy(&bytes).into_owned(), age, Some(version))
+                }))
+            }
+        }
+    }
+
+    /// Replaces the lock `seen` with one held by `me`; `false` when the lock changed in
+    /// between (another run got there first).
+    fn replace(&self, seen: &Seen, me: &LockOwner, aside_tag: &str) -> Result<bool, LockError> {
+        match self {
+            LockFile::Local(path) => {
+                let aside = path.with_extension(format!("json.stale-{aside_tag}"));
+                match std::fs::rename(path, &aside) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(self.err(e)),
+                }
+                let moved = std::fs::read_to_string(&aside).unwrap_or_default();
+                if moved != seen.text {
+                    // Someone replaced the lock just before our rename: put theirs back
+                    // (never over a newer one).
+                    let _ = std::fs::hard_link(&aside, path);
+                    let _ = std::fs::remove_file(&aside);
+                    return Ok(false);
+                }
+                let _ = std::fs::remove_file(&aside);
+                self.create(me)
+            }
+            LockFile::Remote { warehouse, runtime } => {
+                let Some(version) = seen.version.clone() else {
+                    return Ok(false);
+                };
+                let (wh, text) = (warehouse.clone(), serialize(me));
+                on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await })
+                    .and_then(|r| r)
+                    .map_err(|e| self.err(e.message))
+            }
+        }
+    }
+
+    /// Rewrites our own lock `seen` with a fresh heartbeat.
+    fn renew(&self, seen: &Seen, me: &LockOwner) -> Result<(), LockError> {
+        let text = serialize(me);
+        match self {
+            LockFile::Local(path) => {
+                // Written aside and renamed over, so a reader never sees half a lock.
+                let tmp = path.with_extension(format!("json.{}.tmp", me.run_id));
+                std::fs::write(&tmp, text)
+                    .and_then(|()| std::fs::rename(&tmp, path))
+                    .map_err(|e| self.err(e))
+            }
+            LockFile::Remote { warehouse, runtime } => {
+                let Some(version) = seen.version.clone() else {
+                    return Err(self.err("the lock object has no version"));
+                };
+                let wh = warehouse.clone();
+                match on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await }).and_then(|r| r) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.err("the lock changed while renewing it")),
+                    Err(e) => Err(self.err(e.message)),
+                }
+            }
+        }
+    }
+
+    fn remove(&self) -> Result<(), LockError> {
+        match self {
+            LockFile::Local(path) => match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(self.err(e)),
+            },
+            LockFile::Remote { warehouse, runtime } => {
+                let wh = warehouse.clone();
+                on(runtime, async move { wh.delete(LOCK_FILE).await })
+                    .and_then(|r| r)
+                    .map_err(|e| self.err(e.message))
+            }
+        }
+    }
+
+    /// The owner, if the lock exists and parses.
+    fn owner(&self) -> Result<Option<LockOwner>, LockError> {
+        Ok(self.read()?.and_then(|s| s.owner.ok()))
+    }
+}
+
+/// Runs `future` on `runtime` and waits for it, from any thread: the calling thread only
+/// waits (it may itself be a runtime's worker), the work happens on `runtime`.
+fn on<T: Send + 'static>(
+    runtime: &Option<tokio::runtime::Runtime>,
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, WarehouseError> {
+    let stopped = || WarehouseError {
+        location: LOCK_FILE.into(),
+        message: "the lock's runtime has stopped".into(),
+    };
+    let (tx, rx) = mpsc::channel();
+    runtime.as_ref().ok_or_else(stopped)?.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().map_err(|_| stopped())
 }
 
 impl WarehouseLock {
     /// Takes the lock of `warehouse` for `run_id`, taking over a stale one; fails with
     /// [`LockError::Held`] when a live run holds it.
-    pub fn acquire(warehouse: &Path, run_id: &str, timing: LockTiming) -> Result<WarehouseLock, LockError> {
-        std::fs::create_dir_all(warehouse).map_err(io(warehouse))?;
-        let path = warehouse.join(LOCK_FILE);
+    pub fn acquire(warehouse: &Warehouse, run_id: &str, timing: LockTiming) -> Result<WarehouseLock, LockError> {
+        let file = Arc::new(LockFile::new(warehouse)?);
         let host = host_name();
         let mut taken_over = None;
         for _attempt in 0..5 {
@@ -210,80 +423,60 @@ impl WarehouseLock {
                 heartbeat: stamp,
                 heartbeat_unix_ms: now.timestamp_millis(),
             };
-            match write_owner(&path, &me, true) {
-                Ok(()) => {
-                    let (stop, rx) = mpsc::channel();
-                    let heartbeat = spawn_heartbeat(path.clone(), me, timing.heartbeat, rx);
-                    return Ok(WarehouseLock {
-                        path,
-                        run_id: run_id.to_string(),
-                        taken_over,
-                        stop: Some(stop),
-                        heartbeat: Some(heartbeat),
+            let held = match taken_over {
+                Some(_) => false,
+                None => file.create(&me)?,
+            };
+            let held = held || {
+                let Some(seen) = file.read()? else {
+                    continue; // released in between: try again
+                };
+                let (owner, stale) = match &seen.owner {
+                    Ok(owner) => (owner.clone(), staleness(owner, timing, &host)),
+                    Err(message) => {
+                        // Half-written by a creator that died (or is writing right now):
+                        // judge by the object's age.
+                        let owner = LockOwner {
+                            run_id: format!("<unreadable lock: {message}>"),
+                            host: "?".into(),
+                            pid: 0,
+                            started: "?".into(),
+                            heartbeat: "?".into(),
+                            heartbeat_unix_ms: now_ms() - seen.age.as_millis() as i64,
+                        };
+                        let stale =
+                            (seen.age > timing.timeout).then(|| format!("unreadable and {}s old", seen.age.as_secs()));
+                        (owner, stale)
+                    }
+                };
+                let Some(reason) = stale else {
+                    return Err(LockError::Held {
+                        path: file.describe(),
+                        age_secs: (now_ms().saturating_sub(owner.heartbeat_unix_ms) / 1000) as u64,
+                        owner: Box::new(owner),
+                        timeout_secs: timing.timeout.as_secs(),
                     });
+                };
+                if !file.replace(&seen, &me, run_id)? {
+                    continue; // it changed hands in between: judge again
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io(&path)(e)),
-            }
-            let Some((text, parsed)) = read_owner(&path)? else {
-                continue; // released in between: try again
+                tracing::warn!(stale_run = %owner.run_id, %reason, "took over a stale warehouse lock");
+                taken_over = Some(owner);
+                true
             };
-            let (owner, stale) = match parsed {
-                Ok(owner) => {
-                    let stale = staleness(&owner, timing, &host);
-                    (owner, stale)
-                }
-                Err(message) => {
-                    // Half-written by a creator that died (or is writing right now): judge
-                    // by the file's age.
-                    let age = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .unwrap_or_default();
-                    let owner = LockOwner {
-                        run_id: format!("<unreadable lock: {message}>"),
-                        host: "?".into(),
-                        pid: 0,
-                        started: "?".into(),
-                        heartbeat: "?".into(),
-                        heartbeat_unix_ms: now_ms() - age.as_millis() as i64,
-                    };
-                    let stale = (age > timing.timeout).then(|| format!("unreadable and {}s old", age.as_secs()));
-                    (owner, stale)
-                }
-            };
-            let Some(reason) = stale else {
-                return Err(LockError::Held {
-                    path,
-                    age_secs: (now_ms().saturating_sub(owner.heartbeat_unix_ms) / 1000) as u64,
-                    owner: Box::new(owner),
-                    timeout_secs: timing.timeout.as_secs(),
+            if held {
+                let (stop, rx) = mpsc::channel();
+                let heartbeat = spawn_heartbeat(file.clone(), me, timing.heartbeat, rx);
+                return Ok(WarehouseLock {
+                    file,
+                    run_id: run_id.to_string(),
+                    taken_over,
+                    stop: Some(stop),
+                    heartbeat: Some(heartbeat),
                 });
-            };
-            // Move the stale lock aside; only the file we judged may be removed.
-            let aside = warehouse.join(format!("{LOCK_FILE}.stale-{run_id}"));
-            match std::fs::rename(&path, &aside) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path)(e)),
             }
-            let moved = std::fs::read_to_string(&aside).unwrap_or_default();
-            if moved != text {
-                // Someone replaced the stale lock with a live one just before our rename:
-                // put theirs back (never over a newer one) and retry.
-                let _ = std::fs::hard_link(&aside, &path);
-                let _ = std::fs::remove_file(&aside);
-                continue;
-            }
-            let _ = std::fs::remove_file(&aside);
-            tracing::warn!(stale_run = %owner.run_id, %reason, "took over a stale warehouse lock");
-            taken_over = Some(owner);
         }
-        Err(LockError::Io {
-            path,
-            source: std::io::Error::other("the lock kept changing hands; gave up after 5 attempts"),
-        })
+        Err(file.err("the lock kept changing hands; gave up after 5 attempts"))
     }
 
     /// The stale lock this run took over, if any.
@@ -291,27 +484,27 @@ impl WarehouseLock {
         self.taken_over.as_ref()
     }
 
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The lock file or object.
+    pub fn path(&self) -> String {
+        self.file.describe()
     }
 
-    /// Fails with [`LockError::Lost`] unless the lock file still names this run.
+    /// Fails with [`LockError::Lost`] unless the lock still names this run.
     pub fn check(&self) -> Result<(), LockError> {
-        match read_owner(&self.path)? {
-            Some((_, Ok(owner))) if owner.run_id == self.run_id => Ok(()),
-            Some((_, Ok(owner))) => Err(LockError::Lost {
-                path: self.path.clone(),
+        match self.file.owner()? {
+            Some(owner) if owner.run_id == self.run_id => Ok(()),
+            Some(owner) => Err(LockError::Lost {
+                path: self.file.describe(),
                 by: owner.run_id,
             }),
-            _ => Err(LockError::Lost {
-                path: self.path.clone(),
+            None => Err(LockError::Lost {
+                path: self.file.describe(),
                 by: "nobody".into(),
             }),
         }
     }
 
-    /// Stops the heartbeat and removes the lock file if it is still ours.
+    /// Stops the heartbeat and removes the lock if it is still ours.
     pub fn release(mut self) {
         self.release_inner();
     }
@@ -324,7 +517,7 @@ impl WarehouseLock {
             let _ = handle.join();
         }
         if self.check().is_ok() {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.file.remove();
         }
     }
 }
@@ -332,11 +525,11 @@ impl WarehouseLock {
 /// Removes the lock of `warehouse` if it names `run_id`: for a supervisor (the scheduler)
 /// whose child run had to be killed and so could not release its own lock. Returns
 /// whether a lock was removed.
-pub fn remove_if_owned_by(warehouse: &Path, run_id: &str) -> Result<bool, LockError> {
-    let path = warehouse.join(LOCK_FILE);
-    match read_owner(&path)? {
-        Some((_, Ok(owner))) if owner.run_id == run_id => {
-            std::fs::remove_file(&path).map_err(io(&path))?;
+pub fn remove_if_owned_by(warehouse: &Warehouse, run_id: &str) -> Result<bool, LockError> {
+    let file = LockFile::new(warehouse)?;
+    match file.owner()? {
+        Some(owner) if owner.run_id == run_id => {
+            file.remove()?;
             Ok(true)
         }
         _ => Ok(false),
@@ -349,22 +542,27 @@ impl Drop for WarehouseLock {
     }
 }
 
-fn spawn_heartbeat(path: PathBuf, mut me: LockOwner, period: Duration, stop: mpsc::Receiver<()>) -> JoinHandle<()> {
+fn spawn_heartbeat(
+    file: Arc<LockFile>,
+    mut me: LockOwner,
+    period: Duration,
+    stop: mpsc::Receiver<()>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
-            // Renew only our own lock: once taken over, the file belongs to the new owner.
-            match read_owner(&path) {
-                Ok(Some((_, Ok(owner)))) if owner.run_id == me.run_id => {}
+            // Renew only our own lock: once taken over, it belongs to the new owner.
+            let seen = match file.read() {
+                Ok(Some(seen)) if seen.owner.as_ref().is_ok_and(|o| o.run_id == me.run_id) => seen,
                 _ => {
-                    tracing::error!(lock = %path.display(), "warehouse lock lost; heartbeat stops");
+                    tracing::error!(lock = %file.describe(), "warehouse lock lost; heartbeat stops");
                     return;
                 }
-            }
+            };
             let now = Utc::now();
             me.heartbeat = now.to_rfc3339_opts(SecondsFormat::Millis, true);
             me.heartbeat_unix_ms = now.timestamp_millis();
-            if let Err(e) = write_owner(&path, &me, false) {
-                tracing::warn!(lock = %path.display(), error = %e, "heartbeat not written");
+            if let Err(e) = file.renew(&seen, &me) {
+                tracing::warn!(lock = %file.describe(), error = %e, "heartbeat not written");
             }
         }
     })
@@ -384,8 +582,8 @@ mod tests {
     #[test]
     fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let first = WarehouseLock::acquire(dir.path(), "run-a", timing(60_000)).unwrap();
-        let err = WarehouseLock::acquire(dir.path(), "run-b", timing(60_000)).unwrap_err();
+        let first = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-a", timing(60_000)).unwrap();
+        let err = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-b", timing(60_000)).unwrap_err();
         assert!(
             matches!(&err, LockError::Held { owner, .. } if owner.run_id == "run-a"),
             "{err}"
@@ -393,15 +591,15 @@ mod tests {
         assert!(err.to_string().contains("run-a"), "{err}");
         first.release();
         assert!(!dir.path().join(LOCK_FILE).exists(), "release removes the lock");
-        WarehouseLock::acquire(dir.path(), "run-b", timing(60_000)).unwrap();
+        WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-b", timing(60_000)).unwrap();
     }
 
     #[test]
     fn the_heartbeat_keeps_a_live_lock_fresh_past_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = WarehouseLock::acquire(dir.path(), "run-a", timing(800)).unwrap();
+        let _held = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-a", timing(800)).unwrap();
         std::thread::sleep(Duration::from_millis(1600));
-        let err = WarehouseLock::acquire(dir.path(), "run-b", timing(800)).unwrap_err();
+        let err = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-b", timing(800)).unwrap_err();
         assert!(matches!(err, LockError::Held { .. }), "{err}");
     }
 
@@ -417,8 +615,8 @@ mod tests {
             heartbeat: "2026-01-01T00:00:00.000Z".into(),
             heartbeat_unix_ms: now_ms() - 120_000,
         };
-        write_owner(&path, &old, true).unwrap();
-        let lock = WarehouseLock::acquire(dir.path(), "run-new", timing(60_000)).unwrap();
+        std::fs::write(&path, serialize(&old)).unwrap();
+        let lock = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-new", timing(60_000)).unwrap();
         assert_eq!(lock.taken_over().map(|o| o.run_id.as_str()), Some("run-old"));
         lock.check().unwrap();
         let now_held: LockOwner = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -440,29 +638,32 @@ mod tests {
             heartbeat: "now".into(),
             heartbeat_unix_ms: now_ms(),
         };
-        write_owner(&dir.path().join(LOCK_FILE), &old, true).unwrap();
-        let lock = WarehouseLock::acquire(dir.path(), "run-new", timing(60_000)).unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), serialize(&old)).unwrap();
+        let lock = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-new", timing(60_000)).unwrap();
         assert_eq!(lock.taken_over().map(|o| o.run_id.as_str()), Some("run-killed"));
     }
 
     #[test]
     fn a_supervisor_removes_only_the_lock_of_its_own_child() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = WarehouseLock::acquire(dir.path(), "run-child", timing(60_000)).unwrap();
-        assert!(!remove_if_owned_by(dir.path(), "run-other").unwrap());
-        assert!(lock.path().exists());
-        assert!(remove_if_owned_by(dir.path(), "run-child").unwrap());
+        let lock = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-child", timing(60_000)).unwrap();
+        assert!(!remove_if_owned_by(&Warehouse::local(dir.path()), "run-other").unwrap());
+        assert!(std::path::Path::new(&lock.path()).exists());
+        assert!(remove_if_owned_by(&Warehouse::local(dir.path()), "run-child").unwrap());
         assert!(!dir.path().join(LOCK_FILE).exists());
-        assert!(!remove_if_owned_by(dir.path(), "run-child").unwrap(), "no lock left");
+        assert!(
+            !remove_if_owned_by(&Warehouse::local(dir.path()), "run-child").unwrap(),
+            "no lock left"
+        );
     }
 
     #[test]
     fn an_owner_whose_lock_was_taken_over_fails_its_check() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = WarehouseLock::acquire(dir.path(), "run-a", timing(60_000)).unwrap();
+        let lock = WarehouseLock::acquire(&Warehouse::local(dir.path()), "run-a", timing(60_000)).unwrap();
         let mut other: LockOwner = serde_json::from_str(&std::fs::read_to_string(lock.path()).unwrap()).unwrap();
         other.run_id = "run-b".into();
-        write_owner(lock.path(), &other, false).unwrap();
+        std::fs::write(lock.path(), serialize(&other)).unwrap();
         let err = lock.check().unwrap_err();
         assert!(matches!(&err, LockError::Lost { by, .. } if by == "run-b"), "{err}");
         drop(lock);

@@ -2,8 +2,6 @@
 //! on what, with what result. It is assembled from the metrics each phase returns, so it
 //! cannot drift from what actually happened.
 
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use super::PublishError;
@@ -14,6 +12,7 @@ use crate::score::ScoringSettings;
 use crate::score::models::ModelMetrics;
 use crate::transform::checks::TestOutcome;
 use crate::transform::runner::StageMetrics;
+use crate::warehouse::{Warehouse, WarehouseError};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,28 +104,18 @@ pub struct RunManifest {
     pub lock_taken_over: Option<String>,
 }
 
-/// Writes `runs/<run_id>.json` (and `runs/latest.json` for a successful run) through a
-/// temporary file and a rename, so a reader never sees half a manifest.
-pub fn write_manifest(warehouse: &Path, manifest: &RunManifest) -> Result<PathBuf, PublishError> {
-    let dir = warehouse.join(RUNS_DIR);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PublishError::Io { path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let text = serde_json::to_string_pretty(manifest).map_err(|e| PublishError::Io {
-        path: dir.clone(),
-        source: std::io::Error::other(e),
+/// Writes `runs/<run_id>.json` (and `runs/latest.json` for a successful run), each whole
+/// (a local file through a temporary file and a rename, an object in one put), so a reader
+/// never sees half a manifest. Returns where the run's manifest is.
+pub async fn write_manifest(warehouse: &Warehouse, manifest: &RunManifest) -> Result<String, PublishError> {
+    let key = super::read::manifest_key(&manifest.run_id);
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| WarehouseError {
+        location: warehouse.describe(&key),
+        message: e.to_string(),
     })?;
-    let path = dir.join(format!("{}.json", manifest.run_id));
-    let mut targets = vec![path.clone()];
+    warehouse.put(&key, text.clone()).await?;
     if manifest.outcome == Outcome::Succeeded {
-        targets.push(dir.join(LATEST_MANIFEST));
+        warehouse.put(&format!("{RUNS_DIR}/{LATEST_MANIFEST}"), text).await?;
     }
-    for target in targets {
-        let tmp = target.with_extension("json.tmp");
-        std::fs::write(&tmp, &text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
-    }
-    Ok(path)
+    Ok(warehouse.describe(&key))
 }

@@ -38,14 +38,17 @@ pub enum PublishError {
     Delta {
         /// Table name.
         table: String,
-        /// Table folder.
-        path: PathBuf,
+        /// Table folder or URL.
+        path: String,
         /// What went wrong.
         message: String,
     },
     /// The warehouse lock is held by another run, or was lost.
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    /// Reading or writing an object of the warehouse failed.
+    #[error(transparent)]
+    Store(#[from] crate::warehouse::WarehouseError),
 }
 
 /// How tables are published (`[publish] format`).

@@ -6,7 +6,6 @@
 //! is no multi-table transaction, so the runs row is the commit point of a whole run.)
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -20,6 +19,7 @@ use serde::Serialize;
 
 use super::{PublishError, delta};
 use crate::names::{OUTCOME_SUCCEEDED, RUNS_TABLE, RUNS_TABLE_DIR};
+use crate::warehouse::Warehouse;
 
 /// One run as recorded in the `runs` table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,11 +50,6 @@ pub struct RunRecord {
     /// Delta version per published table (empty for the Parquet format or a failed run
     /// that committed nothing).
     pub table_versions: BTreeMap<String, u64>,
-}
-
-/// The folder of the `runs` table in a warehouse.
-pub fn runs_table_path(warehouse: &Path) -> PathBuf {
-    warehouse.join(RUNS_TABLE_DIR)
 }
 
 fn schema() -> SchemaRef {
@@ -117,14 +112,14 @@ fn to_batch(r: &RunRecord) -> Result<RecordBatch, String> {
 
 /// Appends one run to the `runs` table of `warehouse` (creating it on the first run).
 /// Returns the version of the `runs` table holding the row.
-pub async fn append(warehouse: &Path, record: &RunRecord) -> Result<u64, PublishError> {
-    let path = runs_table_path(warehouse);
+pub async fn append(warehouse: &Warehouse, record: &RunRecord) -> Result<u64, PublishError> {
+    let path = warehouse.describe(RUNS_TABLE_DIR);
     let batch = to_batch(record).map_err(|message| PublishError::Delta {
         table: RUNS_TABLE.into(),
         path: path.clone(),
         message,
     })?;
-    let table = delta::open(RUNS_TABLE, &path).await?;
+    let table = delta::open(warehouse, RUNS_TABLE, RUNS_TABLE_DIR).await?;
     let written = table
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
@@ -140,9 +135,9 @@ pub async fn append(warehouse: &Path, record: &RunRecord) -> Result<u64, Publish
 
 /// Every run recorded in the `runs` table of `warehouse`, oldest first; empty when there
 /// is no table yet.
-pub async fn read_all(warehouse: &Path) -> Result<Vec<RunRecord>, PublishError> {
-    let path = runs_table_path(warehouse);
-    if !delta::is_delta_table(&path) {
+pub async fn read_all(warehouse: &Warehouse) -> Result<Vec<RunRecord>, PublishError> {
+    let path = warehouse.describe(RUNS_TABLE_DIR);
+    if !delta::is_delta_table(warehouse, RUNS_TABLE_DIR).await? {
         return Ok(Vec::new());
     }
     let bad = |message: String| PublishError::Delta {
@@ -151,7 +146,7 @@ pub async fn read_all(warehouse: &Path) -> Result<Vec<RunRecord>, PublishError> 
         message,
     };
     let ctx = SessionContext::new();
-    delta::register(&ctx, RUNS_TABLE, &path, None).await?;
+    delta::register(&ctx, RUNS_TABLE, warehouse, RUNS_TABLE_DIR, None).await?;
     let batches = ctx
         .sql(&format!(
             "SELECT run_id, pipeline, CAST(started_at AS BIGINT) AS started_us, CAST(finished_at AS BIGINT) AS finished_us, \
@@ -220,10 +215,12 @@ pub fn latest_succeeded<'a>(runs: &'a [RunRecord], pipeline: Option<&str>) -> Op
 
 /// The newest commit number in the `runs` table's log, read from the file names only
 /// (no log replay): a cheap way to notice that a run was recorded since the last look.
-pub fn committed_version(warehouse: &Path) -> Option<u64> {
-    std::fs::read_dir(runs_table_path(warehouse).join(delta::DELTA_LOG_DIR))
+pub async fn committed_version(warehouse: &Warehouse) -> Option<u64> {
+    warehouse
+        .files(&format!("{RUNS_TABLE_DIR}/{}", delta::DELTA_LOG_DIR))
+        .await
         .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .iter()
+        .filter_map(|name| name.strip_suffix(".json")?.parse::<u64>().ok())
         .max()
 }

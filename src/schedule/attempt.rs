@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Plan;
 use crate::error::{EXIT_ABORTED, EXIT_LOCKED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE};
-use crate::names::{OUTCOME_FAILED, RUNS_DIR};
+use crate::names::OUTCOME_FAILED;
 use crate::publish::{lock, runs};
 
 /// How an attempt ended.
@@ -118,7 +118,7 @@ pub async fn run(exe: &Path, plan: &Plan, run_id: &str, limits: Limits, stop: &C
         .arg("--pipeline")
         .arg(&plan.pipeline_file)
         .arg("--out")
-        .arg(&plan.warehouse)
+        .arg(plan.warehouse.to_string())
         .arg("--run-id")
         .arg(run_id)
         .stdin(Stdio::null())
@@ -179,7 +179,7 @@ pub async fn run(exe: &Path, plan: &Plan, run_id: &str, limits: Limits, stop: &C
     }
     let exit_code = status.as_ref().ok().and_then(|s| s.code());
     let log_tail: Vec<String> = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-    let manifest = read_manifest(&plan.warehouse, run_id);
+    let manifest = crate::publish::read::run_manifest(&plan.warehouse, run_id).await.ok();
     let kind = match (interrupted, exit_code) {
         (Some(kind), _) => kind,
         (None, Some(c)) if c == i32::from(EXIT_OK) => AttemptKind::Succeeded,
@@ -226,12 +226,6 @@ pub async fn run(exe: &Path, plan: &Plan, run_id: &str, limits: Limits, stop: &C
         table_rows,
         log_tail,
     }
-}
-
-/// The run manifest the child wrote, if any.
-fn read_manifest(warehouse: &Path, run_id: &str) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(warehouse.join(RUNS_DIR).join(format!("{run_id}.json"))).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// The error the child printed last (`patron: ...` and what follows).

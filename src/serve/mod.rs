@@ -22,6 +22,8 @@ pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::warehouse::Warehouse;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +60,7 @@ pub enum ServeError {
     #[error("no succeeded run recorded in {warehouse}: run `patron run` first")]
     NoRun {
         /// The warehouse.
-        warehouse: PathBuf,
+        warehouse: String,
     },
     /// Reading the published tables failed.
     #[error(transparent)]
@@ -87,7 +89,7 @@ impl ServeError {
 #[derive(Debug)]
 pub struct ServeOptions {
     /// The warehouse to serve.
-    pub warehouse: PathBuf,
+    pub warehouse: Warehouse,
     /// Address to listen on (port 0 picks a free port; the chosen one is printed).
     pub listen: SocketAddr,
     /// Users allowed to log in (empty: no authentication).

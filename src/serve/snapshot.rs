@@ -7,7 +7,7 @@
 //! later statements use it. A statement holds its snapshot for its whole life, so it sees
 //! one run's tables even if a publish lands meanwhile; no restart is needed.
 
-use std::path::{Path, PathBuf};
+use crate::warehouse::Warehouse;
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
@@ -49,7 +49,7 @@ pub fn session_hooks() -> Vec<Arc<dyn QueryHook>> {
 impl Snapshot {
     /// Registers the tables `record` published, `runs`, `pg_catalog` and the PostgreSQL
     /// functions BI tools call.
-    pub async fn build(warehouse: &Path, record: &runs::RunRecord) -> Result<Snapshot, ServeError> {
+    pub async fn build(warehouse: &Warehouse, record: &runs::RunRecord) -> Result<Snapshot, ServeError> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA);
@@ -103,21 +103,21 @@ struct Current {
 
 /// The latest published state of a warehouse, refreshed when a run is recorded.
 pub struct Published {
-    warehouse: PathBuf,
+    warehouse: Warehouse,
     current: Mutex<Current>,
 }
 
 impl Published {
     /// Loads the latest succeeded run of `warehouse`; an error when there is none.
-    pub async fn open(warehouse: &Path) -> Result<Published, ServeError> {
-        let runs_commit = runs::committed_version(warehouse);
+    pub async fn open(warehouse: &Warehouse) -> Result<Published, ServeError> {
+        let runs_commit = runs::committed_version(warehouse).await;
         let records = runs::read_all(warehouse).await?;
         let record = runs::latest_succeeded(&records, None).ok_or_else(|| ServeError::NoRun {
-            warehouse: warehouse.to_path_buf(),
+            warehouse: warehouse.to_string(),
         })?;
         let snapshot = Arc::new(Snapshot::build(warehouse, record).await?);
         Ok(Published {
-            warehouse: warehouse.to_path_buf(),
+            warehouse: warehouse.clone(),
             current: Mutex::new(Current { runs_commit, snapshot }),
         })
     }
@@ -127,7 +127,7 @@ impl Published {
     /// and the next statement tries again.
     pub async fn current(&self) -> Arc<Snapshot> {
         let mut current = self.current.lock().await;
-        let commit = runs::committed_version(&self.warehouse);
+        let commit = runs::committed_version(&self.warehouse).await;
         if commit != current.runs_commit {
             match self.latest_if_new(&current.snapshot.run_id).await {
                 Ok(Some(snapshot)) => {

@@ -3,6 +3,7 @@
 //! alone on a time-based holdout it never saw; and `patron explain` shows one customer's
 //! card from the published tables.
 
+use patron::warehouse::Warehouse;
 use std::path::Path;
 
 use crate::support::*;
@@ -283,7 +284,9 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
     .await;
     let id = ids[ids.len() / 2].clone();
     let explain = patron::cli::explain::session();
-    patron::cli::explain::register(&explain, &wh).await.unwrap();
+    patron::cli::explain::register(&explain, &Warehouse::local(&wh))
+        .await
+        .unwrap();
     let mut bloom_pruned = 0;
     for t in tables {
         let sql = format!("EXPLAIN ANALYZE {}", patron::cli::explain::lookup(t));
@@ -319,7 +322,7 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
         "no table had a row group for the bloom filters to drop"
     );
     // The card itself reads the same tables.
-    let card = patron::cli::explain::card(&wh, &id).await.unwrap();
+    let card = patron::cli::explain::card(&Warehouse::local(&wh), &id).await.unwrap();
     assert_eq!(card["customer_id"], id.as_str());
     assert!(!card["orders"].as_array().unwrap().is_empty());
 }

@@ -6,6 +6,7 @@
 //! lock it left behind is taken over by the next run. A final rerun must match the clean
 //! run exactly.
 
+use patron::warehouse::Warehouse;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -43,7 +44,7 @@ pub async fn consistent_snapshot(warehouse: &Path, run_id: Option<&str>) -> BTre
 pub async fn table_rows(path: &Path, version: Option<u64>) -> Vec<String> {
     // One partition: rows come back in the order they were written.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    patron::publish::delta::register(&ctx, "t", path, version)
+    patron::publish::delta::register(&ctx, "t", &Warehouse::local(path), "", version)
         .await
         .unwrap_or_else(|e| panic!("{} at {version:?}: {e}", path.display()));
     let columns: Vec<String> = ctx

@@ -2,6 +2,7 @@
 //! its schema file in a copy of the project, then run / test / dag.
 
 use crate::support::*;
+use patron::warehouse::Warehouse;
 
 fn add_stage(dir: &std::path::Path, sql: &str, schema: &str) {
     std::fs::write(dir.join("sql/marts/top_customers.sql"), sql).unwrap();
@@ -93,7 +94,7 @@ async fn a_failing_error_test_blocks_publishing_and_shows_rows_and_query() {
     let out = run_pipeline(dir.path(), &p, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let scores = dir.path().join("wh/tables/customer_scores");
-    let before = patron::publish::delta::latest_version("customer_scores", &scores)
+    let before = patron::publish::delta::latest_version(&Warehouse::local(&scores), "customer_scores", "")
         .await
         .unwrap();
     // Tier C customers exist among the top 100? Not by revenue: demand only A, which fails for some.
@@ -112,7 +113,7 @@ async fn a_failing_error_test_blocks_publishing_and_shows_rows_and_query() {
     assert!(err.contains("reproduce: SELECT * FROM \"top_customers\""), "{err}");
     assert!(err.contains("WARN top_customers: expression(revenue > 1e9)"), "{err}");
     assert!(err.contains("| customer_id"), "first failing rows are shown: {err}");
-    let after = patron::publish::delta::latest_version("customer_scores", &scores)
+    let after = patron::publish::delta::latest_version(&Warehouse::local(&scores), "customer_scores", "")
         .await
         .unwrap();
     assert_eq!(before, after, "nothing published");

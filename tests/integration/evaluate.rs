@@ -56,7 +56,7 @@ fn hash_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 async fn register(ctx: &SessionContext, name: &str, path: &Path) {
-    patron::publish::read::register_table(ctx, name, path)
+    patron::publish::read::register_table(ctx, name, &patron::warehouse::Warehouse::local(path), "")
         .await
         .unwrap_or_else(|e| panic!("register {name} ({}): {e}", path.display()));
 }

@@ -3,6 +3,7 @@
 //! lock, the runs history, time travel, retention and the plain Parquet option.
 
 use patron::extract::LocalInput;
+use patron::warehouse::Warehouse;
 use std::path::Path;
 
 use crate::crash::{assert_same_tables, consistent_snapshot, table_rows};
@@ -265,7 +266,7 @@ async fn retention_vacuums_old_versions_but_keeps_the_latest_runs() {
     // The first run's files are gone: reading it fails instead of returning wrong rows.
     let ctx = datafusion::prelude::SessionContext::new();
     let v0 = recorded[0].table_versions["tables/customer_scores"];
-    patron::publish::delta::register(&ctx, "old", &table, Some(v0))
+    patron::publish::delta::register(&ctx, "old", &Warehouse::local(&table), "", Some(v0))
         .await
         .unwrap();
     assert!(ctx.sql("SELECT * FROM old").await.unwrap().collect().await.is_err());

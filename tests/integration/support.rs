@@ -1,5 +1,6 @@
 //! Shared helpers: run the binary, query Parquet output with DataFusion, read manifests.
 
+use patron::warehouse::Warehouse;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -67,7 +68,7 @@ pub async fn warehouse_session(warehouse: &Path) -> SessionContext {
     for (location, name) in published_tables(warehouse) {
         let path = warehouse.join(&location);
         if path.join("_delta_log").is_dir() {
-            patron::publish::delta::register(&ctx, &name, &path, None)
+            patron::publish::delta::register(&ctx, &name, &Warehouse::local(&path), "", None)
                 .await
                 .unwrap_or_else(|e| panic!("register {name}: {e}"));
         } else {
@@ -158,7 +159,7 @@ pub async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
 /// The runs recorded in a warehouse's `runs` table, oldest first.
 #[allow(dead_code)]
 pub async fn runs(warehouse: &Path) -> Vec<patron::publish::runs::RunRecord> {
-    patron::publish::runs::read_all(warehouse)
+    patron::publish::runs::read_all(&Warehouse::local(warehouse))
         .await
         .expect("runs table readable")
 }
