@@ -217,6 +217,13 @@ impl StorageSettings {
         map.iter().map(|(k, v)| (k, option_text(v)))
     }
 
+    /// The options that say which server a `scheme` location is on (endpoint, region,
+    /// account...), as one string: two warehouses with the same URL on different servers
+    /// differ here.
+    pub fn identity(&self, scheme: Scheme) -> String {
+        self.options(scheme).map(|(k, v)| format!("{k}={v};")).collect()
+    }
+
     /// The retry policy every store uses.
     pub fn retry(&self) -> RetryConfig {
         RetryConfig {

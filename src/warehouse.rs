@@ -50,6 +50,8 @@ pub struct Warehouse {
     prefix: StorePath,
     /// `scheme://authority` of a remote warehouse.
     remote_root: Option<String>,
+    /// Local folder for run staging (see [`Warehouse::staging_root`]).
+    staging: PathBuf,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -84,6 +86,7 @@ impl Warehouse {
         let prefix = StorePath::from_absolute_path(&dir).unwrap_or_default();
         Warehouse {
             label: dir.to_string_lossy().trim_end_matches('/').to_string(),
+            staging: dir.join(STAGING_DIR),
             local: Some(dir),
             store: Arc::new(LocalFileSystem::new()),
             prefix,
@@ -115,12 +118,14 @@ impl Warehouse {
         }
         let store = remote::build_store(&parsed, storage).map_err(|e| bad(e.message))?;
         register_delta_handlers();
+        let label = if key.is_empty() {
+            parsed.root.clone()
+        } else {
+            parsed.url_of(&key)
+        };
         Ok(Warehouse {
-            label: if key.is_empty() {
-                parsed.root.clone()
-            } else {
-                parsed.url_of(&key)
-            },
+            staging: staging_for(&label, &storage.identity(parsed.scheme)),
+            label,
             local: None,
             store,
             prefix: StorePath::from(key.as_str()),
@@ -138,21 +143,12 @@ impl Warehouse {
         self.local.is_none()
     }
 
-    /// Where runs stage their tables before publishing: `_staging` in a local warehouse,
-    /// a folder under the system's temporary directory (named after the warehouse URL)
-    /// for an object store.
+    /// Where runs stage their tables before publishing: `_staging` in a local warehouse;
+    /// for an object store, a folder under the system's temporary directory (`$TMPDIR`)
+    /// named after the warehouse URL and the store's endpoint, so that two warehouses never
+    /// share one (a run removes the staging folders of crashed runs of its warehouse).
     pub fn staging_root(&self) -> PathBuf {
-        match &self.local {
-            Some(dir) => dir.join(STAGING_DIR),
-            None => {
-                let name: String = self
-                    .label
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                std::env::temp_dir().join("patron").join(name).join(STAGING_DIR)
-            }
-        }
+        self.staging.clone()
     }
 
     /// How people see the object at `key`: its path or URL.
@@ -331,6 +327,20 @@ impl Warehouse {
             Err(e) => Err(store_err(self.describe(key))(e)),
         }
     }
+}
+
+/// `$TMPDIR/patron/<url as a name>-<hash of url and store identity>/_staging`.
+fn staging_for(label: &str, identity: &str) -> PathBuf {
+    use sha2::Digest;
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let hash = sha2::Sha256::digest(format!("{label}\n{identity}"));
+    std::env::temp_dir()
+        .join("patron")
+        .join(format!("{name}-{}", &hex::encode(hash)[..12]))
+        .join(STAGING_DIR)
 }
 
 /// Teaches Delta Lake the object store schemes patron can hold warehouses in: its default

@@ -24,7 +24,7 @@ pub struct ReportArgs {
     /// Pipeline file whose warehouse to read.
     #[arg(long, default_value = "pipelines/default.toml")]
     pub pipeline: PathBuf,
-    /// Warehouse folder (overrides the pipeline's `run.warehouse`).
+    /// Warehouse folder or object store URL such as s3://bucket/prefix (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
     pub warehouse: Option<String>,
 }

@@ -21,7 +21,7 @@ pub struct RunArgs {
     /// As-of date YYYY-MM-DD (or `latest`): events after this day are ignored.
     #[arg(long, value_parser = AsOf::parse)]
     pub as_of: Option<AsOf>,
-    /// Warehouse folder to publish into (overrides `run.warehouse`).
+    /// Warehouse to publish into: a folder or an object store URL such as s3://bucket/prefix (overrides `run.warehouse`).
     #[arg(long)]
     pub out: Option<String>,
     /// Reload every file of `incremental` sources instead of only new or changed ones.

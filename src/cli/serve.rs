@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// Pipeline file whose warehouse and `[serve]` settings to use.
     #[arg(long, default_value = "pipelines/default.toml")]
     pub pipeline: PathBuf,
-    /// Warehouse folder (overrides the pipeline's `run.warehouse`).
+    /// Warehouse folder or object store URL such as s3://bucket/prefix (overrides the pipeline's `run.warehouse`).
     #[arg(long)]
     pub warehouse: Option<String>,
     /// Address to listen on (overrides `[serve] listen`); port 0 picks a free port.

@@ -27,7 +27,7 @@ pub struct TestArgs {
     /// Stages to leave out (same syntax).
     #[arg(long, num_args = 1..)]
     pub exclude: Vec<String>,
-    /// Warehouse folder (overrides `run.warehouse`).
+    /// Warehouse folder or object store URL (overrides `run.warehouse`).
     #[arg(long)]
     pub out: Option<String>,
 }

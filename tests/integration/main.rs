@@ -18,6 +18,7 @@ mod publish;
 mod quarantine_cli;
 mod recovery;
 mod remote_sources;
+mod remote_warehouse;
 mod report;
 mod run_fixtures;
 mod schedule;

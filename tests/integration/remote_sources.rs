@@ -4,9 +4,9 @@
 //! keeps failing (retried with backoff, then a clear error).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,72 +17,6 @@ use patron::extract::{ExtractError, fetch_inputs, list_inputs};
 use crate::support::*;
 
 const BUCKET: &str = "exports";
-
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A moto S3 server on 127.0.0.1, killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server starts (installed by .ci/run)");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Runs a boto3 script against this server (`s3` is the client, `bucket` the name).
-    fn boto3(&self, script: &str) {
-        let prelude = format!(
-            "import boto3, bz2, gzip, lzma, pathlib\n\
-             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
-             aws_access_key_id='test', aws_secret_access_key='test')\n\
-             bucket = '{BUCKET}'\n",
-            self.endpoint
-        );
-        let out = Command::new("python3")
-            .args(["-c", &format!("{prelude}{script}")])
-            .output()
-            .expect("python3 runs");
-        assert!(out.status.success(), "boto3 script failed: {}", text(&out));
-    }
-
-    /// `[storage]` settings reaching this server.
-    fn storage_toml(&self) -> String {
-        format!(
-            "\n[storage]\nmax_retries = 2\ninit_backoff_ms = 20\n\n[storage.s3]\nendpoint = \"{}\"\nallow_http = true\nregion = \"us-east-1\"\n",
-            self.endpoint
-        )
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `patron run` with test credentials in the environment (never in the pipeline file).
 fn run_with_s3_env(dir: &Path, pipeline: &Path) -> Output {
@@ -99,7 +33,7 @@ fn run_with_s3_env(dir: &Path, pipeline: &Path) -> Output {
 }
 
 /// The default pipeline with sources at `locations` and `extra` TOML appended.
-fn pipeline_with(dir: &Path, locations: &[(&str, String)], extra: &str) -> std::path::PathBuf {
+pub fn pipeline_with(dir: &Path, locations: &[(&str, String)], extra: &str) -> std::path::PathBuf {
     let path = write_pipeline(dir, locations);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(extra);
@@ -214,21 +148,8 @@ async fn an_object_deleted_after_listing_is_an_error_naming_its_url() {
     assert!(text(&out).contains("year=1999"), "{}", text(&out));
 }
 
-/// Credentials for the object_store builders a test uses directly: set once for the whole
-/// test binary (every test here uses the same fake ones).
-fn set_test_credentials() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: set once, before any store reads them; every test uses the same values.
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        }
-    });
-}
-
 /// An HTTP server on 127.0.0.1 answering every request with 503, counting requests.
-fn failing_server() -> (String, Arc<AtomicUsize>) {
+pub fn failing_server() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));

@@ -1,8 +1,10 @@
 //! Shared helpers: run the binary, query Parquet output with DataFusion, read manifests.
 
 use patron::warehouse::Warehouse;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array};
 use datafusion::arrow::compute::cast;
@@ -343,4 +345,85 @@ pub fn count_colour(png_path: &Path, rgb: [u8; 3]) -> ((u32, u32), usize) {
         .filter(|px| px[..3] == rgb)
         .count();
     ((info.width, info.height), count)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[allow(dead_code)]
+/// A moto S3 server on 127.0.0.1, killed on drop.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server starts (installed by .ci/run)");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Runs a boto3 script against this server (`s3` is the client, `bucket` the name).
+    pub fn boto3(&self, script: &str) {
+        let prelude = format!(
+            "import boto3, bz2, gzip, lzma, pathlib\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='test', aws_secret_access_key='test')\n\
+             bucket = 'exports'\n",
+            self.endpoint
+        );
+        let out = Command::new("python3")
+            .args(["-c", &format!("{prelude}{script}")])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "boto3 script failed: {}", text(&out));
+    }
+
+    /// `[storage]` settings reaching this server.
+    pub fn storage_toml(&self) -> String {
+        format!(
+            "\n[storage]\nmax_retries = 2\ninit_backoff_ms = 20\n\n[storage.s3]\nendpoint = \"{}\"\nallow_http = true\nregion = \"us-east-1\"\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Credentials for the object_store builders a test uses directly: set once for the whole
+/// test binary (every test here uses the same fake ones).
+pub fn set_test_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once, before any store reads them; every test uses the same values.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        }
+    });
 }
