@@ -880,17 +880,14 @@ async fn publish_delta(
                 row_group_rows: plan.publish.row_group_rows,
                 cluster_by: t.cluster_by.clone(),
             };
-            delta::overwrite_from_parquet(
-                &ctx,
-                &t.name,
-                &t.staged,
-                &plan.warehouse,
-                &t.location,
-                &state.run_id,
-                &t.partition_by,
-                &layout,
-            )
-            .await
+            let target = delta::CommitTarget {
+                warehouse: &plan.warehouse,
+                location: &t.location,
+                run_id: &state.run_id,
+                partition_by: &t.partition_by,
+                layout: &layout,
+            };
+            delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &target).await
         };
         match attempt.await {
             Ok(commit) => {

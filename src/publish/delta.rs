@@ -102,6 +102,21 @@ fn delta_type(data_type: &DataType) -> Option<DataType> {
     }
 }
 
+/// Where and how a staged table is committed.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitTarget<'a> {
+    /// The warehouse.
+    pub warehouse: &'a Warehouse,
+    /// The table's location in it (`tables/fct_customer`).
+    pub location: &'a str,
+    /// The run committing, recorded in the commit's metadata.
+    pub run_id: &'a str,
+    /// Delta partition columns.
+    pub partition_by: &'a [String],
+    /// Parquet writer settings.
+    pub layout: &'a Layout,
+}
+
 /// What one table commit did.
 #[derive(Debug, Clone)]
 pub struct CommitMetrics {
@@ -120,12 +135,15 @@ pub async fn overwrite_from_parquet(
     ctx: &SessionContext,
     table: &str,
     staged: &Path,
-    warehouse: &Warehouse,
-    location: &str,
-    run_id: &str,
-    partition_by: &[String],
-    layout: &Layout,
+    target: &CommitTarget<'_>,
 ) -> Result<CommitMetrics, PublishError> {
+    let CommitTarget {
+        warehouse,
+        location,
+        run_id,
+        partition_by,
+        layout,
+    } = *target;
     let staged_text = staged.to_string_lossy();
     let df = ctx
         .read_parquet(staged_text.as_ref(), ParquetReadOptions::default())
