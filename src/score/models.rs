@@ -13,7 +13,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -135,7 +134,19 @@ fn float_column(batch: &RecordBatch, name: &str, table: &str) -> Result<Float64A
         .ok_or_else(|| err(format!("column `{name}` is not numeric")))
 }
 
-/// Streams the model input table into grouped BG/NBD triples and repeat-buyer spend.
+/// Runs `sql` and collects its rows.
+async fn collect(ctx: &SessionContext, sql: &str, table: &str) -> Result<Vec<RecordBatch>, ScoreError> {
+    let err = |e: datafusion::error::DataFusionError| ScoreError::Input {
+        table: table.to_string(),
+        message: e.to_string(),
+    };
+    ctx.sql(sql).await.map_err(err)?.collect().await.map_err(err)
+}
+
+/// The model inputs, aggregated where the data is (on the cluster, with Ballista): only
+/// the distinct BG/NBD triples `(x, t_x, T)` and the distinct repeat-buyer `(x, mean
+/// spend)` pairs reach this process, each with its number of customers (the likelihoods
+/// weight by it), in a fixed order. Also the number of customers.
 async fn read_inputs(
     ctx: &SessionContext,
     table: &str,
@@ -144,49 +155,86 @@ async fn read_inputs(
         table: table.to_string(),
         message,
     };
-    let df = ctx.table(table).await.map_err(|e| err(e.to_string()))?;
-    let mut stream = df.execute_stream().await.map_err(|e| err(e.to_string()))?;
-    let mut triples: BTreeMap<(u64, u64, u64), f64> = BTreeMap::new();
-    let mut spend = Vec::new();
-    let mut customers = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| err(e.to_string()))?;
-        let (x, t_x, t_cal, m) = (
-            float_column(&batch, "x", table)?,
-            float_column(&batch, "t_x", table)?,
-            float_column(&batch, "t_cal", table)?,
-            float_column(&batch, "mean_repeat_spend", table)?,
-        );
-        for i in 0..batch.num_rows() {
-            if x.is_null(i) || t_x.is_null(i) || t_cal.is_null(i) {
-                return Err(err(format!("row {}: x, t_x and t_cal must not be NULL", customers + 1)));
-            }
-            customers += 1;
-            if t_cal.value(i) <= 0.0 {
-                // First purchase on the as-of day: likelihood 1 whatever the parameters
-                // (x = 0, T = 0), so the customer carries no information for the fit.
-                continue;
-            }
-            let key = (x.value(i).to_bits(), t_x.value(i).to_bits(), t_cal.value(i).to_bits());
-            *triples.entry(key).or_insert(0.0) += 1.0;
-            if x.value(i) > 0.0 && m.is_valid(i) && m.value(i) > 0.0 {
-                spend.push(SpendSummary {
-                    x: x.value(i),
-                    mean_spend: m.value(i),
-                    weight: 1.0,
-                });
-            }
-        }
+    let counts = collect(
+        ctx,
+        &format!(
+            "SELECT COUNT(*) AS customers, \
+             SUM(CASE WHEN x IS NULL OR t_x IS NULL OR t_cal IS NULL THEN 1 ELSE 0 END) AS missing, \
+             MIN(CASE WHEN x IS NULL OR t_x IS NULL OR t_cal IS NULL THEN CAST(customer_id AS VARCHAR) END) AS example \
+             FROM {table}"
+        ),
+        table,
+    )
+    .await?;
+    let first = counts.first().filter(|b| b.num_rows() == 1);
+    let count = |name: &str| -> Result<u64, ScoreError> {
+        let Some(batch) = first else { return Ok(0) };
+        let c = float_column(batch, name, table)?;
+        Ok(if c.is_null(0) { 0 } else { c.value(0) as u64 })
+    };
+    let (customers, missing) = (count("customers")?, count("missing")?);
+    if missing > 0 {
+        let example = first
+            .and_then(|b| b.column_by_name("example"))
+            .and_then(|c| cast(c, &DataType::Utf8).ok())
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .map(|a| a.value(0).to_string())
+            })
+            .unwrap_or_default();
+        return Err(err(format!(
+            "{missing} row(s) with NULL x, t_x or t_cal (e.g. customer_id {example}): they must not be NULL"
+        )));
     }
-    let grouped = triples
-        .into_iter()
-        .map(|((x, t_x, t_cal), weight)| RfSummary {
-            x: f64::from_bits(x),
-            t_x: f64::from_bits(t_x),
-            t_cal: f64::from_bits(t_cal),
-            weight,
-        })
-        .collect();
+    // A first purchase on the as-of day (T = 0) has likelihood 1 whatever the parameters,
+    // so such customers carry no information for the fit.
+    let triples = collect(
+        ctx,
+        &format!(
+            "SELECT CAST(x AS DOUBLE) AS x, CAST(t_x AS DOUBLE) AS t_x, CAST(t_cal AS DOUBLE) AS t_cal, \
+             CAST(COUNT(*) AS DOUBLE) AS n FROM {table} WHERE t_cal > 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ),
+        table,
+    )
+    .await?;
+    let mut grouped = Vec::new();
+    for batch in &triples {
+        let (x, t_x, t_cal, n) = (
+            float_column(batch, "x", table)?,
+            float_column(batch, "t_x", table)?,
+            float_column(batch, "t_cal", table)?,
+            float_column(batch, "n", table)?,
+        );
+        grouped.extend((0..batch.num_rows()).map(|i| RfSummary {
+            x: x.value(i),
+            t_x: t_x.value(i),
+            t_cal: t_cal.value(i),
+            weight: n.value(i),
+        }));
+    }
+    let pairs = collect(
+        ctx,
+        &format!(
+            "SELECT CAST(x AS DOUBLE) AS x, CAST(mean_repeat_spend AS DOUBLE) AS m, CAST(COUNT(*) AS DOUBLE) AS n \
+             FROM {table} WHERE t_cal > 0 AND x > 0 AND mean_repeat_spend > 0 GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+        table,
+    )
+    .await?;
+    let mut spend = Vec::new();
+    for batch in &pairs {
+        let (x, m, n) = (
+            float_column(batch, "x", table)?,
+            float_column(batch, "m", table)?,
+            float_column(batch, "n", table)?,
+        );
+        spend.extend((0..batch.num_rows()).map(|i| SpendSummary {
+            x: x.value(i),
+            mean_spend: m.value(i),
+            weight: n.value(i),
+        }));
+    }
     Ok((grouped, spend, customers))
 }
 
@@ -209,7 +257,7 @@ fn bgnbd_report(fit: &BgNbdFit, ms: u64, customers: u64, distinct: u64) -> Model
     }
 }
 
-fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64) -> ModelReport {
+fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
     let p = &fit.params;
     ModelReport {
         model: "gamma_gamma".into(),
@@ -219,7 +267,7 @@ fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64) -> ModelRepo
         converged: fit.converged,
         fit_ms: ms,
         customers,
-        distinct_inputs: customers,
+        distinct_inputs: distinct,
     }
 }
 
@@ -260,8 +308,9 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
         }
         Err(e) => return Err(fit_err("BG/NBD")(e)),
     };
-    let (gg, gg_report, gg_skipped, correlation) = if spend.len() < 3 {
-        let why = format!("{} repeat buyers with spend; at least 3 are needed", spend.len());
+    let spend_customers = spend.iter().map(|s| s.weight).sum::<f64>() as u64;
+    let (gg, gg_report, gg_skipped, correlation) = if spend_customers < 3 {
+        let why = format!("{spend_customers} repeat buyers with spend; at least 3 are needed");
         tracing::warn!(
             table,
             "{why}: Gamma-Gamma not fitted, expected order value falls back to the customer's average order value"
@@ -270,7 +319,12 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     } else {
         let started = Instant::now();
         let fit = gamma_gamma::fit_gamma_gamma(&spend).map_err(fit_err("Gamma-Gamma"))?;
-        let report = gamma_gamma_report(&fit, started.elapsed().as_millis() as u64, spend.len() as u64);
+        let report = gamma_gamma_report(
+            &fit,
+            started.elapsed().as_millis() as u64,
+            spend_customers,
+            spend.len() as u64,
+        );
         let xs: Vec<f64> = spend.iter().map(|s| s.x).collect();
         let ms: Vec<f64> = spend.iter().map(|s| s.mean_spend).collect();
         let ws: Vec<f64> = spend.iter().map(|s| s.weight).collect();
@@ -384,4 +438,69 @@ pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusi
         Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn input(rows: &[(&str, Option<f64>, f64, f64, Option<f64>)]) -> SessionContext {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, true),
+            Field::new("t_x", DataType::Float64, false),
+            Field::new("t_cal", DataType::Float64, false),
+            Field::new("mean_repeat_spend", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.4))),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_batch("input", batch).unwrap();
+        ctx
+    }
+
+    #[tokio::test]
+    async fn inputs_arrive_grouped_with_customer_counts_in_a_fixed_order() {
+        let ctx = input(&[
+            ("C3", Some(2.0), 10.0, 30.0, Some(5.0)),
+            ("C1", Some(0.0), 0.0, 30.0, None),
+            ("C2", Some(2.0), 10.0, 30.0, Some(5.0)),
+            ("C4", Some(0.0), 0.0, 30.0, None),
+            ("C5", Some(1.0), 4.0, 20.0, Some(7.5)),
+            ("C6", Some(0.0), 0.0, 0.0, None), // first purchase on the as-of day
+        ]);
+        let (triples, spend, customers) = read_inputs(&ctx, "input").await.unwrap();
+        assert_eq!(customers, 6);
+        let t: Vec<(f64, f64, f64, f64)> = triples.iter().map(|r| (r.x, r.t_x, r.t_cal, r.weight)).collect();
+        assert_eq!(
+            t,
+            [(0.0, 0.0, 30.0, 2.0), (1.0, 4.0, 20.0, 1.0), (2.0, 10.0, 30.0, 2.0)]
+        );
+        let s: Vec<(f64, f64, f64)> = spend.iter().map(|r| (r.x, r.mean_spend, r.weight)).collect();
+        assert_eq!(s, [(1.0, 7.5, 1.0), (2.0, 5.0, 2.0)]);
+    }
+
+    #[tokio::test]
+    async fn a_null_input_is_an_error_naming_a_customer() {
+        let ctx = input(&[("C1", Some(1.0), 2.0, 9.0, Some(3.0)), ("C9", None, 2.0, 9.0, None)]);
+        let err = read_inputs(&ctx, "input").await.unwrap_err().to_string();
+        assert!(
+            err.contains("1 row(s)") && err.contains("C9") && err.contains("input"),
+            "{err}"
+        );
+    }
 }
