@@ -82,8 +82,11 @@ fn store_err(location: String) -> impl FnOnce(object_store::Error) -> WarehouseE
 impl Warehouse {
     /// The warehouse in folder `dir` (made absolute against the working directory).
     pub fn local(dir: impl AsRef<Path>) -> Warehouse {
-        let dir = std::path::absolute(dir.as_ref()).unwrap_or_else(|_| dir.as_ref().to_path_buf());
-        let prefix = StorePath::from_absolute_path(&dir).unwrap_or_default();
+        let dir = normalized(&std::path::absolute(dir.as_ref()).unwrap_or_else(|_| dir.as_ref().to_path_buf()));
+        // Never the filesystem root: a path object_store cannot take as it is (not UTF-8)
+        // is taken part by part, lossily.
+        let prefix = StorePath::from_absolute_path(&dir)
+            .unwrap_or_else(|_| StorePath::from(dir.to_string_lossy().as_ref()));
         Warehouse {
             label: dir.to_string_lossy().trim_end_matches('/').to_string(),
             staging: dir.join(STAGING_DIR),
@@ -329,6 +332,22 @@ impl Warehouse {
     }
 }
 
+/// `path` with `.` and `..` resolved lexically (object store paths take neither).
+fn normalized(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// `$TMPDIR/patron/<url as a name>-<hash of url and store identity>/_staging`.
 fn staging_for(label: &str, identity: &str) -> PathBuf {
     use sha2::Digest;
@@ -408,6 +427,11 @@ mod tests {
         assert_eq!(wh.describe("runs/a.json"), format!("{}/runs/a.json", wh));
         assert!(wh.table_url("tables/t1").unwrap().as_str().starts_with("file:///"));
         assert_eq!(wh.staging_root(), dir.path().join("wh").join(STAGING_DIR));
+        // `..` is resolved, never handed to the store (which would refuse it).
+        let up = Warehouse::local(dir.path().join("x/../wh2"));
+        assert_eq!(up.local_dir(), Some(dir.path().join("wh2").as_path()));
+        up.put("runs/a.json", "x").await.unwrap();
+        assert!(dir.path().join("wh2/runs/a.json").is_file());
     }
 
     #[test]
