@@ -85,8 +85,8 @@ impl Warehouse {
         let dir = normalized(&std::path::absolute(dir.as_ref()).unwrap_or_else(|_| dir.as_ref().to_path_buf()));
         // Never the filesystem root: a path object_store cannot take as it is (not UTF-8)
         // is taken part by part, lossily.
-        let prefix = StorePath::from_absolute_path(&dir)
-            .unwrap_or_else(|_| StorePath::from(dir.to_string_lossy().as_ref()));
+        let prefix =
+            StorePath::from_absolute_path(&dir).unwrap_or_else(|_| StorePath::from(dir.to_string_lossy().as_ref()));
         Warehouse {
             label: dir.to_string_lossy().trim_end_matches('/').to_string(),
             staging: dir.join(STAGING_DIR),

@@ -134,6 +134,23 @@ fn float_column(batch: &RecordBatch, name: &str, table: &str) -> Result<Float64A
         .ok_or_else(|| err(format!("column `{name}` is not numeric")))
 }
 
+/// The values of the numeric columns `names` in every row of `batches` (no NULLs).
+fn float_rows<const N: usize>(
+    batches: &[RecordBatch],
+    names: [&str; N],
+    table: &str,
+) -> Result<Vec<[f64; N]>, ScoreError> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns = names
+            .iter()
+            .map(|n| float_column(batch, n, table))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.extend((0..batch.num_rows()).map(|i| std::array::from_fn(|c| columns[c].value(i))));
+    }
+    Ok(rows)
+}
+
 /// Runs `sql` and collects its rows.
 async fn collect(ctx: &SessionContext, sql: &str, table: &str) -> Result<Vec<RecordBatch>, ScoreError> {
     let err = |e: datafusion::error::DataFusionError| ScoreError::Input {
@@ -198,21 +215,10 @@ async fn read_inputs(
         table,
     )
     .await?;
-    let mut grouped = Vec::new();
-    for batch in &triples {
-        let (x, t_x, t_cal, n) = (
-            float_column(batch, "x", table)?,
-            float_column(batch, "t_x", table)?,
-            float_column(batch, "t_cal", table)?,
-            float_column(batch, "n", table)?,
-        );
-        grouped.extend((0..batch.num_rows()).map(|i| RfSummary {
-            x: x.value(i),
-            t_x: t_x.value(i),
-            t_cal: t_cal.value(i),
-            weight: n.value(i),
-        }));
-    }
+    let grouped = float_rows(&triples, ["x", "t_x", "t_cal", "n"], table)?
+        .into_iter()
+        .map(|[x, t_x, t_cal, weight]| RfSummary { x, t_x, t_cal, weight })
+        .collect();
     let pairs = collect(
         ctx,
         &format!(
@@ -222,19 +228,10 @@ async fn read_inputs(
         table,
     )
     .await?;
-    let mut spend = Vec::new();
-    for batch in &pairs {
-        let (x, m, n) = (
-            float_column(batch, "x", table)?,
-            float_column(batch, "m", table)?,
-            float_column(batch, "n", table)?,
-        );
-        spend.extend((0..batch.num_rows()).map(|i| SpendSummary {
-            x: x.value(i),
-            mean_spend: m.value(i),
-            weight: n.value(i),
-        }));
-    }
+    let spend = float_rows(&pairs, ["x", "m", "n"], table)?
+        .into_iter()
+        .map(|[x, mean_spend, weight]| SpendSummary { x, mean_spend, weight })
+        .collect();
     Ok((grouped, spend, customers))
 }
 
@@ -449,7 +446,10 @@ mod tests {
 
     use super::*;
 
-    fn input(rows: &[(&str, Option<f64>, f64, f64, Option<f64>)]) -> SessionContext {
+    /// customer_id, x, t_x, t_cal, mean_repeat_spend.
+    type Row<'a> = (&'a str, Option<f64>, f64, f64, Option<f64>);
+
+    fn input(rows: &[Row]) -> SessionContext {
         let schema = Arc::new(Schema::new(vec![
             Field::new("customer_id", DataType::Utf8, false),
             Field::new("x", DataType::Float64, true),

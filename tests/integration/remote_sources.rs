@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,16 +20,17 @@ const BUCKET: &str = "exports";
 
 /// `patron run` with test credentials in the environment (never in the pipeline file).
 fn run_with_s3_env(dir: &Path, pipeline: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(["run", "--pipeline", pipeline.to_str().unwrap(), "--out"])
-        .arg(dir.join("wh"))
-        .current_dir(dir)
-        .env("RUST_LOG", "patron=warn")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("patron starts")
+    let out = dir.join("wh");
+    patron_s3(
+        dir,
+        &[
+            "run",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
 }
 
 /// The default pipeline with sources at `locations` and `extra` TOML appended.

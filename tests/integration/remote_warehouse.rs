@@ -5,26 +5,13 @@
 //! lock must work by conditional put: a live lock stops a run, a stale one is taken over.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::remote_sources::pipeline_with;
 use crate::support::*;
 
 const BUCKET: &str = "lake";
 const WAREHOUSE: &str = "s3://lake/prod";
-
-/// `patron ARGS` in `dir` with test credentials in the environment.
-fn patron_s3(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "patron=warn")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("patron starts")
-}
 
 /// Rows of `sql` on a warehouse, as NDJSON lines.
 fn query(dir: &Path, pipeline: &Path, warehouse: &str, sql: &str, extra: &[&str]) -> Vec<String> {

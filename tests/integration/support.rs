@@ -427,3 +427,17 @@ pub fn set_test_credentials() {
         }
     });
 }
+
+#[allow(dead_code)]
+/// `patron ARGS` in `dir` with test credentials in the environment.
+pub fn patron_s3(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "patron=warn")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("patron starts")
+}
