@@ -699,6 +699,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 rows_new: None,
                 partition_by: Vec::new(),
                 cluster_by: Vec::new(),
+                spilled_bytes: 0,
                 output,
             });
         }

@@ -165,7 +165,10 @@ impl Warehouse {
 
     /// The local path of `key` in a local warehouse.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
-        self.local.as_ref().map(|d| d.join(key))
+        let key = key.trim_matches('/');
+        self.local
+            .as_ref()
+            .map(|d| if key.is_empty() { d.clone() } else { d.join(key) })
     }
 
     fn key(&self, key: &str) -> StorePath {
@@ -284,8 +287,17 @@ impl Warehouse {
         }
     }
 
+    /// False for a local path that is not a folder (missing, or a file): nothing is
+    /// under it, and listing it would be an error.
+    fn listable(&self, key: &str) -> bool {
+        self.local_path(key).is_none_or(|p| p.is_dir())
+    }
+
     /// The names of the folders directly under `key`, sorted.
     pub async fn folders(&self, key: &str) -> Result<Vec<String>, WarehouseError> {
+        if !self.listable(key) {
+            return Ok(Vec::new());
+        }
         let base = self.key(key);
         match self.store.list_with_delimiter(Some(&base)).await {
             Ok(listing) => {
@@ -304,6 +316,9 @@ impl Warehouse {
 
     /// The names of the objects (files) directly under `key`, sorted.
     pub async fn files(&self, key: &str) -> Result<Vec<String>, WarehouseError> {
+        if !self.listable(key) {
+            return Ok(Vec::new());
+        }
         let base = self.key(key);
         match self.store.list_with_delimiter(Some(&base)).await {
             Ok(listing) => {
@@ -322,6 +337,9 @@ impl Warehouse {
 
     /// True when anything exists under the folder `key`.
     pub async fn has_any_under(&self, key: &str) -> Result<bool, WarehouseError> {
+        if !self.listable(key) {
+            return Ok(false);
+        }
         let base = self.key(key);
         let mut listing = self.store.list(Some(&base));
         match listing.try_next().await {
@@ -420,6 +438,10 @@ mod tests {
         assert_eq!(wh.files("runs").await.unwrap(), ["a.json", "b.json"]);
         assert!(wh.has_any_under("tables/t2/_delta_log").await.unwrap());
         assert!(!wh.has_any_under("tables/t3").await.unwrap());
+        assert!(
+            !wh.has_any_under("runs/a.json/_delta_log").await.unwrap(),
+            "a file has nothing under it"
+        );
         assert!(wh.exists("runs/b.json").await.unwrap());
         wh.delete("runs/b.json").await.unwrap();
         wh.delete("runs/b.json").await.unwrap();

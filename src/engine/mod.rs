@@ -102,6 +102,10 @@ impl From<Engine> for String {
     }
 }
 
+/// Smallest `engine.memory_limit_mb`: below it the batches of one operator alone do not
+/// fit, so nothing could run even by spilling.
+pub const MIN_MEMORY_LIMIT_MB: u64 = 64;
+
 /// Query engine settings (`[engine]` in the pipeline file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,10 +140,10 @@ impl Default for EngineSettings {
 impl EngineSettings {
     /// Records out-of-range values under `engine.*`.
     pub fn validate(&self, problems: &mut Problems) {
-        if self.memory_limit_mb < 64 {
+        if self.memory_limit_mb < MIN_MEMORY_LIMIT_MB {
             problems.push(
                 "engine.memory_limit_mb",
-                format!("{} is below the minimum of 64", self.memory_limit_mb),
+                format!("{} is below the minimum of {MIN_MEMORY_LIMIT_MB}", self.memory_limit_mb),
             );
         }
         if self.deterministic && self.target_partitions > 1 {
@@ -172,6 +176,11 @@ pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfRes
         .with_information_schema(true);
     // Keep token positions so planning errors can point at the line of the stage file.
     config.options_mut().sql_parser.collect_spans = true;
+    // What a sort keeps back for merging its spill files: DataFusion's 10 MiB default
+    // leaves a small limit nothing to sort with, so it scales with the limit.
+    let limit_bytes = (settings.memory_limit_mb as usize) * 1024 * 1024;
+    let execution = &mut config.options_mut().execution;
+    execution.sort_spill_reservation_bytes = execution.sort_spill_reservation_bytes.min(limit_bytes / 16);
     if settings.deterministic {
         config = config.with_target_partitions(1);
     } else if settings.target_partitions > 0 {

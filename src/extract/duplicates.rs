@@ -80,9 +80,11 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str) -> Option<String> {
             )
         })
         .collect();
+    // `repeated` (the keys that repeat: few) comes first, so it is the join's build side,
+    // held in memory; the source streams past it.
     Some(format!(
         "WITH repeated AS (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1), \
-         copies AS (SELECT r.* FROM {table} r JOIN repeated k ON {join_on}), \
+         copies AS (SELECT r.* FROM repeated k JOIN {table} r ON {join_on}), \
          ranked AS (SELECT *, ROW_NUMBER() {window} AS \"__copy\", \
                     FIRST_VALUE({f}) {window} AS \"__kept_file\", FIRST_VALUE({l}) {window} AS \"__kept_line\", \
                     {kept_values} FROM copies) \

@@ -53,9 +53,36 @@ pub struct StageMetrics {
     /// Columns the table is sorted by first (`-- @cluster_by`), with bloom filters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cluster_by: Vec<String>,
+    /// Bytes the stage's operators spilled to disk because the engine's memory limit was
+    /// reached (sorts, aggregations, windows); 0 when everything fit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spilled_bytes: u64,
     /// The materialised file.
     #[serde(skip)]
     pub output: PathBuf,
+}
+
+/// A table written to Parquet by [`materialize`].
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The Parquet file.
+    pub file: PathBuf,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Bytes the query spilled to disk on the way.
+    pub spilled_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes spilled to disk by every operator of an executed plan.
+pub fn spilled_bytes(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
+    own + plan.children().iter().map(|c| spilled_bytes(c.as_ref())).sum::<u64>()
 }
 
 /// Finds a line/column for an error: DataFusion's diagnostic span, else the parser's
@@ -139,7 +166,8 @@ pub async fn materialize_here(
     let provider = ctx.table_provider(name).await.map_err(MaterializeError::Query)?;
     let here = SessionContext::new_with_config_rt(SessionConfig::new(), ctx.runtime_env());
     let df = here.read_table(provider).map_err(MaterializeError::Query)?;
-    materialize(ctx, name, df, out_dir, &Layout::default()).await
+    let w = materialize(ctx, name, df, out_dir, &Layout::default()).await?;
+    Ok((w.file, w.rows, w.bytes))
 }
 
 /// On a distributed engine, replaces table `name` by a Parquet file in `out_dir` unless it
@@ -226,7 +254,7 @@ async fn run_incremental(
     out_dir: &Path,
     previous: Option<&PublishedVersion>,
     layout: &Layout,
-) -> Result<(PathBuf, u64, u64, u64), TransformError> {
+) -> Result<(Written, u64), TransformError> {
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let prev_name = format!("__previous_{}", stage.name);
     let new_name = format!("__new_{}", stage.name);
@@ -294,7 +322,7 @@ async fn run_incremental(
         None => plan_stage(ctx, stage, bind(false, ScalarValue::Null)).await?,
     };
     let new_dir = out_dir.parent().unwrap_or(out_dir).join("incremental");
-    let (_, new_rows, _) = materialize(ctx, &new_name, df, &new_dir, layout)
+    let new = materialize(ctx, &new_name, df, &new_dir, layout)
         .await
         .map_err(|e| materialize_error(stage, e))?;
     let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
@@ -343,13 +371,14 @@ async fn run_incremental(
         format!("SELECT * FROM {} ORDER BY {order}", ident(&new_name))
     };
     let df = ctx.sql(&merged).await.map_err(sql_err)?;
-    let (output, rows, bytes) = materialize(ctx, &stage.name, df, out_dir, layout)
+    let mut merged = materialize(ctx, &stage.name, df, out_dir, layout)
         .await
         .map_err(|e| materialize_error(stage, e))?;
     for name in [&prev_name, &new_name] {
         ctx.deregister_table(name.as_str()).map_err(sql_err)?;
     }
-    Ok((output, rows, bytes, new_rows))
+    merged.spilled_bytes += new.spilled_bytes;
+    Ok((merged, new.rows))
 }
 
 /// How a stage's columns differ from its previous table's.
@@ -438,7 +467,7 @@ pub async fn materialize(
     df: DataFrame,
     out_dir: &Path,
     layout: &Layout,
-) -> Result<(PathBuf, u64, u64), MaterializeError> {
+) -> Result<Written, MaterializeError> {
     let plan = df.create_physical_plan().await.map_err(MaterializeError::Query)?;
     materialize_plan(ctx, name, plan, out_dir, layout).await
 }
@@ -450,9 +479,10 @@ async fn materialize_plan(
     plan: Arc<dyn ExecutionPlan>,
     out_dir: &Path,
     layout: &Layout,
-) -> Result<(PathBuf, u64, u64), MaterializeError> {
+) -> Result<Written, MaterializeError> {
     let output = out_dir.join(name).join("part-00000.parquet");
     let mut sink = ParquetSink::create_with(&output, plan.schema(), layout).map_err(MaterializeError::Write)?;
+    let plan_ref = Arc::clone(&plan);
     let mut stream =
         datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
     while let Some(batch) = stream.next().await {
@@ -460,10 +490,23 @@ async fn materialize_plan(
             .map_err(MaterializeError::Write)?;
     }
     let (rows, bytes) = sink.close().map_err(MaterializeError::Write)?;
+    let spilled = spilled_bytes(plan_ref.as_ref());
+    if spilled > 0 {
+        tracing::info!(
+            table = name,
+            spilled_bytes = spilled,
+            "spilled to disk under the memory limit"
+        );
+    }
     register_parquet(ctx, name, &output)
         .await
         .map_err(MaterializeError::Query)?;
-    Ok((output, rows, bytes))
+    Ok(Written {
+        file: output,
+        rows,
+        bytes,
+        spilled_bytes: spilled,
+    })
 }
 
 /// The leading ascending plain-column keys of the ORDER BY at the top of a logical plan
@@ -545,12 +588,12 @@ pub async fn run_stage(
     };
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let mut rows_new = None;
-    let (output, rows, bytes) = match stage.spec.materialized {
+    let written = match stage.spec.materialized {
         Materialized::View => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
             ctx.deregister_table(&stage.name).map_err(sql_err)?;
             ctx.register_table(&stage.name, df.into_view()).map_err(sql_err)?;
-            (PathBuf::new(), 0, 0)
+            Written::default()
         }
         Materialized::Table => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
@@ -562,25 +605,26 @@ pub async fn run_stage(
                 .map_err(|e| materialize_error(stage, e))?
         }
         Materialized::Incremental => {
-            let (output, rows, bytes, new) = run_incremental(ctx, stage, params, out_dir, previous, &layout).await?;
+            let (written, new) = run_incremental(ctx, stage, params, out_dir, previous, &layout).await?;
             rows_new = Some(new);
-            (output, rows, bytes)
+            written
         }
     };
     let metrics = StageMetrics {
         name: stage.name.clone(),
         file: stage.path.to_string_lossy().into_owned(),
         layer: stage.layer.clone(),
-        rows,
-        bytes,
+        rows: written.rows,
+        bytes: written.bytes,
         duration_ms: started.elapsed().as_millis() as u64,
         materialized: stage.spec.materialized,
         rows_new,
         partition_by: stage.spec.partition_by.clone(),
         cluster_by: layout.cluster_by,
-        output,
+        spilled_bytes: written.spilled_bytes,
+        output: written.file,
     };
-    tracing::info!(stage = %metrics.name, rows, ms = metrics.duration_ms, "stage done");
+    tracing::info!(stage = %metrics.name, rows = metrics.rows, ms = metrics.duration_ms, "stage done");
     Ok(metrics)
 }
 

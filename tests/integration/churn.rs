@@ -8,33 +8,6 @@ use std::path::Path;
 
 use crate::support::*;
 
-/// Generates `customers` customers with `seed` into `dir/data` and returns a pipeline
-/// reading them.
-fn generated_pipeline(dir: &Path, customers: &str, seed: &str) -> std::path::PathBuf {
-    let data = dir.join("data");
-    let out = patron(
-        dir,
-        &[
-            "generate",
-            "--customers",
-            customers,
-            "--seed",
-            seed,
-            "--out",
-            data.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    write_pipeline(
-        dir,
-        &[
-            ("sales", format!("{}/sales/*.csv", data.display())),
-            ("service", format!("{}/service/*.csv", data.display())),
-            ("marketing", format!("{}/marketing/*.ndjson", data.display())),
-        ],
-    )
-}
-
 fn only_report(warehouse: &Path) -> serde_json::Value {
     let dirs: Vec<_> = std::fs::read_dir(warehouse.join("evaluations"))
         .unwrap()

@@ -441,3 +441,31 @@ pub fn patron_s3(dir: &Path, args: &[&str]) -> Output {
         .output()
         .expect("patron starts")
 }
+
+#[allow(dead_code)]
+/// Generates `customers` customers with `seed` into `dir/data` and returns a pipeline
+/// reading them.
+pub fn generated_pipeline(dir: &Path, customers: &str, seed: &str) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let out = patron(
+        dir,
+        &[
+            "generate",
+            "--customers",
+            customers,
+            "--seed",
+            seed,
+            "--out",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    write_pipeline(
+        dir,
+        &[
+            ("sales", format!("{}/sales/*.csv", data.display())),
+            ("service", format!("{}/service/*.csv", data.display())),
+            ("marketing", format!("{}/marketing/*.ndjson", data.display())),
+        ],
+    )
+}
