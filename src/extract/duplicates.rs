@@ -80,11 +80,13 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str) -> Option<String> {
             )
         })
         .collect();
-    // `repeated` (the keys that repeat: few) comes first, so it is the join's build side,
-    // held in memory; the source streams past it.
+    // The source comes first in the join: with `repeated` first (the small side, the one a
+    // hash join should hold), Ballista 55's scheduler re-plans the join after the first
+    // stage, fails an internal assertion ("Cannot swap HashJoinExec with dynamic filter")
+    // and leaves the job hanging.
     Some(format!(
         "WITH repeated AS (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1), \
-         copies AS (SELECT r.* FROM repeated k JOIN {table} r ON {join_on}), \
+         copies AS (SELECT r.* FROM {table} r JOIN repeated k ON {join_on}), \
          ranked AS (SELECT *, ROW_NUMBER() {window} AS \"__copy\", \
                     FIRST_VALUE({f}) {window} AS \"__kept_file\", FIRST_VALUE({l}) {window} AS \"__kept_line\", \
                     {kept_values} FROM copies) \
