@@ -197,7 +197,8 @@ fn a_warehouse_on_s3_publishes_delta_tables_equal_to_a_local_run_and_locks_by_co
                 "from deltalake import DeltaTable\n\
                  t = DeltaTable('{WAREHOUSE}/tables/customer_scores', storage_options=dict(AWS_ENDPOINT_URL='{}', \
                  AWS_ALLOW_HTTP='true', AWS_REGION='us-east-1', AWS_ACCESS_KEY_ID='test', AWS_SECRET_ACCESS_KEY='test'))\n\
-                 print(t.version(), t.to_pyarrow_table().num_rows)\n",
+                 print(t.version(), t.to_pyarrow_table().num_rows, flush=True)\n\
+                 import os; os._exit(0)  # the package's runtime threads can abort a normal exit\n",
                 moto.endpoint
             ),
         ])
