@@ -282,34 +282,6 @@ async fn snapshot(
     })
 }
 
-/// A snapshot computed on another worker thread while the caller does other work; aborted
-/// when dropped unjoined (a run that stops early does not leave it running).
-struct Background(tokio::task::JoinHandle<Result<FeatureRows, ChurnError>>);
-
-impl Background {
-    fn spawn(
-        snap: SessionContext,
-        stages: Vec<crate::transform::Stage>,
-        settings: ScoringSettings,
-        day: NaiveDate,
-    ) -> Self {
-        Background(tokio::spawn(snapshot(snap, stages, settings, day)))
-    }
-
-    async fn join(mut self) -> Result<FeatureRows, ChurnError> {
-        (&mut self.0).await.map_err(|e| ChurnError::Input {
-            table: FEATURES_STAGE.into(),
-            message: format!("the snapshot task stopped: {e}"),
-        })?
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Customers with a staged order in the `days` days after `day` (up to the as-of day).
 async fn purchased_after(
     ctx: &SessionContext,
@@ -493,11 +465,10 @@ async fn train(
 ) -> Result<Trained, ChurnError> {
     let h = settings.churn_holdout_days;
     let stages: Vec<crate::transform::Stage> = chain(project, provided, order).into_iter().cloned().collect();
-    // The two snapshots are independent: the validation one runs on another worker thread
-    // while this one computes the training one. Their results are then taken in the order
-    // a sequential run would use them, so the outcome (and which error wins) is the same.
-    let validation = Background::spawn(scratch_session(ctx).await?, stages.clone(), settings.clone(), c1);
-    let training = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c2).await {
+    // The two snapshots run one after the other, not side by side: they share the engine's
+    // memory pool, and at 1M customers two concurrent sorts of the marketing history
+    // exhausted a 4 GiB pool that one alone fits in.
+    let training = match snapshot(scratch_session(ctx).await?, stages.clone(), settings.clone(), c2).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -507,7 +478,7 @@ async fn train(
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = match validation.join().await {
+    let validation = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c1).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
