@@ -388,6 +388,12 @@ fn record_json(schema: &TableSchema, columns: &[&StringArray], row: usize) -> St
     serde_json::Value::Object(map).to_string()
 }
 
+/// True when `v` is one of the schema's missing-value markers. Lengths first, so the usual
+/// marker (the empty string) costs no string comparison on any value.
+fn is_missing(markers: &[String], v: &str) -> bool {
+    markers.iter().any(|m| m.len() == v.len() && (v.is_empty() || m == v))
+}
+
 /// `n` copies of `text` as one string column, built in one pass (no per-row `&str`).
 fn repeated(text: &str, n: usize) -> StringArray {
     let mut builder = StringBuilder::with_capacity(n, text.len() * n);
@@ -417,7 +423,7 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         };
         for (row, row_ok) in ok.iter_mut().enumerate() {
             let value = col.is_valid(row).then(|| col.value(row));
-            let value = value.filter(|v| !schema.missing_values.iter().any(|m| m == v));
+            let value = value.filter(|v| !is_missing(&schema.missing_values, v));
             match value {
                 None => {
                     typed.append_null();
