@@ -176,12 +176,37 @@ struct NewlineIndex<R> {
     pending_cr: Option<u64>,
 }
 
+/// True when one of the 8 bytes of `word` is `\n` or `\r` (the "has a zero byte" test
+/// on the word XOR each line-end byte repeated; exact, no false positives).
+fn has_line_end(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    has_zero(word ^ u64::from_ne_bytes([b'\n'; 8])) || has_zero(word ^ u64::from_ne_bytes([b'\r'; 8]))
+}
+
 impl<R: Read> Read for NewlineIndex<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let data = &buf[..n];
         let mut newlines = self.newlines.borrow_mut();
-        for (i, b) in buf[..n].iter().enumerate() {
+        let mut i = 0;
+        while i < n {
+            // Most bytes are no line end: skip them 8 at a time (a pending `\r` needs the
+            // byte right after it, so not then).
+            if self.pending_cr.is_none() {
+                while let Some(word) = data[i..].first_chunk::<8>()
+                    && !has_line_end(u64::from_ne_bytes(*word))
+                {
+                    i += 8;
+                }
+                if i == n {
+                    break;
+                }
+            }
+            let b = &data[i];
             let at = self.offset + i as u64;
+            i += 1;
             // A lone `\r` (old Mac line ends) ends a line too; in `\r\n` the `\n` does.
             if let Some(cr) = self.pending_cr.take()
                 && *b != b'\n'
@@ -406,20 +431,15 @@ impl ExportReader for CsvReader {
                 });
                 continue;
             }
-            let mut fields = Vec::with_capacity(self.positions.len());
-            let mut bad_utf8 = None;
-            for (field_idx, pos) in self.positions.iter().enumerate() {
-                match pos {
-                    None => fields.push(None),
-                    Some(p) => match std::str::from_utf8(&self.record[*p]) {
-                        Ok(s) => fields.push(Some(s)),
-                        Err(_) => {
-                            bad_utf8 = Some(field_idx);
-                            break;
-                        }
-                    },
-                }
-            }
+            // Checked before appending anything, so a row is appended whole or not at all;
+            // an all-ASCII record (most are) needs no check per field.
+            let bad_utf8 = if self.record.as_slice().is_ascii() {
+                None
+            } else {
+                self.positions
+                    .iter()
+                    .position(|pos| pos.is_some_and(|p| std::str::from_utf8(&self.record[p]).is_err()))
+            };
             if let Some(field_idx) = bad_utf8 {
                 let p = self.positions[field_idx].unwrap_or(0);
                 b.rejects.push(Reject {
@@ -431,8 +451,8 @@ impl ExportReader for CsvReader {
                 });
                 continue;
             }
-            for (builder, value) in b.columns.iter_mut().zip(fields) {
-                builder.append_option(value);
+            for (builder, pos) in b.columns.iter_mut().zip(&self.positions) {
+                builder.append_option(pos.and_then(|p| std::str::from_utf8(&self.record[p]).ok()));
             }
             b.lines.push(line);
         }
@@ -781,6 +801,51 @@ mod tests {
         assert_eq!(lines, vec![3, 4]);
         assert!(b.rejects[0].reason.starts_with("not valid JSON"));
         assert_eq!(r.header().extra, vec!["x"]);
+    }
+
+    /// Hands out at most `step` bytes per read, so line ends fall on every read boundary.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn newline_index_finds_every_line_end_whatever_the_read_sizes() {
+        // Line ends of every kind at every offset modulo 8, runs of them, long lines.
+        let mut text = Vec::new();
+        for i in 0..200usize {
+            text.extend(std::iter::repeat_n(b'x', i % 19));
+            text.extend_from_slice([&b"\n"[..], b"\r\n", b"\r", b"\r\r\n", b"\n\r"][i % 5]);
+        }
+        text.extend_from_slice(b"end\r");
+        let mut expected = Vec::new();
+        for (i, b) in text.iter().enumerate() {
+            if *b == b'\n' || (*b == b'\r' && text.get(i + 1) != Some(&b'\n')) {
+                expected.push(i as u64);
+            }
+        }
+        for step in [1, 2, 3, 7, 8, 9, 64, 4096] {
+            let newlines = Rc::new(RefCell::new(VecDeque::new()));
+            let mut index = NewlineIndex {
+                inner: Trickle { data: &text, step },
+                offset: 0,
+                newlines: Rc::clone(&newlines),
+                last_byte: Rc::new(std::cell::Cell::new(0)),
+                pending_cr: None,
+            };
+            let mut buf = [0u8; 4096];
+            while index.read(&mut buf).unwrap() > 0 {}
+            assert_eq!(Vec::from(newlines.borrow().clone()), expected, "reads of {step} bytes");
+        }
     }
 
     #[test]

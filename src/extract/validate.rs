@@ -388,6 +388,21 @@ fn record_json(schema: &TableSchema, columns: &[&StringArray], row: usize) -> St
     serde_json::Value::Object(map).to_string()
 }
 
+/// True when `v` is one of the schema's missing-value markers. Lengths first, so the usual
+/// marker (the empty string) costs no string comparison on any value.
+fn is_missing(markers: &[String], v: &str) -> bool {
+    markers.iter().any(|m| m.len() == v.len() && (v.is_empty() || m == v))
+}
+
+/// `n` copies of `text` as one string column, built in one pass (no per-row `&str`).
+fn repeated(text: &str, n: usize) -> StringArray {
+    let mut builder = StringBuilder::with_capacity(n, text.len() * n);
+    for _ in 0..n {
+        builder.append_value(text);
+    }
+    builder.finish()
+}
+
 /// Types and checks every declared column of `batch`; `file` fills `_source_file`.
 pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: &str) -> Validated {
     let n = batch.num_rows();
@@ -408,7 +423,7 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         };
         for (row, row_ok) in ok.iter_mut().enumerate() {
             let value = col.is_valid(row).then(|| col.value(row));
-            let value = value.filter(|v| !schema.missing_values.iter().any(|m| m == v));
+            let value = value.filter(|v| !is_missing(&schema.missing_values, v));
             match value {
                 None => {
                     typed.append_null();
@@ -433,16 +448,21 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         typed_columns.push(typed.finish());
     }
     let mask = BooleanArray::from(ok);
+    let rejected_rows = mask.false_count();
     let mut columns: Vec<ArrayRef> = typed_columns;
-    columns.push(Arc::new(StringArray::from(vec![file; n])));
+    columns.push(Arc::new(repeated(file, n)));
     columns.push(Arc::new(UInt64Array::from(batch.lines.clone())));
-    let good_columns: Vec<ArrayRef> = columns
-        .iter()
-        .map(|c| filter(c, &mask).unwrap_or_else(|_| Arc::clone(c)))
-        .collect();
+    // Most batches have no bad row: then every column is kept as built, not copied.
+    let good_columns: Vec<ArrayRef> = if rejected_rows == 0 {
+        columns
+    } else {
+        columns
+            .iter()
+            .map(|c| filter(c, &mask).unwrap_or_else(|_| Arc::clone(c)))
+            .collect()
+    };
     let good =
         RecordBatch::try_new(Arc::clone(raw), good_columns).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(raw)));
-    let rejected_rows = mask.false_count();
     // Timestamps of rejected rows do not count towards the data's latest event.
     if rejected_rows > 0 {
         max_timestamp = None;
