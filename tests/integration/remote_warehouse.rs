@@ -68,8 +68,9 @@ fn plant_lock(moto: &Moto, run_id: &str, age_ms: i64) {
     ));
 }
 
-/// An HTTP proxy on 127.0.0.1 in front of `upstream` answering every `every`-th request
-/// with 503 instead of forwarding it; it logs one line per refused request to `log`.
+/// An HTTP proxy on 127.0.0.1 in front of `upstream` answering every `every`-th request,
+/// and the first attempt of every Delta commit (a PUT of `_delta_log/<version>.json`), with
+/// 503 instead of forwarding it; it logs one line per refused request to `log`.
 struct FlakyProxy {
     child: std::process::Child,
     endpoint: String,
@@ -82,7 +83,7 @@ impl FlakyProxy {
         let script = format!(
             r#"
 import http.client, http.server, threading
-count, lock = 0, threading.Lock()
+count, lock, commits = 0, threading.Lock(), set()
 log = open({log:?}, 'a')
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
@@ -95,6 +96,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with lock:
             count += 1
             refused = count % {every} == 0
+            commit = self.command == 'PUT' and '/_delta_log/' in self.path and self.path.split('?')[0].endswith('.json')
+            if commit and self.path not in commits:
+                commits.add(self.path)
+                refused = True
         if refused:
             log.write(f'{{self.command}} {{self.path}}\n'); log.flush()
             self.send_response(503); self.send_header('Content-Length', '0'); self.end_headers()
@@ -279,14 +284,14 @@ fn a_store_failing_now_and_then_is_retried_and_the_run_publishes_the_same_tables
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let refusals = std::fs::read_to_string(&refused).unwrap_or_default();
-    // Every 7th request failed, PUTs of Delta commits among them, and each was retried.
-    assert!(refusals.lines().count() >= 10, "{refusals}");
-    assert!(
-        refusals
-            .lines()
-            .any(|l| l.starts_with("PUT ") && l.contains("_delta_log")),
-        "{refusals}"
-    );
+    // Every 7th request failed, and the first attempt of every Delta commit: each was
+    // retried (the tables below are complete). 17 tables and the runs row: 18 commits.
+    let commits = refusals
+        .lines()
+        .filter(|l| l.starts_with("PUT ") && l.contains("/_delta_log/") && l.ends_with(".json"))
+        .count();
+    assert!(commits >= 18, "{commits} commits refused: {refusals}");
+    assert!(refusals.lines().count() > commits, "{refusals}");
 
     // Read back through moto directly: the same tables as a local run.
     let direct = pipeline_with(dir.path(), &[], &moto.storage_toml());
