@@ -293,46 +293,32 @@ impl Warehouse {
         self.local_path(key).is_none_or(|p| p.is_dir())
     }
 
-    /// The names of the folders directly under `key`, sorted.
-    pub async fn folders(&self, key: &str) -> Result<Vec<String>, WarehouseError> {
+    /// What lies directly under `key` (`None` when nothing can: a missing local folder).
+    async fn listing(&self, key: &str) -> Result<Option<object_store::ListResult>, WarehouseError> {
         if !self.listable(key) {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let base = self.key(key);
-        match self.store.list_with_delimiter(Some(&base)).await {
-            Ok(listing) => {
-                let mut names: Vec<String> = listing
-                    .common_prefixes
-                    .iter()
-                    .filter_map(|p| p.filename().map(str::to_string))
-                    .collect();
-                names.sort();
-                Ok(names)
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+        match self.store.list_with_delimiter(Some(&self.key(key))).await {
+            Ok(listing) => Ok(Some(listing)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err(self.describe(key))(e)),
         }
     }
 
+    /// The names of the folders directly under `key`, sorted.
+    pub async fn folders(&self, key: &str) -> Result<Vec<String>, WarehouseError> {
+        let Some(listing) = self.listing(key).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(sorted(listing.common_prefixes.iter().filter_map(|p| p.filename())))
+    }
+
     /// The names of the objects (files) directly under `key`, sorted.
     pub async fn files(&self, key: &str) -> Result<Vec<String>, WarehouseError> {
-        if !self.listable(key) {
+        let Some(listing) = self.listing(key).await? else {
             return Ok(Vec::new());
-        }
-        let base = self.key(key);
-        match self.store.list_with_delimiter(Some(&base)).await {
-            Ok(listing) => {
-                let mut names: Vec<String> = listing
-                    .objects
-                    .iter()
-                    .filter_map(|o| o.location.filename().map(str::to_string))
-                    .collect();
-                names.sort();
-                Ok(names)
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(store_err(self.describe(key))(e)),
-        }
+        };
+        Ok(sorted(listing.objects.iter().filter_map(|o| o.location.filename())))
     }
 
     /// True when anything exists under the folder `key`.
@@ -348,6 +334,12 @@ impl Warehouse {
             Err(e) => Err(store_err(self.describe(key))(e)),
         }
     }
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut names: Vec<String> = names.map(str::to_string).collect();
+    names.sort();
+    names
 }
 
 /// `path` with `.` and `..` resolved lexically (object store paths take neither).

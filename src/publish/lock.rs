@@ -266,9 +266,7 @@ impl LockFile {
             }
             LockFile::Remote { warehouse, runtime } => {
                 let wh = warehouse.clone();
-                on(runtime, async move { wh.put_new(LOCK_FILE, text).await })
-                    .and_then(|r| r)
-                    .map_err(|e| self.err(e.message))
+                on(runtime, async move { wh.put_new(LOCK_FILE, text).await }).map_err(|e| self.err(e.message))
             }
         }
     }
@@ -296,9 +294,8 @@ impl LockFile {
             },
             LockFile::Remote { warehouse, runtime } => {
                 let wh = warehouse.clone();
-                let got = on(runtime, async move { wh.get_versioned(LOCK_FILE).await })
-                    .and_then(|r| r)
-                    .map_err(|e| self.err(e.message))?;
+                let got =
+                    on(runtime, async move { wh.get_versioned(LOCK_FILE).await }).map_err(|e| self.err(e.message))?;
                 Ok(got.map(|(bytes, version, modified)| {
                     let age = (Utc::now() - modified).to_std().unwrap_or_default();
                     parse(String::from_utf8_lossy(&bytes).into_owned(), age, Some(version))
@@ -334,9 +331,7 @@ impl LockFile {
                     return Ok(false);
                 };
                 let (wh, text) = (warehouse.clone(), serialize(me));
-                on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await })
-                    .and_then(|r| r)
-                    .map_err(|e| self.err(e.message))
+                on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await }).map_err(|e| self.err(e.message))
             }
         }
     }
@@ -357,7 +352,7 @@ impl LockFile {
                     return Err(self.err("the lock object has no version"));
                 };
                 let wh = warehouse.clone();
-                match on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await }).and_then(|r| r) {
+                match on(runtime, async move { wh.put_if(LOCK_FILE, text, version).await }) {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(self.err("the lock changed while renewing it")),
                     Err(e) => Err(self.err(e.message)),
@@ -375,9 +370,7 @@ impl LockFile {
             },
             LockFile::Remote { warehouse, runtime } => {
                 let wh = warehouse.clone();
-                on(runtime, async move { wh.delete(LOCK_FILE).await })
-                    .and_then(|r| r)
-                    .map_err(|e| self.err(e.message))
+                on(runtime, async move { wh.delete(LOCK_FILE).await }).map_err(|e| self.err(e.message))
             }
         }
     }
@@ -392,7 +385,7 @@ impl LockFile {
 /// waits (it may itself be a runtime's worker), the work happens on `runtime`.
 fn on<T: Send + 'static>(
     runtime: &Option<tokio::runtime::Runtime>,
-    future: impl std::future::Future<Output = T> + Send + 'static,
+    future: impl std::future::Future<Output = Result<T, WarehouseError>> + Send + 'static,
 ) -> Result<T, WarehouseError> {
     let stopped = || WarehouseError {
         location: LOCK_FILE.into(),
@@ -402,7 +395,7 @@ fn on<T: Send + 'static>(
     runtime.as_ref().ok_or_else(stopped)?.spawn(async move {
         let _ = tx.send(future.await);
     });
-    rx.recv().map_err(|_| stopped())
+    rx.recv().map_err(|_| stopped())?
 }
 
 impl WarehouseLock {
