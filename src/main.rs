@@ -8,6 +8,11 @@ use clap::Parser;
 use patron::cli::{Cli, dispatch};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system allocator, as DataFusion's own CLI and benchmarks use
+/// (many threads allocating and freeing Arrow buffers of every size is its home ground).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

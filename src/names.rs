@@ -16,6 +16,9 @@ pub const STAGING_DIR: &str = "_staging";
 /// Folder under a run's staging folder holding tables patron keeps in memory or reads
 /// through Delta, written to Parquet so the executors of a Ballista cluster can read them.
 pub const PORTABLE_DIR: &str = "portable";
+/// Folder of a run's staging area where the churn step writes its as-of-cut-off
+/// snapshots of the stage chain (removed when each snapshot is read).
+pub const CHURN_SNAPSHOTS_DIR: &str = "churn_snapshots";
 /// Folder under the warehouse holding the `runs` Delta table (one row per run).
 pub const RUNS_TABLE_DIR: &str = "runs/table";
 /// SQL name of the table of runs.

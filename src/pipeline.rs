@@ -26,7 +26,9 @@ use crate::error::RunError;
 use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
-use crate::names::{self, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, TABLES_DIR};
+use crate::names::{
+    self, CHURN_SNAPSHOTS_DIR, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, TABLES_DIR,
+};
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
 use crate::publish::manifest::{PublishedTable, RunSettings};
@@ -706,9 +708,17 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         if name == churn::FEATURES_STAGE && (runs_now || needed.contains(name)) {
             progress.phase("score: training the churn model");
             let started = Instant::now();
-            let report = churn::fit_and_register(&ctx, &project, &provided, &order, &plan.scoring, as_of)
-                .await
-                .map_err(models::ScoreError::from)?;
+            let report = churn::fit_and_register(
+                &ctx,
+                &project,
+                &provided,
+                &order,
+                &plan.scoring,
+                as_of,
+                &state.staging.join(CHURN_SNAPSHOTS_DIR),
+            )
+            .await
+            .map_err(models::ScoreError::from)?;
             runner::make_portable(&ctx, churn::PREDICTIONS_TABLE, &state.staging.join(PORTABLE_DIR))
                 .await
                 .map_err(|e| RunError::Engine(format!("table `{}`: {e}", churn::PREDICTIONS_TABLE)))?;

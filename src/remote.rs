@@ -219,9 +219,16 @@ impl StorageSettings {
 
     /// The options that say which server a `scheme` location is on (endpoint, region,
     /// account...), as one string: two warehouses with the same URL on different servers
-    /// differ here.
+    /// differ here. The endpoint the environment gives (the stores read it too) counts.
     pub fn identity(&self, scheme: Scheme) -> String {
-        self.options(scheme).map(|(k, v)| format!("{k}={v};")).collect()
+        let from_env = ENDPOINT_VARIABLES
+            .iter()
+            .filter(|(s, _)| *s == scheme)
+            .filter_map(|(_, var)| Some(format!("{var}={};", std::env::var(var).ok()?)));
+        self.options(scheme)
+            .map(|(k, v)| format!("{k}={v};"))
+            .chain(from_env)
+            .collect()
     }
 
     /// The retry policy every store uses.
@@ -237,6 +244,14 @@ impl StorageSettings {
         }
     }
 }
+
+/// Environment variables naming the server of a store, read by `object_store`'s builders.
+/// (A GCS bucket name is global: nothing to add.)
+const ENDPOINT_VARIABLES: [(Scheme, &str); 3] = [
+    (Scheme::S3, "AWS_ENDPOINT"),
+    (Scheme::S3, "AWS_ENDPOINT_URL"),
+    (Scheme::Azure, "AZURE_STORAGE_ACCOUNT_NAME"),
+];
 
 /// A store could not be set up from its URL and options.
 #[derive(Debug, thiserror::Error)]

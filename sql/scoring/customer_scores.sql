@@ -71,11 +71,32 @@ valued AS (
         COALESCE(discounted_purchases * expected_order_value * margin_share, 0.0) AS current_value
     FROM modelled
 ),
+-- The windows below sort all customers once per ordering. They run on the few columns they
+-- need (narrow), and their results are joined back to the other columns after (windowed,
+-- the narrow side first, held in memory): each sort then moves a dozen columns rather than
+-- every column of fct_customer.
+narrow AS (
+    SELECT
+        customer_id,
+        acquisition_channel,
+        cohort_month,
+        is_buyer,
+        referred_by,
+        referrals_made,
+        current_value,
+        historical_value,
+        marketing_cost + service_cost AS cost_to_serve,
+        recency_days,
+        purchase_days,
+        monetary,
+        tenure_days
+    FROM valued
+),
 peers AS (
     SELECT
-        valued.*,
+        narrow.*,
         CUME_DIST() OVER (PARTITION BY acquisition_channel, cohort_month ORDER BY current_value) AS peer_cume
-    FROM valued
+    FROM narrow
 ),
 headroom AS (
     SELECT
@@ -91,8 +112,7 @@ headroom AS (
 potential AS (
     SELECT
         headroom.*,
-        GREATEST(0.0, COALESCE(peer_value, 0.0) - current_value) + referrals_made * referred_value AS potential_value,
-        marketing_cost + service_cost AS cost_to_serve
+        GREATEST(0.0, COALESCE(peer_value, 0.0) - current_value) + referrals_made * referred_value AS potential_value
     FROM headroom
 ),
 ranked AS (
@@ -121,9 +141,28 @@ splits AS (
         MIN(CASE WHEN hist_cume >= $segment_split_quantile THEN historical_value END) OVER () AS margin_split
     FROM ranked
 ),
+windowed AS (
+    SELECT
+        v.*,
+        w.cost_to_serve,
+        w.potential_value,
+        w.r_rank,
+        w.f_rank,
+        w.m_rank,
+        w.tenure_rank,
+        w.value_before,
+        w.value_total,
+        w.hist_split,
+        w.curr_split,
+        w.pot_split,
+        w.cost_split,
+        w.margin_split
+    FROM splits AS w
+    JOIN valued AS v ON v.customer_id = w.customer_id
+),
 loyalty AS (
     SELECT
-        splits.*,
+        windowed.*,
         (
             CASE WHEN csat_responses > 0 THEN (avg_csat - 1.0) / 4.0 ELSE 0.0 END
             + CASE WHEN marketing_sent > 0 THEN (COALESCE(open_rate, 0.0) + COALESCE(click_rate, 0.0)) / 2.0 ELSE 0.0 END
@@ -140,7 +179,7 @@ loyalty AS (
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * f_rank)) AS INT) END AS f_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * m_rank)) AS INT) END AS m_score
-    FROM splits
+    FROM windowed
 ),
 scored AS (
     SELECT
@@ -164,7 +203,7 @@ SELECT
     s.r_score,
     s.f_score,
     s.m_score,
-    CASE WHEN s.is_buyer THEN seg.rfm_segment ELSE 'prospect' END AS rfm_segment,
+    CASE WHEN s.is_buyer THEN s.rfm_segment ELSE 'prospect' END AS rfm_segment,
     s.p_alive,
     s.churn_risk,
     CASE WHEN s.churn_risk IS NULL THEN NULL ELSE COALESCE(s.model_churn_model, 'bgnbd') END AS churn_model,
@@ -242,7 +281,14 @@ SELECT
         ELSE 'stability'
     END AS lifecycle_stage,
     p.model_version
-FROM scored AS s
-LEFT JOIN rfm_segments AS seg ON seg.r_score = s.r_score AND seg.f_score = s.f_score
-CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS p
+-- The one-row and the 25-row table come first: a join holds its first (left) side in
+-- memory and streams the other, so the customers stream through. (With the customers
+-- first, the cross join emitted one row per batch, and sorting a million one-row batches
+-- took gigabytes.)
+FROM (SELECT MIN(model_version) AS model_version FROM model_params) AS p
+CROSS JOIN (
+    SELECT s.*, seg.rfm_segment
+    FROM rfm_segments AS seg
+    RIGHT JOIN scored AS s ON seg.r_score = s.r_score AND seg.f_score = s.f_score
+) AS s
 ORDER BY s.customer_id

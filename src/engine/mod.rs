@@ -5,6 +5,7 @@
 pub mod ballista;
 pub mod codec;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -123,6 +124,10 @@ pub struct EngineSettings {
     pub deterministic: bool,
     /// Rows per Arrow batch, for the engine and for extract.
     pub batch_size: usize,
+    /// DataFusion settings by their own keys (`[engine.options]`, e.g.
+    /// `"datafusion.optimizer.prefer_hash_join" = "true"`), applied after patron's own, so
+    /// any of them can be tuned without a patron release.
+    pub options: BTreeMap<String, String>,
 }
 
 impl Default for EngineSettings {
@@ -133,6 +138,7 @@ impl Default for EngineSettings {
             target_partitions: 0,
             deterministic: true,
             batch_size: 8192,
+            options: BTreeMap::new(),
         }
     }
 }
@@ -155,6 +161,12 @@ impl EngineSettings {
                 ),
             );
         }
+        let mut config = SessionConfig::new();
+        for (key, value) in &self.options {
+            if let Err(e) = config.options_mut().set(key, value) {
+                problems.push(format!("engine.options.\"{key}\""), first_line(&e.to_string()));
+            }
+        }
         if !(1..=1_048_576).contains(&self.batch_size) {
             problems.push(
                 "engine.batch_size",
@@ -162,6 +174,12 @@ impl EngineSettings {
             );
         }
     }
+}
+
+/// The first line of a message (DataFusion's configuration errors carry a backtrace
+/// hint on later lines).
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_string()
 }
 
 /// Builds the session for a run; `spill_dir` holds operator spill files. For a Ballista
@@ -181,10 +199,18 @@ pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfRes
     let limit_bytes = (settings.memory_limit_mb as usize) * 1024 * 1024;
     let execution = &mut config.options_mut().execution;
     execution.sort_spill_reservation_bytes = execution.sort_spill_reservation_bytes.min(limit_bytes / 16);
+    // Parquet strings read as plain Utf8, not string views: a sort or aggregate accounts a
+    // view batch at the size of every page buffer it points into, so one 1024-row batch
+    // asked the pool for 53 MB and no sort fitted a small limit. Plain strings are
+    // accounted by what they hold, and the memory limit bounds what it says.
+    execution.parquet.schema_force_view_types = false;
     if settings.deterministic {
         config = config.with_target_partitions(1);
     } else if settings.target_partitions > 0 {
         config = config.with_target_partitions(settings.target_partitions);
+    }
+    for (key, value) in &settings.options {
+        config.options_mut().set(key, value)?;
     }
     if settings.engine.is_distributed() {
         return ballista::context(&settings.engine, config, runtime).await;

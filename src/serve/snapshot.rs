@@ -3,12 +3,14 @@
 //! `information_schema`, in one DataFusion session that never changes once built.
 //!
 //! Before each statement [`Published::current`] looks at the `runs` table's log (a directory
-//! listing); when a new run was recorded and it succeeded, a new [`Snapshot`] is built and
-//! later statements use it. A statement holds its snapshot for its whole life, so it sees
+//! listing; in an object store at most once per [`REMOTE_REFRESH_INTERVAL`], since each
+//! listing is a paid request); when a new run was recorded and it succeeded, a new
+//! [`Snapshot`] is built and later statements use it. A statement holds its snapshot for its whole life, so it sees
 //! one run's tables even if a publish lands meanwhile; no restart is needed.
 
 use crate::warehouse::Warehouse;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
@@ -29,6 +31,10 @@ use crate::publish::{read, runs};
 pub const CATALOG: &str = "patron";
 /// The schema the published tables live in.
 pub const SCHEMA: &str = "public";
+
+/// How often, at most, a warehouse in an object store is checked for a new run: a BI tool
+/// sends many statements a second, and each check lists the `runs` log.
+pub const REMOTE_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One run's tables, ready to query.
 pub struct Snapshot {
@@ -98,6 +104,8 @@ impl Snapshot {
 struct Current {
     /// The `runs` log commit seen when `snapshot` was last checked.
     runs_commit: Option<u64>,
+    /// When the `runs` log was last looked at.
+    checked: Instant,
     snapshot: Arc<Snapshot>,
 }
 
@@ -118,7 +126,11 @@ impl Published {
         let snapshot = Arc::new(Snapshot::build(warehouse, record).await?);
         Ok(Published {
             warehouse: warehouse.clone(),
-            current: Mutex::new(Current { runs_commit, snapshot }),
+            current: Mutex::new(Current {
+                runs_commit,
+                checked: Instant::now(),
+                snapshot,
+            }),
         })
     }
 
@@ -127,6 +139,10 @@ impl Published {
     /// and the next statement tries again.
     pub async fn current(&self) -> Arc<Snapshot> {
         let mut current = self.current.lock().await;
+        if self.warehouse.is_remote() && current.checked.elapsed() < REMOTE_REFRESH_INTERVAL {
+            return Arc::clone(&current.snapshot);
+        }
+        current.checked = Instant::now();
         let commit = runs::committed_version(&self.warehouse).await;
         if commit != current.runs_commit {
             match self.latest_if_new(&current.snapshot.run_id).await {

@@ -12,7 +12,7 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col, lit};
@@ -147,11 +147,49 @@ pub async fn register_parquet_files(
     name: &str,
     paths: &[PathBuf],
 ) -> Result<(), DataFusionError> {
+    register_sorted_parquet(ctx, name, paths, Vec::new()).await
+}
+
+/// Registers Parquet files as table `name`, declaring that each file's rows are in `order`
+/// (none when empty). The planner then relies on it: aggregations and windows over a
+/// prefix of the order stream group by group instead of holding every group, and sorts
+/// and merge joins on it are skipped. Declare only the order the files were written in.
+pub async fn register_sorted_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    paths: &[PathBuf],
+    order: Vec<SortExpr>,
+) -> Result<(), DataFusionError> {
     ctx.deregister_table(name)?;
     let paths: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    let df = ctx.read_parquet(paths, ParquetReadOptions::default()).await?;
+    let mut options = ParquetReadOptions::default();
+    if !order.is_empty() {
+        options = options.file_sort_order(vec![order]);
+    }
+    let df = ctx.read_parquet(paths, options).await?;
     ctx.register_table(name, df.into_view())?;
     Ok(())
+}
+
+/// The order of the rows a plan streams out, as far as it is by plain columns: empty
+/// unless the plan has one output partition (the rows of several would interleave).
+fn streamed_order(plan: &dyn ExecutionPlan) -> Vec<SortExpr> {
+    if plan.properties().output_partitioning().partition_count() != 1 {
+        return Vec::new();
+    }
+    plan.properties()
+        .output_ordering()
+        .map(|ordering| {
+            ordering
+                .iter()
+                .map_while(|s| {
+                    let column = s.expr.downcast_ref::<Column>()?;
+                    let column = datafusion::common::Column::new_unqualified(column.name());
+                    Some(col(column).sort(!s.options.descending, s.options.nulls_first))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Writes table `name` (any provider: in memory, Delta) to `out_dir/<name>/part-00000.parquet`
@@ -400,7 +438,7 @@ impl SchemaChange {
         for f in after.fields() {
             match before.field_with_name(f.name()) {
                 Err(_) => change.added.push(f.name().clone()),
-                Ok(b) if b.data_type() != f.data_type() => {
+                Ok(b) if !same_logical_type(b.data_type(), f.data_type()) => {
                     change
                         .retyped
                         .push((f.name().clone(), b.data_type().clone(), f.data_type().clone()))
@@ -444,6 +482,16 @@ impl std::fmt::Display for SchemaChange {
     }
 }
 
+/// True when two Arrow types hold the same values: equal, or both text (or both binary)
+/// in different layouts. A previous table read back through Delta Lake has string views
+/// where the stage's query, reading staged Parquet, has plain strings; Delta stores both
+/// as `string`, and the merge's UNION converts between them.
+fn same_logical_type(a: &DataType, b: &DataType) -> bool {
+    let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+    let binary = |t: &DataType| matches!(t, DataType::Binary | DataType::BinaryView | DataType::LargeBinary);
+    a == b || (text(a) && text(b)) || (binary(a) && binary(b))
+}
+
 /// `df` with exactly `columns`, in order: its own where it has them, typed NULLs elsewhere.
 fn align(df: DataFrame, columns: &[Field]) -> Result<DataFrame, DataFusionError> {
     let exprs = columns
@@ -483,6 +531,7 @@ async fn materialize_plan(
     let output = out_dir.join(name).join("part-00000.parquet");
     let mut sink = ParquetSink::create_with(&output, plan.schema(), layout).map_err(MaterializeError::Write)?;
     let plan_ref = Arc::clone(&plan);
+    let order = streamed_order(plan.as_ref());
     let mut stream =
         datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
     while let Some(batch) = stream.next().await {
@@ -490,6 +539,11 @@ async fn materialize_plan(
             .map_err(MaterializeError::Write)?;
     }
     let (rows, bytes) = sink.close().map_err(MaterializeError::Write)?;
+    tracing::debug!(
+        table = name,
+        "executed plan, with each operator's metrics:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan_ref.as_ref()).indent(true)
+    );
     let spilled = spilled_bytes(plan_ref.as_ref());
     if spilled > 0 {
         tracing::info!(
@@ -498,7 +552,7 @@ async fn materialize_plan(
             "spilled to disk under the memory limit"
         );
     }
-    register_parquet(ctx, name, &output)
+    register_sorted_parquet(ctx, name, std::slice::from_ref(&output), order)
         .await
         .map_err(MaterializeError::Query)?;
     Ok(Written {
@@ -661,6 +715,22 @@ mod tests {
         let c = SchemaChange::between(&before, &reordered);
         assert!(!c.is_none());
         assert_eq!(c.to_string(), "columns reordered");
+        // String views and plain strings are one type to a stage (Delta reads views back).
+        let views = schema(&[
+            ("id", DataType::Utf8View),
+            ("a", DataType::Int64),
+            ("gone", DataType::LargeUtf8),
+        ]);
+        assert!(SchemaChange::between(&views, &before).is_none());
+        let binary = schema(&[
+            ("id", DataType::BinaryView),
+            ("a", DataType::Int64),
+            ("gone", DataType::Utf8),
+        ]);
+        assert_eq!(
+            SchemaChange::between(&before, &binary).retyped,
+            vec![("id".to_string(), DataType::Utf8, DataType::BinaryView)]
+        );
     }
 
     #[tokio::test]

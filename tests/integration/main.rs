@@ -14,6 +14,7 @@ mod golden;
 mod history;
 mod incremental;
 mod malformed;
+mod memory;
 mod publish;
 mod quarantine_cli;
 mod recovery;

@@ -26,6 +26,7 @@ pub mod logistic;
 pub mod platt;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +43,7 @@ use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
 use super::ScoringSettings;
 use super::backtest;
 use super::models::{self, MODEL_INPUT_STAGE, ModelReport};
+use crate::storage::Layout;
 use crate::transform::{Project, Provided, dag};
 
 /// The stage holding the model's features; the churn step runs as soon as it is built.
@@ -236,17 +238,39 @@ fn input_err(table: &str) -> impl Fn(datafusion::error::DataFusionError) -> Chur
 }
 
 /// The feature rows as of `day`: the stage chain re-run in the scratch session `snap`
-/// (see [`scratch_session`]), BG/NBD fitted as of `day` too. Each stage's time is logged.
+/// (see [`scratch_session`]), BG/NBD fitted as of `day` too. Each stage's result is written
+/// to Parquet under `scratch/<day>` (not held in memory: at a million customers the chain's
+/// tables are gigabytes) and read from there by the next stages; the folder is removed
+/// afterwards. Each stage's time is logged.
 async fn snapshot(
     snap: SessionContext,
     stages: Vec<crate::transform::Stage>,
     settings: ScoringSettings,
     day: NaiveDate,
+    scratch: &Path,
+) -> Result<FeatureRows, ChurnError> {
+    let folder = scratch.join(day.to_string());
+    let rows = snapshot_into(&snap, &stages, &settings, day, &folder).await;
+    drop(snap);
+    if let Err(e) = std::fs::remove_dir_all(&folder)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(folder = %folder.display(), error = %e, "cannot remove a churn snapshot's scratch folder");
+    }
+    rows
+}
+
+async fn snapshot_into(
+    snap: &SessionContext,
+    stages: &[crate::transform::Stage],
+    settings: &ScoringSettings,
+    day: NaiveDate,
+    folder: &Path,
 ) -> Result<FeatureRows, ChurnError> {
     let started = Instant::now();
     let params = settings.sql_params(day);
     let mut rows = None;
-    for stage in &stages {
+    for stage in stages {
         let stage_started = Instant::now();
         let err = input_err(&stage.name);
         let df = snap
@@ -259,14 +283,16 @@ async fn snapshot(
             tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
             break;
         }
-        let cached = df.cache().await.map_err(&err)?;
-        snap.deregister_table(stage.name.as_str()).map_err(&err)?;
-        snap.register_table(stage.name.as_str(), cached.into_view())
-            .map_err(&err)?;
+        crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
+            .await
+            .map_err(|e| ChurnError::Input {
+                table: stage.name.clone(),
+                message: e.to_string(),
+            })?;
         tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
         if stage.name == MODEL_INPUT_STAGE {
             let fit_started = Instant::now();
-            models::fit_and_register(&snap, &settings)
+            models::fit_and_register(snap, settings)
                 .await
                 .map_err(|e| ChurnError::SnapshotFit {
                     day,
@@ -372,6 +398,7 @@ pub async fn fit_and_register(
     order: &[String],
     settings: &ScoringSettings,
     as_of: NaiveDate,
+    scratch: &Path,
 ) -> Result<ChurnReport, ChurnError> {
     let started = Instant::now();
     let h = settings.churn_holdout_days;
@@ -401,7 +428,8 @@ pub async fn fit_and_register(
         FEATURES_STAGE,
     )
     .await?;
-    let outcome = train(ctx, project, provided, order, settings, (c1, c2), &mut report).await?;
+    let stages = chain(project, provided, order).into_iter().cloned().collect();
+    let outcome = train(ctx, stages, settings, (c1, c2), scratch, &mut report).await?;
     let mut batch_rows: (Vec<String>, Vec<f64>, Vec<String>) = Default::default();
     let model_name;
     match outcome {
@@ -454,21 +482,29 @@ pub async fn fit_and_register(
 /// The trained model, its encoding and Platt parameters; or why there is none.
 type Trained = Result<(Learner, Encoding, (f64, f64)), String>;
 
+/// Trains on snapshots of `stages` (the chain upstream of [`FEATURES_STAGE`]) as of the
+/// cut-offs.
 async fn train(
     ctx: &SessionContext,
-    project: &Project,
-    provided: &Provided,
-    order: &[String],
+    stages: Vec<crate::transform::Stage>,
     settings: &ScoringSettings,
     (c1, c2): (NaiveDate, NaiveDate),
+    scratch: &Path,
     report: &mut ChurnReport,
 ) -> Result<Trained, ChurnError> {
     let h = settings.churn_holdout_days;
-    let stages: Vec<crate::transform::Stage> = chain(project, provided, order).into_iter().cloned().collect();
     // The two snapshots run one after the other, not side by side: they share the engine's
     // memory pool, and at 1M customers two concurrent sorts of the marketing history
     // exhausted a 4 GiB pool that one alone fits in.
-    let training = match snapshot(scratch_session(ctx).await?, stages.clone(), settings.clone(), c2).await {
+    let training = match snapshot(
+        scratch_session(ctx).await?,
+        stages.clone(),
+        settings.clone(),
+        c2,
+        scratch,
+    )
+    .await
+    {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -478,7 +514,7 @@ async fn train(
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c1).await {
+    let validation = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c1, scratch).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };

@@ -1,0 +1,78 @@
+//! Bounded memory: the default pipeline under a tiny engine memory limit spills to disk
+//! and publishes exactly what it publishes with the default limit.
+
+use std::path::Path;
+
+use crate::crash::{assert_same_tables, consistent_snapshot};
+use crate::support::*;
+
+/// The pipeline at `pipeline` with `engine.memory_limit_mb` set, written next to it.
+fn with_memory_limit(pipeline: &Path, mb: u64) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(pipeline).unwrap();
+    let mut doc: toml::Table = text.parse().unwrap();
+    let engine = doc
+        .entry("engine")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[engine] is a table");
+    engine.insert("memory_limit_mb".into(), toml::Value::Integer(mb as i64));
+    let path = pipeline.with_file_name(format!("pipeline-{mb}mb.toml"));
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+fn run(dir: &Path, pipeline: &Path, warehouse: &Path) -> std::process::Output {
+    patron(
+        dir,
+        &[
+            "run",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--out",
+            warehouse.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Bytes spilled per stage in the latest manifest of `warehouse`, stages that spilled only.
+fn spilled(warehouse: &Path) -> Vec<(String, u64)> {
+    latest_manifest(warehouse)["stages"]
+        .as_array()
+        .expect("stages listed")
+        .iter()
+        .filter_map(|s| {
+            let bytes = s["spilled_bytes"].as_u64()?;
+            Some((s["name"].as_str()?.to_string(), bytes))
+        })
+        .filter(|(_, b)| *b > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn under_a_64_mib_limit_the_pipeline_spills_and_publishes_the_same_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = generated_pipeline(dir.path(), "20000", "11");
+    let roomy = dir.path().join("roomy");
+    let out = run(dir.path(), &pipeline, &roomy);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(spilled(&roomy), vec![], "nothing spills under the default limit");
+
+    let tight = dir.path().join("tight");
+    let small = with_memory_limit(&pipeline, 64);
+    let out = run(dir.path(), &small, &tight);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let spills = spilled(&tight);
+    assert!(!spills.is_empty(), "some stage spills under 64 MiB");
+
+    let want = consistent_snapshot(&roomy, None).await;
+    assert!(
+        want.values().all(|rows| !rows.is_empty()) && want.len() > 10,
+        "{:?}",
+        want.keys()
+    );
+    assert_same_tables(
+        &consistent_snapshot(&tight, None).await,
+        &want,
+        "the same inputs under a 64 MiB memory limit",
+    );
+}
