@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::listing::ListingTable;
@@ -177,16 +178,22 @@ fn streamed_order(plan: &dyn ExecutionPlan) -> Vec<SortExpr> {
     if plan.properties().output_partitioning().partition_count() != 1 {
         return Vec::new();
     }
+    column_ordering(plan)
+        .into_iter()
+        .map(|(name, options)| {
+            col(datafusion::common::Column::new_unqualified(name)).sort(!options.descending, options.nulls_first)
+        })
+        .collect()
+}
+
+/// The leading plain-column keys of the ordering a physical plan reports (per partition).
+fn column_ordering(plan: &dyn ExecutionPlan) -> Vec<(String, SortOptions)> {
     plan.properties()
         .output_ordering()
         .map(|ordering| {
             ordering
                 .iter()
-                .map_while(|s| {
-                    let column = s.expr.downcast_ref::<Column>()?;
-                    let column = datafusion::common::Column::new_unqualified(column.name());
-                    Some(col(column).sort(!s.options.descending, s.options.nulls_first))
-                })
+                .map_while(|s| Some((s.expr.downcast_ref::<Column>()?.name().to_string(), s.options)))
                 .collect()
         })
         .unwrap_or_default()
@@ -591,19 +598,10 @@ fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPla
     if cluster.is_empty() {
         return Ok(());
     }
-    let sorted: Vec<String> = plan
-        .properties()
-        .output_ordering()
-        .map(|ordering| {
-            ordering
-                .iter()
-                .map_while(|s| {
-                    let column = s.expr.downcast_ref::<Column>()?;
-                    (!s.options.descending).then(|| column.name().to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let sorted: Vec<String> = column_ordering(plan)
+        .into_iter()
+        .map_while(|(name, options)| (!options.descending).then_some(name))
+        .collect();
     let leads = |sorted: &[String]| sorted.len() >= cluster.len() && sorted[..cluster.len()] == cluster[..];
     if leads(&sorted) {
         return Ok(());

@@ -153,12 +153,12 @@ async fn a_new_scores_column_keeps_the_older_days_with_null_in_it() {
     // customer_scores gains a column, as a new release of the scoring SQL would.
     let scores = dir.path().join("sql/scoring/customer_scores.sql");
     let sql = std::fs::read_to_string(&scores).unwrap();
-    assert!(sql.contains("    p.model_version\nFROM scored"));
+    assert_eq!(sql.matches("    p.model_version\n").count(), 1, "{sql}");
     std::fs::write(
         &scores,
         sql.replace(
-            "    p.model_version\nFROM scored",
-            "    p.model_version,\n    1 AS score_release\nFROM scored",
+            "    p.model_version\n",
+            "    p.model_version,\n    1 AS score_release\n",
         ),
     )
     .unwrap();
