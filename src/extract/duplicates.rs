@@ -39,8 +39,9 @@ pub fn duplicates_schema() -> SchemaRef {
 
 /// The query listing the superseded copies of `source`'s rows in its raw table: keys seen
 /// more than once are found with one aggregate, and only their rows are ranked. Null key
-/// values count as equal, as in staging's `PARTITION BY`.
-pub fn duplicates_sql(source: &SourcePlan, run_id: &str) -> Option<String> {
+/// values count as equal, as in staging's `PARTITION BY`. With `distributed` (a Ballista
+/// engine) the join is written source first; see below.
+pub fn duplicates_sql(source: &SourcePlan, run_id: &str, distributed: bool) -> Option<String> {
     let key = &source.schema.primary_key;
     if key.is_empty() {
         return None;
@@ -80,20 +81,27 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str) -> Option<String> {
             )
         })
         .collect();
-    // The source comes first in the join: with `repeated` first (the small side, the one a
-    // hash join should hold), Ballista 55's scheduler re-plans the join after the first
-    // stage, fails an internal assertion ("Cannot swap HashJoinExec with dynamic filter")
-    // and leaves the job hanging.
+    // A hash join holds its first side in memory: locally that is `repeated` (the keys
+    // seen twice), so the source's rows stream past it; with the source first, 8.5M
+    // marketing events did not fit a 1 GiB pool. On Ballista 55 the source must come first:
+    // with `repeated` first its scheduler re-plans the join after the first stage, fails an
+    // internal assertion ("Cannot swap HashJoinExec with dynamic filter") and leaves the
+    // job hanging.
+    let join_on = join_on.join(" AND ");
+    let copies = if distributed {
+        format!("SELECT r.* FROM {table} r JOIN repeated k ON {join_on}")
+    } else {
+        format!("SELECT r.* FROM repeated k JOIN {table} r ON {join_on}")
+    };
     Some(format!(
         "WITH repeated AS (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1), \
-         copies AS (SELECT r.* FROM {table} r JOIN repeated k ON {join_on}), \
+         copies AS ({copies}), \
          ranked AS (SELECT *, ROW_NUMBER() {window} AS \"__copy\", \
                     FIRST_VALUE({f}) {window} AS \"__kept_file\", FIRST_VALUE({l}) {window} AS \"__kept_line\", \
                     {kept_values} FROM copies) \
          SELECT {run} AS {c_run}, {src} AS {c_src}, concat({key_text}) AS {c_key}, {f} AS {c_file}, {l} AS {c_line}, \
                 \"__kept_file\" AS {c_kfile}, \"__kept_line\" AS {c_kline}, ({same}) AS {c_same} \
          FROM ranked WHERE \"__copy\" > 1 ORDER BY {f}, {l}",
-        join_on = join_on.join(" AND "),
         f = ident(SOURCE_FILE_COLUMN),
         l = ident(SOURCE_LINE_COLUMN),
         kept_values = kept_values.join(", "),
@@ -126,7 +134,7 @@ pub async fn find_duplicates(
     let mut sink = ParquetSink::create(out, Arc::clone(&schema)).map_err(|e| e.to_string())?;
     let mut total = 0u64;
     for (source, m) in sources.iter().zip(metrics.iter_mut()) {
-        let Some(sql) = duplicates_sql(source, run_id) else {
+        let Some(sql) = duplicates_sql(source, run_id, crate::engine::is_distributed(ctx)) else {
             continue;
         };
         let failed = |e: datafusion::error::DataFusionError| format!("source `{}`: duplicate keys: {e}", source.name);
