@@ -125,8 +125,8 @@ fn read_and_validate(source: &patron::config::SourcePlan, inputs: &[LocalInput])
 }
 
 fn extract(source: &patron::config::SourcePlan, inputs: &[LocalInput], dir: &Path) -> u64 {
-    let m = patron::extract::extract_source(source, inputs, "bench", &dir.join("raw"), &dir.join("quarantine"), 8192)
-        .expect("extract");
+    let (raw, quarantine) = (dir.join("raw"), dir.join("quarantine"));
+    let m = patron::extract::extract_source(source, inputs, "bench", &raw, &quarantine, 8192, threads).expect("extract");
     m.rows_loaded
 }
 
