@@ -11,7 +11,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -127,9 +127,11 @@ pub(crate) fn open(path: &Path, name: &str) -> Result<File, ExtractError> {
     })
 }
 
-/// Column builders for one batch.
+/// Column builders for one batch. Values are appended as bytes (each one valid UTF-8,
+/// checked or known by the reader) and the columns' text checked once per column when the
+/// batch is finished, rather than value by value.
 struct Builders {
-    columns: Vec<StringBuilder>,
+    columns: Vec<BinaryBuilder>,
     lines: Vec<u64>,
     rejects: Vec<Reject>,
 }
@@ -138,7 +140,7 @@ impl Builders {
     fn new(n: usize, capacity: usize) -> Self {
         Builders {
             columns: (0..n)
-                .map(|_| StringBuilder::with_capacity(capacity, capacity * 16))
+                .map(|_| BinaryBuilder::with_capacity(capacity, capacity * 16))
                 .collect(),
             lines: Vec::with_capacity(capacity),
             rejects: Vec::new(),
@@ -149,16 +151,27 @@ impl Builders {
         self.lines.is_empty() && self.rejects.is_empty()
     }
 
-    fn finish(&mut self) -> TextBatch {
-        TextBatch {
-            lines: std::mem::take(&mut self.lines),
-            columns: self
-                .columns
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef)
-                .collect(),
-            rejects: std::mem::take(&mut self.rejects),
+    /// The batch, `None` when it is empty; `Err` (naming `file` and `line`, where reading
+    /// is) if a column's text is not UTF-8, which the readers rule out value by value.
+    fn finish(&mut self, file: &str, line: u64) -> Result<Option<TextBatch>, ExtractError> {
+        if self.is_empty() {
+            return Ok(None);
         }
+        let columns = self
+            .columns
+            .iter_mut()
+            .map(|b| StringArray::try_from_binary(b.finish()).map(|c| Arc::new(c) as ArrayRef))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ExtractError::BadFile {
+                file: file.to_string(),
+                line,
+                message: format!("internal: a text column is not UTF-8: {e}"),
+            })?;
+        Ok(Some(TextBatch {
+            lines: std::mem::take(&mut self.lines),
+            columns,
+            rejects: std::mem::take(&mut self.rejects),
+        }))
     }
 }
 
@@ -452,11 +465,11 @@ impl ExportReader for CsvReader {
                 continue;
             }
             for (builder, pos) in b.columns.iter_mut().zip(&self.positions) {
-                builder.append_option(pos.and_then(|p| std::str::from_utf8(&self.record[p]).ok()));
+                builder.append_option(pos.map(|p| &self.record[p]));
             }
             b.lines.push(line);
         }
-        Ok((!b.is_empty()).then(|| b.finish()))
+        b.finish(&self.file, self.lines.reached())
     }
 
     fn header(&self) -> &HeaderReport {
@@ -560,7 +573,7 @@ impl ExportReader for NdjsonReader {
             }
             b.lines.push(line);
         }
-        Ok((!b.is_empty()).then(|| b.finish()))
+        b.finish(&self.file, self.line_no)
     }
 
     fn header(&self) -> &HeaderReport {

@@ -10,6 +10,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
     StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
 };
+use arrow::array::builder::NullBufferBuilder;
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -394,14 +395,44 @@ fn is_missing(markers: &[String], v: &str) -> bool {
     markers.iter().any(|m| m.len() == v.len() && (v.is_empty() || m == v))
 }
 
-/// `n` copies of `text` as one string column, built in one pass (no per-row `&str`).
-fn repeated(text: &str, n: usize) -> StringArray {
-    let mut builder = StringBuilder::with_capacity(n, text.len() * n);
-    for _ in 0..n {
-        builder.append_value(text);
+/// A string field's column: the text column itself, its values not copied, with missing
+/// markers made null. Missing required values and values failing the field's checks go to
+/// `failures`; their rows are filtered out afterwards, so what they hold here does not
+/// matter. `None` only if the text column's buffers cannot be reused (then the caller
+/// builds the column value by value).
+fn string_column(
+    schema: &TableSchema,
+    (fi, field): (usize, &FieldSpec),
+    col: &StringArray,
+    ok: &mut [bool],
+    failures: &mut Vec<Failure>,
+) -> Option<ArrayRef> {
+    let mut present = NullBufferBuilder::new(col.len());
+    for (row, row_ok) in ok.iter_mut().enumerate() {
+        let value = col.is_valid(row).then(|| col.value(row));
+        match value.filter(|v| !is_missing(&schema.missing_values, v)) {
+            None => {
+                present.append_null();
+                if field.required {
+                    *row_ok = false;
+                    failures.push((row, fi, None, "required value is missing".into()));
+                }
+            }
+            Some(v) => {
+                present.append_non_null();
+                if let Err(reason) = check_string(field, v) {
+                    *row_ok = false;
+                    failures.push((row, fi, Some(v.to_string()), reason));
+                }
+            }
+        }
     }
-    builder.finish()
+    let column = StringArray::try_new(col.offsets().clone(), col.values().clone(), present.finish()).ok()?;
+    Some(Arc::new(column))
 }
+
+/// A failed value: row, field index, the value as read, the reason.
+type Failure = (usize, usize, Option<String>, String);
 
 /// Types and checks every declared column of `batch`; `file` fills `_source_file`.
 pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: &str) -> Validated {
@@ -413,14 +444,20 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
     let mut ok = vec![true; n];
-    let mut failures: Vec<(usize, usize, Option<String>, String)> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
     let mut typed_columns = Vec::with_capacity(schema.fields.len());
     let mut max_timestamp: Option<i64> = None;
     for (fi, field) in schema.fields.iter().enumerate() {
-        let mut typed = Typed::new(&field.kind, n);
         let Some(col) = text.get(fi) else {
             break;
         };
+        if field.kind == FieldKind::String
+            && let Some(column) = string_column(schema, (fi, field), col, &mut ok, &mut failures)
+        {
+            typed_columns.push(column);
+            continue;
+        }
+        let mut typed = Typed::new(&field.kind, n);
         for (row, row_ok) in ok.iter_mut().enumerate() {
             let value = col.is_valid(row).then(|| col.value(row));
             let value = value.filter(|v| !is_missing(&schema.missing_values, v));
@@ -450,7 +487,7 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
     let mask = BooleanArray::from(ok);
     let rejected_rows = mask.false_count();
     let mut columns: Vec<ArrayRef> = typed_columns;
-    columns.push(Arc::new(repeated(file, n)));
+    columns.push(Arc::new(StringArray::new_repeated(file, n)));
     columns.push(Arc::new(UInt64Array::from(batch.lines.clone())));
     // Most batches have no bad row: then every column is kept as built, not copied.
     let good_columns: Vec<ArrayRef> = if rejected_rows == 0 {
