@@ -189,13 +189,16 @@ struct NewlineIndex<R> {
     pending_cr: Option<u64>,
 }
 
-/// True when one of the 8 bytes of `word` is `\n` or `\r` (the "has a zero byte" test
-/// on the word XOR each line-end byte repeated; exact, no false positives).
-fn has_line_end(word: u64) -> bool {
+/// Position of the first `\n` or `\r` among the 8 bytes of `word` (read little-endian),
+/// if any. The "has a zero byte" test on the word XOR each line-end byte repeated marks
+/// the first such byte exactly (only bytes after it can be marked wrongly), so the lowest
+/// mark is the answer.
+fn first_line_end(word: u64) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
-    has_zero(word ^ u64::from_ne_bytes([b'\n'; 8])) || has_zero(word ^ u64::from_ne_bytes([b'\r'; 8]))
+    let zeros = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let marks = zeros(word ^ u64::from_ne_bytes([b'\n'; 8])) | zeros(word ^ u64::from_ne_bytes([b'\r'; 8]));
+    (marks != 0).then(|| marks.trailing_zeros() as usize / 8)
 }
 
 impl<R: Read> Read for NewlineIndex<R> {
@@ -205,13 +208,17 @@ impl<R: Read> Read for NewlineIndex<R> {
         let mut newlines = self.newlines.borrow_mut();
         let mut i = 0;
         while i < n {
-            // Most bytes are no line end: skip them 8 at a time (a pending `\r` needs the
-            // byte right after it, so not then).
+            // Most bytes are no line end: skip to the next one 8 bytes at a time (a pending
+            // `\r` needs the byte right after it, so not then).
             if self.pending_cr.is_none() {
-                while let Some(word) = data[i..].first_chunk::<8>()
-                    && !has_line_end(u64::from_ne_bytes(*word))
-                {
-                    i += 8;
+                while let Some(word) = data[i..].first_chunk::<8>() {
+                    match first_line_end(u64::from_le_bytes(*word)) {
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => i += 8,
+                    }
                 }
                 if i == n {
                     break;
