@@ -137,7 +137,8 @@ fn read_and_validate(source: &patron::config::SourcePlan, inputs: &[LocalInput])
 
 fn extract(source: &patron::config::SourcePlan, inputs: &[LocalInput], dir: &Path, threads: usize) -> u64 {
     let (raw, quarantine) = (dir.join("raw"), dir.join("quarantine"));
-    let m = patron::extract::extract_source(source, inputs, "bench", &raw, &quarantine, 8192, threads).expect("extract");
+    let m =
+        patron::extract::extract_source(source, inputs, "bench", &raw, &quarantine, 8192, threads).expect("extract");
     let _ = std::fs::remove_dir_all(dir);
     m.rows_loaded
 }

@@ -16,8 +16,8 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::Compression;
-use parquet::file::writer::SerializedFileWriter;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 /// Rows per row group unless the pipeline says otherwise (`publish.row_group_rows`): small
@@ -245,7 +245,6 @@ impl RowGroupSink {
         let file = self.writer.into_inner().map_err(|e| write_error(&self.path, &e))?;
         finish_file(file, self.rows, &self.path)
     }
-
 }
 
 fn write_error(path: &Path, e: &dyn std::fmt::Display) -> WriteError {

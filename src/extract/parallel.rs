@@ -73,13 +73,24 @@ pub(super) fn run<'x>(
         // Readers blocked on a full channel see it closed and stop; workers finish their
         // queued jobs (whose results nobody waits for any more) and stop.
         drop(events);
-        let healthy = pool.join() & readers.into_iter().fold(true, |ok, r| r.join().is_ok() && ok);
+        let healthy = pool.join() & join_all(readers);
         match result {
             Ok(extracted) if healthy => Ok(extracted),
             Ok(_) => Err(worker_failed(&x.source.name)),
             Err(e) => Err(e),
         }
     })
+}
+
+/// Joins every thread (all of them: a thread that panicked and is left unjoined would make
+/// the scope panic); false when one of them panicked.
+fn join_all<'scope, T>(threads: impl IntoIterator<Item = ScopedJoinHandle<'scope, T>>) -> bool {
+    threads
+        .into_iter()
+        .map(ScopedJoinHandle::join)
+        .filter(Result::is_err)
+        .count()
+        == 0
 }
 
 /// Hands the batches of every file, in order, to `output`.
@@ -169,7 +180,9 @@ impl<'a> Events<'a> {
             }
             Events::Threads { receivers, source } => {
                 let n = receivers.len();
-                receivers[index % n].recv().unwrap_or_else(|_| Err(worker_failed(source)))
+                receivers[index % n]
+                    .recv()
+                    .unwrap_or_else(|_| Err(worker_failed(source)))
             }
         }
     }
@@ -290,7 +303,7 @@ impl<'scope> Pool<'scope> {
     /// Lets the workers finish and joins them; false when one of them panicked.
     fn join(mut self) -> bool {
         self.tasks = None;
-        self.workers.drain(..).fold(true, |ok, w| w.join().is_ok() && ok)
+        join_all(self.workers.drain(..))
     }
 }
 
@@ -648,7 +661,11 @@ mod tests {
             assert!(raw_many == raw_one, "raw rows differ with {threads} threads");
             assert_eq!(row_groups(&raw), raw_one.num_rows().div_ceil(700));
             let q = rows(&dir.join("q/sales/part-00000.parquet"));
-            assert_eq!(lines(&q, LINE), lines(&q_one, LINE), "quarantine lines with {threads} threads");
+            assert_eq!(
+                lines(&q, LINE),
+                lines(&q_one, LINE),
+                "quarantine lines with {threads} threads"
+            );
             assert!(q == q_one, "quarantine rows differ with {threads} threads");
             let json = |m: &SourceMetrics| {
                 let mut v = serde_json::to_value(m).unwrap();
@@ -670,7 +687,10 @@ mod tests {
         for (name, text) in [
             ("a.csv", format!("{header}{good}")),
             // An unclosed quote: the error names the line of its record, found at the end.
-            ("b.csv", format!("{header}{good}X,1,\"C,2024-01-01T00:00:00Z,1,2.5\n{good}")),
+            (
+                "b.csv",
+                format!("{header}{good}X,1,\"C,2024-01-01T00:00:00Z,1,2.5\n{good}"),
+            ),
             // Unreadable from its first line: a reader that gets here first must not win.
             ("c.csv", "a,a\n".to_string()),
             ("d.csv", format!("{header}{good}")),

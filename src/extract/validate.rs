@@ -6,11 +6,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
     StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
 };
-use arrow::array::builder::NullBufferBuilder;
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
