@@ -15,6 +15,10 @@
 //! - `patron extract`: `extract_source`, the whole thing (raw and quarantine Parquet), on
 //!   one thread, then on N.
 //!
+//! Each figure has its wall time and the CPU time of all the process's threads meanwhile:
+//! on a machine shared with other work, the wall time of a parallel figure depends on the
+//! cores left to it, the CPU time shows what its threads cost.
+//!
 //! The data is generated with `--clean` because DataFusion's scan fails on the first
 //! malformed row; patron's figures on the messy export are printed too.
 
@@ -86,8 +90,60 @@ fn files(data: &Path) -> Vec<LocalInput> {
 struct Figure {
     label: String,
     threads: usize,
+    /// Wall time.
     secs: f64,
+    /// CPU time of every thread of the process.
+    cpu: f64,
     rows: u64,
+}
+
+/// CPU seconds the process has used so far, all threads: `utime` + `stime` of
+/// `/proc/self/stat` (Linux, in ticks of 1/100 s); 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses, maybe with spaces) come the fields from the
+    // 3rd on: utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+/// Wall and CPU time from a start.
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    fn figure(&self, label: &str, threads: usize, rows: u64) -> Figure {
+        Figure {
+            label: label.into(),
+            threads,
+            secs: self.wall.elapsed().as_secs_f64(),
+            cpu: cpu_seconds() - self.cpu,
+            rows,
+        }
+    }
+}
+
+fn timed(label: &str, threads: usize, f: impl FnOnce() -> u64) -> Figure {
+    let clock = Clock::start();
+    let rows = f();
+    clock.figure(label, threads, rows)
 }
 
 async fn datafusion_scan(
@@ -143,18 +199,12 @@ fn extract(source: &patron::config::SourcePlan, inputs: &[LocalInput], dir: &Pat
     m.rows_loaded
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let started = Instant::now();
-    let out = f();
-    (out, started.elapsed().as_secs_f64())
-}
-
 /// Prints the figures; `bases` (label and seconds of the scans) give the ratio columns.
 fn report(title: &str, bytes: u64, bases: &[(&str, f64)], figures: &[Figure]) {
     println!("\n{title}: {:.1} MB of CSV", bytes as f64 / 1e6);
     print!(
-        "{:<28} {:>7} {:>9} {:>9} {:>8}",
-        "method", "threads", "rows out", "seconds", "MB/s"
+        "{:<28} {:>7} {:>9} {:>9} {:>8} {:>8}",
+        "method", "threads", "rows out", "seconds", "cpu s", "MB/s"
     );
     for (label, _) in bases {
         print!(" {label:>14}");
@@ -162,11 +212,12 @@ fn report(title: &str, bytes: u64, bases: &[(&str, f64)], figures: &[Figure]) {
     println!();
     for f in figures {
         print!(
-            "{:<28} {:>7} {:>9} {:>9.3} {:>8.1}",
+            "{:<28} {:>7} {:>9} {:>9.3} {:>8.2} {:>8.1}",
             f.label,
             f.threads,
             f.rows,
             f.secs,
+            f.cpu,
             bytes as f64 / 1e6 / f.secs
         );
         for (_, base) in bases {
@@ -176,7 +227,8 @@ fn report(title: &str, bytes: u64, bases: &[(&str, f64)], figures: &[Figure]) {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+// Multi-threaded, so the N-partition scan runs its partitions in parallel.
+#[tokio::main]
 async fn main() {
     let customers: u64 = std::env::args()
         .skip_while(|a| a != "--customers")
@@ -195,52 +247,34 @@ async fn main() {
     let _ = read_and_validate(&source, &inputs);
     let mut figures = Vec::new();
     for partitions in [1, cores] {
-        let started = Instant::now();
+        let clock = Clock::start();
         let rows = datafusion_scan(&source, &inputs, partitions, None).await;
-        figures.push(Figure {
-            label: "datafusion scan".into(),
-            threads: partitions,
-            secs: started.elapsed().as_secs_f64(),
-            rows,
-        });
+        figures.push(clock.figure("datafusion scan", partitions, rows));
     }
-    let (rows, secs) = time(|| read_and_validate(&source, &inputs));
-    figures.push(Figure {
-        label: "patron read+validate".into(),
-        threads: 1,
-        secs,
-        rows,
-    });
+    figures.push(timed("patron read+validate", 1, || read_and_validate(&source, &inputs)));
     let out = scratch.path().join("df.parquet");
-    let started = Instant::now();
+    let clock = Clock::start();
     let rows = datafusion_scan(&source, &inputs, 1, Some(&out)).await;
-    figures.push(Figure {
-        label: "datafusion scan + parquet".into(),
-        threads: 1,
-        secs: started.elapsed().as_secs_f64(),
-        rows,
-    });
+    figures.push(clock.figure("datafusion scan + parquet", 1, rows));
     let _ = std::fs::remove_file(&out);
+    let dir = scratch.path().join("extract-clean");
     for threads in [1, cores] {
-        let (rows, secs) = time(|| extract(&source, &inputs, &scratch.path().join("extract-clean"), threads));
-        figures.push(Figure {
-            label: "patron extract (parquet)".into(),
-            threads,
-            secs,
-            rows,
-        });
+        figures.push(timed("patron extract (parquet)", threads, || {
+            extract(&source, &inputs, &dir, threads)
+        }));
     }
-    let bases = [
-        ("vs scan(1)", figures[0].secs),
-        (&*format!("vs scan({cores})"), figures[1].secs),
-    ];
+    let scan_n = format!("vs scan({cores})");
+    let bases = [("vs scan(1)", figures[0].secs), (scan_n.as_str(), figures[1].secs)];
     report(
         &format!("clean sales export, {customers} customers, {cores} cores"),
         bytes,
         &bases,
         &figures,
     );
-    println!("(vs scan(n): the n-partition DataFusion scan's time / the method's time; 100% = as fast as that scan)");
+    println!(
+        "(vs scan(n): the n-partition DataFusion scan's time / the method's time; 100% = as fast as that scan; \
+         cpu s: CPU time of all the process's threads)"
+    );
     std::fs::remove_dir_all(&clean).ok();
 
     let messy = scratch.path().join("messy");
@@ -249,21 +283,12 @@ async fn main() {
     let inputs = files(&messy);
     let bytes: u64 = inputs.iter().map(|f| f.size).sum();
     let _ = read_and_validate(&source, &inputs);
-    let (rows, secs) = time(|| read_and_validate(&source, &inputs));
-    let mut messy_figures = vec![Figure {
-        label: "patron read+validate".into(),
-        threads: 1,
-        secs,
-        rows,
-    }];
+    let mut messy_figures = vec![timed("patron read+validate", 1, || read_and_validate(&source, &inputs))];
+    let dir = scratch.path().join("extract-messy");
     for threads in [1, cores] {
-        let (rows, secs) = time(|| extract(&source, &inputs, &scratch.path().join("extract-messy"), threads));
-        messy_figures.push(Figure {
-            label: "patron extract (parquet)".into(),
-            threads,
-            secs,
-            rows,
-        });
+        messy_figures.push(timed("patron extract (parquet)", threads, || {
+            extract(&source, &inputs, &dir, threads)
+        }));
     }
     report(
         &format!("messy sales export, {customers} customers (DataFusion's scan fails on it)"),

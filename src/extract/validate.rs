@@ -57,18 +57,27 @@ enum ParsedDatetime {
     Local(NaiveDateTime),
 }
 
+/// True when `t` cannot hold a zone or offset: after its first 10 characters (a date) only
+/// digits and `T`, space, `:` or `.`. The formats with a zone need not be tried on it.
+fn without_zone(t: &str) -> bool {
+    t.get(10..)
+        .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b"T :.".contains(&b)))
+}
+
 /// Reads `t` with one format; `None` when it does not match.
 fn parse_with(t: &str, format: &DatetimeFormat) -> Option<ParsedDatetime> {
     let instant = |d: DateTime<chrono::FixedOffset>| ParsedDatetime::Instant(d.timestamp_micros());
     match format {
         DatetimeFormat::Default => DateTime::parse_from_rfc3339(t).ok().map(instant),
-        DatetimeFormat::Any => DateTime::parse_from_rfc3339(t)
-            .ok()
-            .or_else(|| {
-                ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
-                    .iter()
-                    .find_map(|f| DateTime::parse_from_str(t, f).ok())
+        DatetimeFormat::Any => (!without_zone(t))
+            .then(|| {
+                DateTime::parse_from_rfc3339(t).ok().or_else(|| {
+                    ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
+                        .iter()
+                        .find_map(|f| DateTime::parse_from_str(t, f).ok())
+                })
             })
+            .flatten()
             .map(instant)
             .or_else(|| {
                 [
@@ -408,6 +417,10 @@ fn string_column(
     failures: &mut Vec<Failure>,
 ) -> Option<ArrayRef> {
     let mut present = NullBufferBuilder::new(col.len());
+    let checked = field.allowed.is_some() || field.pattern.is_some();
+    // The last value that passed the checks: values of a checked column (a code, an
+    // enumeration) tend to repeat, and one comparison is cheaper than a pattern match.
+    let mut last_ok: Option<&str> = None;
     for (row, row_ok) in ok.iter_mut().enumerate() {
         let value = col.is_valid(row).then(|| col.value(row));
         match value.filter(|v| !is_missing(&schema.missing_values, v)) {
@@ -420,9 +433,15 @@ fn string_column(
             }
             Some(v) => {
                 present.append_non_null();
-                if let Err(reason) = check_string(field, v) {
-                    *row_ok = false;
-                    failures.push((row, fi, Some(v.to_string()), reason));
+                if !checked || last_ok == Some(v) {
+                    continue;
+                }
+                match check_string(field, v) {
+                    Ok(()) => last_ok = Some(v),
+                    Err(reason) => {
+                        *row_ok = false;
+                        failures.push((row, fi, Some(v.to_string()), reason));
+                    }
                 }
             }
         }
