@@ -407,15 +407,14 @@ fn is_missing(markers: &[String], v: &str) -> bool {
 /// A string field's column: the text column itself, its values not copied, with missing
 /// markers made null. Missing required values and values failing the field's checks go to
 /// `failures`; their rows are filtered out afterwards, so what they hold here does not
-/// matter. `None` only if the text column's buffers cannot be reused (then the caller
-/// builds the column value by value).
+/// matter.
 fn string_column(
     schema: &TableSchema,
     (fi, field): (usize, &FieldSpec),
     col: &StringArray,
     ok: &mut [bool],
     failures: &mut Vec<Failure>,
-) -> Option<ArrayRef> {
+) -> ArrayRef {
     let mut present = NullBufferBuilder::new(col.len());
     let checked = field.allowed.is_some() || field.pattern.is_some();
     // The last value that passed the checks: values of a checked column (a code, an
@@ -446,8 +445,19 @@ fn string_column(
             }
         }
     }
-    let column = StringArray::try_new(col.offsets().clone(), col.values().clone(), present.finish()).ok()?;
-    Some(Arc::new(column))
+    let nulls = present.finish();
+    match StringArray::try_new(col.offsets().clone(), col.values().clone(), nulls.clone()) {
+        Ok(column) => Arc::new(column),
+        // Cannot happen (the parts come from a valid column); copying is right anyway.
+        Err(_) => {
+            let present = |row: usize| nulls.as_ref().is_none_or(|n| n.is_valid(row));
+            Arc::new(
+                (0..col.len())
+                    .map(|row| present(row).then(|| col.value(row)))
+                    .collect::<StringArray>(),
+            )
+        }
+    }
 }
 
 /// A failed value: row, field index, the value as read, the reason.
@@ -470,10 +480,8 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         let Some(col) = text.get(fi) else {
             break;
         };
-        if field.kind == FieldKind::String
-            && let Some(column) = string_column(schema, (fi, field), col, &mut ok, &mut failures)
-        {
-            typed_columns.push(column);
+        if field.kind == FieldKind::String {
+            typed_columns.push(string_column(schema, (fi, field), col, &mut ok, &mut failures));
             continue;
         }
         let mut typed = Typed::new(&field.kind, n);
