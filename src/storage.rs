@@ -140,10 +140,7 @@ impl ParquetSink {
 
 /// Syncs a written file to disk; returns (rows, bytes).
 fn finish_file(file: File, rows: u64, path: &Path) -> Result<(u64, u64), WriteError> {
-    file.sync_all().map_err(|e| WriteError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    file.sync_all().map_err(|e| write_error(path, &e))?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok((rows, bytes))
 }
@@ -183,15 +180,11 @@ impl RowGroupSink {
     /// `layout` (whose `row_group_rows` the caller cuts the row groups by:
     /// [`RowGroupSink::row_group_rows`]).
     pub fn create(path: &Path, schema: SchemaRef, layout: &Layout) -> Result<Self, WriteError> {
-        let err = |e: &dyn std::fmt::Display| WriteError {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
         // Made through an ArrowWriter, so the file carries the same Arrow schema metadata.
         let (writer, factory) = ParquetSink::create_with(path, Arc::clone(&schema), layout)?
             .writer
             .into_serialized_writer()
-            .map_err(|e| err(&e))?;
+            .map_err(|e| write_error(path, &e))?;
         Ok(RowGroupSink {
             writer,
             factory,
@@ -247,6 +240,7 @@ impl RowGroupSink {
     }
 }
 
+/// The error for a failure writing `path`.
 fn write_error(path: &Path, e: &dyn std::fmt::Display) -> WriteError {
     WriteError {
         path: path.to_path_buf(),
@@ -257,18 +251,15 @@ fn write_error(path: &Path, e: &dyn std::fmt::Display) -> WriteError {
 impl RowGroupEncoder {
     /// Encodes one batch of the row group's rows.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
-        let err = |e: parquet::errors::ParquetError| WriteError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        };
+        let err = |e: parquet::errors::ParquetError| write_error(&self.path, &e);
         let mut writers = self.writers.iter_mut();
         for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
             for leaf in compute_leaves(field, column).map_err(err)? {
                 let Some(writer) = writers.next() else {
-                    return Err(WriteError {
-                        path: self.path.clone(),
-                        message: "batch has more columns than the file's schema".into(),
-                    });
+                    return Err(write_error(
+                        &self.path,
+                        &"batch has more columns than the file's schema",
+                    ));
                 };
                 writer.write(&leaf).map_err(err)?;
             }
@@ -284,10 +275,7 @@ impl RowGroupEncoder {
             .into_iter()
             .map(ArrowColumnWriter::close)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WriteError {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| write_error(&self.path, &e))?;
         Ok(EncodedRowGroup {
             chunks,
             rows: self.rows,
