@@ -523,7 +523,8 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         );
         let batch_size = plan.engine.batch_size;
         tasks.push(tokio::task::spawn_blocking(move || {
-            extract::extract_source(&source, &files, &run_id, &raw, &quarantine, batch_size)
+            let threads = extract::default_threads();
+            extract::extract_source(&source, &files, &run_id, &raw, &quarantine, batch_size, threads)
         }));
     }
     let mut first_error = None;

@@ -9,12 +9,15 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 /// Rows per row group unless the pipeline says otherwise (`publish.row_group_rows`): small
@@ -131,8 +134,151 @@ impl ParquetSink {
             message,
         };
         let file = self.writer.into_inner().map_err(|e| err(e.to_string()))?;
-        file.sync_all().map_err(|e| err(e.to_string()))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok((self.rows, bytes))
+        finish_file(file, self.rows, &self.path)
+    }
+}
+
+/// Syncs a written file to disk; returns (rows, bytes).
+fn finish_file(file: File, rows: u64, path: &Path) -> Result<(u64, u64), WriteError> {
+    file.sync_all().map_err(|e| write_error(path, &e))?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((rows, bytes))
+}
+
+/// A Parquet file written row group by row group, the row groups encoded elsewhere: each
+/// [`RowGroupEncoder`] from [`RowGroupSink::encoder`] can run on its own thread, and the
+/// encoded groups are appended in the order their encoders were made. Same settings and
+/// file layout as a [`ParquetSink`] of the same [`Layout`] given the same rows per group.
+pub struct RowGroupSink {
+    writer: SerializedFileWriter<File>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    path: PathBuf,
+    /// Encoders handed out so far (the next one's row group index).
+    encoders: usize,
+    rows: u64,
+    row_group_rows: usize,
+}
+
+/// Encodes the rows of one row group into Parquet pages, in memory; `Send`, so it can
+/// run on a worker thread. Made by [`RowGroupSink::encoder`].
+pub struct RowGroupEncoder {
+    writers: Vec<ArrowColumnWriter>,
+    schema: SchemaRef,
+    path: PathBuf,
+    rows: u64,
+}
+
+/// The encoded column chunks of one row group, ready for [`RowGroupSink::append`].
+pub struct EncodedRowGroup {
+    chunks: Vec<ArrowColumnChunk>,
+    rows: u64,
+}
+
+impl RowGroupSink {
+    /// Creates `path` (and its parent folders) for row groups of `schema`, laid out as
+    /// `layout` (whose `row_group_rows` the caller cuts the row groups by:
+    /// [`RowGroupSink::row_group_rows`]).
+    pub fn create(path: &Path, schema: SchemaRef, layout: &Layout) -> Result<Self, WriteError> {
+        // Made through an ArrowWriter, so the file carries the same Arrow schema metadata.
+        let (writer, factory) = ParquetSink::create_with(path, Arc::clone(&schema), layout)?
+            .writer
+            .into_serialized_writer()
+            .map_err(|e| write_error(path, &e))?;
+        Ok(RowGroupSink {
+            writer,
+            factory,
+            schema,
+            path: path.to_path_buf(),
+            encoders: 0,
+            rows: 0,
+            row_group_rows: layout.row_group_rows.max(1),
+        })
+    }
+
+    /// Most rows the caller should put in one row group.
+    pub fn row_group_rows(&self) -> usize {
+        self.row_group_rows
+    }
+
+    /// An encoder for the next row group; append what it encodes in the order the encoders
+    /// were made.
+    pub fn encoder(&mut self) -> Result<RowGroupEncoder, WriteError> {
+        let writers = self
+            .factory
+            .create_column_writers(self.encoders)
+            .map_err(|e| write_error(&self.path, &e))?;
+        self.encoders += 1;
+        Ok(RowGroupEncoder {
+            writers,
+            schema: Arc::clone(&self.schema),
+            path: self.path.clone(),
+            rows: 0,
+        })
+    }
+
+    /// Writes one encoded row group to the file.
+    pub fn append(&mut self, group: EncodedRowGroup) -> Result<(), WriteError> {
+        if group.rows == 0 {
+            return Ok(());
+        }
+        let mut row_group = self.writer.next_row_group().map_err(|e| write_error(&self.path, &e))?;
+        for chunk in group.chunks {
+            chunk
+                .append_to_row_group(&mut row_group)
+                .map_err(|e| write_error(&self.path, &e))?;
+        }
+        row_group.close().map_err(|e| write_error(&self.path, &e))?;
+        self.rows += group.rows;
+        Ok(())
+    }
+
+    /// Finishes the file and syncs it to disk; returns (rows, bytes).
+    pub fn close(self) -> Result<(u64, u64), WriteError> {
+        let file = self.writer.into_inner().map_err(|e| write_error(&self.path, &e))?;
+        finish_file(file, self.rows, &self.path)
+    }
+}
+
+/// The error for a failure writing `path`.
+fn write_error(path: &Path, e: &dyn std::fmt::Display) -> WriteError {
+    WriteError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl RowGroupEncoder {
+    /// Encodes one batch of the row group's rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+        let err = |e: parquet::errors::ParquetError| write_error(&self.path, &e);
+        let mut writers = self.writers.iter_mut();
+        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field, column).map_err(err)? {
+                let Some(writer) = writers.next() else {
+                    return Err(write_error(
+                        &self.path,
+                        &"batch has more columns than the file's schema",
+                    ));
+                };
+                writer.write(&leaf).map_err(err)?;
+            }
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// The encoded row group.
+    pub fn finish(self) -> Result<EncodedRowGroup, WriteError> {
+        let chunks = self
+            .writers
+            .into_iter()
+            .map(ArrowColumnWriter::close)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| write_error(&self.path, &e))?;
+        Ok(EncodedRowGroup {
+            chunks,
+            rows: self.rows,
+        })
     }
 }

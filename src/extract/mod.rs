@@ -9,6 +9,7 @@ pub mod duplicates;
 mod fuzz;
 pub mod incremental;
 pub mod input;
+mod parallel;
 pub mod reader;
 pub mod validate;
 
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Format, SourcePlan};
 use crate::names::quarantine as q;
-use crate::storage::{ParquetSink, WriteError};
+use crate::storage::{Layout, ParquetSink, RowGroupSink, WriteError};
 pub use input::{InputFile, LocalInput, fetch_inputs, list_inputs};
 use reader::{CsvReader, ExportReader, NdjsonReader, ParquetReader, Reject};
 
@@ -89,6 +90,14 @@ pub enum ExtractError {
         /// Line (or row) where reading stopped; 0 when unknown.
         line: u64,
         /// What is wrong.
+        message: String,
+    },
+    /// A thread of extract could not start or stopped unexpectedly.
+    #[error("source `{source_name}`: {message}")]
+    Worker {
+        /// Source name.
+        source_name: String,
+        /// What happened.
         message: String,
     },
     /// Writing the extracted Parquet failed.
@@ -261,7 +270,14 @@ fn open_reader(
     })
 }
 
-/// Extracts one source into `raw_dir/<source>/` and `quarantine_dir/<source>/`.
+/// Threads extract uses for a source unless told otherwise: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Extracts one source into `raw_dir/<source>/` and `quarantine_dir/<source>/`, on
+/// `threads` threads (1: all on the calling thread; see [`parallel`]). The rows, their
+/// order (file, then line), the metrics and the error returned do not depend on `threads`.
 ///
 /// Synchronous and CPU bound; call it from a blocking task.
 pub fn extract_source(
@@ -271,6 +287,21 @@ pub fn extract_source(
     raw_dir: &Path,
     quarantine_dir: &Path,
     batch_size: usize,
+    threads: usize,
+) -> Result<SourceMetrics, ExtractError> {
+    let dirs = (raw_dir, quarantine_dir);
+    extract_with(source, files, run_id, dirs, batch_size, threads, &Layout::default())
+}
+
+/// [`extract_source`] with the raw table laid out as `layout`.
+fn extract_with(
+    source: &SourcePlan,
+    files: &[LocalInput],
+    run_id: &str,
+    (raw_dir, quarantine_dir): (&Path, &Path),
+    batch_size: usize,
+    threads: usize,
+    layout: &Layout,
 ) -> Result<SourceMetrics, ExtractError> {
     let started = Instant::now();
     crate::failpoint::hit_with(|| format!("extract.{}.start", source.name));
@@ -278,72 +309,27 @@ pub fn extract_source(
     let q_schema = quarantine_schema();
     let raw_path = raw_dir.join(&source.name).join("part-00000.parquet");
     let quarantine_path = quarantine_dir.join(&source.name).join("part-00000.parquet");
-    let mut raw_sink = ParquetSink::create(&raw_path, Arc::clone(&raw_schema))?;
-    let mut q_sink = ParquetSink::create(&quarantine_path, Arc::clone(&q_schema))?;
-    let mut metrics = Vec::with_capacity(files.len());
-    let mut max_ts: Option<i64> = None;
-    let mut entries = 0u64;
-    for file in files {
-        let file_name = file.name.clone();
-        let bytes = file.size;
-        let mut reader = open_reader(source, file, batch_size)?;
-        let (mut read, mut loaded, mut rejected) = (0u64, 0u64, 0u64);
-        let mut file_max_ts: Option<i64> = None;
-        let mut first_batch = true;
-        while let Some(batch) = reader.next_batch()? {
-            if !std::mem::take(&mut first_batch) {
-                crate::failpoint::hit_with(|| format!("extract.{}.mid_file", source.name));
-            }
-            let checked = validate::validate(&source.schema, &raw_schema, &batch, &file_name);
-            read += (batch.num_rows() + batch.rejects.len()) as u64;
-            loaded += checked.good.num_rows() as u64;
-            rejected += (checked.rejected_rows + batch.rejects.len()) as u64;
-            if let Some(t) = checked.max_timestamp {
-                file_max_ts = Some(file_max_ts.map_or(t, |m| m.max(t)));
-            }
-            raw_sink.write(&checked.good)?;
-            for rejects in [&batch.rejects, &checked.rejects] {
-                if !rejects.is_empty() {
-                    entries += rejects.len() as u64;
-                    q_sink.write(&quarantine_batch(&q_schema, run_id, &source.name, &file_name, rejects))?;
-                }
-            }
-        }
-        let header = reader.header();
-        if !header.extra.is_empty() || !header.missing.is_empty() {
-            tracing::warn!(
-                file = %file_name,
-                missing = ?header.missing,
-                extra = ?header.extra,
-                "columns differ from the declared schema"
-            );
-        }
-        if let Some(t) = file_max_ts {
-            max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
-        }
-        metrics.push(FileMetrics {
-            path: file_name,
-            bytes,
-            version: file.version.clone(),
-            reused: false,
-            max_timestamp_micros: file_max_ts,
-            rows_read: read,
-            rows_loaded: loaded,
-            rows_quarantined: rejected,
-            missing_columns: header.missing.clone(),
-            extra_columns: header.extra.clone(),
-        });
-    }
-    raw_sink.close()?;
-    q_sink.close()?;
+    let raw_sink = RowGroupSink::create(&raw_path, Arc::clone(&raw_schema), layout)?;
+    let q_sink = ParquetSink::create(&quarantine_path, Arc::clone(&q_schema))?;
+    let extraction = parallel::Extraction {
+        source,
+        files,
+        run_id,
+        raw_schema: &raw_schema,
+        q_schema: &q_schema,
+        batch_size,
+    };
+    let extracted = parallel::run(&extraction, threads, raw_sink, q_sink)?;
     crate::failpoint::hit_with(|| format!("extract.{}.end", source.name));
+    let metrics = extracted.files;
+    let max_ts = extracted.max_ts;
     let sum = |f: fn(&FileMetrics) -> u64| metrics.iter().map(f).sum::<u64>();
     let result = SourceMetrics {
         source: source.name.clone(),
         rows_read: sum(|m| m.rows_read),
         rows_loaded: sum(|m| m.rows_loaded),
         rows_quarantined: sum(|m| m.rows_quarantined),
-        quarantine_entries: entries,
+        quarantine_entries: extracted.entries,
         duplicate_rows: 0,
         duplicate_rows_changed: 0,
         files: metrics,
@@ -363,6 +349,7 @@ pub fn extract_source(
         rows_read = result.rows_read,
         rows_loaded = result.rows_loaded,
         rows_quarantined = result.rows_quarantined,
+        threads,
         "extracted"
     );
     Ok(result)

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -127,9 +127,11 @@ pub(crate) fn open(path: &Path, name: &str) -> Result<File, ExtractError> {
     })
 }
 
-/// Column builders for one batch.
+/// Column builders for one batch. Values are appended as bytes (each one valid UTF-8,
+/// checked or known by the reader) and the columns' text checked once per column when the
+/// batch is finished, rather than value by value.
 struct Builders {
-    columns: Vec<StringBuilder>,
+    columns: Vec<BinaryBuilder>,
     lines: Vec<u64>,
     rejects: Vec<Reject>,
 }
@@ -138,7 +140,7 @@ impl Builders {
     fn new(n: usize, capacity: usize) -> Self {
         Builders {
             columns: (0..n)
-                .map(|_| StringBuilder::with_capacity(capacity, capacity * 16))
+                .map(|_| BinaryBuilder::with_capacity(capacity, capacity * 16))
                 .collect(),
             lines: Vec::with_capacity(capacity),
             rejects: Vec::new(),
@@ -149,16 +151,27 @@ impl Builders {
         self.lines.is_empty() && self.rejects.is_empty()
     }
 
-    fn finish(&mut self) -> TextBatch {
-        TextBatch {
-            lines: std::mem::take(&mut self.lines),
-            columns: self
-                .columns
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef)
-                .collect(),
-            rejects: std::mem::take(&mut self.rejects),
+    /// The batch, `None` when it is empty; `Err` (naming `file` and `line`, where reading
+    /// is) if a column's text is not UTF-8, which the readers rule out value by value.
+    fn finish(&mut self, file: &str, line: u64) -> Result<Option<TextBatch>, ExtractError> {
+        if self.is_empty() {
+            return Ok(None);
         }
+        let columns = self
+            .columns
+            .iter_mut()
+            .map(|b| StringArray::try_from_binary(b.finish()).map(|c| Arc::new(c) as ArrayRef))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ExtractError::BadFile {
+                file: file.to_string(),
+                line,
+                message: format!("internal: a text column is not UTF-8: {e}"),
+            })?;
+        Ok(Some(TextBatch {
+            lines: std::mem::take(&mut self.lines),
+            columns,
+            rejects: std::mem::take(&mut self.rejects),
+        }))
     }
 }
 
@@ -176,13 +189,16 @@ struct NewlineIndex<R> {
     pending_cr: Option<u64>,
 }
 
-/// True when one of the 8 bytes of `word` is `\n` or `\r` (the "has a zero byte" test
-/// on the word XOR each line-end byte repeated; exact, no false positives).
-fn has_line_end(word: u64) -> bool {
+/// Position of the first `\n` or `\r` among the 8 bytes of `word` (read little-endian),
+/// if any. The "has a zero byte" test on the word XOR each line-end byte repeated marks
+/// the first such byte exactly (only bytes after it can be marked wrongly), so the lowest
+/// mark is the answer.
+fn first_line_end(word: u64) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
-    has_zero(word ^ u64::from_ne_bytes([b'\n'; 8])) || has_zero(word ^ u64::from_ne_bytes([b'\r'; 8]))
+    let zeros = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let marks = zeros(word ^ u64::from_ne_bytes([b'\n'; 8])) | zeros(word ^ u64::from_ne_bytes([b'\r'; 8]));
+    (marks != 0).then(|| marks.trailing_zeros() as usize / 8)
 }
 
 impl<R: Read> Read for NewlineIndex<R> {
@@ -192,13 +208,17 @@ impl<R: Read> Read for NewlineIndex<R> {
         let mut newlines = self.newlines.borrow_mut();
         let mut i = 0;
         while i < n {
-            // Most bytes are no line end: skip them 8 at a time (a pending `\r` needs the
-            // byte right after it, so not then).
+            // Most bytes are no line end: skip to the next one 8 bytes at a time (a pending
+            // `\r` needs the byte right after it, so not then).
             if self.pending_cr.is_none() {
-                while let Some(word) = data[i..].first_chunk::<8>()
-                    && !has_line_end(u64::from_ne_bytes(*word))
-                {
-                    i += 8;
+                while let Some(word) = data[i..].first_chunk::<8>() {
+                    match first_line_end(u64::from_le_bytes(*word)) {
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => i += 8,
+                    }
                 }
                 if i == n {
                     break;
@@ -452,11 +472,11 @@ impl ExportReader for CsvReader {
                 continue;
             }
             for (builder, pos) in b.columns.iter_mut().zip(&self.positions) {
-                builder.append_option(pos.and_then(|p| std::str::from_utf8(&self.record[p]).ok()));
+                builder.append_option(pos.map(|p| &self.record[p]));
             }
             b.lines.push(line);
         }
-        Ok((!b.is_empty()).then(|| b.finish()))
+        b.finish(&self.file, self.lines.reached())
     }
 
     fn header(&self) -> &HeaderReport {
@@ -560,7 +580,7 @@ impl ExportReader for NdjsonReader {
             }
             b.lines.push(line);
         }
-        Ok((!b.is_empty()).then(|| b.finish()))
+        b.finish(&self.file, self.line_no)
     }
 
     fn header(&self) -> &HeaderReport {

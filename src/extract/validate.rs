@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
     StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
@@ -56,18 +57,27 @@ enum ParsedDatetime {
     Local(NaiveDateTime),
 }
 
+/// True when `t` cannot hold a zone or offset: after its first 10 characters (a date) only
+/// digits and `T`, space, `:` or `.`. The formats with a zone need not be tried on it.
+fn without_zone(t: &str) -> bool {
+    t.get(10..)
+        .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b"T :.".contains(&b)))
+}
+
 /// Reads `t` with one format; `None` when it does not match.
 fn parse_with(t: &str, format: &DatetimeFormat) -> Option<ParsedDatetime> {
     let instant = |d: DateTime<chrono::FixedOffset>| ParsedDatetime::Instant(d.timestamp_micros());
     match format {
         DatetimeFormat::Default => DateTime::parse_from_rfc3339(t).ok().map(instant),
-        DatetimeFormat::Any => DateTime::parse_from_rfc3339(t)
-            .ok()
-            .or_else(|| {
-                ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
-                    .iter()
-                    .find_map(|f| DateTime::parse_from_str(t, f).ok())
+        DatetimeFormat::Any => (!without_zone(t))
+            .then(|| {
+                DateTime::parse_from_rfc3339(t).ok().or_else(|| {
+                    ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
+                        .iter()
+                        .find_map(|f| DateTime::parse_from_str(t, f).ok())
+                })
             })
+            .flatten()
             .map(instant)
             .or_else(|| {
                 [
@@ -394,14 +404,64 @@ fn is_missing(markers: &[String], v: &str) -> bool {
     markers.iter().any(|m| m.len() == v.len() && (v.is_empty() || m == v))
 }
 
-/// `n` copies of `text` as one string column, built in one pass (no per-row `&str`).
-fn repeated(text: &str, n: usize) -> StringArray {
-    let mut builder = StringBuilder::with_capacity(n, text.len() * n);
-    for _ in 0..n {
-        builder.append_value(text);
+/// A string field's column: the text column itself, its values not copied, with missing
+/// markers made null. Missing required values and values failing the field's checks go to
+/// `failures`; their rows are filtered out afterwards, so what they hold here does not
+/// matter.
+fn string_column(
+    schema: &TableSchema,
+    (fi, field): (usize, &FieldSpec),
+    col: &StringArray,
+    ok: &mut [bool],
+    failures: &mut Vec<Failure>,
+) -> ArrayRef {
+    let mut present = NullBufferBuilder::new(col.len());
+    let checked = field.allowed.is_some() || field.pattern.is_some();
+    // The last value that passed the checks: values of a checked column (a code, an
+    // enumeration) tend to repeat, and one comparison is cheaper than a pattern match.
+    let mut last_ok: Option<&str> = None;
+    for (row, row_ok) in ok.iter_mut().enumerate() {
+        let value = col.is_valid(row).then(|| col.value(row));
+        match value.filter(|v| !is_missing(&schema.missing_values, v)) {
+            None => {
+                present.append_null();
+                if field.required {
+                    *row_ok = false;
+                    failures.push((row, fi, None, "required value is missing".into()));
+                }
+            }
+            Some(v) => {
+                present.append_non_null();
+                if !checked || last_ok == Some(v) {
+                    continue;
+                }
+                match check_string(field, v) {
+                    Ok(()) => last_ok = Some(v),
+                    Err(reason) => {
+                        *row_ok = false;
+                        failures.push((row, fi, Some(v.to_string()), reason));
+                    }
+                }
+            }
+        }
     }
-    builder.finish()
+    let nulls = present.finish();
+    match StringArray::try_new(col.offsets().clone(), col.values().clone(), nulls.clone()) {
+        Ok(column) => Arc::new(column),
+        // Cannot happen (the parts come from a valid column); copying is right anyway.
+        Err(_) => {
+            let present = |row: usize| nulls.as_ref().is_none_or(|n| n.is_valid(row));
+            Arc::new(
+                (0..col.len())
+                    .map(|row| present(row).then(|| col.value(row)))
+                    .collect::<StringArray>(),
+            )
+        }
+    }
 }
+
+/// A failed value: row, field index, the value as read, the reason.
+type Failure = (usize, usize, Option<String>, String);
 
 /// Types and checks every declared column of `batch`; `file` fills `_source_file`.
 pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: &str) -> Validated {
@@ -413,14 +473,18 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
     let mut ok = vec![true; n];
-    let mut failures: Vec<(usize, usize, Option<String>, String)> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
     let mut typed_columns = Vec::with_capacity(schema.fields.len());
     let mut max_timestamp: Option<i64> = None;
     for (fi, field) in schema.fields.iter().enumerate() {
-        let mut typed = Typed::new(&field.kind, n);
         let Some(col) = text.get(fi) else {
             break;
         };
+        if field.kind == FieldKind::String {
+            typed_columns.push(string_column(schema, (fi, field), col, &mut ok, &mut failures));
+            continue;
+        }
+        let mut typed = Typed::new(&field.kind, n);
         for (row, row_ok) in ok.iter_mut().enumerate() {
             let value = col.is_valid(row).then(|| col.value(row));
             let value = value.filter(|v| !is_missing(&schema.missing_values, v));
@@ -450,7 +514,7 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
     let mask = BooleanArray::from(ok);
     let rejected_rows = mask.false_count();
     let mut columns: Vec<ArrayRef> = typed_columns;
-    columns.push(Arc::new(repeated(file, n)));
+    columns.push(Arc::new(StringArray::new_repeated(file, n)));
     columns.push(Arc::new(UInt64Array::from(batch.lines.clone())));
     // Most batches have no bad row: then every column is kept as built, not copied.
     let good_columns: Vec<ArrayRef> = if rejected_rows == 0 {

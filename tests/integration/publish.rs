@@ -329,8 +329,8 @@ fn an_input_file_deleted_after_listing_is_an_error_naming_the_file() {
     let files = [LocalInput::local(&first).unwrap(), LocalInput::local(&copy).unwrap()];
     std::fs::remove_file(&copy).unwrap();
     let out = dir.path().join("out");
-    let err =
-        patron::extract::extract_source(sales, &files, "run", &out.join("raw"), &out.join("q"), 8192).unwrap_err();
+    let (raw, q) = (out.join("raw"), out.join("q"));
+    let err = patron::extract::extract_source(sales, &files, "run", &raw, &q, 8192, 2).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("sales_copy.csv") && message.contains("disappeared"),
