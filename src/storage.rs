@@ -49,7 +49,7 @@ impl Default for Layout {
 
 impl Layout {
     /// The Parquet writer settings: Snappy, page statistics and page index on every column,
-    /// `row_group_rows` per row group; with cluster columns, pages of
+    /// `row_group_rows` per row group, no dictionary for `_source_line`; with cluster columns, pages of
     /// [`CLUSTERED_PAGE_ROWS`] rows and bloom filters (no dictionary) on those columns.
     pub fn writer_properties(&self) -> WriterProperties {
         let mut builder = WriterProperties::builder()
@@ -60,6 +60,9 @@ impl Layout {
         if !self.cluster_by.is_empty() {
             builder = builder.set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
         }
+        // Line numbers are unique within a file: a dictionary of them is as large as the
+        // column, and building it per row group was a visible cost of extract.
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(crate::names::SOURCE_LINE_COLUMN), false);
         for column in &self.cluster_by {
             let path = ColumnPath::from(column.as_str());
             // Plain encoding: a dictionary page holds the whole row group's ids and would be
