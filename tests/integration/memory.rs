@@ -21,19 +21,6 @@ fn with_memory_limit(pipeline: &Path, mb: u64) -> std::path::PathBuf {
     path
 }
 
-fn run(dir: &Path, pipeline: &Path, warehouse: &Path) -> std::process::Output {
-    patron(
-        dir,
-        &[
-            "run",
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--out",
-            warehouse.to_str().unwrap(),
-        ],
-    )
-}
-
 /// Bytes spilled per stage in the latest manifest of `warehouse`, stages that spilled only.
 fn spilled(warehouse: &Path) -> Vec<(String, u64)> {
     latest_manifest(warehouse)["stages"]
@@ -52,15 +39,18 @@ fn spilled(warehouse: &Path) -> Vec<(String, u64)> {
 async fn under_a_64_mib_limit_the_pipeline_spills_and_publishes_the_same_tables() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = generated_pipeline(dir.path(), "20000", "11");
-    let roomy = dir.path().join("roomy");
-    let out = run(dir.path(), &pipeline, &roomy);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Each run in its own folder: `run_pipeline` publishes into `<folder>/wh`.
+    let run = |folder: &str, pipeline: &Path| {
+        let folder = dir.path().join(folder);
+        std::fs::create_dir_all(&folder).unwrap();
+        let out = run_pipeline(&folder, pipeline, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        folder.join("wh")
+    };
+    let roomy = run("roomy", &pipeline);
     assert_eq!(spilled(&roomy), vec![], "nothing spills under the default limit");
 
-    let tight = dir.path().join("tight");
-    let small = with_memory_limit(&pipeline, 64);
-    let out = run(dir.path(), &small, &tight);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let tight = run("tight", &with_memory_limit(&pipeline, 64));
     let spills = spilled(&tight);
     assert!(!spills.is_empty(), "some stage spills under 64 MiB");
 
