@@ -11,28 +11,42 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
-use ballista_core::config::BallistaConfig;
+use ballista_core::config::{BALLISTA_CLIENT_PULL, BallistaConfig};
+use ballista_core::execution_plans::DistributedQueryExec;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::protobuf::CancelJobParams;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::protobuf::LogicalPlanNode;
+use futures::StreamExt;
 
 use super::{Engine, codec};
 
 /// A Ballista session for `engine` with patron's codecs; for [`Engine::Remote`] the
-/// scheduler must answer now, so a wrong address fails before any work starts.
+/// scheduler must answer now, so a wrong address fails before any work starts. Every job
+/// the session submits fails after `job_timeout` (none when `None`), and on a remote
+/// cluster is cancelled on the scheduler (see [`JobDeadlineExec`]).
 pub(super) async fn context(
     engine: &Engine,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
+    job_timeout: Option<Duration>,
 ) -> DfResult<SessionContext> {
     let (logical, physical) = codec::codecs();
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -40,24 +54,194 @@ pub(super) async fn context(
         .with_ballista_logical_extension_codec(logical)
         .with_ballista_physical_extension_codec(physical)
         .with_ballista_standalone_parallelism(slots)
-        .with_ballista_job_name("patron");
+        .with_ballista_job_name("patron")
+        // Pull job tracking: the client learns the job id as soon as the scheduler accepts
+        // the job, so a job past its deadline can be cancelled. With push tracking the id
+        // comes with the first status change, which a job queued with no executor never has.
+        .set_str(BALLISTA_CLIENT_PULL, "true");
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
         .build();
-    match engine {
-        Engine::Local => Err(DataFusionError::Configuration(
-            "the local engine has no Ballista session".into(),
-        )),
-        Engine::Standalone => SessionContext::standalone_with_state(state).await,
+    let (ctx, scheduler) = match engine {
+        Engine::Local => {
+            return Err(DataFusionError::Configuration(
+                "the local engine has no Ballista session".into(),
+            ));
+        }
+        Engine::Standalone => (SessionContext::standalone_with_state(state).await?, None),
         Engine::Remote { host, port } => {
             let url = format!("http://{host}:{port}");
-            SchedulerGrpcClient::connect(url).await.map_err(|e| {
+            SchedulerGrpcClient::connect(url.clone()).await.map_err(|e| {
                 DataFusionError::Configuration(format!("cannot reach the Ballista scheduler at {engine}: {e}"))
             })?;
-            SessionContext::remote_with_state(&engine.to_string(), state).await
+            (
+                SessionContext::remote_with_state(&engine.to_string(), state).await?,
+                Some(url),
+            )
         }
+    };
+    let Some(timeout) = job_timeout else {
+        return Ok(ctx);
+    };
+    let state = ctx.state();
+    let planner = Arc::new(DeadlinePlanner {
+        inner: Arc::clone(state.query_planner()),
+        deadline: Arc::new(JobDeadline { timeout, scheduler }),
+    });
+    Ok(SessionContext::new_with_state(
+        SessionStateBuilder::new_from_existing(state)
+            .with_query_planner(planner)
+            .build(),
+    ))
+}
+
+/// How long a job may take, and the scheduler to cancel it on (none for the in-process
+/// standalone cluster, which stops with the run).
+#[derive(Debug)]
+struct JobDeadline {
+    timeout: Duration,
+    /// `http://host:port` of a remote scheduler.
+    scheduler: Option<String>,
+}
+
+impl JobDeadline {
+    /// The error for a job that ran out of time, after asking the scheduler to cancel it.
+    async fn expire(&self, job: Option<String>) -> DataFusionError {
+        let secs = self.timeout.as_secs();
+        let Some(job) = job else {
+            return DataFusionError::Execution(format!(
+                "the Ballista scheduler did not accept the job within {secs} s (engine.job_timeout_secs)"
+            ));
+        };
+        let cancelled = match &self.scheduler {
+            None => "; the in-process cluster stops with this run".to_string(),
+            Some(url) => match tokio::time::timeout(CANCEL_TIMEOUT, cancel_job(url, &job)).await {
+                Ok(Ok(())) => "; it was cancelled on the scheduler".to_string(),
+                Ok(Err(e)) => format!("; cancelling it on the scheduler failed: {e}"),
+                Err(_) => format!(
+                    "; the scheduler did not answer the cancellation within {} s",
+                    CANCEL_TIMEOUT.as_secs()
+                ),
+            },
+        };
+        DataFusionError::Execution(format!(
+            "Ballista job {job} did not finish within {secs} s (engine.job_timeout_secs){cancelled}"
+        ))
+    }
+}
+
+/// How long a timed-out job's cancellation may take before the run fails without it.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the scheduler at `url` to cancel `job` (its tasks stop on the executors).
+async fn cancel_job(url: &str, job: &str) -> Result<(), String> {
+    let mut client = SchedulerGrpcClient::connect(url.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .cancel_job(CancelJobParams {
+            job_id: job.to_string(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
+}
+
+/// Ballista's query planner, with each distributed query wrapped in a [`JobDeadlineExec`].
+#[derive(Debug)]
+struct DeadlinePlanner {
+    inner: Arc<dyn QueryPlanner + Send + Sync>,
+    deadline: Arc<JobDeadline>,
+}
+
+#[async_trait::async_trait]
+impl QueryPlanner for DeadlinePlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn datafusion::catalog::Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.create_physical_plan(logical_plan, session).await?;
+        if !plan.is::<DistributedQueryExec<LogicalPlanNode>>() {
+            return Ok(plan);
+        }
+        Ok(Arc::new(JobDeadlineExec {
+            input: plan,
+            deadline: Arc::clone(&self.deadline),
+        }))
+    }
+}
+
+/// A distributed query (a Ballista job: submission, execution on the cluster, and reading
+/// its results back) that fails once `engine.job_timeout_secs` have passed since it
+/// started, cancelling the job on the scheduler. Without it a job waits for ever when no
+/// executor is left to run its tasks.
+#[derive(Debug)]
+pub struct JobDeadlineExec {
+    input: Arc<dyn ExecutionPlan>,
+    deadline: Arc<JobDeadline>,
+}
+
+impl DisplayAs for JobDeadlineExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "JobDeadlineExec: timeout={}s", self.deadline.timeout.as_secs())
+    }
+}
+
+impl ExecutionPlan for JobDeadlineExec {
+    fn name(&self) -> &str {
+        "JobDeadlineExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("JobDeadlineExec has exactly one child".into()))?;
+        Ok(Arc::new(JobDeadlineExec {
+            input,
+            deadline: Arc::clone(&self.deadline),
+        }))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let stream = self.input.execute(partition, context)?;
+        let schema = stream.schema();
+        let until = tokio::time::Instant::now() + self.deadline.timeout;
+        let state = (Some(stream), Arc::clone(&self.input), Arc::clone(&self.deadline));
+        let timed = futures::stream::unfold(state, move |(stream, input, deadline)| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout_at(until, stream.next()).await {
+                Ok(Some(item)) => Some((item, (Some(stream), input, deadline))),
+                Ok(None) => None,
+                Err(_) => {
+                    // Stop polling the job before cancelling it.
+                    drop(stream);
+                    let job = input
+                        .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+                        .and_then(|d| d.job_id())
+                        .map(|id| id.to_string());
+                    let error = deadline.expire(job).await;
+                    Some((Err(error), (None, input, deadline)))
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, timed)))
     }
 }
 

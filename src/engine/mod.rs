@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::error::Result as DfResult;
@@ -103,6 +104,10 @@ impl From<Engine> for String {
     }
 }
 
+/// Default `engine.job_timeout_secs`: six hours, longer than any one query of a nightly
+/// load should take, short enough that a stuck cluster does not hold the run for a day.
+pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 6 * 3600;
+
 /// Smallest `engine.memory_limit_mb`: below it the batches of one operator alone do not
 /// fit, so nothing could run even by spilling.
 pub const MIN_MEMORY_LIMIT_MB: u64 = 64;
@@ -124,6 +129,10 @@ pub struct EngineSettings {
     pub deterministic: bool,
     /// Rows per Arrow batch, for the engine and for extract.
     pub batch_size: usize,
+    /// On a Ballista engine, seconds one query (a job) may take, from submission to its
+    /// last result row, before it is cancelled on the scheduler and the run fails; 0 for
+    /// no limit. A job otherwise waits for ever when no executor is left to run it.
+    pub job_timeout_secs: u64,
     /// DataFusion settings by their own keys (`[engine.options]`, e.g.
     /// `"datafusion.optimizer.prefer_hash_join" = "true"`), applied after patron's own, so
     /// any of them can be tuned without a patron release.
@@ -138,6 +147,7 @@ impl Default for EngineSettings {
             target_partitions: 0,
             deterministic: true,
             batch_size: 8192,
+            job_timeout_secs: DEFAULT_JOB_TIMEOUT_SECS,
             options: BTreeMap::new(),
         }
     }
@@ -213,7 +223,8 @@ pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfRes
         config.options_mut().set(key, value)?;
     }
     if settings.engine.is_distributed() {
-        return ballista::context(&settings.engine, config, runtime).await;
+        let job_timeout = (settings.job_timeout_secs > 0).then(|| Duration::from_secs(settings.job_timeout_secs));
+        return ballista::context(&settings.engine, config, runtime, job_timeout).await;
     }
     Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,11 +165,6 @@ fn a_bad_engine_is_a_usage_error_and_an_unreachable_scheduler_fails_the_run() {
     assert!(!wh.join("runs/latest.json").exists(), "nothing published");
 }
 
-/// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Child processes killed (SIGKILL) and reaped when dropped.
 struct Processes(Vec<Child>);
 
@@ -193,9 +188,12 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// A scheduler and two executors of this build on 127.0.0.1; returns them and the
+/// Executors of a test cluster; their logs are `<name>.log`.
+const EXECUTORS: [&str; 2] = ["executor-a", "executor-b"];
+
+/// A scheduler and the named executors of this build on 127.0.0.1; returns them and the
 /// scheduler's `df://` address. Their logs go to files in `dir`.
-fn start_cluster(dir: &Path) -> (Processes, String) {
+fn start_cluster(dir: &Path, executors: &[&str]) -> (Processes, String) {
     let spawn = |args: &[String], log: &str| -> Child {
         let log = std::fs::File::create(dir.join(log)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_patron"))
@@ -220,7 +218,7 @@ fn start_cluster(dir: &Path) -> (Processes, String) {
     )]);
     wait_for_port(scheduler, "the scheduler");
     let mut flight_ports = Vec::new();
-    for name in ["executor-a", "executor-b"] {
+    for name in executors {
         let (flight, grpc) = (free_port(), free_port());
         processes.0.push(spawn(
             &[
@@ -275,7 +273,7 @@ fn tasks_run(dir: &Path, executor: &str) -> usize {
 #[tokio::test]
 async fn a_scheduler_and_two_executor_processes_publish_what_the_local_engine_does() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, engine) = start_cluster(dir.path());
+    let (cluster, engine) = start_cluster(dir.path(), &EXECUTORS);
     let (local, remote) = (dir.path().join("local"), dir.path().join("remote"));
     let out = run_on("local", &local);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -283,7 +281,7 @@ async fn a_scheduler_and_two_executor_processes_publish_what_the_local_engine_do
     assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), logs(dir.path()));
     assert_eq!(engine_of(&remote), engine);
     assert_same_tables(&local, &remote, "cluster").await;
-    for executor in ["executor-a", "executor-b"] {
+    for executor in EXECUTORS {
         assert!(
             tasks_run(dir.path(), executor) > 0,
             "{executor} ran no task\n{}",
@@ -296,7 +294,7 @@ async fn a_scheduler_and_two_executor_processes_publish_what_the_local_engine_do
 #[tokio::test]
 async fn killing_an_executor_mid_run_publishes_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cluster, engine) = start_cluster(dir.path());
+    let (mut cluster, engine) = start_cluster(dir.path(), &EXECUTORS);
     let (local, remote) = (dir.path().join("local"), dir.path().join("remote"));
     let out = run_on("local", &local);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -370,6 +368,63 @@ async fn killing_an_executor_mid_run_publishes_all_or_nothing() {
         } else {
             "failed cleanly"
         }
+    );
+    drop(cluster);
+}
+
+#[test]
+fn a_job_no_executor_can_run_times_out_is_cancelled_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, engine) = start_cluster(dir.path(), &[]);
+    let pipeline = write_pipeline(dir.path(), &[]);
+    let mut doc: toml::Table = std::fs::read_to_string(&pipeline).unwrap().parse().unwrap();
+    let engine_table = doc.get_mut("engine").and_then(|e| e.as_table_mut()).unwrap();
+    engine_table.insert("job_timeout_secs".into(), 3.into());
+    std::fs::write(&pipeline, toml::to_string(&doc).unwrap()).unwrap();
+    let warehouse = dir.path().join("wh");
+
+    // Without the timeout the job would wait for an executor for ever.
+    let started = Instant::now();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(["run", "--pipeline", pipeline.to_str().unwrap(), "--engine", &engine])
+        .args(["--out", warehouse.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = run.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = run.kill();
+            panic!(
+                "the run did not end within 120s with a 3s job timeout\n{}",
+                logs(dir.path())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not finish within 3 s (engine.job_timeout_secs); it was cancelled on the scheduler"),
+        "{stderr}"
+    );
+    let scheduler_log = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap();
+    assert!(
+        scheduler_log.contains("Received cancellation request for job"),
+        "{}",
+        logs(dir.path())
+    );
+    assert!(published_tables(&warehouse).is_empty(), "nothing published");
+    assert!(
+        !warehouse.join("runs/latest.json").exists(),
+        "no manifest of a succeeded run"
     );
     drop(cluster);
 }
