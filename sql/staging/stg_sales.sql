@@ -6,18 +6,25 @@
 -- are trimmed and upper-cased; orders after the as-of day are left out. Revenue is the
 -- line value after discount; cost is the ERP unit cost, or estimated from the configured
 -- margin rate when the ERP has none.
-WITH ranked AS (
-    SELECT
-        *,
-        ROW_NUMBER() OVER (
-            PARTITION BY TRIM(order_id), line_no
-            ORDER BY _source_file DESC, _source_line DESC
-        ) AS copy_rank
+-- Copies are found by sorting every row by its key, newest copy first, and keeping each
+-- row whose predecessor has another key: ROW_NUMBER() OVER (PARTITION BY key ...) = 1 gives
+-- the same rows, but DataFusion 55 runs a window about 10x slower when nearly every key is
+-- a partition of its own, as here (4.7 s instead of 0.4 s for 1.7M events).
+WITH keyed AS (
+    SELECT *, TRIM(order_id) AS order_key
     FROM raw_sales
     WHERE order_ts < $as_of_end
+),
+ordered AS (
+    SELECT
+        *,
+        LAG(order_key) OVER newest_first AS previous_order,
+        LAG(line_no) OVER newest_first AS previous_line
+    FROM keyed
+    WINDOW newest_first AS (ORDER BY order_key, line_no, _source_file DESC, _source_line DESC)
 )
 SELECT
-    TRIM(order_id) AS order_id,
+    order_key AS order_id,
     line_no,
     UPPER(TRIM(customer_id)) AS customer_id,
     order_ts,
@@ -38,6 +45,6 @@ SELECT
     unit_cost IS NULL AS cost_estimated,
     _source_file,
     _source_line
-FROM ranked
-WHERE copy_rank = 1
+FROM ordered
+WHERE (previous_order IS DISTINCT FROM order_key) OR (previous_line IS DISTINCT FROM line_no)
 ORDER BY customer_id, order_id, line_no
