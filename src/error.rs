@@ -5,6 +5,7 @@
 
 use crate::config::ConfigError;
 use crate::extract::ExtractError;
+use crate::names;
 use crate::publish::PublishError;
 use crate::transform::TransformError;
 
@@ -106,12 +107,12 @@ impl RunError {
     pub fn phase(&self) -> &'static str {
         match self {
             RunError::Config(_) => "config",
-            RunError::Extract(_) | RunError::NoAsOf => "extract",
-            RunError::Transform(_) | RunError::Engine(_) => "transform",
+            RunError::Extract(_) | RunError::NoAsOf => names::PHASE_EXTRACT,
+            RunError::Transform(_) | RunError::Engine(_) => names::PHASE_TRANSFORM,
             RunError::Score(_) => "score",
-            RunError::DataTests { .. } => "test",
+            RunError::DataTests { .. } => names::PHASE_TESTS,
             RunError::Aborted { .. } => "aborted",
-            RunError::Publish(_) | RunError::Io { .. } => "publish",
+            RunError::Publish(_) | RunError::Io { .. } => names::PHASE_PUBLISH,
         }
     }
 }

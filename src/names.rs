@@ -116,6 +116,17 @@ pub mod quarantine {
     pub const RAW_RECORD: &str = "raw_record";
 }
 
+/// Phase of a run: extract (reading, validating and writing raw tables).
+pub const PHASE_EXTRACT: &str = "extract";
+/// Phase of a run: the duplicate-key scan over the raw tables.
+pub const PHASE_DUPLICATES: &str = "duplicates";
+/// Phase of a run: the SQL stages, with the model fits and churn training between them.
+pub const PHASE_TRANSFORM: &str = "transform";
+/// Phase of a run: data tests (failed data tests are reported as this phase).
+pub const PHASE_TESTS: &str = "test";
+/// Phase of a run: publishing the staged tables into the warehouse.
+pub const PHASE_PUBLISH: &str = "publish";
+
 #[cfg(test)]
 mod tests {
     use super::*;

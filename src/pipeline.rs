@@ -9,11 +9,13 @@
 //! one that is killed part-way leaves newer versions of some tables that no `succeeded`
 //! runs row names, so readers who follow the `runs` table still get a consistent set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,7 +29,8 @@ use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
 use crate::failpoint;
 use crate::names::{
-    self, CHURN_SNAPSHOTS_DIR, DOWNLOAD_DIR, DUPLICATES_DIR, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, TABLES_DIR,
+    self, CHURN_SNAPSHOTS_DIR, DOWNLOAD_DIR, DUPLICATES_DIR, PHASE_DUPLICATES, PHASE_EXTRACT, PHASE_PUBLISH,
+    PHASE_TESTS, PHASE_TRANSFORM, PORTABLE_DIR, QUARANTINE_DIR, RAW_DIR, TABLES_DIR,
 };
 use crate::progress::Progress;
 use crate::publish::lock::{LockTiming, WarehouseLock};
@@ -42,7 +45,7 @@ use crate::storage::Layout;
 use crate::transform::checks::{self, TestOutcome};
 use crate::transform::lineage::LineageGraph;
 use crate::transform::spec::Materialized;
-use crate::transform::{self, TransformError, runner, select};
+use crate::transform::{self, Stage, TransformError, runner, select};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// The result of a successful run.
@@ -85,6 +88,16 @@ struct RunState {
     /// Tables a partial run (`--select`) did not rebuild: (location, rows, Delta version)
     /// as the last succeeded run published them.
     carried: Vec<(String, u64, Option<u64>)>,
+    /// Wall time of each phase that ran (see [`RunManifest::phase_ms`]).
+    phase_ms: BTreeMap<String, u64>,
+}
+
+impl RunState {
+    /// Records the wall time of `phase`, which started at `since`.
+    fn phase_done(&mut self, phase: &str, since: Instant) {
+        self.phase_ms
+            .insert(phase.to_string(), since.elapsed().as_millis() as u64);
+    }
 }
 
 /// How a run is started and stopped from outside.
@@ -177,6 +190,7 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
         tests: Vec::new(),
         tables: Vec::new(),
         carried: Vec::new(),
+        phase_ms: BTreeMap::new(),
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
     let mut result = execute(plan, &mut state, progress, &lock, &options.cancel).await;
@@ -284,6 +298,7 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
             .filter(|_| state.staging.exists()),
         format: plan.publish.format.as_str().into(),
         lock_taken_over,
+        phase_ms: state.phase_ms,
     };
     failpoint::hit("publish.before_manifest");
     let written = publish::write_manifest(&plan.warehouse, &manifest).await;
@@ -393,6 +408,37 @@ async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(
         .map_err(|e| RunError::Engine(e.to_string()))
 }
 
+/// Runs one stage of a wave and its data tests; returns its metrics and test outcomes.
+async fn run_one_stage(
+    ctx: &SessionContext,
+    plan: &Plan,
+    history: &[RunRecord],
+    stage: &Stage,
+    params: &HashMap<String, ScalarValue>,
+    tables_dir: &Path,
+) -> Result<(runner::StageMetrics, Vec<TestOutcome>), RunError> {
+    let name = &stage.name;
+    failpoint::hit_with(|| format!("transform.before.{name}"));
+    let previous = match stage.spec.materialized {
+        Materialized::Incremental => {
+            PublishedVersion::latest(&plan.warehouse, history, &plan.name, &format!("{TABLES_DIR}/{name}")).await
+        }
+        _ => None,
+    };
+    let m = runner::run_stage(
+        ctx,
+        stage,
+        params,
+        tables_dir,
+        previous.as_ref(),
+        plan.publish.row_group_rows,
+    )
+    .await?;
+    let tests = checks::run_tests(ctx, &stage.spec.tests, params).await?;
+    failpoint::hit_with(|| format!("transform.after.{name}"));
+    Ok((m, tests))
+}
+
 /// Registers table `name` as the last succeeded run published it and records it as carried
 /// into this run; false when no succeeded run published it.
 async fn carry_published(
@@ -434,6 +480,7 @@ async fn execute(
             phase: "before publishing",
         });
     }
+    let publishing = Instant::now();
     match plan.publish.format {
         TableFormat::Delta => publish_delta(plan, state, &targets, lock, cancel).await?,
         TableFormat::Parquet => {
@@ -464,6 +511,7 @@ async fn execute(
             }
         }
     }
+    state.phase_done(PHASE_PUBLISH, publishing);
     publish::remove_staging(&state.staging)?;
     Ok(())
 }
@@ -497,6 +545,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     // Extract: remote files downloaded into staging, then sources in parallel, each on a
     // blocking thread.
     progress.phase(format!("extract: {} sources", plan.sources.len()));
+    let extracting = Instant::now();
     let mut local = Vec::with_capacity(inputs.len());
     let mut carry = Vec::with_capacity(inputs.len());
     for (source, files) in plan.sources.iter().zip(inputs) {
@@ -572,6 +621,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     for (source, m) in plan.sources.iter().zip(&state.extract) {
         extract::check_error_budget(source, m)?;
     }
+    state.phase_done(PHASE_EXTRACT, extracting);
 
     let as_of = match plan.as_of {
         AsOf::Date(d) => d,
@@ -608,6 +658,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .map_err(|e| RunError::Engine(e.to_string()))?;
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     progress.phase("extract: duplicate keys");
+    let scanning = Instant::now();
     let duplicates_dir = state.staging.join(DUPLICATES_DIR);
     let duplicate_rows = extract::duplicates::find_duplicates(
         &ctx,
@@ -626,6 +677,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     )
     .await
     .map_err(|e| RunError::Engine(e.to_string()))?;
+    state.phase_done(PHASE_DUPLICATES, scanning);
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project
@@ -639,100 +691,112 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         Vec::new()
     };
     let needed = transform::upstream(&project, &models::providers(), &chosen);
-    for (i, name) in order.iter().enumerate() {
-        let Some(stage) = project.stages.get(name) else {
-            continue;
-        };
-        let runs_now =
-            chosen.contains(name) || (stage.spec.materialized == Materialized::View && needed.contains(name));
-        if runs_now {
-            progress.phase(format!("transform: {name} ({}/{})", i + 1, order.len()));
-            failpoint::hit_with(|| format!("transform.before.{name}"));
-            let previous = match stage.spec.materialized {
-                Materialized::Incremental => {
-                    PublishedVersion::latest(&plan.warehouse, &history, &plan.name, &format!("{TABLES_DIR}/{name}"))
-                        .await
-                }
-                _ => None,
+    let transforming = Instant::now();
+    let parallel = plan.engine.stage_parallelism();
+    let mut done = 0;
+    for wave in transform::waves(&project, &provided, &order) {
+        // The wave's stages to run now; the others are read as published, or not needed.
+        // `ready` are those whose outputs later stages can use, for the model steps below.
+        let mut to_run = Vec::new();
+        let mut ready = Vec::new();
+        for name in &wave {
+            let Some(stage) = project.stages.get(name) else {
+                continue;
             };
-            let m = runner::run_stage(
-                &ctx,
-                stage,
-                &params,
-                &tables_dir,
-                previous.as_ref(),
-                plan.publish.row_group_rows,
-            )
-            .await?;
-            state.stages.push(m);
-            state
-                .tests
-                .extend(checks::run_tests(&ctx, &stage.spec.tests, &params).await?);
-            failpoint::hit_with(|| format!("transform.after.{name}"));
-        } else if stage.spec.materialized.is_stored() {
-            // Not selected: read as the last succeeded run published it, and name that
-            // version again in this run's `runs` row, so the row still lists a complete set.
-            if !carry_published(&ctx, plan, &history, state, name).await? {
-                if needed.contains(name) {
-                    return Err(RunError::Transform(TransformError::NotPublished {
-                        stage: name.clone(),
-                    }));
+            let runs_now =
+                chosen.contains(name) || (stage.spec.materialized == Materialized::View && needed.contains(name));
+            if runs_now {
+                to_run.push(stage);
+            } else if stage.spec.materialized.is_stored() {
+                // Not selected: read as the last succeeded run published it, and name that
+                // version again in this run's `runs` row, so the row still lists a complete set.
+                if !carry_published(&ctx, plan, &history, state, name).await? {
+                    if needed.contains(name) {
+                        return Err(RunError::Transform(TransformError::NotPublished {
+                            stage: name.clone(),
+                        }));
+                    }
+                    continue;
                 }
+            } else {
                 continue;
             }
-        } else {
-            continue;
+            if runs_now || needed.contains(name) {
+                ready.push(name.as_str());
+            }
         }
-        if name == MODEL_INPUT_STAGE && (runs_now || needed.contains(name)) {
-            progress.phase("score: fitting BG/NBD and Gamma-Gamma");
-            failpoint::hit("score.before_fit");
-            let models = fit_and_register(&ctx, &plan.scoring).await?;
-            state.models = Some(models);
-            failpoint::hit("score.after_fit");
-            let started = Instant::now();
-            let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
-            state.stages.push(runner::StageMetrics {
-                name: MODEL_PARAMS_TABLE.into(),
-                file: String::new(),
-                layer: "models".into(),
-                rows,
-                bytes,
-                duration_ms: started.elapsed().as_millis() as u64,
-                materialized: Materialized::Table,
-                rows_new: None,
-                partition_by: Vec::new(),
-                cluster_by: Vec::new(),
-                spilled_bytes: 0,
-                output,
-            });
+        // The wave's stages depend on none of each other: up to `parallel` run at once,
+        // each a query of its own. Results are taken in the wave's order, and the first
+        // failure in that order is the run's error.
+        if !to_run.is_empty() {
+            let names: Vec<&str> = to_run.iter().map(|s| s.name.as_str()).collect();
+            done += names.len();
+            progress.phase(format!("transform: {} ({done}/{})", names.join(", "), order.len()));
         }
-        if name == churn::FEATURES_STAGE && (runs_now || needed.contains(name)) {
-            progress.phase("score: training the churn model");
-            let started = Instant::now();
-            let report = churn::fit_and_register(
-                &ctx,
-                &project,
-                &provided,
-                &order,
-                &plan.scoring,
-                as_of,
-                &state.staging.join(CHURN_SNAPSHOTS_DIR),
-            )
-            .await
-            .map_err(models::ScoreError::from)?;
-            runner::make_portable(&ctx, churn::PREDICTIONS_TABLE, &state.staging.join(PORTABLE_DIR))
-                .await
-                .map_err(|e| RunError::Engine(format!("table `{}`: {e}", churn::PREDICTIONS_TABLE)))?;
-            // model_params gains the churn model's rows: registered and written again.
-            if let Some(m) = state.models.as_mut() {
-                m.churn = Some(report);
-                models::register_params_table(&ctx, m).map_err(|e| RunError::Engine(e.to_string()))?;
+        let runs = to_run
+            .iter()
+            .map(|stage| run_one_stage(&ctx, plan, &history, stage, &params, &tables_dir));
+        let results: Vec<_> = futures::stream::iter(runs).buffered(parallel).collect().await;
+        for result in results {
+            let (m, tests) = result?;
+            state.stages.push(m);
+            state.tests.extend(tests);
+        }
+        for name in ready {
+            if name == MODEL_INPUT_STAGE {
+                progress.phase("score: fitting BG/NBD and Gamma-Gamma");
+                failpoint::hit("score.before_fit");
+                let models = fit_and_register(&ctx, &plan.scoring).await?;
+                state.models = Some(models);
+                failpoint::hit("score.after_fit");
+                let started = Instant::now();
                 let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
-                if let Some(stage) = state.stages.iter_mut().find(|s| s.name == MODEL_PARAMS_TABLE) {
-                    stage.rows = rows;
-                    stage.bytes = bytes;
-                    stage.output = output;
-                    stage.duration_ms += started.elapsed().as_millis() as u64;
+                state.stages.push(runner::StageMetrics {
+                    name: MODEL_PARAMS_TABLE.into(),
+                    file: String::new(),
+                    layer: "models".into(),
+                    rows,
+                    bytes,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    materialized: Materialized::Table,
+                    rows_new: None,
+                    partition_by: Vec::new(),
+                    cluster_by: Vec::new(),
+                    spilled_bytes: 0,
+                    output,
+                });
+            }
+            if name == churn::FEATURES_STAGE {
+                progress.phase("score: training the churn model");
+                let started = Instant::now();
+                let report = churn::fit_and_register(
+                    &ctx,
+                    &project,
+                    &provided,
+                    &order,
+                    &plan.scoring,
+                    as_of,
+                    churn::Snapshots {
+                        scratch: &state.staging.join(CHURN_SNAPSHOTS_DIR),
+                        parallel,
+                    },
+                )
+                .await
+                .map_err(models::ScoreError::from)?;
+                runner::make_portable(&ctx, churn::PREDICTIONS_TABLE, &state.staging.join(PORTABLE_DIR))
+                    .await
+                    .map_err(|e| RunError::Engine(format!("table `{}`: {e}", churn::PREDICTIONS_TABLE)))?;
+                // model_params gains the churn model's rows: registered and written again.
+                if let Some(m) = state.models.as_mut() {
+                    m.churn = Some(report);
+                    models::register_params_table(&ctx, m).map_err(|e| RunError::Engine(e.to_string()))?;
+                    let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
+                    if let Some(stage) = state.stages.iter_mut().find(|s| s.name == MODEL_PARAMS_TABLE) {
+                        stage.rows = rows;
+                        stage.bytes = bytes;
+                        stage.output = output;
+                        stage.duration_ms += started.elapsed().as_millis() as u64;
+                    }
                 }
             }
         }
@@ -742,7 +806,9 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         carry_published(&ctx, plan, &history, state, MODEL_PARAMS_TABLE).await?;
     }
 
+    state.phase_done(PHASE_TRANSFORM, transforming);
     progress.phase("data tests");
+    let testing = Instant::now();
     state
         .tests
         .extend(checks::run_tests(&ctx, &project.singular_tests, &params).await?);
@@ -761,6 +827,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         );
     }
 
+    state.phase_done(PHASE_TESTS, testing);
     // Publish: every stage succeeded; now the tables go into the warehouse.
     progress.phase("publish");
     failpoint::hit("publish.start");

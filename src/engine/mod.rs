@@ -108,6 +108,12 @@ impl From<Engine> for String {
 /// load should take, short enough that a stuck cluster does not hold the run for a day.
 pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 6 * 3600;
 
+/// Memory limit per stage run side by side when `engine.stage_parallelism` is 0 (auto).
+/// DataFusion 55's pool is greedy: the first of two concurrent sorts can take what the
+/// other needs to merge its spill files, and under 64 MiB four concurrent staging stages
+/// failed that way. Under 2 GiB stages run one at a time unless configured otherwise.
+pub const MB_PER_PARALLEL_STAGE: u64 = 1024;
+
 /// Smallest `engine.memory_limit_mb`: below it the batches of one operator alone do not
 /// fit, so nothing could run even by spilling.
 pub const MIN_MEMORY_LIMIT_MB: u64 = 64;
@@ -129,6 +135,11 @@ pub struct EngineSettings {
     pub deterministic: bool,
     /// Rows per Arrow batch, for the engine and for extract.
     pub batch_size: usize,
+    /// SQL stages that may run at the same time when none depends on another; 0 means one
+    /// per core, but at most one per [`MB_PER_PARALLEL_STAGE`] of `memory_limit_mb`. Each
+    /// stage is a query of its own, so results do not depend on it; 1 runs one stage at a
+    /// time (the least memory at once).
+    pub stage_parallelism: usize,
     /// On a Ballista engine, seconds one query (a job) may take, from submission to its
     /// last result row, before it is cancelled on the scheduler and the run fails; 0 for
     /// no limit. A job otherwise waits for ever when no executor is left to run it.
@@ -147,6 +158,7 @@ impl Default for EngineSettings {
             target_partitions: 0,
             deterministic: true,
             batch_size: 8192,
+            stage_parallelism: 0,
             job_timeout_secs: DEFAULT_JOB_TIMEOUT_SECS,
             options: BTreeMap::new(),
         }
@@ -154,6 +166,19 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
+    /// How many independent stages run at once: `stage_parallelism`, or for 0 one per core
+    /// and per [`MB_PER_PARALLEL_STAGE`] of the memory limit, at least one.
+    pub fn stage_parallelism(&self) -> usize {
+        match self.stage_parallelism {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let by_memory = (self.memory_limit_mb / MB_PER_PARALLEL_STAGE) as usize;
+                cores.min(by_memory).max(1)
+            }
+            n => n,
+        }
+    }
+
     /// Records out-of-range values under `engine.*`.
     pub fn validate(&self, problems: &mut Problems) {
         if self.memory_limit_mb < MIN_MEMORY_LIMIT_MB {
@@ -283,6 +308,22 @@ mod tests {
         ] {
             assert!(bad.parse::<Engine>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stage_parallelism_defaults_to_the_cores_within_memory_and_job_timeout_to_six_hours() {
+        let default = EngineSettings::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default.stage_parallelism(), cores.min(4));
+        let tight = EngineSettings {
+            memory_limit_mb: 64,
+            ..EngineSettings::default()
+        };
+        assert_eq!(tight.stage_parallelism(), 1, "one stage at a time under 1 GiB");
+        assert_eq!(default.job_timeout_secs, 6 * 3600);
+        let set: EngineSettings = toml::from_str("stage_parallelism = 3\njob_timeout_secs = 0").unwrap();
+        assert_eq!(set.stage_parallelism(), 3);
+        assert_eq!(set.job_timeout_secs, 0);
     }
 
     #[test]

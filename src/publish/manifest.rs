@@ -2,6 +2,8 @@
 //! on what, with what result. It is assembled from the metrics each phase returns, so it
 //! cannot drift from what actually happened.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::PublishError;
@@ -102,6 +104,11 @@ pub struct RunManifest {
     pub format: String,
     /// The stale lock this run took over (its run id and why it was stale), if any.
     pub lock_taken_over: Option<String>,
+    /// Wall time of each phase that ran, in ms, by name: `extract` (reading, validating
+    /// and writing the raw tables of all sources, which run in parallel), `duplicates` (the
+    /// duplicate-key scan), `transform` (the SQL stages with the model fits and churn
+    /// training between them), `test` (the singular data tests) and `publish`.
+    pub phase_ms: BTreeMap<String, u64>,
 }
 
 /// Writes `runs/<run_id>.json` (and `runs/latest.json` for a successful run), each whole

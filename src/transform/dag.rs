@@ -60,6 +60,30 @@ pub fn upstream(project: &Project, provided: &Provided, chosen: &BTreeSet<String
     seen
 }
 
+/// `order` (an [`execution_order`]) cut into waves: a stage's wave comes after the waves of
+/// every stage it depends on, and as early as that allows. The stages of one wave do not
+/// depend on each other, so they can run at the same time; within a wave they keep their
+/// order in `order`.
+pub fn waves(project: &Project, provided: &Provided, order: &[String]) -> Vec<Vec<String>> {
+    let mut wave_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for name in order {
+        let wave = project.stages.get(name).map_or(0, |stage| {
+            dependencies(project, provided, stage)
+                .iter()
+                .filter_map(|dep| wave_of.get(dep).map(|w| w + 1))
+                .max()
+                .unwrap_or(0)
+        });
+        wave_of.insert(name, wave);
+        if waves.len() <= wave {
+            waves.resize(wave + 1, Vec::new());
+        }
+        waves[wave].push(name.clone());
+    }
+    waves
+}
+
 /// The order to run the stages in; `external` are tables that exist before any stage runs
 /// (extracted sources, and anything else registered by patron); `provided` are tables and
 /// functions that appear after a given stage has run.
@@ -174,6 +198,37 @@ mod tests {
             execution_order(&p, &ext, &Provided::new()).unwrap(),
             vec!["a", "b", "c", "d"]
         );
+    }
+
+    #[test]
+    fn waves_hold_stages_that_do_not_depend_on_each_other() {
+        let mut p = project(&[
+            ("stg_a", &["raw_x"]),
+            ("stg_b", &["raw_x"]),
+            ("fct", &["stg_a", "stg_b"]),
+            ("input", &["stg_b"]),
+            ("scores", &["fct"]),
+            ("lone", &[]),
+        ]);
+        let mut provided = Provided::new();
+        provided.insert("model_fn".into(), "input".into());
+        p.stages.get_mut("scores").unwrap().calls = vec!["model_fn".into()];
+        let ext = BTreeSet::from(["raw_x".to_string()]);
+        let order = execution_order(&p, &ext, &provided).unwrap();
+        let waves = waves(&p, &provided, &order);
+        assert_eq!(
+            waves,
+            vec![vec!["lone", "stg_a", "stg_b"], vec!["fct", "input"], vec!["scores"],]
+        );
+        // Every stage's dependencies are in earlier waves.
+        for (i, wave) in waves.iter().enumerate() {
+            for name in wave {
+                for dep in dependencies(&p, &provided, &p.stages[name]) {
+                    let at = waves.iter().position(|w| w.iter().any(|n| n == dep)).unwrap();
+                    assert!(at < i, "{name} in wave {i} depends on {dep} in wave {at}");
+                }
+            }
+        }
     }
 
     #[test]

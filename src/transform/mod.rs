@@ -13,7 +13,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
-pub use dag::{Provided, execution_order, upstream};
+pub use dag::{Provided, execution_order, upstream, waves};
 pub use discover::{Project, Seed, Stage, discover};
 
 /// Transform failures, each naming the stage file.

@@ -1,13 +1,16 @@
 //! Bounded memory: the default pipeline under a tiny engine memory limit spills to disk
-//! and publishes exactly what it publishes with the default limit.
+//! and publishes exactly what it publishes with the default limit. The two runs also differ
+//! in how many stages run at once (four at a time under the default limit, one by one under
+//! the small one, as `stage_parallelism = 0` chooses there), which must not change a row
+//! either.
 
 use std::path::Path;
 
 use crate::crash::{assert_same_tables, consistent_snapshot};
 use crate::support::*;
 
-/// The pipeline at `pipeline` with `engine.memory_limit_mb` set, written next to it.
-fn with_memory_limit(pipeline: &Path, mb: u64) -> std::path::PathBuf {
+/// The pipeline at `pipeline` with `engine.<key>` set, written next to it.
+fn with_engine(pipeline: &Path, key: &str, value: i64) -> std::path::PathBuf {
     let text = std::fs::read_to_string(pipeline).unwrap();
     let mut doc: toml::Table = text.parse().unwrap();
     let engine = doc
@@ -15,8 +18,8 @@ fn with_memory_limit(pipeline: &Path, mb: u64) -> std::path::PathBuf {
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
         .as_table_mut()
         .expect("[engine] is a table");
-    engine.insert("memory_limit_mb".into(), toml::Value::Integer(mb as i64));
-    let path = pipeline.with_file_name(format!("pipeline-{mb}mb.toml"));
+    engine.insert(key.into(), toml::Value::Integer(value));
+    let path = pipeline.with_file_name(format!("pipeline-{key}-{value}.toml"));
     std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
     path
 }
@@ -47,10 +50,10 @@ async fn under_a_64_mib_limit_the_pipeline_spills_and_publishes_the_same_tables(
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         folder.join("wh")
     };
-    let roomy = run("roomy", &pipeline);
+    let roomy = run("roomy", &with_engine(&pipeline, "stage_parallelism", 4));
     assert_eq!(spilled(&roomy), vec![], "nothing spills under the default limit");
 
-    let tight = run("tight", &with_memory_limit(&pipeline, 64));
+    let tight = run("tight", &with_engine(&pipeline, "memory_limit_mb", 64));
     let spills = spilled(&tight);
     assert!(!spills.is_empty(), "some stage spills under 64 MiB");
 

@@ -85,6 +85,28 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
     // rows match what the generator injected, and each has a reason.
     let manifest = latest_manifest(&wh);
     assert_eq!(manifest["outcome"], "succeeded");
+    // The wall time of each phase: within the run's, and each covering its parts.
+    let ms = |v: &serde_json::Value| v.as_u64().unwrap();
+    let phases = manifest["phase_ms"].as_object().unwrap();
+    let phase_names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    assert_eq!(phase_names, ["duplicates", "extract", "publish", "test", "transform"]);
+    assert!(
+        phases.values().map(ms).sum::<u64>() <= ms(&manifest["duration_ms"]),
+        "{phases:?}"
+    );
+    let slowest_source = manifest["extract"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ms(&s["duration_ms"]));
+    assert!(slowest_source.max().unwrap() <= ms(&phases["extract"]), "{phases:?}");
+    // Stages of a wave run side by side, so each fits in the transform phase, not their sum.
+    for stage in manifest["stages"].as_array().unwrap() {
+        assert!(
+            ms(&stage["duration_ms"]) <= ms(&phases["transform"]),
+            "{stage}, {phases:?}"
+        );
+    }
     for source in manifest["extract"].as_array().unwrap() {
         let name = source["source"].as_str().unwrap();
         let read = source["rows_read"].as_u64().unwrap();

@@ -37,6 +37,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use serde::Serialize;
 
 use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
@@ -187,6 +188,22 @@ pub fn predictions_schema() -> Arc<Schema> {
     ]))
 }
 
+/// How the as-of-cut-off snapshots run.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshots<'a> {
+    /// Folder for the snapshots' tables (removed after each snapshot).
+    pub scratch: &'a Path,
+    /// Stages of a wave that run at once (`engine.stage_parallelism`).
+    pub parallel: usize,
+}
+
+/// The stages a snapshot re-runs, in waves of stages that do not depend on each other
+/// (see [`dag::waves`]), and how many of a wave run at once.
+struct Chain {
+    waves: Vec<Vec<crate::transform::Stage>>,
+    parallel: usize,
+}
+
 /// The stages [`FEATURES_STAGE`] needs, itself last, in `order`.
 fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> Vec<&'a crate::transform::Stage> {
     let mut needed = BTreeSet::from([FEATURES_STAGE.to_string()]);
@@ -244,13 +261,13 @@ fn input_err(table: &str) -> impl Fn(datafusion::error::DataFusionError) -> Chur
 /// afterwards. Each stage's time is logged.
 async fn snapshot(
     snap: SessionContext,
-    stages: Vec<crate::transform::Stage>,
-    settings: ScoringSettings,
+    chain: &Chain,
+    settings: &ScoringSettings,
     day: NaiveDate,
     scratch: &Path,
 ) -> Result<FeatureRows, ChurnError> {
     let folder = scratch.join(day.to_string());
-    let rows = snapshot_into(&snap, &stages, &settings, day, &folder).await;
+    let rows = snapshot_into(&snap, chain, settings, day, &folder).await;
     drop(snap);
     if let Err(e) = std::fs::remove_dir_all(&folder)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -260,9 +277,21 @@ async fn snapshot(
     rows
 }
 
+/// `stage`'s query in the snapshot session, with the snapshot's parameters.
+async fn stage_query(
+    snap: &SessionContext,
+    stage: &crate::transform::Stage,
+    params: &HashMap<String, ScalarValue>,
+) -> Result<datafusion::prelude::DataFrame, ChurnError> {
+    snap.sql(&stage.sql)
+        .await
+        .and_then(|df| df.with_param_values(params.clone()))
+        .map_err(input_err(&stage.name))
+}
+
 async fn snapshot_into(
     snap: &SessionContext,
-    stages: &[crate::transform::Stage],
+    chain: &Chain,
     settings: &ScoringSettings,
     day: NaiveDate,
     folder: &Path,
@@ -270,27 +299,26 @@ async fn snapshot_into(
     let started = Instant::now();
     let params = settings.sql_params(day);
     let mut rows = None;
-    for stage in stages {
-        let stage_started = Instant::now();
-        let err = input_err(&stage.name);
-        let df = snap
-            .sql(&stage.sql)
-            .await
-            .and_then(|df| df.with_param_values(params.clone()))
-            .map_err(&err)?;
-        if stage.name == FEATURES_STAGE {
-            rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
-            tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
-            break;
-        }
-        crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
-            .await
-            .map_err(|e| ChurnError::Input {
-                table: stage.name.clone(),
-                message: e.to_string(),
-            })?;
-        tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
-        if stage.name == MODEL_INPUT_STAGE {
+    for wave in &chain.waves {
+        // The stages of a wave depend on none of each other: up to `parallel` at once.
+        let runs = wave
+            .iter()
+            .filter(|stage| stage.name != FEATURES_STAGE)
+            .map(|stage| async {
+                let stage_started = Instant::now();
+                let df = stage_query(snap, stage, &params).await?;
+                crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
+                    .await
+                    .map_err(|e| ChurnError::Input {
+                        table: stage.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
+                Ok::<(), ChurnError>(())
+            });
+        let results: Vec<_> = futures::stream::iter(runs).buffered(chain.parallel).collect().await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        if wave.iter().any(|s| s.name == MODEL_INPUT_STAGE) {
             let fit_started = Instant::now();
             models::fit_and_register(snap, settings)
                 .await
@@ -299,6 +327,13 @@ async fn snapshot_into(
                     message: e.to_string(),
                 })?;
             tracing::info!(%day, ms = fit_started.elapsed().as_millis() as u64, "churn snapshot purchase models fitted");
+        }
+        if let Some(stage) = wave.iter().find(|s| s.name == FEATURES_STAGE) {
+            let stage_started = Instant::now();
+            let df = stage_query(snap, stage, &params).await?;
+            rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
+            tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
+            break;
         }
     }
     tracing::info!(%day, ms = started.elapsed().as_millis() as u64, "churn snapshot done");
@@ -398,8 +433,9 @@ pub async fn fit_and_register(
     order: &[String],
     settings: &ScoringSettings,
     as_of: NaiveDate,
-    scratch: &Path,
+    snapshots: Snapshots<'_>,
 ) -> Result<ChurnReport, ChurnError> {
+    let Snapshots { scratch, parallel } = snapshots;
     let started = Instant::now();
     let h = settings.churn_holdout_days;
     let back = |d: NaiveDate| d.checked_sub_days(Days::new(u64::from(h))).unwrap_or(NaiveDate::MIN);
@@ -428,8 +464,16 @@ pub async fn fit_and_register(
         FEATURES_STAGE,
     )
     .await?;
-    let stages = chain(project, provided, order).into_iter().cloned().collect();
-    let outcome = train(ctx, stages, settings, (c1, c2), scratch, &mut report).await?;
+    let names: Vec<String> = chain(project, provided, order)
+        .into_iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let waves = dag::waves(project, provided, &names)
+        .into_iter()
+        .map(|wave| wave.iter().filter_map(|n| project.stages.get(n).cloned()).collect())
+        .collect();
+    let chain = Chain { waves, parallel };
+    let outcome = train(ctx, &chain, settings, (c1, c2), scratch, &mut report).await?;
     let mut batch_rows: (Vec<String>, Vec<f64>, Vec<String>) = Default::default();
     let model_name;
     match outcome {
@@ -486,7 +530,7 @@ type Trained = Result<(Learner, Encoding, (f64, f64)), String>;
 /// cut-offs.
 async fn train(
     ctx: &SessionContext,
-    stages: Vec<crate::transform::Stage>,
+    chain: &Chain,
     settings: &ScoringSettings,
     (c1, c2): (NaiveDate, NaiveDate),
     scratch: &Path,
@@ -496,15 +540,7 @@ async fn train(
     // The two snapshots run one after the other, not side by side: they share the engine's
     // memory pool, and at 1M customers two concurrent sorts of the marketing history
     // exhausted a 4 GiB pool that one alone fits in.
-    let training = match snapshot(
-        scratch_session(ctx).await?,
-        stages.clone(),
-        settings.clone(),
-        c2,
-        scratch,
-    )
-    .await
-    {
+    let training = match snapshot(scratch_session(ctx).await?, chain, settings, c2, scratch).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -514,7 +550,7 @@ async fn train(
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = match snapshot(scratch_session(ctx).await?, stages, settings.clone(), c1, scratch).await {
+    let validation = match snapshot(scratch_session(ctx).await?, chain, settings, c1, scratch).await {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
