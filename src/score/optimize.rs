@@ -9,11 +9,15 @@
 //! alg. 6.1, with the initial inverse-Hessian scaling of eq. 6.20) with a
 //! line search satisfying the strong Wolfe conditions (alg. 3.5 and 3.6,
 //! cubic interpolation). It needs tens of evaluations where the
-//! derivative-free path below needs hundreds. When it fails (a non-finite
-//! objective where it has to step, no descent possible before the gradient
-//! criterion holds, or its iteration budget is spent) it falls back to
-//! [`minimize`] from the same start, so robustness is that of the
-//! derivative-free path.
+//! derivative-free path below needs hundreds. Its result counts only when it
+//! is certified by both criteria below (small gradient and, from a Hessian
+//! by differences of the analytic gradient, a negligible Newton step, after
+//! at most a few closing Newton steps): a likelihood that keeps rising ever
+//! more slowly as a parameter runs off to the boundary has a small gradient
+//! but no located maximum. Whenever BFGS fails (no certificate, no descent
+//! possible, its iteration budget spent, nothing finite in reach) the answer
+//! is that of [`minimize`] from the same start, so degenerate data get
+//! exactly the verdict of the derivative-free path.
 //!
 //! [`minimize`] is derivative-free: Nelder-Mead (Nelder and Mead 1965, with
 //! the standard coefficients 1, 2, 1/2, 1/2) restarted from its own best point
@@ -25,15 +29,15 @@
 //! simplex stalls long before the gradient vanishes.
 //!
 //! Convergence is certified at the returned point, not merely by the simplex
-//! collapsing or the steps getting short: either the gradient is small
-//! (`max_i |g_i| <= grad_tol * max(1, |f|)`; the analytic gradient for
-//! [`minimize_with_gradient`], central differences for [`minimize`]), or, in
-//! the derivative-free path, the finite-difference Hessian is positive
-//! definite and the Newton step it implies is negligible (the
+//! collapsing or the steps getting short. The two criteria: the gradient is
+//! small (`max_i |g_i| <= grad_tol * max(1, |f|)`; the analytic gradient for
+//! BFGS, central differences for [`minimize`]), and the finite-difference
+//! Hessian is positive definite with a negligible Newton step (the
 //! Newton-decrement idea of Boyd and Vandenberghe, *Convex Optimization*, sec.
-//! 9.5.1). The latter is the scale-free test that still works when rounding
-//! noise in a large likelihood keeps a finite-difference gradient from
-//! reaching a fixed tolerance. There is no randomness: the same objective and
+//! 9.5.1). BFGS needs both; the derivative-free path either, the second
+//! being the scale-free test that still works when rounding noise in a large
+//! likelihood keeps a finite-difference gradient from reaching a fixed
+//! tolerance. There is no randomness: the same objective and
 //! start always give the same answer.
 //!
 //! Non-finite objective values (`NaN`, `±inf`), and for
@@ -105,9 +109,9 @@ pub struct Minimum {
     /// converged, central-difference otherwise).
     pub gradient_norm: f64,
     /// Whether `params` is certified as a minimum: the value is finite and
-    /// either the gradient criterion ([`MinimizeOptions::grad_tol`]) or, in
-    /// the derivative-free path, the Newton-step criterion
-    /// ([`MinimizeOptions::newton_step_tol`]) holds.
+    /// the gradient criterion ([`MinimizeOptions::grad_tol`]) and the
+    /// Newton-step criterion ([`MinimizeOptions::newton_step_tol`]) hold
+    /// (BFGS), or either of them (derivative-free path).
     pub converged: bool,
 }
 
@@ -213,8 +217,9 @@ struct Point {
 
 /// Minimise `fg` starting from `x0`, where `fg(x, g)` returns the objective
 /// at `x` and writes its gradient into `g`: BFGS with a strong-Wolfe line
-/// search, falling back to [`minimize`] from `x0` when BFGS does not meet
-/// the gradient criterion (see the module documentation). With
+/// search, and the result of [`minimize`] from `x0` when BFGS does not end at
+/// a certified minimum (see the module documentation); `iterations` and
+/// `evaluations` then count both runs. With
 /// [`MinimizeOptions::max_quasi_newton_iterations`] = 0 this is exactly
 /// [`minimize`] on the objective value.
 ///
@@ -237,25 +242,15 @@ pub fn minimize_with_gradient<F: FnMut(&[f64], &mut [f64]) -> f64>(
         }
         qn = Some(run);
     }
+    // The derivative-free path from the same start, so that a fit BFGS cannot
+    // certify gets exactly the verdict that path gives.
     let spent = obj.evaluations;
     let mut scratch = vec![0.0; x0.len()];
-    let mut fallback = minimize(|x: &[f64]| (obj.fg)(x, &mut scratch), x0, options);
-    fallback.evaluations += spent;
-    match qn {
-        Some(qn) => {
-            let (iterations, evaluations) = (qn.iterations + fallback.iterations, fallback.evaluations);
-            let best = if fallback.converged || fallback.value <= qn.value {
-                fallback
-            } else {
-                qn
-            };
-            Minimum {
-                iterations,
-                evaluations,
-                ..best
-            }
-        }
-        None => fallback,
+    let fallback = minimize(|x: &[f64]| (obj.fg)(x, &mut scratch), x0, options);
+    Minimum {
+        iterations: fallback.iterations + qn.map_or(0, |q| q.iterations),
+        evaluations: fallback.evaluations + spent,
+        ..fallback
     }
 }
 
@@ -275,10 +270,26 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
     let mut scaled = false;
     let mut iterations = 0;
     let mut converged = false;
+    let mut newton_steps_left = MAX_NEWTON_CONTINUATIONS;
     while at.f.is_finite() {
         if max_abs(&at.g) <= options.grad_tol * at.f.abs().max(1.0) {
-            converged = true;
-            break;
+            match newton_certificate(obj, &at, options) {
+                Certificate::Located => {
+                    converged = true;
+                    break;
+                }
+                Certificate::Continue(inverse_hessian) if newton_steps_left > 0 => {
+                    // Finish with exact Newton steps (quadratic convergence).
+                    newton_steps_left -= 1;
+                    h = inverse_hessian;
+                    scaled = true;
+                }
+                // Flat or indefinite where the gradient (nearly) vanishes: an
+                // optimum at the boundary of the parameter space, a saddle, or
+                // a minimum that Newton steps do not pin down. Left to the
+                // derivative-free path, whose verdicts are established.
+                _ => break,
+            }
         }
         if iterations >= options.max_quasi_newton_iterations {
             break;
@@ -327,6 +338,74 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
         evaluations: 0,
         converged,
     }
+}
+
+/// Newton iterations BFGS may take after the gradient criterion first holds
+/// without the Newton-step criterion (see [`newton_certificate`]).
+const MAX_NEWTON_CONTINUATIONS: usize = 3;
+
+/// Verdict on a point where the gradient criterion holds.
+enum Certificate {
+    /// The Hessian is positive definite and the Newton step is below
+    /// [`MinimizeOptions::newton_step_tol`]: the minimum is located.
+    Located,
+    /// Positive definite, but the Newton step is longer; carries the inverse Hessian.
+    Continue(Vec<Vec<f64>>),
+    /// Not positive definite, or not computable (non-finite gradients nearby).
+    Fails,
+}
+
+/// A small gradient alone does not locate a minimum of a likelihood that
+/// flattens out towards the boundary of its parameter space (it may keep
+/// rising ever more slowly as a parameter runs off to 0 or infinity). So
+/// BFGS also requires the Newton step of the Hessian, by forward differences
+/// of the analytic gradient (`n` evaluations), to be negligible: the same
+/// certificate the derivative-free path's Newton polish uses.
+fn newton_certificate<F: FnMut(&[f64], &mut [f64]) -> f64>(
+    obj: &mut CountedGradient<F>,
+    at: &Point,
+    options: &MinimizeOptions,
+) -> Certificate {
+    let n = at.x.len();
+    let mut hess = vec![vec![0.0; n]; n];
+    let mut probe = at.x.clone();
+    for j in 0..n {
+        let h = {
+            let h = 1e-6 * at.x[j].abs().max(1.0);
+            (at.x[j] + h) - at.x[j]
+        };
+        probe[j] = at.x[j] + h;
+        let p = obj.eval(&probe);
+        probe[j] = at.x[j];
+        if !p.f.is_finite() {
+            return Certificate::Fails;
+        }
+        for i in 0..n {
+            hess[i][j] = (p.g[i] - at.g[i]) / h;
+        }
+    }
+    for i in 0..n {
+        for j in 0..i {
+            let v = 0.5 * (hess[i][j] + hess[j][i]);
+            hess[i][j] = v;
+            hess[j][i] = v;
+        }
+    }
+    let neg_g: Vec<f64> = at.g.iter().map(|v| -v).collect();
+    let Some(step) = cholesky_solve(&hess, 0.0, &neg_g) else {
+        return Certificate::Fails;
+    };
+    if max_abs(&step) <= options.newton_step_tol {
+        return Certificate::Located;
+    }
+    let columns: Option<Vec<Vec<f64>>> = (0..n)
+        .map(|j| {
+            let unit: Vec<f64> = (0..n).map(|i| f64::from(u8::from(i == j))).collect();
+            cholesky_solve(&hess, 0.0, &unit)
+        })
+        .collect();
+    // The inverse of a symmetric matrix is symmetric: its columns are its rows.
+    columns.map_or(Certificate::Fails, Certificate::Continue)
 }
 
 /// `H <- (I - rho s y') H (I - rho y s') + rho s s'` with `rho = 1 / s'y`.
