@@ -16,6 +16,7 @@
 //! all in one consistent time unit; the scale parameter `alpha` is in that
 //! unit.
 
+use super::distinct::DistinctValues;
 use super::error::ModelError;
 use super::optimize::{MinimizeOptions, minimize_with_gradient};
 use super::special::{NeumaierSum, hyp2f1, ln_rising, ln_rising_dv, sum_arrays_in_parts};
@@ -330,7 +331,7 @@ struct XGroup {
 /// thousand at most), and the customers without repeat purchases, whose
 /// likelihood depends on `T` alone, as one total weight per distinct `T`.
 struct Prepared {
-    /// Distinct values of `t_x` (of repeat buyers) and `T`, in IEEE total order.
+    /// Distinct values of `t_x` (of repeat buyers) and `T`, in first-seen order.
     times: Vec<f64>,
     /// `x = 0`: `(index of T, total weight)`.
     zeros: Vec<(u32, f64)>,
@@ -342,11 +343,6 @@ struct Prepared {
     /// Weighted sums used for the starting point.
     sum_wx: f64,
     sum_wt: f64,
-}
-
-/// Index of `v` in the sorted, de-duplicated `times` (present by construction).
-fn time_index(times: &[f64], v: f64) -> u32 {
-    times.binary_search_by(|p| p.total_cmp(&v)).unwrap_or_default() as u32
 }
 
 impl Prepared {
@@ -371,30 +367,27 @@ impl Prepared {
                 reason: format!("{} rows, total weight 0", data.len()),
             });
         }
-        let mut times: Vec<f64> = rows
-            .iter()
-            .flat_map(|s| [s.t_cal, if s.x > 0.0 { s.t_x } else { s.t_cal }])
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times.dedup_by(|p, q| p.to_bits() == q.to_bits());
-        if u32::try_from(times.len()).is_err() {
-            return Err(invalid(
-                "T",
-                times.len() as f64,
-                format!("at most {} distinct values of t_x and T are supported", u32::MAX),
-                None,
-            ));
-        }
         rows.sort_by(|p, q| p.x.total_cmp(&q.x));
+        let mut times = DistinctValues::default();
+        let mut index = |v: f64| {
+            times.index_of(v).ok_or_else(|| {
+                invalid(
+                    "T",
+                    v,
+                    "at most 2^32 distinct values of t_x and T are supported".into(),
+                    None,
+                )
+            })
+        };
         let mut zeros: Vec<(u32, f64)> = Vec::new();
         let mut groups: Vec<XGroup> = Vec::new();
         for s in rows {
-            let age = time_index(&times, s.t_cal);
+            let age = index(s.t_cal)?;
             if s.x == 0.0 {
                 zeros.push((age, s.weight));
                 continue;
             }
-            let row = (time_index(&times, s.t_x), age, s.weight);
+            let row = (index(s.t_x)?, age, s.weight);
             match groups.last_mut() {
                 Some(g) if g.x == s.x => {
                     g.weight += s.weight;
@@ -418,7 +411,7 @@ impl Prepared {
         });
         let row_count = zeros.len() + groups.iter().map(|g| g.rows.len()).sum::<usize>();
         Ok(Self {
-            times,
+            times: times.values().to_vec(),
             zeros,
             groups,
             rows: row_count,
