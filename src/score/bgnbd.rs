@@ -93,9 +93,12 @@ pub struct BgNbdFit {
     pub params: BgNbdParams,
     /// Weighted total log-likelihood at `params` (FHL eq. 6 summed over customers).
     pub log_likelihood: f64,
-    /// Optimiser iterations spent (Nelder-Mead plus Newton polish).
+    /// Optimiser iterations spent (BFGS, plus Nelder-Mead and Newton polish
+    /// when the derivative-free fallback ran).
     pub iterations: usize,
-    /// Whether the optimiser's gradient criterion was met.
+    /// Log-likelihood evaluations spent (each with its gradient on the BFGS path).
+    pub evaluations: usize,
+    /// Whether the optimiser certified the maximum (see [`super::optimize::Minimum::converged`]).
     pub converged: bool,
 }
 
@@ -576,6 +579,7 @@ pub fn fit_bgnbd_with(data: &[RfSummary], options: &BgNbdFitOptions) -> Result<B
         params,
         log_likelihood,
         iterations: m.iterations,
+        evaluations: m.evaluations,
         converged: m.converged,
     })
 }

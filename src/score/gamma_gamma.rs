@@ -101,9 +101,12 @@ pub struct GammaGammaFit {
     pub params: GammaGammaParams,
     /// Weighted total log-likelihood at `params`.
     pub log_likelihood: f64,
-    /// Optimiser iterations spent (Nelder-Mead plus Newton polish).
+    /// Optimiser iterations spent (BFGS, plus Nelder-Mead and Newton polish
+    /// when the derivative-free fallback ran).
     pub iterations: usize,
-    /// Whether the optimiser's gradient criterion was met.
+    /// Log-likelihood evaluations spent (each with its gradient on the BFGS path).
+    pub evaluations: usize,
+    /// Whether the optimiser certified the maximum (see [`super::optimize::Minimum::converged`]).
     pub converged: bool,
 }
 
@@ -385,6 +388,7 @@ pub fn fit_gamma_gamma_with(
         params,
         log_likelihood,
         iterations: m.iterations,
+        evaluations: m.evaluations,
         converged: m.converged,
     })
 }
