@@ -280,7 +280,14 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
     while at.f.is_finite() {
         if max_abs(&at.g) <= options.grad_tol * at.f.abs().max(1.0) {
             match newton_certificate(obj, &at, options) {
-                Certificate::Located => {
+                Certificate::Located(step) => {
+                    // Take the (negligible) Newton step too: it squares the
+                    // remaining error for one more evaluation.
+                    let x: Vec<f64> = at.x.iter().zip(&step).map(|(xi, si)| xi + si).collect();
+                    let polished = obj.eval(&x);
+                    if polished.f <= at.f {
+                        at = polished;
+                    }
                     converged = true;
                     break;
                 }
@@ -352,9 +359,9 @@ const MAX_NEWTON_CONTINUATIONS: usize = 3;
 
 /// Verdict on a point where the gradient criterion holds.
 enum Certificate {
-    /// The Hessian is positive definite and the Newton step is below
-    /// [`MinimizeOptions::newton_step_tol`]: the minimum is located.
-    Located,
+    /// The Hessian is positive definite and the Newton step (carried) is
+    /// below [`MinimizeOptions::newton_step_tol`]: the minimum is located.
+    Located(Vec<f64>),
     /// Positive definite, but the Newton step is longer; carries the inverse Hessian.
     Continue(Vec<Vec<f64>>),
     /// Not positive definite, or not computable (non-finite gradients nearby).
@@ -380,7 +387,7 @@ fn newton_certificate<F: FnMut(&[f64], &mut [f64]) -> f64>(
         return Certificate::Fails;
     };
     if max_abs(&step) <= options.newton_step_tol {
-        return Certificate::Located;
+        return Certificate::Located(step);
     }
     inverse_positive_definite(&hess).map_or(Certificate::Fails, Certificate::Continue)
 }
