@@ -429,8 +429,7 @@ impl Prepared {
     fn evaluate(&self, params: &BgNbdParams) -> (f64, [f64; PARAMS]) {
         let k = LlConstants::new(params);
         let times: Vec<TimeTerms> = self.times.iter().map(|&v| k.time_terms(v)).collect();
-        let [ll, g0, g1, g2, g3] =
-            sum_arrays_in_parts(self.rows, |part, parts| self.partial(&k, &times, part, parts));
+        let [ll, g0, g1, g2, g3] = sum_arrays_in_parts(self.rows, |part, parts| self.partial(&k, &times, part, parts));
         (ll, [g0, g1, g2, g3])
     }
 
@@ -1181,9 +1180,15 @@ mod tests {
         let k = LlConstants::new(&params);
         let times: Vec<TimeTerms> = prepared.times.iter().map(|&v| k.time_terms(v)).collect();
         let single = prepared.partial(&k, &times, 0, 1);
-        assert!(((parallel - single[0]) / single[0]).abs() < 1e-12, "{parallel} vs {single:?}");
+        assert!(
+            ((parallel - single[0]) / single[0]).abs() < 1e-12,
+            "{parallel} vs {single:?}"
+        );
         for (p, s) in parallel_gradient.iter().zip(&single[1..]) {
-            assert!((p - s).abs() < 1e-10 * s.abs().max(1.0), "{parallel_gradient:?} vs {single:?}");
+            assert!(
+                (p - s).abs() < 1e-10 * s.abs().max(1.0),
+                "{parallel_gradient:?} vs {single:?}"
+            );
         }
         assert_eq!(
             (parallel, parallel_gradient),
@@ -1254,14 +1259,14 @@ mod tests {
     #[test]
     fn gradient_matches_central_differences() {
         let mut data = cdnow_summaries();
-        data.extend([(45.0, 30.0, 38.0), (120.0, 37.5, 38.0), (33.0, 2.0, 20.0)].map(|(x, t_x, t_cal)| {
-            RfSummary {
+        data.extend(
+            [(45.0, 30.0, 38.0), (120.0, 37.5, 38.0), (33.0, 2.0, 20.0)].map(|(x, t_x, t_cal)| RfSummary {
                 x,
                 t_x,
                 t_cal,
                 weight: 2.0,
-            }
-        }));
+            }),
+        );
         let prepared = Prepared::new(&data).unwrap();
         for (r, alpha, a, b) in [
             (0.243, 4.414, 0.793, 2.426),
@@ -1321,7 +1326,10 @@ mod tests {
                 };
                 let got = log_likelihood(&p, x, t_x, t_cal).unwrap();
                 let scale = a1.abs() + a2.abs() + a3.abs() + 1.0;
-                assert!((got - ll).abs() <= 1e-13 * scale, "({x}, {t_x}, {t_cal}) at {p:?}: {got} vs {ll}");
+                assert!(
+                    (got - ll).abs() <= 1e-13 * scale,
+                    "({x}, {t_x}, {t_cal}) at {p:?}: {got} vs {ll}"
+                );
                 sum.add(s.weight * got);
             }
             let total = total_log_likelihood(&p, &data).unwrap();

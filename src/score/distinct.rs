@@ -84,7 +84,9 @@ mod tests {
     fn many_whole_and_day_valued_numbers() {
         // Whole numbers and multiples of 1/7 (weeks at day granularity), each seen twice.
         let mut d = DistinctValues::default();
-        let values: Vec<f64> = (0..20_000).map(|i| if i % 2 == 0 { i as f64 } else { i as f64 / 7.0 }).collect();
+        let values: Vec<f64> = (0..20_000)
+            .map(|i| if i % 2 == 0 { i as f64 } else { i as f64 / 7.0 })
+            .collect();
         for round in 0..2 {
             for (i, &v) in values.iter().enumerate() {
                 assert_eq!(d.index_of(v), Some(i as u32), "round {round}");

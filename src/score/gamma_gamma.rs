@@ -721,9 +721,15 @@ mod tests {
         let params = GammaGammaParams::new(6.25, 3.74, 15.44).unwrap();
         let (parallel, parallel_gradient) = prepared.evaluate(&params);
         let single = prepared.partial(&params, 0, 1);
-        assert!(((parallel - single[0]) / single[0]).abs() < 1e-12, "{parallel} vs {single:?}");
+        assert!(
+            ((parallel - single[0]) / single[0]).abs() < 1e-12,
+            "{parallel} vs {single:?}"
+        );
         for (p, s) in parallel_gradient.iter().zip(&single[1..]) {
-            assert!((p - s).abs() < 1e-10 * s.abs().max(1.0), "{parallel_gradient:?} vs {single:?}");
+            assert!(
+                (p - s).abs() < 1e-10 * s.abs().max(1.0),
+                "{parallel_gradient:?} vs {single:?}"
+            );
         }
     }
 

@@ -262,7 +262,11 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
     options: &MinimizeOptions,
 ) -> Minimum {
     let n = x0.len();
-    let identity = || -> Vec<Vec<f64>> { (0..n).map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect()).collect() };
+    let identity = || -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
+            .collect()
+    };
     let mut at = obj.eval(x0);
     let mut h = identity();
     // Whether `h` holds curvature information (false: the identity, whose
@@ -309,7 +313,8 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
         }
         iterations += 1;
         let mut d: Vec<f64> = h.iter().map(|row| -dot(row, &at.g)).collect();
-        if !(dot(&d, &at.g) < 0.0) {
+        let slope = dot(&d, &at.g);
+        if slope.is_nan() || slope >= 0.0 {
             // Not a descent direction (rounding in a stale H): restart from steepest descent.
             h = identity();
             scaled = false;
@@ -336,7 +341,10 @@ fn bfgs<F: FnMut(&[f64], &mut [f64]) -> f64>(
             if !scaled {
                 // Nocedal and Wright eq. 6.20: H0 = (s'y / y'y) I.
                 let gamma = sy / yy;
-                h = identity().into_iter().map(|row| row.into_iter().map(|v| v * gamma).collect()).collect();
+                h = identity()
+                    .into_iter()
+                    .map(|row| row.into_iter().map(|v| v * gamma).collect())
+                    .collect();
                 scaled = true;
             }
             bfgs_update(&mut h, &s, &y, sy);
@@ -419,7 +427,8 @@ fn gradient_hessian<F: FnMut(&[f64], &mut [f64]) -> f64>(
     at: &Point,
 ) -> Option<Vec<Vec<f64>>> {
     let n = at.x.len();
-    let mut hess = vec![vec![0.0; n]; n];
+    // columns[j][i] = d g_i / d x_j
+    let mut columns: Vec<Vec<f64>> = Vec::with_capacity(n);
     let mut probe = at.x.clone();
     for j in 0..n {
         let h = {
@@ -432,18 +441,13 @@ fn gradient_hessian<F: FnMut(&[f64], &mut [f64]) -> f64>(
         if !p.f.is_finite() {
             return None;
         }
-        for i in 0..n {
-            hess[i][j] = (p.g[i] - at.g[i]) / h;
-        }
+        columns.push(p.g.iter().zip(&at.g).map(|(gp, g0)| (gp - g0) / h).collect());
     }
-    for i in 0..n {
-        for j in 0..i {
-            let v = 0.5 * (hess[i][j] + hess[j][i]);
-            hess[i][j] = v;
-            hess[j][i] = v;
-        }
-    }
-    Some(hess)
+    Some(
+        (0..n)
+            .map(|i| (0..n).map(|j| 0.5 * (columns[j][i] + columns[i][j])).collect())
+            .collect(),
+    )
 }
 
 /// Inverse of a symmetric positive-definite matrix (by Cholesky); `None` if
@@ -605,12 +609,16 @@ fn safeguarded_cubic(lo: Probe, hi: Probe) -> f64 {
     }
     let d1 = lo.slope + hi.slope - 3.0 * (lo.f - hi.f) / (lo.alpha - hi.alpha);
     let disc = d1 * d1 - lo.slope * hi.slope;
-    if !(disc >= 0.0) {
+    if disc.is_nan() || disc < 0.0 {
         return bisect;
     }
     let d2 = width.signum() * disc.sqrt();
     let alpha = hi.alpha - width * (hi.slope + d2 - d1) / (hi.slope - lo.slope + 2.0 * d2);
-    if alpha.is_finite() { alpha.clamp(min, max) } else { bisect }
+    if alpha.is_finite() {
+        alpha.clamp(min, max)
+    } else {
+        bisect
+    }
 }
 
 struct NmResult {
@@ -1000,12 +1008,22 @@ mod tests {
         let opts = MinimizeOptions::default();
         let m = minimize_with_gradient(rosenbrock_with_gradient, &[-1.2, 1.0], &opts);
         assert!(m.converged, "{m:?}");
-        assert!((m.params[0] - 1.0).abs() < 1e-6 && (m.params[1] - 1.0).abs() < 1e-6, "{m:?}");
+        assert!(
+            (m.params[0] - 1.0).abs() < 1e-6 && (m.params[1] - 1.0).abs() < 1e-6,
+            "{m:?}"
+        );
         assert!(m.gradient_norm <= opts.grad_tol, "{m:?}");
         // BFGS alone (no fallback): far fewer evaluations than the derivative-free path.
-        let derivative_free = minimize(|p: &[f64]| rosenbrock_with_gradient(p, &mut [0.0; 2]), &[-1.2, 1.0], &opts);
+        let derivative_free = minimize(
+            |p: &[f64]| rosenbrock_with_gradient(p, &mut [0.0; 2]),
+            &[-1.2, 1.0],
+            &opts,
+        );
         assert!(m.iterations <= opts.max_quasi_newton_iterations, "{m:?}");
-        assert!(m.evaluations * 5 < derivative_free.evaluations, "{m:?} vs {derivative_free:?}");
+        assert!(
+            m.evaluations * 5 < derivative_free.evaluations,
+            "{m:?} vs {derivative_free:?}"
+        );
     }
 
     #[test]
@@ -1056,7 +1074,10 @@ mod tests {
         assert!((m.params[0] - 2.0).abs() < 1e-6, "{m:?}");
         let alone = minimize(|p: &[f64]| (p[0] - 2.0).powi(2), &[0.0], &opts);
         assert_eq!(m.params, alone.params);
-        assert!(m.iterations > alone.iterations && m.evaluations > alone.evaluations, "{m:?} vs {alone:?}");
+        assert!(
+            m.iterations > alone.iterations && m.evaluations > alone.evaluations,
+            "{m:?} vs {alone:?}"
+        );
     }
 
     #[test]
@@ -1066,7 +1087,11 @@ mod tests {
             ..MinimizeOptions::default()
         };
         let with = minimize_with_gradient(rosenbrock_with_gradient, &[-1.2, 1.0], &opts);
-        let without = minimize(|p: &[f64]| rosenbrock_with_gradient(p, &mut [0.0; 2]), &[-1.2, 1.0], &opts);
+        let without = minimize(
+            |p: &[f64]| rosenbrock_with_gradient(p, &mut [0.0; 2]),
+            &[-1.2, 1.0],
+            &opts,
+        );
         assert_eq!(with, without);
     }
 
