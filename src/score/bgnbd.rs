@@ -513,7 +513,7 @@ fn from_log(theta: &[f64]) -> BgNbdParams {
 /// requiring convergence.
 ///
 /// Parameters are optimised as `ln r, ln alpha, ln a, ln b` (see
-/// [`super::optimize::minimize`]).
+/// [`super::optimize::minimize_with_gradient`]).
 ///
 /// # Errors
 /// [`ModelError::InvalidInput`] for an invalid row (with its index),

@@ -347,7 +347,8 @@ fn check_cancellation(sum: f64, max_abs_term: f64) -> Result<f64, String> {
 
 /// Neumaier's compensated summation (Neumaier 1974): adds many terms of
 /// mixed magnitude with an error that does not grow with their number. Used
-/// for the likelihood totals so that finite-difference gradients stay clean.
+/// for the likelihood totals, so that they stay accurate where the optimiser
+/// compares nearly equal values (line searches, finite-difference Hessians).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NeumaierSum {
     sum: f64,
