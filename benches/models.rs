@@ -148,14 +148,14 @@ async fn main() {
         );
         if let Some(m) = &models.bgnbd {
             println!(
-                "             bgnbd {:?} (truth r 0.243 alpha 4.414 a 0.793 b 2.426)",
-                m.params
+                "             bgnbd {:?} (truth r 0.243 alpha 4.414 a 0.793 b 2.426); {} iterations, LL {}",
+                m.params, m.iterations, m.log_likelihood
             );
         }
         if let Some(m) = &models.gamma_gamma {
             println!(
-                "             gamma-gamma {:?} (truth p 6.25 q 3.74 gamma 15.44)",
-                m.params
+                "             gamma-gamma {:?} (truth p 6.25 q 3.74 gamma 15.44); {} iterations, LL {}",
+                m.params, m.iterations, m.log_likelihood
             );
         }
     }

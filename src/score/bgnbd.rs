@@ -16,9 +16,10 @@
 //! all in one consistent time unit; the scale parameter `alpha` is in that
 //! unit.
 
+use super::distinct::DistinctValues;
 use super::error::ModelError;
-use super::optimize::{MinimizeOptions, minimize};
-use super::special::{NeumaierSum, hyp2f1, ln_rising, sum_in_parts};
+use super::optimize::{MinimizeOptions, minimize_with_gradient};
+use super::special::{NeumaierSum, hyp2f1, ln_rising, ln_rising_dv, sum_arrays_in_parts};
 
 const MODEL: &str = "BG/NBD";
 
@@ -92,9 +93,12 @@ pub struct BgNbdFit {
     pub params: BgNbdParams,
     /// Weighted total log-likelihood at `params` (FHL eq. 6 summed over customers).
     pub log_likelihood: f64,
-    /// Optimiser iterations spent (Nelder-Mead plus Newton polish).
+    /// Optimiser iterations spent (BFGS, plus Nelder-Mead and Newton polish
+    /// when the derivative-free fallback ran).
     pub iterations: usize,
-    /// Whether the optimiser's gradient criterion was met.
+    /// Log-likelihood evaluations spent (each with its gradient on the BFGS path).
+    pub evaluations: usize,
+    /// Whether the optimiser certified the maximum (see [`super::optimize::Minimum::converged`]).
     pub converged: bool,
 }
 
@@ -169,16 +173,28 @@ fn validate_horizon(t: f64) -> Result<(), ModelError> {
     }
 }
 
-/// `ln(e^u + e^v)` without overflow.
-fn log_sum_exp(u: f64, v: f64) -> f64 {
-    let m = u.max(v);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + ((u - m).exp() + (v - m).exp()).ln()
+/// `(ln(1 + e^u), 1 / (1 + e^-u))`: the softplus function and its derivative,
+/// the logistic function, with one `exp` and one `ln_1p` and no overflow.
+fn softplus(u: f64) -> (f64, f64) {
+    let e = (-u.abs()).exp();
+    let value = u.max(0.0) + e.ln_1p();
+    let logistic = if u >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    (value, logistic)
 }
 
+/// Number of parameters; gradients are with respect to `(ln r, ln α, ln a, ln b)`.
+const PARAMS: usize = 4;
+
 /// Parameter-only pieces of the log-likelihood, shared by all customers.
+///
+/// The log-likelihood of one customer (FHL eq. 6) is written as
+/// `K_x - (r+x) ℓ(T) + δ_{x>0} softplus(u)` with `ℓ(v) = ln(1 + v/α)`,
+/// `K_x = ln (r)_x - x ln α + ln (b)_x - ln (a+b)_x` and
+/// `u = ln a - ln(b+x-1) + (r+x) (ℓ(T) - ℓ(t_x))`, which is FHL's
+/// `A1 + A2 + ln(exp(A3) + δ_{x>0} exp(A4))` rearranged so that `r ln α`
+/// cancels exactly and only one `exp` and one `ln_1p` remain per customer;
+/// `softplus(u)`'s derivative `s = 1/(1 + e^-u)` is the posterior probability
+/// that the customer dropped out at their last purchase.
 struct LlConstants {
     r: f64,
     alpha: f64,
@@ -186,6 +202,29 @@ struct LlConstants {
     b: f64,
     ln_alpha: f64,
     ln_a: f64,
+}
+
+/// The terms of one distinct `x` (see [`LlConstants`]), with their
+/// derivatives in the log-parameters.
+#[derive(Debug, Clone, Copy)]
+struct XTerms {
+    /// `r + x`.
+    rx: f64,
+    /// `K_x`.
+    k: f64,
+    /// `ln a - ln(b + x - 1)`; unused for `x = 0`.
+    c: f64,
+    /// Gradient of `K_x`.
+    dk: [f64; PARAMS],
+    /// Gradient of `c` (`r` and `α` do not enter it).
+    dc: [f64; PARAMS],
+}
+
+/// `ℓ(v) = ln(1 + v/α)` and `q(v) = v/(α + v) = -α dℓ/dα` of one distinct time `v`.
+#[derive(Debug, Clone, Copy)]
+struct TimeTerms {
+    ell: f64,
+    q: f64,
 }
 
 impl LlConstants {
@@ -200,43 +239,63 @@ impl LlConstants {
         }
     }
 
-    /// Terms that depend only on `x`: `(A1 + A2, ln a - ln(b + x - 1))`.
+    /// Terms that depend only on `x`.
     ///
     /// The gamma-function ratios are taken as log rising factorials, which
     /// stay exact (0 for x = 0) even for huge `b` where differences of
-    /// `ln Γ` values would cancel catastrophically.
-    fn x_terms(&self, x: f64) -> (f64, f64) {
-        // A1 = ln Γ(r+x) - ln Γ(r) + r ln α
-        let a1 = ln_rising(self.r, x) + self.r * self.ln_alpha;
-        // A2 = ln [B(a, b+x) / B(a, b)] = ln (b)_x - ln (a+b)_x
-        let a2 = ln_rising(self.b, x) - ln_rising(self.a + self.b, x);
-        let dropout = if x > 0.0 {
-            self.ln_a - (self.b + x - 1.0).ln()
+    /// `ln Γ` values would cancel catastrophically; their derivatives are
+    /// [`ln_rising_dv`], `ψ(v+x) - ψ(v)`.
+    fn x_terms(&self, x: f64) -> XTerms {
+        let (r, a, b) = (self.r, self.a, self.b);
+        let k = ln_rising(r, x) - x * self.ln_alpha + ln_rising(b, x) - ln_rising(a + b, x);
+        let psi_ab = ln_rising_dv(a + b, x);
+        let dk = [
+            r * ln_rising_dv(r, x),
+            -x,
+            -a * psi_ab,
+            b * (ln_rising_dv(b, x) - psi_ab),
+        ];
+        let (c, dc) = if x > 0.0 {
+            (self.ln_a - (b + x - 1.0).ln(), [0.0, 0.0, 1.0, -b / (b + x - 1.0)])
         } else {
-            f64::NEG_INFINITY
+            (f64::NEG_INFINITY, [0.0; PARAMS])
         };
-        (a1 + a2, dropout)
+        XTerms {
+            rx: r + x,
+            k,
+            c,
+            dk,
+            dc,
+        }
     }
 
-    /// FHL eq. 6 in logs:
-    /// `A1 + A2 + ln(exp(A3) + δ_{x>0} exp(A4))` with
-    /// `A3 = -(r+x) ln(α+T)` and `A4 = ln a - ln(b+x-1) - (r+x) ln(α+t_x)`.
-    fn customer(&self, x: f64, x_terms: (f64, f64), t_x: f64, t_cal: f64) -> f64 {
-        let (a12, dropout) = x_terms;
-        let rx = self.r + x;
-        let a3 = -rx * (self.alpha + t_cal).ln();
+    fn time_terms(&self, v: f64) -> TimeTerms {
+        TimeTerms {
+            ell: (v / self.alpha).ln_1p(),
+            q: v / (self.alpha + v),
+        }
+    }
+
+    /// Log-likelihood of one customer (FHL eq. 6; see [`LlConstants`]).
+    fn customer(&self, x: f64, t_x: f64, t_cal: f64) -> f64 {
+        let xt = self.x_terms(x);
         if x > 0.0 {
-            let a4 = dropout - rx * (self.alpha + t_x).ln();
-            a12 + log_sum_exp(a3, a4)
+            xt.k + repeat_buyer(&xt, self.time_terms(t_cal), self.time_terms(t_x)).0
         } else {
-            a12 + a3
+            xt.k - xt.rx * self.time_terms(t_cal).ell
         }
     }
 }
 
+/// The part of a repeat buyer's log-likelihood that depends on the times,
+/// `-(r+x) ℓ(T) + softplus(u)`, and the dropout probability `s`.
+fn repeat_buyer(xt: &XTerms, age: TimeTerms, last: TimeTerms) -> (f64, f64) {
+    let (sp, s) = softplus(xt.c + xt.rx * (age.ell - last.ell));
+    (sp - xt.rx * age.ell, s)
+}
+
 /// Log-likelihood of one customer's `(x, t_x, T)` under `params` (FHL eq. 6,
-/// computed in log space with log-sum-exp; for `x = 0` only the "still
-/// alive" term is present).
+/// computed in log space; for `x = 0` only the "still alive" term is present).
 ///
 /// # Errors
 /// [`ModelError::InvalidParameter`] / [`ModelError::InvalidInput`] for
@@ -245,8 +304,7 @@ impl LlConstants {
 pub fn log_likelihood(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_observation(x, t_x, t_cal, None)?;
-    let k = LlConstants::new(params);
-    Ok(k.customer(x, k.x_terms(x), t_x, t_cal))
+    Ok(LlConstants::new(params).customer(x, t_x, t_cal))
 }
 
 /// Weighted total log-likelihood of a data set, `sum_i weight_i * ll_i`.
@@ -257,17 +315,33 @@ pub fn log_likelihood(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Res
 pub fn total_log_likelihood(params: &BgNbdParams, data: &[RfSummary]) -> Result<f64, ModelError> {
     params.validate()?;
     let prepared = Prepared::new(data)?;
-    Ok(prepared.log_likelihood(params))
+    Ok(prepared.evaluate(params).0)
 }
 
-/// Rows grouped by their distinct `x`: `(x, rows)`, ordered by `x`.
-type RowsByX = Vec<(f64, Vec<(f64, f64, f64)>)>;
+/// Customers with one distinct `x > 0`.
+struct XGroup {
+    x: f64,
+    /// Total weight of the group.
+    weight: f64,
+    /// `(index of t_x, index of T, weight)`, indices into [`Prepared::times`].
+    rows: Vec<(u32, u32, f64)>,
+}
 
-/// Validated data arranged by distinct `x`, so that the gamma-function terms
-/// are computed once per distinct frequency rather than once per customer.
+/// Validated data arranged so that every parameter-dependent term is
+/// computed once per distinct value rather than once per customer: the
+/// gamma-function terms per distinct `x`, the logarithms per distinct time
+/// (`t_x` and `T` are at day granularity in practice, so there are a few
+/// thousand at most), and the customers without repeat purchases, whose
+/// likelihood depends on `T` alone, as one total weight per distinct `T`.
 struct Prepared {
-    /// `(x, rows (t_x, T, weight))`, ordered by `x`.
-    groups: RowsByX,
+    /// Distinct values of `t_x` (of repeat buyers) and `T`, in first-seen order.
+    times: Vec<f64>,
+    /// `x = 0`: `(index of T, total weight)`.
+    zeros: Vec<(u32, f64)>,
+    /// `x > 0`, ordered by `x`; rows in input order.
+    groups: Vec<XGroup>,
+    /// Number of summed rows (entries of `zeros` and of every group).
+    rows: usize,
     total_weight: f64,
     /// Weighted sums used for the starting point.
     sum_wx: f64,
@@ -297,43 +371,116 @@ impl Prepared {
             });
         }
         rows.sort_by(|p, q| p.x.total_cmp(&q.x));
-        let mut groups: RowsByX = Vec::new();
+        let mut times = DistinctValues::default();
+        let mut index = |v: f64| {
+            times.index_of(v).ok_or_else(|| {
+                invalid(
+                    "T",
+                    v,
+                    "at most 2^32 distinct values of t_x and T are supported".into(),
+                    None,
+                )
+            })
+        };
+        let mut zeros: Vec<(u32, f64)> = Vec::new();
+        let mut groups: Vec<XGroup> = Vec::new();
         for s in rows {
+            let age = index(s.t_cal)?;
+            if s.x == 0.0 {
+                zeros.push((age, s.weight));
+                continue;
+            }
+            let row = (index(s.t_x)?, age, s.weight);
             match groups.last_mut() {
-                Some((x, members)) if *x == s.x => members.push((s.t_x, s.t_cal, s.weight)),
-                _ => groups.push((s.x, vec![(s.t_x, s.t_cal, s.weight)])),
+                Some(g) if g.x == s.x => {
+                    g.weight += s.weight;
+                    g.rows.push(row);
+                }
+                _ => groups.push(XGroup {
+                    x: s.x,
+                    weight: s.weight,
+                    rows: vec![row],
+                }),
             }
         }
+        // One entry per distinct T for the customers without repeat purchases.
+        zeros.sort_by_key(|z| z.0);
+        zeros.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+            }
+            same
+        });
+        let row_count = zeros.len() + groups.iter().map(|g| g.rows.len()).sum::<usize>();
         Ok(Self {
+            times: times.values().to_vec(),
+            zeros,
             groups,
+            rows: row_count,
             total_weight,
             sum_wx,
             sum_wt,
         })
     }
 
-    fn log_likelihood(&self, params: &BgNbdParams) -> f64 {
+    /// The weighted total log-likelihood and its gradient with respect to
+    /// `(ln r, ln α, ln a, ln b)`.
+    fn evaluate(&self, params: &BgNbdParams) -> (f64, [f64; PARAMS]) {
         let k = LlConstants::new(params);
-        let rows = self.groups.iter().map(|(_, m)| m.len()).sum();
-        sum_in_parts(rows, |part, parts| self.partial_log_likelihood(&k, part, parts))
+        let times: Vec<TimeTerms> = self.times.iter().map(|&v| k.time_terms(v)).collect();
+        let [ll, g0, g1, g2, g3] = sum_arrays_in_parts(self.rows, |part, parts| self.partial(&k, &times, part, parts));
+        (ll, [g0, g1, g2, g3])
     }
 
-    /// The log-likelihood of slice `part` of `parts` of every x group. Customers' terms are
-    /// summed whole, with compensated summation, so the objective is smooth enough for
-    /// finite-difference gradients.
-    fn partial_log_likelihood(&self, k: &LlConstants, part: usize, parts: usize) -> f64 {
+    /// Log-likelihood and gradient of slice `part` of `parts` of every x group (the
+    /// customers without repeat purchases are in part 0). Customers' terms are summed
+    /// whole, with compensated summation; the gradient's per-group sums are plain and
+    /// their totals compensated.
+    fn partial(&self, k: &LlConstants, times: &[TimeTerms], part: usize, parts: usize) -> [f64; 1 + PARAMS] {
         let mut total = NeumaierSum::default();
-        for (x, members) in &self.groups {
-            let (from, to) = (members.len() * part / parts, members.len() * (part + 1) / parts);
+        let mut grad = [NeumaierSum::default(); PARAMS];
+        if part == 0 && !self.zeros.is_empty() {
+            // x = 0: K_0 = 0, so the term is -r ℓ(T).
+            let (mut sum_ell, mut sum_q) = (0.0, 0.0);
+            for &(age, w) in &self.zeros {
+                let t = times[age as usize];
+                total.add(-w * k.r * t.ell);
+                sum_ell += w * t.ell;
+                sum_q += w * t.q;
+            }
+            grad[0].add(-k.r * sum_ell);
+            grad[1].add(k.r * sum_q);
+        }
+        for group in &self.groups {
+            let n = group.rows.len();
+            let (from, to) = (n * part / parts, n * (part + 1) / parts);
             if from == to {
                 continue;
             }
-            let terms = k.x_terms(*x);
-            for &(t_x, t_cal, w) in &members[from..to] {
-                total.add(w * k.customer(*x, terms, t_x, t_cal));
+            let xt = k.x_terms(group.x);
+            // Weighted sums over the slice: Σw, Σw ℓ(T), Σw s (ℓ(T) - ℓ(t_x)), Σw q(T),
+            // Σw s (q(T) - q(t_x)), Σw s.
+            let (mut sw, mut s_ell, mut s_dell, mut s_q, mut s_dq, mut s_s) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for &(last, age, w) in &group.rows[from..to] {
+                let (age, last) = (times[age as usize], times[last as usize]);
+                let (v, s) = repeat_buyer(&xt, age, last);
+                total.add(w * (xt.k + v));
+                let ws = w * s;
+                sw += w;
+                s_ell += w * age.ell;
+                s_dell += ws * (age.ell - last.ell);
+                s_q += w * age.q;
+                s_dq += ws * (age.q - last.q);
+                s_s += ws;
+            }
+            let direct = [k.r * (s_dell - s_ell), xt.rx * (s_q - s_dq), 0.0, 0.0];
+            for (i, g) in grad.iter_mut().enumerate() {
+                g.add(xt.dk[i] * sw + xt.dc[i] * s_s + direct[i]);
             }
         }
-        total.value()
+        let [g0, g1, g2, g3] = grad.map(|g| g.value());
+        [total.value(), g0, g1, g2, g3]
     }
 
     /// Data-derived start: r = a = b = 1 and alpha = r / (observed rate).
@@ -366,7 +513,7 @@ fn from_log(theta: &[f64]) -> BgNbdParams {
 /// requiring convergence.
 ///
 /// Parameters are optimised as `ln r, ln alpha, ln a, ln b` (see
-/// [`super::optimize::minimize`]).
+/// [`super::optimize::minimize_with_gradient`]).
 ///
 /// # Errors
 /// [`ModelError::InvalidInput`] for an invalid row (with its index),
@@ -400,8 +547,14 @@ pub fn fit_bgnbd_with(data: &[RfSummary], options: &BgNbdFitOptions) -> Result<B
         None => prepared.default_start(),
     };
     let theta0 = [start.r.ln(), start.alpha.ln(), start.a.ln(), start.b.ln()];
-    let objective = |theta: &[f64]| -prepared.log_likelihood(&from_log(theta));
-    let m = minimize(objective, &theta0, &options.minimize);
+    let objective = |theta: &[f64], gradient: &mut [f64]| {
+        let (ll, g) = prepared.evaluate(&from_log(theta));
+        for (out, v) in gradient.iter_mut().zip(g) {
+            *out = -v;
+        }
+        -ll
+    };
+    let m = minimize_with_gradient(objective, &theta0, &options.minimize);
     let params = from_log(&m.params);
     if !m.value.is_finite() || params.validate().is_err() {
         return Err(ModelError::NonFiniteObjective {
@@ -425,6 +578,7 @@ pub fn fit_bgnbd_with(data: &[RfSummary], options: &BgNbdFitOptions) -> Result<B
         params,
         log_likelihood,
         iterations: m.iterations,
+        evaluations: m.evaluations,
         converged: m.converged,
     })
 }
@@ -880,27 +1034,34 @@ mod tests {
 
     #[test]
     fn non_convergence_is_reported() {
-        let opts = BgNbdFitOptions {
-            minimize: MinimizeOptions {
-                max_nelder_mead_iterations: 5,
-                max_newton_iterations: 0,
-                max_restarts: 0,
-                ..MinimizeOptions::default()
-            },
-            ..BgNbdFitOptions::strict()
-        };
-        let e = fit_bgnbd_with(&cdnow_summaries(), &opts).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            msg.starts_with("BG/NBD fit did not converge after 5 iterations (last log-likelihood -"),
-            "{msg}"
-        );
-        let lenient = BgNbdFitOptions {
-            require_convergence: false,
-            ..opts
-        };
-        let fit = fit_bgnbd_with(&cdnow_summaries(), &lenient).unwrap();
-        assert!(!fit.converged);
+        // Derivative-free path alone (no BFGS) with 5 iterations, and 3 BFGS
+        // iterations followed by that fallback: 8 iterations in all.
+        for (quasi_newton, total) in [(0, 5), (3, 8)] {
+            let opts = BgNbdFitOptions {
+                minimize: MinimizeOptions {
+                    max_quasi_newton_iterations: quasi_newton,
+                    max_nelder_mead_iterations: 5,
+                    max_newton_iterations: 0,
+                    max_restarts: 0,
+                    ..MinimizeOptions::default()
+                },
+                ..BgNbdFitOptions::strict()
+            };
+            let e = fit_bgnbd_with(&cdnow_summaries(), &opts).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "BG/NBD fit did not converge after {total} iterations (last log-likelihood -"
+                )),
+                "{msg}"
+            );
+            let lenient = BgNbdFitOptions {
+                require_convergence: false,
+                ..opts
+            };
+            let fit = fit_bgnbd_with(&cdnow_summaries(), &lenient).unwrap();
+            assert!(!fit.converged);
+        }
     }
 
     #[test]
@@ -1015,10 +1176,25 @@ mod tests {
             .collect();
         let prepared = Prepared::new(&data).unwrap();
         let params = BgNbdParams::new(0.243, 4.414, 0.793, 2.426).unwrap();
-        let parallel = prepared.log_likelihood(&params);
-        let single = prepared.partial_log_likelihood(&LlConstants::new(&params), 0, 1);
-        assert!(((parallel - single) / single).abs() < 1e-12, "{parallel} vs {single}");
-        assert_eq!(parallel, prepared.log_likelihood(&params), "deterministic across calls");
+        let (parallel, parallel_gradient) = prepared.evaluate(&params);
+        let k = LlConstants::new(&params);
+        let times: Vec<TimeTerms> = prepared.times.iter().map(|&v| k.time_terms(v)).collect();
+        let single = prepared.partial(&k, &times, 0, 1);
+        assert!(
+            ((parallel - single[0]) / single[0]).abs() < 1e-12,
+            "{parallel} vs {single:?}"
+        );
+        for (p, s) in parallel_gradient.iter().zip(&single[1..]) {
+            assert!(
+                (p - s).abs() < 1e-10 * s.abs().max(1.0),
+                "{parallel_gradient:?} vs {single:?}"
+            );
+        }
+        assert_eq!(
+            (parallel, parallel_gradient),
+            prepared.evaluate(&params),
+            "deterministic across calls"
+        );
     }
 
     #[test]
@@ -1046,6 +1222,187 @@ mod tests {
         // put the MLE far from the truth and fail this.
         let lr = 2.0 * (fit.log_likelihood - total_log_likelihood(&truth, &data).unwrap());
         assert!((0.0..18.47).contains(&lr), "LR statistic {lr}");
+    }
+
+    /// Fit options that run only the derivative-free Nelder-Mead/Newton path.
+    fn derivative_free() -> BgNbdFitOptions {
+        BgNbdFitOptions {
+            minimize: MinimizeOptions {
+                max_quasi_newton_iterations: 0,
+                ..MinimizeOptions::default()
+            },
+            ..BgNbdFitOptions::strict()
+        }
+    }
+
+    /// Simulated customers at day granularity (times in weeks rounded down to
+    /// whole days), as the pipeline's input is.
+    fn simulate_days(truth: &BgNbdParams, n: usize, seed: u64) -> Vec<RfSummary> {
+        let day = |t: f64| (t * 7.0).floor() / 7.0;
+        group_summaries(
+            simulate(truth, n, 156.0, 156.0, seed)
+                .into_iter()
+                .map(|(x, t_x, t_cal)| (x, day(t_x), day(t_cal).max(1.0 / 7.0))),
+        )
+    }
+
+    fn max_relative_difference(p: &BgNbdParams, q: &BgNbdParams) -> f64 {
+        [(p.r, q.r), (p.alpha, q.alpha), (p.a, q.a), (p.b, q.b)]
+            .iter()
+            .map(|(u, v)| ((u - v) / v).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The analytic gradient against central differences of the value, at
+    /// the CDNOW estimates and at extreme points (huge and tiny parameters,
+    /// heavy buyers where ln_rising switches branches).
+    #[test]
+    fn gradient_matches_central_differences() {
+        let mut data = cdnow_summaries();
+        data.extend(
+            [(45.0, 30.0, 38.0), (120.0, 37.5, 38.0), (33.0, 2.0, 20.0)].map(|(x, t_x, t_cal)| RfSummary {
+                x,
+                t_x,
+                t_cal,
+                weight: 2.0,
+            }),
+        );
+        let prepared = Prepared::new(&data).unwrap();
+        for (r, alpha, a, b) in [
+            (0.243, 4.414, 0.793, 2.426),
+            (1.0, 1.0, 1.0, 1.0),
+            (1e-3, 1e3, 50.0, 1e6),
+            (30.0, 0.05, 1e-3, 1e-2),
+            (0.5, 10.0, 2.0, 3e9),
+            (150.0, 400.0, 120.0, 0.3),
+        ] {
+            let theta = [r, alpha, a, b].map(f64::ln);
+            let (f, g) = prepared.evaluate(&from_log(&theta));
+            for i in 0..PARAMS {
+                // Five-point stencil: truncation error O(h^4), and h large
+                // enough that rounding in the value (whose pieces are far
+                // larger than the total at extreme points) stays negligible.
+                let h = 1e-3;
+                let at = |step: f64| {
+                    let mut t = theta;
+                    t[i] += step;
+                    prepared.evaluate(&from_log(&t)).0
+                };
+                let fd = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
+                assert!(
+                    (g[i] - fd).abs() <= 1e-6 * fd.abs() + 1e-9 * f.abs(),
+                    "params ({r}, {alpha}, {a}, {b}), d/dln[{i}]: analytic {} vs finite difference {fd}",
+                    g[i]
+                );
+            }
+        }
+    }
+
+    /// The cached, regrouped total equals the sum of per-customer terms, and
+    /// the per-customer term equals FHL eq. 6 in the log-sum-exp form
+    /// `A1 + A2 + ln(e^A3 + e^A4)`, also at extreme parameters.
+    #[test]
+    fn likelihood_equals_the_log_sum_exp_formulation() {
+        let data = simulate_days(&BgNbdParams::new(0.8, 6.0, 0.7, 2.5).unwrap(), 3_000, 11);
+        for (r, alpha, a, b) in [
+            (0.243, 4.414, 0.793, 2.426),
+            (1e-3, 1e3, 50.0, 1e6),
+            (30.0, 0.05, 1e-3, 1e-2),
+            (0.5, 10.0, 2.0, 3e9),
+        ] {
+            let p = BgNbdParams::new(r, alpha, a, b).unwrap();
+            let mut sum = NeumaierSum::default();
+            for s in &data {
+                let (x, t_x, t_cal) = (s.x, s.t_x, s.t_cal);
+                let a1 = ln_rising(r, x) + r * alpha.ln();
+                let a2 = ln_rising(b, x) - ln_rising(a + b, x);
+                let a3 = -(r + x) * (alpha + t_cal).ln();
+                let ll = if x > 0.0 {
+                    let a4 = a.ln() - (b + x - 1.0).ln() - (r + x) * (alpha + t_x).ln();
+                    let m = a3.max(a4);
+                    a1 + a2 + m + ((a3 - m).exp() + (a4 - m).exp()).ln()
+                } else {
+                    a1 + a2 + a3
+                };
+                let got = log_likelihood(&p, x, t_x, t_cal).unwrap();
+                let scale = a1.abs() + a2.abs() + a3.abs() + 1.0;
+                assert!(
+                    (got - ll).abs() <= 1e-13 * scale,
+                    "({x}, {t_x}, {t_cal}) at {p:?}: {got} vs {ll}"
+                );
+                sum.add(s.weight * got);
+            }
+            let total = total_log_likelihood(&p, &data).unwrap();
+            assert!(
+                (total - sum.value()).abs() <= 1e-12 * total.abs(),
+                "{total} vs {}",
+                sum.value()
+            );
+        }
+    }
+
+    /// BFGS on the analytic gradient and the derivative-free Nelder-Mead/Newton
+    /// path find the same maximum on simulated day-granularity data, BFGS in
+    /// a small fraction of the iterations.
+    #[test]
+    fn quasi_newton_fit_equals_derivative_free_fit() {
+        for (truth, seed) in [
+            (BgNbdParams::new(0.243, 4.414, 0.793, 2.426).unwrap(), 3),
+            (BgNbdParams::new(0.8, 6.0, 0.7, 2.5).unwrap(), 5),
+        ] {
+            let data = simulate_days(&truth, 20_000, seed);
+            let fast = fit_bgnbd(&data).unwrap();
+            let slow = fit_bgnbd_with(&data, &derivative_free()).unwrap();
+            assert!(fast.converged && slow.converged);
+            let diff = max_relative_difference(&fast.params, &slow.params);
+            assert!(diff < 1e-6, "{diff:e}: {fast:?} vs {slow:?}");
+            assert!((fast.log_likelihood - slow.log_likelihood).abs() <= 1e-10 * slow.log_likelihood.abs());
+            assert!(fast.iterations * 5 < slow.iterations, "{fast:?} vs {slow:?}");
+        }
+    }
+
+    /// Tiny and degenerate data sets (boundary optima, flat likelihoods): the
+    /// default path must reach the same verdict as the derivative-free path
+    /// (the same error variant, or fits with the same likelihood), since BFGS
+    /// hands every point it cannot certify to that path.
+    #[test]
+    fn degenerate_data_gets_the_same_verdict_on_both_paths() {
+        let truth = BgNbdParams::new(0.8, 6.0, 0.7, 2.5).unwrap();
+        let mut cases: Vec<Vec<RfSummary>> = Vec::new();
+        for n in [1, 2, 3, 5, 8, 13, 30] {
+            for seed in 0..6 {
+                cases.push(group_summaries(simulate(&truth, n, 78.0, 52.0, seed)));
+            }
+        }
+        // Nobody seems to have dropped out: everyone bought at the end.
+        cases.push(group_summaries((1..40).map(|i| ((i % 5 + 1) as f64, 30.0, 30.0))));
+        // A single repeat buyer, alone and with a one-time buyer.
+        cases.push(group_summaries([(2.0, 5.0, 20.0)]));
+        cases.push(group_summaries([(2.0, 5.0, 20.0), (0.0, 0.0, 20.0)]));
+        // Everyone dropped out right after one repeat purchase.
+        cases.push(group_summaries((1..40).map(|i| (1.0, 0.1, 30.0 + i as f64))));
+        let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
+        for data in &cases {
+            let fast = fit_bgnbd(data);
+            let slow = fit_bgnbd_with(data, &derivative_free());
+            let kind = |r: &Result<BgNbdFit, ModelError>| match r {
+                Ok(_) => "fit",
+                Err(ModelError::Degenerate { .. }) => "degenerate",
+                Err(ModelError::NotConverged { .. }) => "not converged",
+                Err(_) => "other error",
+            };
+            assert_eq!(kind(&fast), kind(&slow), "{data:?}: {fast:?} vs {slow:?}");
+            *verdicts.entry(kind(&fast)).or_default() += 1;
+            if let (Ok(f), Ok(s)) = (&fast, &slow) {
+                assert!((f.log_likelihood - s.log_likelihood).abs() <= 1e-9 * s.log_likelihood.abs());
+                let diff = max_relative_difference(&f.params, &s.params);
+                assert!(diff < 1e-5, "{diff:e}: {f:?} vs {s:?}");
+            }
+        }
+        // The cases exercise every verdict.
+        for kind in ["fit", "degenerate", "not converged"] {
+            assert!(verdicts.get(kind).copied().unwrap_or(0) >= 2, "{verdicts:?}");
+        }
     }
 
     /// Predictive check on simulated data: mean E[X(t)] from eq. 7 agrees with

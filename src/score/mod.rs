@@ -5,6 +5,7 @@
 pub mod backtest;
 pub mod bgnbd;
 pub mod churn;
+pub mod distinct;
 pub mod error;
 pub mod gamma_gamma;
 pub mod optimize;
