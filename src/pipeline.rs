@@ -408,15 +408,27 @@ async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(
         .map_err(|e| RunError::Engine(e.to_string()))
 }
 
+/// What a stage of a wave needs from the run, shared by the stage tasks.
+struct StageInputs {
+    plan: Plan,
+    /// The runs table, for the previous version of an incremental stage.
+    history: Vec<RunRecord>,
+    params: HashMap<String, ScalarValue>,
+    tables_dir: PathBuf,
+}
+
 /// Runs one stage of a wave and its data tests; returns its metrics and test outcomes.
 async fn run_one_stage(
     ctx: &SessionContext,
-    plan: &Plan,
-    history: &[RunRecord],
+    inputs: &StageInputs,
     stage: &Stage,
-    params: &HashMap<String, ScalarValue>,
-    tables_dir: &Path,
 ) -> Result<(runner::StageMetrics, Vec<TestOutcome>), RunError> {
+    let StageInputs {
+        plan,
+        history,
+        params,
+        tables_dir,
+    } = inputs;
     let name = &stage.name;
     failpoint::hit_with(|| format!("transform.before.{name}"));
     let previous = match stage.spec.materialized {
@@ -693,6 +705,14 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     let needed = transform::upstream(&project, &models::providers(), &chosen);
     let transforming = Instant::now();
     let parallel = plan.engine.stage_parallelism();
+    // What every stage task reads: stages of a wave run as tasks of their own, on the
+    // runtime's worker threads, so they use a core each.
+    let inputs = Arc::new(StageInputs {
+        plan: plan.clone(),
+        history: history.clone(),
+        params: params.clone(),
+        tables_dir: tables_dir.clone(),
+    });
     let mut done = 0;
     for wave in transform::waves(&project, &provided, &order) {
         // The wave's stages to run now; the others are read as published, or not needed.
@@ -733,12 +753,13 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             done += names.len();
             progress.phase(format!("transform: {} ({done}/{})", names.join(", "), order.len()));
         }
-        let runs = to_run
-            .iter()
-            .map(|stage| run_one_stage(&ctx, plan, &history, stage, &params, &tables_dir));
+        let runs = to_run.iter().map(|stage| {
+            let (ctx, inputs, stage) = (ctx.clone(), Arc::clone(&inputs), (*stage).clone());
+            tokio::spawn(async move { run_one_stage(&ctx, &inputs, &stage).await })
+        });
         let results: Vec<_> = futures::stream::iter(runs).buffered(parallel).collect().await;
-        for result in results {
-            let (m, tests) = result?;
+        for (result, stage) in results.into_iter().zip(&to_run) {
+            let (m, tests) = result.map_err(|e| RunError::Engine(format!("stage `{}` stopped: {e}", stage.name)))??;
             state.stages.push(m);
             state.tests.extend(tests);
         }

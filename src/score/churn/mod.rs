@@ -277,6 +277,26 @@ async fn snapshot(
     rows
 }
 
+/// Runs `stage` as of `day` in the snapshot session and writes its table under `folder`.
+async fn snapshot_stage(
+    snap: &SessionContext,
+    stage: &crate::transform::Stage,
+    params: &HashMap<String, ScalarValue>,
+    folder: &Path,
+    day: NaiveDate,
+) -> Result<(), ChurnError> {
+    let started = Instant::now();
+    let df = stage_query(snap, stage, params).await?;
+    crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
+        .await
+        .map_err(|e| ChurnError::Input {
+            table: stage.name.clone(),
+            message: e.to_string(),
+        })?;
+    tracing::info!(%day, stage = %stage.name, ms = started.elapsed().as_millis() as u64, "churn snapshot stage done");
+    Ok(())
+}
+
 /// `stage`'s query in the snapshot session, with the snapshot's parameters.
 async fn stage_query(
     snap: &SessionContext,
@@ -300,24 +320,20 @@ async fn snapshot_into(
     let params = settings.sql_params(day);
     let mut rows = None;
     for wave in &chain.waves {
-        // The stages of a wave depend on none of each other: up to `parallel` at once.
-        let runs = wave
-            .iter()
-            .filter(|stage| stage.name != FEATURES_STAGE)
-            .map(|stage| async {
-                let stage_started = Instant::now();
-                let df = stage_query(snap, stage, &params).await?;
-                crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
-                    .await
-                    .map_err(|e| ChurnError::Input {
-                        table: stage.name.clone(),
-                        message: e.to_string(),
-                    })?;
-                tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
-                Ok::<(), ChurnError>(())
-            });
+        // The stages of a wave depend on none of each other: up to `parallel` at once, each
+        // a task of its own on the runtime's worker threads.
+        let queries: Vec<_> = wave.iter().filter(|stage| stage.name != FEATURES_STAGE).collect();
+        let runs = queries.iter().map(|stage| {
+            let (snap, stage, params, folder) = (snap.clone(), (*stage).clone(), params.clone(), folder.to_path_buf());
+            tokio::spawn(async move { snapshot_stage(&snap, &stage, &params, &folder, day).await })
+        });
         let results: Vec<_> = futures::stream::iter(runs).buffered(chain.parallel).collect().await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        for (result, stage) in results.into_iter().zip(&queries) {
+            result.map_err(|e| ChurnError::Input {
+                table: stage.name.clone(),
+                message: format!("the stage task stopped: {e}"),
+            })??;
+        }
         if wave.iter().any(|s| s.name == MODEL_INPUT_STAGE) {
             let fit_started = Instant::now();
             models::fit_and_register(snap, settings)
