@@ -753,7 +753,7 @@ pub fn expected_purchases_unconditional(params: &BgNbdParams, t: f64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::super::special::ln_gamma;
-    use super::super::test_support::read_cdnow;
+    use super::super::test_support::{assert_gradient_matches, read_cdnow};
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -1277,24 +1277,12 @@ mod tests {
             (150.0, 400.0, 120.0, 0.3),
         ] {
             let theta = [r, alpha, a, b].map(f64::ln);
-            let (f, g) = prepared.evaluate(&from_log(&theta));
-            for i in 0..PARAMS {
-                // Five-point stencil: truncation error O(h^4), and h large
-                // enough that rounding in the value (whose pieces are far
-                // larger than the total at extreme points) stays negligible.
-                let h = 1e-3;
-                let at = |step: f64| {
-                    let mut t = theta;
-                    t[i] += step;
-                    prepared.evaluate(&from_log(&t)).0
-                };
-                let fd = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
-                assert!(
-                    (g[i] - fd).abs() <= 1e-6 * fd.abs() + 1e-9 * f.abs(),
-                    "params ({r}, {alpha}, {a}, {b}), d/dln[{i}]: analytic {} vs finite difference {fd}",
-                    g[i]
-                );
-            }
+            assert_gradient_matches(
+                theta,
+                prepared.evaluate(&from_log(&theta)),
+                |t| prepared.evaluate(&from_log(t)).0,
+                &format!("params ({r}, {alpha}, {a}, {b})"),
+            );
         }
     }
 

@@ -497,7 +497,7 @@ pub fn pearson_correlation(xs: &[f64], ys: &[f64], weights: &[f64]) -> Result<f6
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::read_cdnow;
+    use super::super::test_support::{assert_gradient_matches, read_cdnow};
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -804,24 +804,12 @@ mod tests {
             (0.3, 2e5, 3e6),
         ] {
             let theta = [p, q, gamma].map(f64::ln);
-            let (f, g) = prepared.evaluate(&from_log(&theta));
-            for i in 0..PARAMS {
-                // Five-point stencil: truncation error O(h^4), and h large
-                // enough that rounding in the value (whose pieces are far
-                // larger than the total at extreme points) stays negligible.
-                let h = 1e-3;
-                let at = |step: f64| {
-                    let mut t = theta;
-                    t[i] += step;
-                    prepared.evaluate(&from_log(&t)).0
-                };
-                let fd = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
-                assert!(
-                    (g[i] - fd).abs() <= 1e-6 * fd.abs() + 1e-9 * f.abs(),
-                    "params ({p}, {q}, {gamma}), d/dln[{i}]: analytic {} vs finite difference {fd}",
-                    g[i]
-                );
-            }
+            assert_gradient_matches(
+                theta,
+                prepared.evaluate(&from_log(&theta)),
+                |t| prepared.evaluate(&from_log(t)).0,
+                &format!("params ({p}, {q}, {gamma})"),
+            );
         }
     }
 

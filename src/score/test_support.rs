@@ -67,3 +67,29 @@ fn cdnow_file_has_the_published_shape() {
     assert_eq!(rows.len(), 2357);
     assert_eq!(rows.iter().filter(|c| c.x == 0.0).count(), 1411);
 }
+
+/// Asserts that `gradient`, the analytic gradient of `f` at `theta` (log-parameters),
+/// matches a five-point finite difference in every coordinate: truncation error O(h^4),
+/// with h large enough that rounding in the value (whose pieces are far larger than the
+/// total at extreme points) stays negligible. `label` names the point in a failure.
+pub fn assert_gradient_matches<const N: usize>(
+    theta: [f64; N],
+    (value, gradient): (f64, [f64; N]),
+    f: impl Fn(&[f64; N]) -> f64,
+    label: &str,
+) {
+    let h = 1e-3;
+    for i in 0..N {
+        let at = |step: f64| {
+            let mut t = theta;
+            t[i] += step;
+            f(&t)
+        };
+        let fd = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
+        assert!(
+            (gradient[i] - fd).abs() <= 1e-6 * fd.abs() + 1e-9 * value.abs(),
+            "{label}, d/dln[{i}]: analytic {} vs finite difference {fd}",
+            gradient[i]
+        );
+    }
+}

@@ -191,6 +191,35 @@ fn wait_for_port(port: u16, what: &str) {
 /// Executors of a test cluster; their logs are `<name>.log`.
 const EXECUTORS: [&str; 2] = ["executor-a", "executor-b"];
 
+/// Starts `patron run` with `args` in `cwd`, with extra environment `env`, its stderr piped.
+fn spawn_run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_patron"))
+        .arg("run")
+        .args(args)
+        .current_dir(cwd)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("patron starts")
+}
+
+/// Waits for `child` at most `limit`; past it, kills it and panics with `why()`.
+fn wait_within(child: &mut Child, limit: Duration, why: impl Fn() -> String) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{}", why());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A scheduler and the named executors of this build on 127.0.0.1; returns them and the
 /// scheduler's `df://` address. Their logs go to files in `dir`.
 fn start_cluster(dir: &Path, executors: &[&str]) -> (Processes, String) {
@@ -307,16 +336,14 @@ async fn killing_an_executor_mid_run_publishes_all_or_nothing() {
     let before = succeeded(&runs(&remote).await);
 
     // A second run pauses before fct_customer; executor A is killed during the pause.
-    let mut run = Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(["run", "--engine", &engine, "--out", remote.to_str().unwrap()])
-        .current_dir(repo())
-        .env("RUST_LOG", "patron=warn")
-        .env(patron::failpoint::ENV, "pause:transform.before.fct_customer")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(
+        &repo(),
+        &["--engine", &engine, "--out", remote.to_str().unwrap()],
+        &[
+            ("RUST_LOG", "patron=warn"),
+            (patron::failpoint::ENV, "pause:transform.before.fct_customer"),
+        ],
+    );
     let stderr = run.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut seen = Vec::new();
@@ -332,17 +359,9 @@ async fn killing_an_executor_mid_run_publishes_all_or_nothing() {
         }
         (killed, seen.join("\n"), cluster)
     });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            panic!("the run did not end within 600s after an executor was killed");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_within(&mut run, Duration::from_secs(600), || {
+        "the run did not end within 600s after an executor was killed".into()
+    });
     let (killed, stderr, cluster) = reader.join().unwrap();
     assert!(killed, "the run never paused:\n{stderr}");
     let records = runs(&remote).await;
@@ -384,31 +403,26 @@ fn a_job_no_executor_can_run_times_out_is_cancelled_and_publishes_nothing() {
     let warehouse = dir.path().join("wh");
 
     // Without the timeout the job would wait for an executor for ever.
-    let started = Instant::now();
-    let mut run = Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(["run", "--pipeline", pipeline.to_str().unwrap(), "--engine", &engine])
-        .args(["--out", warehouse.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(
+        dir.path(),
+        &[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--engine",
+            &engine,
+            "--out",
+            warehouse.to_str().unwrap(),
+        ],
+        &[],
+    );
     let stderr = run.stderr.take().unwrap();
     let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = run.kill();
-            panic!(
-                "the run did not end within 120s with a 3s job timeout\n{}",
-                logs(dir.path())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_within(&mut run, Duration::from_secs(120), || {
+        format!(
+            "the run did not end within 120s with a 3s job timeout\n{}",
+            logs(dir.path())
+        )
+    });
     let stderr = reader.join().unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
