@@ -15,7 +15,6 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
-use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -753,11 +752,12 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             done += names.len();
             progress.phase(format!("transform: {} ({done}/{})", names.join(", "), order.len()));
         }
-        let runs = to_run.iter().map(|stage| {
-            let (ctx, inputs, stage) = (ctx.clone(), Arc::clone(&inputs), (*stage).clone());
-            tokio::spawn(async move { run_one_stage(&ctx, &inputs, &stage).await })
-        });
-        let results: Vec<_> = futures::stream::iter(runs).buffered(parallel).collect().await;
+        let names: Vec<&str> = to_run.iter().map(|s| s.name.as_str()).collect();
+        let results = crate::engine::run_side_by_side(&names, parallel, |i| {
+            let (ctx, inputs, stage) = (ctx.clone(), Arc::clone(&inputs), to_run[i].clone());
+            async move { run_one_stage(&ctx, &inputs, &stage).await }
+        })
+        .await;
         for (result, stage) in results.into_iter().zip(&to_run) {
             let (m, tests) = result.map_err(|e| RunError::Engine(format!("stage `{}` stopped: {e}", stage.name)))??;
             state.stages.push(m);

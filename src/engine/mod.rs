@@ -266,6 +266,47 @@ pub fn scratch_context(ctx: &SessionContext) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// Runs independent jobs, one per name (the stages of a wave), up to `parallel` at once, each as a
+/// tokio task of its own so that they use a core each, and returns their results in order
+/// (a task that panicked gives its `JoinError`). DataFusion 55's memory pool is first come,
+/// first served: side by side, one stage's sort can hold what another needs to merge its
+/// spill files. So a job that failed for lack of memory while others ran beside it runs
+/// again, alone; on its own it spills as it would have.
+pub async fn run_side_by_side<T, E, Fut>(
+    names: &[&str],
+    parallel: usize,
+    job: impl Fn(usize) -> Fut,
+) -> Vec<Result<Result<T, E>, tokio::task::JoinError>>
+where
+    T: Send + 'static,
+    E: fmt::Display + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let (count, parallel) = (names.len(), parallel.max(1));
+    let spawned = (0..count).map(|i| tokio::spawn(job(i)));
+    let mut results: Vec<_> = futures::stream::iter(spawned).buffered(parallel).collect().await;
+    if parallel == 1 || count == 1 {
+        return results;
+    }
+    for (i, result) in results.iter_mut().enumerate() {
+        if matches!(result, Ok(Err(e)) if is_out_of_memory(e)) {
+            tracing::warn!(
+                stage = names[i],
+                "out of memory while running beside other stages; running it again on its own"
+            );
+            *result = tokio::spawn(job(i)).await;
+        }
+    }
+    results
+}
+
+/// True for DataFusion's "Resources exhausted" (the memory pool refused an allocation),
+/// wherever it sits in an error's message.
+pub fn is_out_of_memory(error: &impl fmt::Display) -> bool {
+    error.to_string().contains("Resources exhausted")
+}
+
 /// True when `ctx` executes its queries on Ballista (built by [`build_context`] for a
 /// distributed engine).
 pub fn is_distributed(ctx: &SessionContext) -> bool {
@@ -308,6 +349,51 @@ mod tests {
         ] {
             assert!(bad.parse::<Engine>().is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_that_ran_out_of_memory_side_by_side_run_again_alone() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let attempts: Arc<Vec<AtomicUsize>> = Arc::new((0..4).map(|_| AtomicUsize::new(0)).collect());
+        // Job 1 runs out of memory on its first attempt, job 3 fails for another reason.
+        let job = |parallel: usize| {
+            let attempts = Arc::clone(&attempts);
+            async move {
+                crate::engine::run_side_by_side(&["a", "b", "c", "d"], parallel, |i| {
+                    let attempts = Arc::clone(&attempts);
+                    async move {
+                        let n = attempts[i].fetch_add(1, Ordering::SeqCst);
+                        match (i, n) {
+                            (1, 0) => Err("stage `b`: Resources exhausted: Failed to allocate".to_string()),
+                            (3, _) => Err("stage `d`: no such column".to_string()),
+                            _ => Ok(i * 10),
+                        }
+                    }
+                })
+                .await
+                .into_iter()
+                .map(|r| r.expect("no task panicked"))
+                .collect::<Vec<_>>()
+            }
+        };
+        let results = job(2).await;
+        assert_eq!(results[0], Ok(0));
+        assert_eq!(results[1], Ok(10), "rerun alone after running out of memory");
+        assert_eq!(results[2], Ok(20));
+        assert!(
+            results[3].as_ref().unwrap_err().contains("no such column"),
+            "other errors stand"
+        );
+        let counts: Vec<usize> = attempts.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        assert_eq!(counts, vec![1, 2, 1, 1]);
+
+        // One at a time, an out-of-memory failure is final.
+        for a in attempts.iter() {
+            a.store(0, Ordering::SeqCst);
+        }
+        let results = job(1).await;
+        assert!(results[1].as_ref().unwrap_err().contains("Resources exhausted"));
+        assert_eq!(attempts[1].load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Bounded memory: the default pipeline under a tiny engine memory limit spills to disk
-//! and publishes exactly what it publishes with the default limit. The two runs also differ
-//! in how many stages run at once (four at a time under the default limit, one by one under
-//! the small one, as `stage_parallelism = 0` chooses there), which must not change a row
-//! either.
+//! and publishes exactly what it publishes with the default limit. Both runs let four
+//! stages run side by side: under 64 MiB staging stages then run out of memory (one sort
+//! holds what another needs to merge) and run again one at a time, which must not change a
+//! row either.
 
 use std::path::Path;
 
@@ -53,7 +53,8 @@ async fn under_a_64_mib_limit_the_pipeline_spills_and_publishes_the_same_tables(
     let roomy = run("roomy", &with_engine(&pipeline, "stage_parallelism", 4));
     assert_eq!(spilled(&roomy), vec![], "nothing spills under the default limit");
 
-    let tight = run("tight", &with_engine(&pipeline, "memory_limit_mb", 64));
+    let tight = with_engine(&with_engine(&pipeline, "stage_parallelism", 4), "memory_limit_mb", 64);
+    let tight = run("tight", &tight);
     let spills = spilled(&tight);
     assert!(!spills.is_empty(), "some stage spills under 64 MiB");
 

@@ -37,7 +37,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
-use futures::StreamExt;
 use serde::Serialize;
 
 use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
@@ -323,11 +322,13 @@ async fn snapshot_into(
         // The stages of a wave depend on none of each other: up to `parallel` at once, each
         // a task of its own on the runtime's worker threads.
         let queries: Vec<_> = wave.iter().filter(|stage| stage.name != FEATURES_STAGE).collect();
-        let runs = queries.iter().map(|stage| {
-            let (snap, stage, params, folder) = (snap.clone(), (*stage).clone(), params.clone(), folder.to_path_buf());
-            tokio::spawn(async move { snapshot_stage(&snap, &stage, &params, &folder, day).await })
-        });
-        let results: Vec<_> = futures::stream::iter(runs).buffered(chain.parallel).collect().await;
+        let names: Vec<&str> = queries.iter().map(|s| s.name.as_str()).collect();
+        let results = crate::engine::run_side_by_side(&names, chain.parallel, |i| {
+            let (snap, stage, params, folder) =
+                (snap.clone(), queries[i].clone(), params.clone(), folder.to_path_buf());
+            async move { snapshot_stage(&snap, &stage, &params, &folder, day).await }
+        })
+        .await;
         for (result, stage) in results.into_iter().zip(&queries) {
             result.map_err(|e| ChurnError::Input {
                 table: stage.name.clone(),
