@@ -753,7 +753,9 @@ pub fn expected_purchases_unconditional(params: &BgNbdParams, t: f64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::super::special::ln_gamma;
-    use super::super::test_support::{assert_gradient_matches, read_cdnow};
+    use super::super::test_support::{
+        FitOutcome, assert_gradient_matches, assert_same_maximum, read_cdnow, same_verdicts,
+    };
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -1246,11 +1248,14 @@ mod tests {
         )
     }
 
-    fn max_relative_difference(p: &BgNbdParams, q: &BgNbdParams) -> f64 {
-        [(p.r, q.r), (p.alpha, q.alpha), (p.a, q.a), (p.b, q.b)]
-            .iter()
-            .map(|(u, v)| ((u - v) / v).abs())
-            .fold(0.0, f64::max)
+    fn outcome(fit: BgNbdFit) -> FitOutcome {
+        let p = fit.params;
+        FitOutcome {
+            params: vec![p.r, p.alpha, p.a, p.b],
+            log_likelihood: fit.log_likelihood,
+            iterations: fit.iterations,
+            converged: fit.converged,
+        }
     }
 
     /// The analytic gradient against central differences of the value, at
@@ -1339,13 +1344,10 @@ mod tests {
             (BgNbdParams::new(0.8, 6.0, 0.7, 2.5).unwrap(), 5),
         ] {
             let data = simulate_days(&truth, 20_000, seed);
-            let fast = fit_bgnbd(&data).unwrap();
-            let slow = fit_bgnbd_with(&data, &derivative_free()).unwrap();
-            assert!(fast.converged && slow.converged);
-            let diff = max_relative_difference(&fast.params, &slow.params);
-            assert!(diff < 1e-6, "{diff:e}: {fast:?} vs {slow:?}");
-            assert!((fast.log_likelihood - slow.log_likelihood).abs() <= 1e-10 * slow.log_likelihood.abs());
-            assert!(fast.iterations * 5 < slow.iterations, "{fast:?} vs {slow:?}");
+            assert_same_maximum(
+                &outcome(fit_bgnbd(&data).unwrap()),
+                &outcome(fit_bgnbd_with(&data, &derivative_free()).unwrap()),
+            );
         }
     }
 
@@ -1369,24 +1371,11 @@ mod tests {
         cases.push(group_summaries([(2.0, 5.0, 20.0), (0.0, 0.0, 20.0)]));
         // Everyone dropped out right after one repeat purchase.
         cases.push(group_summaries((1..40).map(|i| (1.0, 0.1, 30.0 + i as f64))));
-        let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
-        for data in &cases {
-            let fast = fit_bgnbd(data);
-            let slow = fit_bgnbd_with(data, &derivative_free());
-            let kind = |r: &Result<BgNbdFit, ModelError>| match r {
-                Ok(_) => "fit",
-                Err(ModelError::Degenerate { .. }) => "degenerate",
-                Err(ModelError::NotConverged { .. }) => "not converged",
-                Err(_) => "other error",
-            };
-            assert_eq!(kind(&fast), kind(&slow), "{data:?}: {fast:?} vs {slow:?}");
-            *verdicts.entry(kind(&fast)).or_default() += 1;
-            if let (Ok(f), Ok(s)) = (&fast, &slow) {
-                assert!((f.log_likelihood - s.log_likelihood).abs() <= 1e-9 * s.log_likelihood.abs());
-                let diff = max_relative_difference(&f.params, &s.params);
-                assert!(diff < 1e-5, "{diff:e}: {f:?} vs {s:?}");
-            }
-        }
+        let verdicts = same_verdicts(
+            &cases,
+            |data| fit_bgnbd(data).map(outcome),
+            |data| fit_bgnbd_with(data, &derivative_free()).map(outcome),
+        );
         // The cases exercise every verdict.
         for kind in ["fit", "degenerate", "not converged"] {
             assert!(verdicts.get(kind).copied().unwrap_or(0) >= 2, "{verdicts:?}");

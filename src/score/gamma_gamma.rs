@@ -497,7 +497,9 @@ pub fn pearson_correlation(xs: &[f64], ys: &[f64], weights: &[f64]) -> Result<f6
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_gradient_matches, read_cdnow};
+    use super::super::test_support::{
+        FitOutcome, assert_gradient_matches, assert_same_maximum, read_cdnow, same_verdicts,
+    };
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -777,11 +779,14 @@ mod tests {
         }
     }
 
-    fn max_relative_difference(a: &GammaGammaParams, b: &GammaGammaParams) -> f64 {
-        [(a.p, b.p), (a.q, b.q), (a.gamma, b.gamma)]
-            .iter()
-            .map(|(u, v)| ((u - v) / v).abs())
-            .fold(0.0, f64::max)
+    fn outcome(fit: GammaGammaFit) -> FitOutcome {
+        let p = fit.params;
+        FitOutcome {
+            params: vec![p.p, p.q, p.gamma],
+            log_likelihood: fit.log_likelihood,
+            iterations: fit.iterations,
+            converged: fit.converged,
+        }
     }
 
     /// The analytic gradient against central differences of the value, at
@@ -842,13 +847,10 @@ mod tests {
             (GammaGammaParams::new(2.0, 8.0, 40.0).unwrap(), 2),
         ] {
             let data = simulate(&truth, 20_000, seed);
-            let fast = fit_gamma_gamma(&data).unwrap();
-            let slow = fit_gamma_gamma_with(&data, &derivative_free()).unwrap();
-            assert!(fast.converged && slow.converged);
-            let diff = max_relative_difference(&fast.params, &slow.params);
-            assert!(diff < 1e-6, "{diff:e}: {fast:?} vs {slow:?}");
-            assert!((fast.log_likelihood - slow.log_likelihood).abs() <= 1e-10 * slow.log_likelihood.abs());
-            assert!(fast.iterations * 5 < slow.iterations, "{fast:?} vs {slow:?}");
+            assert_same_maximum(
+                &outcome(fit_gamma_gamma(&data).unwrap()),
+                &outcome(fit_gamma_gamma_with(&data, &derivative_free()).unwrap()),
+            );
         }
     }
 
@@ -873,24 +875,11 @@ mod tests {
                 })
                 .collect(),
         );
-        let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
-        for data in &cases {
-            let fast = fit_gamma_gamma(data);
-            let slow = fit_gamma_gamma_with(data, &derivative_free());
-            let kind = |r: &Result<GammaGammaFit, ModelError>| match r {
-                Ok(_) => "fit",
-                Err(ModelError::Degenerate { .. }) => "degenerate",
-                Err(ModelError::NotConverged { .. }) => "not converged",
-                Err(_) => "other error",
-            };
-            assert_eq!(kind(&fast), kind(&slow), "{data:?}: {fast:?} vs {slow:?}");
-            *verdicts.entry(kind(&fast)).or_default() += 1;
-            if let (Ok(f), Ok(s)) = (&fast, &slow) {
-                assert!((f.log_likelihood - s.log_likelihood).abs() <= 1e-9 * s.log_likelihood.abs());
-                let diff = max_relative_difference(&f.params, &s.params);
-                assert!(diff < 1e-5, "{diff:e}: {f:?} vs {s:?}");
-            }
-        }
+        let verdicts = same_verdicts(
+            &cases,
+            |data| fit_gamma_gamma(data).map(outcome),
+            |data| fit_gamma_gamma_with(data, &derivative_free()).map(outcome),
+        );
         assert!(verdicts.get("fit").copied().unwrap_or(0) >= 2, "{verdicts:?}");
     }
 

@@ -93,3 +93,61 @@ pub fn assert_gradient_matches<const N: usize>(
         );
     }
 }
+
+/// A fit in a form both models share, to compare the optimiser's two paths.
+#[derive(Debug)]
+pub struct FitOutcome {
+    /// The parameters, in the model's own order.
+    pub params: Vec<f64>,
+    /// Log-likelihood at them.
+    pub log_likelihood: f64,
+    /// Optimiser iterations spent.
+    pub iterations: usize,
+    /// Whether the optimiser's criterion was met.
+    pub converged: bool,
+}
+
+/// Largest relative difference between two parameter vectors (relative to `b`).
+fn max_relative_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(u, v)| ((u - v) / v).abs()).fold(0.0, f64::max)
+}
+
+/// Asserts that BFGS (`fast`) and the derivative-free path (`slow`) found the same maximum
+/// (parameters to 1e-6, log-likelihood to 1e-10 relative), BFGS in under a fifth of the
+/// iterations.
+pub fn assert_same_maximum(fast: &FitOutcome, slow: &FitOutcome) {
+    assert!(fast.converged && slow.converged, "{fast:?} vs {slow:?}");
+    let diff = max_relative_difference(&fast.params, &slow.params);
+    assert!(diff < 1e-6, "{diff:e}: {fast:?} vs {slow:?}");
+    assert!((fast.log_likelihood - slow.log_likelihood).abs() <= 1e-10 * slow.log_likelihood.abs());
+    assert!(fast.iterations * 5 < slow.iterations, "{fast:?} vs {slow:?}");
+}
+
+/// Fits every case on both paths and asserts the same verdict (a fit, `Degenerate`,
+/// `NotConverged` or another error), and for two fits the same log-likelihood (1e-9
+/// relative) and parameters (1e-5); returns how many cases got each verdict.
+pub fn same_verdicts<D: std::fmt::Debug>(
+    cases: &[D],
+    fast: impl Fn(&D) -> Result<FitOutcome, super::error::ModelError>,
+    slow: impl Fn(&D) -> Result<FitOutcome, super::error::ModelError>,
+) -> std::collections::BTreeMap<&'static str, usize> {
+    use super::error::ModelError;
+    let kind = |r: &Result<FitOutcome, ModelError>| match r {
+        Ok(_) => "fit",
+        Err(ModelError::Degenerate { .. }) => "degenerate",
+        Err(ModelError::NotConverged { .. }) => "not converged",
+        Err(_) => "other error",
+    };
+    let mut verdicts = std::collections::BTreeMap::new();
+    for data in cases {
+        let (fast, slow) = (fast(data), slow(data));
+        assert_eq!(kind(&fast), kind(&slow), "{data:?}: {fast:?} vs {slow:?}");
+        *verdicts.entry(kind(&fast)).or_default() += 1;
+        if let (Ok(f), Ok(s)) = (&fast, &slow) {
+            assert!((f.log_likelihood - s.log_likelihood).abs() <= 1e-9 * s.log_likelihood.abs());
+            let diff = max_relative_difference(&f.params, &s.params);
+            assert!(diff < 1e-5, "{diff:e}: {f:?} vs {s:?}");
+        }
+    }
+    verdicts
+}
