@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AsOf, Plan};
 use crate::engine::build_context;
+use crate::engine::cluster_store::{self, ClusterStaging};
 use crate::error::RunError;
 use crate::extract::incremental;
 use crate::extract::{self, SourceMetrics};
@@ -78,6 +79,9 @@ pub fn new_run_id(started: DateTime<Utc>) -> String {
 struct RunState {
     run_id: String,
     staging: PathBuf,
+    /// The copy of the staged files a cluster reads, for a warehouse in an object store
+    /// on a Ballista engine (deleted when the run ends).
+    cluster: Option<Arc<ClusterStaging>>,
     as_of: Option<NaiveDate>,
     extract: Vec<SourceMetrics>,
     stages: Vec<runner::StageMetrics>,
@@ -179,8 +183,16 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
     });
     failpoint::hit("run.after_lock");
     remove_crashed_staging(&plan.warehouse).await;
+    let staging = plan.warehouse.staging_root().join(&run_id);
+    let cluster = plan
+        .engine
+        .engine
+        .is_distributed()
+        .then(|| ClusterStaging::new(&plan.warehouse, &run_id, &staging).map(Arc::new))
+        .flatten();
     let mut state = RunState {
-        staging: plan.warehouse.staging_root().join(&run_id),
+        staging,
+        cluster,
         run_id,
         as_of: None,
         extract: Vec::new(),
@@ -193,6 +205,12 @@ pub async fn run_with(plan: &Plan, progress: &Progress, options: &RunOptions) ->
     };
     tracing::info!(run_id = %state.run_id, pipeline = %plan.name, "run started");
     let mut result = execute(plan, &mut state, progress, &lock, &options.cancel).await;
+    if let Some(cluster) = &state.cluster {
+        match cluster.remove().await {
+            Ok(n) => tracing::debug!(files = n, "removed the cluster's copy of the staged files"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the cluster's copy of the staged files"),
+        }
+    }
 
     // The runs row is the commit point of the whole run: appended last, failed runs too.
     progress.phase("recording the run");
@@ -340,6 +358,14 @@ fn staging_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 /// run's staging folder is kept for inspection. Called with the warehouse lock held, so no
 /// other run is writing into its staging folder.
 async fn remove_crashed_staging(warehouse: &Warehouse) {
+    match cluster_store::remove_abandoned(warehouse).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            files = n,
+            "removed a crashed run's copy of its staged files from the store"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot remove a crashed run's copy of its staged files"),
+    }
     let Ok(entries) = std::fs::read_dir(warehouse.staging_root()) else {
         return;
     };
@@ -651,7 +677,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     // Transform: one session, raw tables and seeds registered, stages in order.
     let spill = state.staging.join("spill");
     std::fs::create_dir_all(&spill).map_err(staging_io(&spill))?;
-    let ctx = build_context(&plan.engine, &spill)
+    let ctx = build_context(&plan.engine, &spill, state.cluster.clone())
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
     for m in &state.extract {

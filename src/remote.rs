@@ -169,15 +169,22 @@ fn option_text(value: &toml::Value) -> String {
     }
 }
 
-/// Why an option is refused: unknown to `object_store`, or a secret.
-fn check_option(scheme: Scheme, key: &str) -> Result<(), String> {
-    let canonical: String = match scheme {
+/// `object_store`'s own name of option `key` for `scheme` (aliases resolved), or `None`
+/// when it knows no such option.
+fn canonical_key(scheme: Scheme, key: &str) -> Option<String> {
+    match scheme {
         Scheme::S3 => AmazonS3ConfigKey::from_str(key).map(|k| k.as_ref().to_string()),
         Scheme::Gcs => GoogleConfigKey::from_str(key).map(|k| k.as_ref().to_string()),
         Scheme::Azure => AzureConfigKey::from_str(key).map(|k| k.as_ref().to_string()),
         Scheme::Http => ClientConfigKey::from_str(key).map(|k| k.as_ref().to_string()),
     }
-    .map_err(|_| format!("`{key}` is not a {} option of object_store", scheme.settings_key()))?;
+    .ok()
+}
+
+/// Why an option is refused: unknown to `object_store`, or a secret.
+fn check_option(scheme: Scheme, key: &str) -> Result<(), String> {
+    let canonical = canonical_key(scheme, key)
+        .ok_or_else(|| format!("`{key}` is not a {} option of object_store", scheme.settings_key()))?;
     if SECRET_MARKERS.iter().any(|m| canonical.contains(m)) {
         return Err(format!(
             "`{key}` is a credential: set it in the environment ({}), never in the pipeline file",
@@ -207,6 +214,15 @@ impl StorageSettings {
         }
     }
 
+    fn options_map(&mut self, scheme: Scheme) -> &mut BTreeMap<String, toml::Value> {
+        match scheme {
+            Scheme::S3 => &mut self.s3,
+            Scheme::Gcs => &mut self.gcs,
+            Scheme::Azure => &mut self.azure,
+            Scheme::Http => &mut self.http,
+        }
+    }
+
     fn options(&self, scheme: Scheme) -> impl Iterator<Item = (&String, String)> {
         let map = match scheme {
             Scheme::S3 => &self.s3,
@@ -215,6 +231,39 @@ impl StorageSettings {
             Scheme::Http => &self.http,
         };
         map.iter().map(|(k, v)| (k, option_text(v)))
+    }
+
+    /// Every option a `scheme` store is built with in this process, by `object_store`'s
+    /// names: the variables of the environment its builder reads (credentials included),
+    /// overridden by the `[storage]` options. For building the same store in a process
+    /// with another environment: the executors of a cluster.
+    pub fn effective_options(&self, scheme: Scheme) -> BTreeMap<String, String> {
+        let mut options: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(prefix) = env_prefix(scheme) {
+            for (name, value) in std::env::vars_os() {
+                let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                    continue;
+                };
+                if name.starts_with(prefix)
+                    && let Some(key) = canonical_key(scheme, &name.to_ascii_lowercase())
+                {
+                    options.insert(key, value.to_string());
+                }
+            }
+        }
+        for (key, value) in self.options(scheme) {
+            options.insert(canonical_key(scheme, key).unwrap_or_else(|| key.clone()), value);
+        }
+        options
+    }
+
+    /// These settings with `options` (by `object_store`'s names) as the `scheme` options,
+    /// secrets allowed: the inverse of [`StorageSettings::effective_options`].
+    pub fn with_options(mut self, scheme: Scheme, options: impl IntoIterator<Item = (String, String)>) -> Self {
+        let map = self.options_map(scheme);
+        map.clear();
+        map.extend(options.into_iter().map(|(k, v)| (k, toml::Value::String(v))));
+        self
     }
 
     /// The options that say which server a `scheme` location is on (endpoint, region,
@@ -252,6 +301,17 @@ const ENDPOINT_VARIABLES: [(Scheme, &str); 3] = [
     (Scheme::S3, "AWS_ENDPOINT_URL"),
     (Scheme::Azure, "AZURE_STORAGE_ACCOUNT_NAME"),
 ];
+
+/// The prefix of the environment variables a `scheme` store's builder reads
+/// (`AmazonS3Builder::from_env` and its twins).
+fn env_prefix(scheme: Scheme) -> Option<&'static str> {
+    match scheme {
+        Scheme::S3 => Some("AWS_"),
+        Scheme::Gcs => Some("GOOGLE_"),
+        Scheme::Azure => Some("AZURE_"),
+        Scheme::Http => None,
+    }
+}
 
 /// A store could not be set up from its URL and options.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,9 @@
 //! What an object store needs for a safe publish is conditional put: a Delta commit is
 //! written with "create only if absent" (S3 `If-None-Match: *`), so two writers can never
 //! both commit version N ([`register_delta_handlers`]). A run's staging area is always a
-//! local folder ([`Warehouse::staging_root`]); only finished tables travel to the store.
+//! local folder ([`Warehouse::staging_root`]); only finished tables travel to the store
+//! (and, on a Ballista cluster, a copy of what the executors read:
+//! [`crate::engine::cluster_store`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -50,6 +52,9 @@ pub struct Warehouse {
     prefix: StorePath,
     /// `scheme://authority` of a remote warehouse.
     remote_root: Option<String>,
+    /// The store's location and settings, for a remote warehouse (what a cluster's
+    /// executors need to reach it: [`Warehouse::store_settings`]).
+    remote: Option<Arc<(RemoteLocation, StorageSettings)>>,
     /// Local folder for run staging (see [`Warehouse::staging_root`]).
     staging: PathBuf,
 }
@@ -94,6 +99,7 @@ impl Warehouse {
             store: Arc::new(LocalFileSystem::new()),
             prefix,
             remote_root: None,
+            remote: None,
         }
     }
 
@@ -132,7 +138,8 @@ impl Warehouse {
             local: None,
             store,
             prefix: StorePath::from(key.as_str()),
-            remote_root: Some(parsed.root),
+            remote_root: Some(parsed.root.clone()),
+            remote: Some(Arc::new((parsed, storage.clone()))),
         })
     }
 
@@ -199,6 +206,52 @@ impl Warehouse {
     /// itself).
     pub fn remote_store(&self) -> Option<Arc<dyn ObjectStore>> {
         self.remote_root.as_ref().map(|_| self.store.clone())
+    }
+
+    /// The store's root location (`s3://bucket`) and the settings it was built with, for a
+    /// remote warehouse.
+    pub fn store_settings(&self) -> Option<(&RemoteLocation, &StorageSettings)> {
+        self.remote.as_deref().map(|(l, s)| (l, s))
+    }
+
+    /// Copies the local file `path` to `key` (in parts when it is large); readers see the
+    /// whole file or none of it.
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<(), WarehouseError> {
+        let location = self.describe(key);
+        let io = |e: std::io::Error| WarehouseError {
+            location: location.clone(),
+            message: format!("copying {}: {e}", path.display()),
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), self.key(key));
+        let copied = tokio::io::copy(&mut file, &mut writer).await;
+        match copied {
+            Ok(_) => tokio::io::AsyncWriteExt::shutdown(&mut writer).await.map_err(io),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(io(e))
+            }
+        }
+    }
+
+    /// Deletes everything under the folder `key`; returns how many objects it deleted.
+    pub async fn delete_under(&self, key: &str) -> Result<usize, WarehouseError> {
+        if !self.listable(key) {
+            return Ok(0);
+        }
+        let err = || store_err(self.describe(key));
+        let objects: Vec<object_store::ObjectMeta> = match self.store.list(Some(&self.key(key))).try_collect().await {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(err()(e)),
+        };
+        for object in &objects {
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(err()(e)),
+            }
+        }
+        Ok(objects.len())
     }
 
     /// The content of `key`, `None` when it does not exist.

@@ -58,7 +58,7 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
         })
         .ok_or_else(|| CliError::failed("the latest manifest has no as_of date"))?;
     let spill = std::env::temp_dir();
-    let ctx = build_context(&plan.engine, &spill)
+    let ctx = build_context(&plan.engine, &spill, None)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     let published = register_published(&ctx, &plan.warehouse)

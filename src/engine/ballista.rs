@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use ballista_core::RuntimeProducer;
 use ballista_core::config::{BALLISTA_CLIENT_PULL, BallistaConfig};
 use ballista_core::execution_plans::DistributedQueryExec;
 use ballista_core::registry::BallistaFunctionRegistry;
@@ -26,7 +27,7 @@ use ballista_scheduler::scheduler_process::start_server;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::QueryPlanner;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
@@ -36,7 +37,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::LogicalPlanNode;
 use futures::StreamExt;
 
-use super::{Engine, codec};
+use super::{Engine, cluster_store, codec};
 
 /// A Ballista session for `engine` with patron's codecs; for [`Engine::Remote`] the
 /// scheduler must answer now, so a wrong address fails before any work starts. Every job
@@ -287,6 +288,14 @@ pub async fn run_scheduler(options: &SchedulerOptions) -> Result<(), String> {
         task_distribution: TaskDistributionPolicy::RoundRobin,
         override_logical_codec: Some(logical),
         override_physical_codec: Some(physical),
+        // Sessions take the `patron_store.*` options, and planning a scan of a run's files
+        // in the warehouse's object store lists them through the store they name.
+        override_config_producer: Some(Arc::new(cluster_store::cluster_session_config)),
+        override_session_builder: Some(Arc::new(|config| {
+            let state = ballista_core::utils::default_session_builder(config)?;
+            cluster_store::register_session_store(state.config(), state.runtime_env())?;
+            Ok(state)
+        })),
         ..SchedulerConfig::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -325,6 +334,14 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<(), String> {
     let (logical, physical) = codec::codecs();
     // Every built-in function of patron's DataFusion build, nested ones included.
     let functions = BallistaFunctionRegistry::from(&SessionStateBuilder::new().with_default_features().build());
+    // Each session's runtime reaches the object store its `patron_store.*` options name
+    // (the run's files in the warehouse's store), with the client's credentials.
+    let work_dir = options.work_dir.clone();
+    let runtime: RuntimeProducer = Arc::new(move |config: &SessionConfig| {
+        let runtime = RuntimeEnvBuilder::new().with_temp_file_path(&work_dir).build_arc()?;
+        cluster_store::register_session_store(config, &runtime)?;
+        Ok(runtime)
+    });
     let config = ExecutorProcessConfig {
         bind_host: options.bind.ip().to_string(),
         external_host: Some(options.external_host.clone()),
@@ -339,6 +356,8 @@ pub async fn run_executor(options: &ExecutorOptions) -> Result<(), String> {
         override_logical_codec: Some(logical),
         override_physical_codec: Some(physical),
         override_function_registry: Some(Arc::new(functions)),
+        override_config_producer: Some(Arc::new(cluster_store::cluster_session_config)),
+        override_runtime_producer: Some(runtime),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))

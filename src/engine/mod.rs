@@ -3,6 +3,7 @@
 //! Apache DataFusion Ballista cluster). Stages never create their own context.
 
 pub mod ballista;
+pub mod cluster_store;
 pub mod codec;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Problems;
+use cluster_store::ClusterStaging;
 
 /// The scheduler port when a `df://` address names none (Ballista's default).
 pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -218,8 +220,14 @@ fn first_line(message: &str) -> String {
 }
 
 /// Builds the session for a run; `spill_dir` holds operator spill files. For a Ballista
-/// engine the session plans locally and executes on the cluster (see [`ballista`]).
-pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfResult<SessionContext> {
+/// engine the session plans locally and executes on the cluster (see [`ballista`]); with
+/// `cluster`, the files its queries read are copied to the warehouse's object store and
+/// the executors are told how to reach it (see [`cluster_store`]).
+pub async fn build_context(
+    settings: &EngineSettings,
+    spill_dir: &Path,
+    cluster: Option<Arc<ClusterStaging>>,
+) -> DfResult<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit((settings.memory_limit_mb as usize) * 1024 * 1024, 1.0)
         .with_temp_file_path(spill_dir)
@@ -246,6 +254,13 @@ pub async fn build_context(settings: &EngineSettings, spill_dir: &Path) -> DfRes
     }
     for (key, value) in &settings.options {
         config.options_mut().set(key, value)?;
+    }
+    if let Some(staging) = cluster.filter(|_| settings.engine.is_distributed()) {
+        if let Some(options) = staging.store_options() {
+            config = config.with_option_extension(options);
+            cluster_store::register_session_store(&config, &runtime)?;
+        }
+        config = config.with_extension(staging);
     }
     if settings.engine.is_distributed() {
         let job_timeout = (settings.job_timeout_secs > 0).then(|| Duration::from_secs(settings.job_timeout_secs));

@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::checks::ident;
 use super::spec::{Materialized, OnSchemaChange};
 use super::{Seed, Stage, TransformError};
+use crate::engine::cluster_store::ClusterStaging;
 use crate::publish::read::PublishedVersion;
 use crate::storage::{Layout, ParquetSink};
 
@@ -122,17 +123,34 @@ pub fn describe_sql_error(sql: &str, err: &DataFusionError) -> String {
     message
 }
 
+/// How queries of `ctx` name the local file or folder `path`: by its path, or on a cluster
+/// reading the run's files from an object store, by the URL of its copy there (made now,
+/// see [`ClusterStaging`]).
+async fn location_of(ctx: &SessionContext, path: &Path) -> Result<String, DataFusionError> {
+    match ClusterStaging::of(ctx) {
+        Some(staging) => staging
+            .url_of(path)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e))),
+        None => Ok(path.to_string_lossy().into_owned()),
+    }
+}
+
 /// Registers every seed as a table (CSV with a header, types inferred).
 pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &Seed>) -> Result<(), TransformError> {
     for seed in seeds {
-        let path = seed.path.to_string_lossy();
-        ctx.register_csv(&seed.name, path.as_ref(), CsvReadOptions::new().has_header(true))
-            .await
-            .map_err(|e| TransformError::Sql {
-                stage: seed.name.clone(),
-                path: seed.path.clone(),
-                message: e.to_string(),
-            })?;
+        let registered = match location_of(ctx, &seed.path).await {
+            Ok(location) => {
+                ctx.register_csv(&seed.name, &location, CsvReadOptions::new().has_header(true))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        registered.map_err(|e| TransformError::Sql {
+            stage: seed.name.clone(),
+            path: seed.path.clone(),
+            message: e.to_string(),
+        })?;
     }
     Ok(())
 }
@@ -162,12 +180,15 @@ pub async fn register_sorted_parquet(
     order: Vec<SortExpr>,
 ) -> Result<(), DataFusionError> {
     ctx.deregister_table(name)?;
-    let paths: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut locations = Vec::with_capacity(paths.len());
+    for path in paths {
+        locations.push(location_of(ctx, path).await?);
+    }
     let mut options = ParquetReadOptions::default();
     if !order.is_empty() {
         options = options.file_sort_order(vec![order]);
     }
-    let df = ctx.read_parquet(paths, options).await?;
+    let df = ctx.read_parquet(locations, options).await?;
     ctx.register_table(name, df.into_view())?;
     Ok(())
 }

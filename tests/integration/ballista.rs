@@ -225,9 +225,15 @@ fn wait_within(child: &mut Child, limit: Duration, why: impl Fn() -> String) -> 
 fn start_cluster(dir: &Path, executors: &[&str]) -> (Processes, String) {
     let spawn = |args: &[String], log: &str| -> Child {
         let log = std::fs::File::create(dir.join(log)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_patron"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_patron"));
+        // No cloud credentials or endpoints of their own: what executors read from an
+        // object store they reach with what the client's session passes them.
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
+            command.env_remove(name);
+        }
+        command
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,patron=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -440,5 +446,57 @@ fn a_job_no_executor_can_run_times_out_is_cancelled_and_publishes_nothing() {
         !warehouse.join("runs/latest.json").exists(),
         "no manifest of a succeeded run"
     );
+    drop(cluster);
+}
+
+#[test]
+fn a_cluster_reads_a_runs_files_from_the_warehouse_store_with_the_credentials_the_session_passes() {
+    use crate::remote_sources::pipeline_with;
+    use crate::remote_warehouse::{BUCKET, WAREHOUSE, keys, query};
+    let moto = Moto::start();
+    moto.boto3(&format!("s3.create_bucket(Bucket='{BUCKET}')\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, engine) = start_cluster(dir.path(), &EXECUTORS);
+    let pipeline = pipeline_with(dir.path(), &[], &moto.storage_toml());
+    let p = pipeline.to_str().unwrap();
+
+    let out = patron_s3(
+        dir.path(),
+        &["run", "--pipeline", p, "--out", WAREHOUSE, "--engine", &engine],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), logs(dir.path()));
+    // The executors (started without credentials) built the warehouse's store from the
+    // session's options and ran the queries; the run's copy of its files is gone.
+    for executor in EXECUTORS {
+        let log = std::fs::read_to_string(dir.path().join(format!("{executor}.log"))).unwrap();
+        assert!(
+            log.contains(&format!("store=s3://{BUCKET}")) && log.contains("patron_store"),
+            "{executor} never reached the store\n{}",
+            logs(dir.path())
+        );
+        assert!(tasks_run(dir.path(), executor) > 0, "{executor} ran no task");
+    }
+    let left = keys(&moto, "prod/_staging");
+    assert!(left.is_empty(), "{left:?}");
+
+    // The same tables as the local engine publishes into a folder.
+    let local = dir.path().join("local-wh");
+    run_default(&local);
+    for sql in [
+        // Doubles rounded: sums may add up in another order on the cluster.
+        "SELECT customer_id, orders, order_lines, ROUND(revenue, 6) AS revenue, tickets, marketing_sent \
+         FROM fct_customer ORDER BY customer_id",
+        "SELECT customer_id, rfm_segment, churn_band, value_tier, lifecycle_stage, ROUND(p_alive, 6) AS p_alive, \
+         ROUND(clv, 4) AS clv FROM customer_scores ORDER BY customer_id",
+        "SELECT line, column_name, raw_value, reason FROM quarantine_sales ORDER BY line, column_name",
+    ] {
+        let remote = query(dir.path(), &pipeline, WAREHOUSE, sql, &[]);
+        assert!(!remote.is_empty(), "{sql}: no rows");
+        assert_eq!(
+            remote,
+            query(dir.path(), &pipeline, local.to_str().unwrap(), sql, &[]),
+            "{sql}"
+        );
+    }
     drop(cluster);
 }

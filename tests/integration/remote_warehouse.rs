@@ -10,11 +10,11 @@ use std::process::{Command, Stdio};
 use crate::remote_sources::pipeline_with;
 use crate::support::*;
 
-const BUCKET: &str = "lake";
-const WAREHOUSE: &str = "s3://lake/prod";
+pub const BUCKET: &str = "lake";
+pub const WAREHOUSE: &str = "s3://lake/prod";
 
 /// Rows of `sql` on a warehouse, as NDJSON lines.
-fn query(dir: &Path, pipeline: &Path, warehouse: &str, sql: &str, extra: &[&str]) -> Vec<String> {
+pub fn query(dir: &Path, pipeline: &Path, warehouse: &str, sql: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "query",
         "--pipeline",
@@ -35,7 +35,7 @@ fn query(dir: &Path, pipeline: &Path, warehouse: &str, sql: &str, extra: &[&str]
 }
 
 /// The keys under `prefix` in the bucket.
-fn keys(moto: &Moto, prefix: &str) -> Vec<String> {
+pub fn keys(moto: &Moto, prefix: &str) -> Vec<String> {
     let out = Command::new("python3")
         .args([
             "-c",
