@@ -20,6 +20,7 @@ RSS (ru_maxrss) of that process alone. Prints a table and writes the same as JSO
 """
 
 import argparse
+import re
 import datetime as dt
 import json
 import os
@@ -522,9 +523,17 @@ def totals_agree(a, b):
     return True
 
 
-def write_pipeline(data, work):
+def write_pipeline(data, work, engine=()):
+    """The default pipeline on `data`, with `engine` settings (KEY=VALUE) replacing the
+    [engine] defaults."""
     text = (REPO / "pipelines" / "default.toml").read_text()
     text = text.replace('root = ".."', f'root = "{REPO}"').replace('"fixtures/', f'"{data}/')
+    for setting in engine:
+        key, value = setting.split("=", 1)
+        text, n = re.subn(rf"^{re.escape(key.strip())}\s*=.*$", f"{key.strip()} = {value.strip()}", text,
+                          count=1, flags=re.M)
+        if n == 0:
+            text = text.replace("[engine]\n", f"[engine]\n{key.strip()} = {value.strip()}\n", 1)
     path = Path(work) / "pipeline.toml"
     path.write_text(text)
     return path
@@ -546,7 +555,7 @@ def run_size(args, lines, work):
         logs / "generate.log",
     )
     input_bytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and f.suffix in (".csv", ".ndjson"))
-    pipeline = write_pipeline(data, work)
+    pipeline = write_pipeline(data, work, args.engine)
     warehouse = work / "warehouse"
     env = dict(os.environ, RUST_LOG="patron=warn")
     print("   patron run", flush=True)
@@ -687,6 +696,8 @@ def main_driver(argv):
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the JSON result")
     ap.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
+    ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
+                    help="an [engine] setting for patron's runs, e.g. memory_limit_mb=768 (repeatable)")
     args = ap.parse_args(argv)
     sizes = [int(float(x)) for x in args.lines.split(",")]
     import tempfile
@@ -704,6 +715,7 @@ def main_driver(argv):
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit + ("-dirty" if dirty else ""),
+        "patron_engine_settings": args.engine,
         "host": {"cpus": os.cpu_count(), "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "versions": {"duckdb": duckdb.__version__, "polars": polars.__version__, "lifetimes": lifetimes.__version__,
                      "python": sys.version.split()[0]},

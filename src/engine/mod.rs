@@ -5,9 +5,11 @@
 pub mod ballista;
 pub mod cluster_store;
 pub mod codec;
+pub mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
@@ -228,8 +231,14 @@ pub async fn build_context(
     spill_dir: &Path,
     cluster: Option<Arc<ClusterStaging>>,
 ) -> DfResult<SessionContext> {
+    // DataFusion's usual pool (tracking the top consumers for error messages), but with
+    // room kept for operators that cannot spill (see [`memory`]).
+    let pool = TrackConsumersPool::new(
+        memory::HeadroomPool::new((settings.memory_limit_mb as usize) * 1024 * 1024),
+        NonZeroUsize::new(5).expect("5 is not zero"),
+    );
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit((settings.memory_limit_mb as usize) * 1024 * 1024, 1.0)
+        .with_memory_pool(Arc::new(pool))
         .with_temp_file_path(spill_dir)
         .build_arc()?;
     let mut config = SessionConfig::new()

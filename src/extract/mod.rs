@@ -5,8 +5,7 @@
 //! quarantined, and the counts per file are in the returned [`SourceMetrics`].
 
 pub mod duplicates;
-#[cfg(test)]
-mod fuzz;
+pub mod fuzz;
 pub mod incremental;
 pub mod input;
 mod parallel;

@@ -1,0 +1,158 @@
+//! The memory pool a run's queries share (`engine.memory_limit_mb`).
+//!
+//! DataFusion's greedy pool serves whoever asks first. Operators that can spill (sorts,
+//! aggregations) ask for memory batch after batch until the pool is full and only then
+//! spill, so the operators that cannot spill and come next find nothing left: the merge
+//! of a sort's spill files, the merge of sorted partitions, a second sort's merge. At 10M
+//! sales lines a staging sort on two partitions failed that way under 4 GiB, its two
+//! partition sorters holding 2 GB each while the merge of the two could not get 850 KB.
+//!
+//! [`HeadroomPool`] keeps a share of the limit ([`NON_SPILLABLE_SHARE`]) for operators
+//! that cannot spill: spillable ones are refused beyond the rest, which makes them spill
+//! there, while the others may use the whole limit.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use datafusion::common::resources_datafusion_err;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool, MemoryReservation, human_readable_size};
+
+/// The share of the memory limit spilling operators leave to the others: one quarter.
+pub const NON_SPILLABLE_SHARE: f64 = 0.25;
+
+/// A fixed-size pool in which spilling operators may hold at most
+/// `limit * (1 - NON_SPILLABLE_SHARE)` together (see the module doc).
+#[derive(Debug)]
+pub struct HeadroomPool {
+    limit: usize,
+    spillable_limit: usize,
+    used: AtomicUsize,
+    spillable: AtomicUsize,
+}
+
+impl HeadroomPool {
+    /// A pool of `limit` bytes.
+    pub fn new(limit: usize) -> HeadroomPool {
+        HeadroomPool {
+            limit,
+            spillable_limit: (limit as f64 * (1.0 - NON_SPILLABLE_SHARE)) as usize,
+            used: AtomicUsize::new(0),
+            spillable: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Adds `additional` to `counter` unless that passes `limit`; the value before on refusal.
+fn add_within(counter: &AtomicUsize, additional: usize, limit: usize) -> Result<usize, usize> {
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        n.checked_add(additional).filter(|total| *total <= limit)
+    })
+}
+
+impl MemoryPool for HeadroomPool {
+    fn name(&self) -> &str {
+        "headroom"
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.used.fetch_add(additional, Ordering::Relaxed);
+        if reservation.consumer().can_spill() {
+            self.spillable.fetch_add(additional, Ordering::Relaxed);
+        }
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+        if reservation.consumer().can_spill() {
+            self.spillable.fetch_sub(shrink, Ordering::Relaxed);
+        }
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> DfResult<()> {
+        let refuse = |available: usize, what: &str| {
+            resources_datafusion_err!(
+                "Failed to allocate additional {} for {} with {} already allocated for this reservation - {} remain available {what}: {}",
+                human_readable_size(additional),
+                reservation.consumer().name(),
+                human_readable_size(reservation.size()),
+                human_readable_size(available),
+                self
+            )
+        };
+        let spills = reservation.consumer().can_spill();
+        if spills {
+            add_within(&self.spillable, additional, self.spillable_limit)
+                .map_err(|held| refuse(self.spillable_limit.saturating_sub(held), "to operators that spill"))?;
+        }
+        if let Err(used) = add_within(&self.used, additional, self.limit) {
+            if spills {
+                self.spillable.fetch_sub(additional, Ordering::Relaxed);
+            }
+            return Err(refuse(self.limit.saturating_sub(used), "in the pool"));
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
+}
+
+impl fmt::Display for HeadroomPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}(used: {}, by operators that spill: {} of at most {}, pool_size: {})",
+            self.name(),
+            human_readable_size(self.used.load(Ordering::Relaxed)),
+            human_readable_size(self.spillable.load(Ordering::Relaxed)),
+            human_readable_size(self.spillable_limit),
+            human_readable_size(self.limit)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::execution::memory_pool::MemoryConsumer;
+
+    use super::*;
+
+    #[test]
+    fn spilling_operators_leave_a_quarter_to_the_others() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000));
+        let sort_a = MemoryConsumer::new("sort a").with_can_spill(true).register(&pool);
+        let sort_b = MemoryConsumer::new("sort b").with_can_spill(true).register(&pool);
+        let merge = MemoryConsumer::new("merge").register(&pool);
+        sort_a.try_grow(500).unwrap();
+        sort_b.try_grow(250).unwrap();
+        let refused = sort_b.try_grow(1).unwrap_err().to_string();
+        assert!(
+            refused.contains("Resources exhausted") && refused.contains("sort b") && refused.contains("spill"),
+            "{refused}"
+        );
+        // What the sorts may not take, the merge can.
+        merge.try_grow(250).unwrap();
+        assert_eq!(pool.reserved(), 1000);
+        assert!(merge.try_grow(1).is_err(), "the pool is full");
+        // Freed spillable memory can be taken again, by either kind.
+        sort_a.shrink(300);
+        merge.try_grow(100).unwrap();
+        sort_b.try_grow(200).unwrap();
+        assert!(sort_a.try_grow(1).is_err());
+        assert_eq!(pool.reserved(), 1000);
+        // A refused request changes nothing.
+        drop(merge);
+        assert_eq!(pool.reserved(), 650);
+        assert!(sort_a.try_grow(101).is_err(), "spillable would pass 750");
+        sort_a.try_grow(100).unwrap();
+        assert_eq!(pool.reserved(), 750);
+    }
+}
