@@ -232,22 +232,28 @@ impl ClusterStaging {
         let key = self.key_of(path);
         if path.is_dir() {
             for file in files_below(path).map_err(|e| self.io_error(path, e))? {
-                self.copy(&file).await?;
+                let below = file.strip_prefix(path).unwrap_or(&file);
+                let parts: Vec<String> = below
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                self.copy(&file, &format!("{key}/{}", parts.join("/"))).await?;
             }
             return Ok(format!("{}/", self.warehouse.describe(&key)));
         }
-        self.copy(path).await?;
+        self.copy(path, &key).await?;
         Ok(self.warehouse.describe(&key))
     }
 
-    async fn copy(&self, file: &Path) -> Result<(), WarehouseError> {
+    /// Copies local `file` to `key` unless it is unchanged since its last copy.
+    async fn copy(&self, file: &Path, key: &str) -> Result<(), WarehouseError> {
         let meta = std::fs::metadata(file).map_err(|e| self.io_error(file, e))?;
         let stamp = (meta.len(), meta.modified().ok());
         let known = self.copied.lock().map(|c| c.get(file) == Some(&stamp)).unwrap_or(false);
         if known {
             return Ok(());
         }
-        self.warehouse.put_file(&self.key_of(file), file).await?;
+        self.warehouse.put_file(key, file).await?;
         if let Ok(mut copied) = self.copied.lock() {
             copied.insert(file.to_path_buf(), stamp);
         }
@@ -339,5 +345,24 @@ mod tests {
         let runtime = RuntimeEnv::default();
         register_session_store(&cluster_session_config(), &runtime).unwrap();
         assert!(runtime.object_store(&url).is_err());
+    }
+
+    #[test]
+    fn staged_files_keep_their_place_below_the_runs_folder_and_others_go_to_external() {
+        let warehouse = Warehouse::open("s3://lake/prod", Path::new("/"), &StorageSettings::default()).unwrap();
+        let staging = ClusterStaging::new(&warehouse, "r1", Path::new("/tmp/stage/r1")).unwrap();
+        let raw = staging.key_of(Path::new("/tmp/stage/r1/raw/sales/part-00000.parquet"));
+        assert_eq!(raw, "_staging/r1/raw/sales/part-00000.parquet");
+        assert_eq!(
+            warehouse.describe(&raw),
+            "s3://lake/prod/_staging/r1/raw/sales/part-00000.parquet"
+        );
+        let seed = staging.key_of(Path::new("/project/sql/seeds/rfm_segments.csv"));
+        assert!(
+            seed.starts_with("_staging/r1/external/") && seed.ends_with("/rfm_segments.csv"),
+            "{seed}"
+        );
+        assert_ne!(seed, staging.key_of(Path::new("/elsewhere/rfm_segments.csv")));
+        assert!(ClusterStaging::new(&Warehouse::local("/tmp/wh"), "r1", Path::new("/tmp/wh/_staging/r1")).is_none());
     }
 }
