@@ -773,12 +773,11 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         // The wave's stages depend on none of each other: up to `parallel` run at once,
         // each a query of its own. Results are taken in the wave's order, and the first
         // failure in that order is the run's error.
-        if !to_run.is_empty() {
-            let names: Vec<&str> = to_run.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = to_run.iter().map(|s| s.name.as_str()).collect();
+        if !names.is_empty() {
             done += names.len();
             progress.phase(format!("transform: {} ({done}/{})", names.join(", "), order.len()));
         }
-        let names: Vec<&str> = to_run.iter().map(|s| s.name.as_str()).collect();
         let results = crate::engine::run_side_by_side(&names, parallel, |i| {
             let (ctx, inputs, stage) = (ctx.clone(), Arc::clone(&inputs), to_run[i].clone());
             async move { run_one_stage(&ctx, &inputs, &stage).await }

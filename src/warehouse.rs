@@ -50,10 +50,8 @@ pub struct Warehouse {
     store: Arc<dyn ObjectStore>,
     /// The warehouse root inside `store`.
     prefix: StorePath,
-    /// `scheme://authority` of a remote warehouse.
-    remote_root: Option<String>,
-    /// The store's location and settings, for a remote warehouse (what a cluster's
-    /// executors need to reach it: [`Warehouse::store_settings`]).
+    /// The store's root location (`scheme://authority`) and settings, for a remote
+    /// warehouse (what a cluster's executors need to reach it: [`Warehouse::store_settings`]).
     remote: Option<Arc<(RemoteLocation, StorageSettings)>>,
     /// Local folder for run staging (see [`Warehouse::staging_root`]).
     staging: PathBuf,
@@ -98,7 +96,6 @@ impl Warehouse {
             local: Some(dir),
             store: Arc::new(LocalFileSystem::new()),
             prefix,
-            remote_root: None,
             remote: None,
         }
     }
@@ -138,7 +135,6 @@ impl Warehouse {
             local: None,
             store,
             prefix: StorePath::from(key.as_str()),
-            remote_root: Some(parsed.root.clone()),
             remote: Some(Arc::new((parsed, storage.clone()))),
         })
     }
@@ -205,7 +201,7 @@ impl Warehouse {
     /// [`Warehouse::table_url`]); `None` for a local warehouse (Delta Lake opens folders
     /// itself).
     pub fn remote_store(&self) -> Option<Arc<dyn ObjectStore>> {
-        self.remote_root.as_ref().map(|_| self.store.clone())
+        self.remote.as_ref().map(|_| self.store.clone())
     }
 
     /// The store's root location (`s3://bucket`) and the settings it was built with, for a

@@ -176,6 +176,8 @@ type Stamp = (u64, Option<SystemTime>);
 #[derive(Debug)]
 pub struct ClusterStaging {
     warehouse: Warehouse,
+    /// What executors build the warehouse's store from.
+    options: StoreOptions,
     /// The run's local staging folder.
     local_root: PathBuf,
     /// `_staging/<run_id>` in the warehouse.
@@ -188,7 +190,9 @@ impl ClusterStaging {
     /// The copy of run `run_id`'s staging folder `local_root`, for a warehouse in an object
     /// store; `None` for a local one (executors then read the files where they are).
     pub fn new(warehouse: &Warehouse, run_id: &str, local_root: &Path) -> Option<ClusterStaging> {
-        warehouse.is_remote().then(|| ClusterStaging {
+        let (location, settings) = warehouse.store_settings()?;
+        Some(ClusterStaging {
+            options: StoreOptions::new(location, settings),
             warehouse: warehouse.clone(),
             local_root: local_root.to_path_buf(),
             key: format!("{STAGING_DIR}/{run_id}"),
@@ -197,9 +201,21 @@ impl ClusterStaging {
     }
 
     /// The session options executors build the warehouse's store from.
-    pub fn store_options(&self) -> Option<StoreOptions> {
-        let (location, settings) = self.warehouse.store_settings()?;
-        Some(StoreOptions::new(location, settings))
+    pub fn store_options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Registers the warehouse's own store in `runtime` (this process's session plans on
+    /// the copies too: it reads their schemas).
+    pub fn register_store(&self, runtime: &RuntimeEnv) -> DfResult<()> {
+        let (Some((location, _)), Some(store)) = (self.warehouse.store_settings(), self.warehouse.remote_store())
+        else {
+            return Ok(());
+        };
+        let url = Url::parse(&location.root)
+            .map_err(|e| DataFusionError::Configuration(format!("{}: {e}", location.root)))?;
+        runtime.register_object_store(&url, store);
+        Ok(())
     }
 
     /// The staging copy attached to `ctx` (a run's session on a cluster), if any.
@@ -218,11 +234,7 @@ impl ClusterStaging {
                 Path::new("external").join(&hex::encode(folder)[..16]).join(name)
             }
         };
-        let parts: Vec<String> = relative
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        format!("{}/{}", self.key, parts.join("/"))
+        format!("{}/{}", self.key, key_path(&relative))
     }
 
     /// Copies the local file or folder `path` to the store (files unchanged since their
@@ -233,11 +245,7 @@ impl ClusterStaging {
         if path.is_dir() {
             for file in files_below(path).map_err(|e| self.io_error(path, e))? {
                 let below = file.strip_prefix(path).unwrap_or(&file);
-                let parts: Vec<String> = below
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                self.copy(&file, &format!("{key}/{}", parts.join("/"))).await?;
+                self.copy(&file, &format!("{key}/{}", key_path(below))).await?;
             }
             return Ok(format!("{}/", self.warehouse.describe(&key)));
         }
@@ -274,6 +282,15 @@ impl ClusterStaging {
     pub async fn remove(&self) -> Result<usize, WarehouseError> {
         self.warehouse.delete_under(&self.key).await
     }
+}
+
+/// A relative local path as a store key: its parts joined by `/`.
+fn key_path(relative: &Path) -> String {
+    let parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts.join("/")
 }
 
 /// Every file below folder `dir`, in a stable order.

@@ -114,9 +114,9 @@ impl From<Engine> for String {
 pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 6 * 3600;
 
 /// Memory limit per stage run side by side when `engine.stage_parallelism` is 0 (auto).
-/// DataFusion 55's pool is greedy: the first of two concurrent sorts can take what the
-/// other needs to merge its spill files, and under 64 MiB four concurrent staging stages
-/// failed that way. Under 2 GiB stages run one at a time unless configured otherwise.
+/// Stages side by side share one pool: the sorts of one can take the spilling operators'
+/// share another's sort needs before it spills, and under 64 MiB four concurrent staging
+/// stages failed that way. Under 2 GiB stages run one at a time unless configured otherwise.
 pub const MB_PER_PARALLEL_STAGE: u64 = 1024;
 
 /// Smallest `engine.memory_limit_mb`: below it the batches of one operator alone do not
@@ -265,11 +265,10 @@ pub async fn build_context(
         config.options_mut().set(key, value)?;
     }
     if let Some(staging) = cluster.filter(|_| settings.engine.is_distributed()) {
-        if let Some(options) = staging.store_options() {
-            config = config.with_option_extension(options);
-            cluster_store::register_session_store(&config, &runtime)?;
-        }
-        config = config.with_extension(staging);
+        staging.register_store(&runtime)?;
+        config = config
+            .with_option_extension(staging.store_options().clone())
+            .with_extension(staging);
     }
     if settings.engine.is_distributed() {
         let job_timeout = (settings.job_timeout_secs > 0).then(|| Duration::from_secs(settings.job_timeout_secs));
@@ -292,10 +291,10 @@ pub fn scratch_context(ctx: &SessionContext) -> SessionContext {
 
 /// Runs independent jobs, one per name (the stages of a wave), up to `parallel` at once, each as a
 /// tokio task of its own so that they use a core each, and returns their results in order
-/// (a task that panicked gives its `JoinError`). DataFusion 55's memory pool is first come,
-/// first served: side by side, one stage's sort can hold what another needs to merge its
-/// spill files. So a job that failed for lack of memory while others ran beside it runs
-/// again, alone; on its own it spills as it would have.
+/// (a task that panicked gives its `JoinError`). Side by side, stages share one memory pool
+/// ([`memory::HeadroomPool`]), first come, first served among the operators that spill: one
+/// stage's sorts can hold what another needs. So a job that failed for lack of memory while
+/// others ran beside it runs again, alone; on its own it spills as it would have.
 pub async fn run_side_by_side<T, E, Fut>(
     names: &[&str],
     parallel: usize,

@@ -24,8 +24,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use arrow::array::{Array, UInt64Array};
+use arrow::datatypes::SchemaRef;
 
 use super::ExtractError;
 use super::reader::{CsvReader, ExportReader, NdjsonReader};
@@ -43,9 +45,15 @@ const SCHEMA: &str = r#"{"fields":[
     {"name":"kind","type":"string","constraints":{"enum":["a","b"]}}
 ],"primaryKey":"id"}"#;
 
-/// The declared schema every input is validated against.
-fn schema() -> TableSchema {
-    TableSchema::parse(SCHEMA, Path::new("fuzz.schema.json")).expect("fuzz schema parses")
+/// The declared schema every input is validated against, and its raw (text) Arrow
+/// schema; parsed once, not per input.
+fn schemas() -> &'static (TableSchema, SchemaRef) {
+    static SCHEMAS: OnceLock<(TableSchema, SchemaRef)> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let schema = TableSchema::parse(SCHEMA, Path::new("fuzz.schema.json")).expect("fuzz schema parses");
+        let raw = raw_schema(&schema);
+        (schema, raw)
+    })
 }
 
 /// What reading and validating one input gave.
@@ -62,17 +70,16 @@ struct Outcome {
 /// Reads and validates `bytes` like extract does, with small batches so rows cross batch
 /// boundaries; checks the per-batch invariants on the way.
 fn run(bytes: &[u8], ndjson: bool, batch_size: usize) -> Result<Outcome, ExtractError> {
-    let schema = schema();
-    let raw = raw_schema(&schema);
+    let (schema, raw) = schemas();
     let input = Box::new(Cursor::new(bytes.to_vec()));
     let mut reader: Box<dyn ExportReader> = if ndjson {
-        Box::new(NdjsonReader::new(input, "fuzz.ndjson", &schema, batch_size))
+        Box::new(NdjsonReader::new(input, "fuzz.ndjson", schema, batch_size))
     } else {
-        Box::new(CsvReader::new(input, "fuzz.csv", &schema, b',', batch_size)?)
+        Box::new(CsvReader::new(input, "fuzz.csv", schema, b',', batch_size)?)
     };
     let mut out = Outcome::default();
     while let Some(batch) = reader.next_batch()? {
-        let checked = validate(&schema, &raw, &batch, "fuzz");
+        let checked = validate(schema, raw, &batch, "fuzz");
         assert_eq!(
             checked.good.num_rows() + checked.rejected_rows,
             batch.num_rows(),
@@ -262,7 +269,7 @@ mod tests {
 
     /// A random CSV export: (bytes, expected start line and invalid columns per row).
     fn structured(rng: &mut ChaCha8Rng) -> (Vec<u8>, Vec<(u64, BTreeSet<String>)>) {
-        let schema = schema();
+        let (schema, _) = schemas();
         let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
         // File column order: the declared ones shuffled (some upper-cased), maybe an extra.
         let mut order: Vec<Option<usize>> = (0..names.len()).map(Some).collect();

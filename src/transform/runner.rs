@@ -139,14 +139,12 @@ async fn location_of(ctx: &SessionContext, path: &Path) -> Result<String, DataFu
 /// Registers every seed as a table (CSV with a header, types inferred).
 pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &Seed>) -> Result<(), TransformError> {
     for seed in seeds {
-        let registered = match location_of(ctx, &seed.path).await {
-            Ok(location) => {
-                ctx.register_csv(&seed.name, &location, CsvReadOptions::new().has_header(true))
-                    .await
-            }
-            Err(e) => Err(e),
+        let registered = async {
+            let location = location_of(ctx, &seed.path).await?;
+            ctx.register_csv(&seed.name, &location, CsvReadOptions::new().has_header(true))
+                .await
         };
-        registered.map_err(|e| TransformError::Sql {
+        registered.await.map_err(|e| TransformError::Sql {
             stage: seed.name.clone(),
             path: seed.path.clone(),
             message: e.to_string(),
