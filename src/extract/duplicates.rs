@@ -30,9 +30,9 @@ pub fn duplicates_schema() -> SchemaRef {
         Field::new(d::SOURCE, DataType::Utf8, false),
         Field::new(d::KEY, DataType::Utf8, false),
         Field::new(d::FILE, DataType::Utf8, false),
-        Field::new(d::LINE, DataType::UInt64, false),
+        Field::new(d::LINE, DataType::Int64, false),
         Field::new(d::KEPT_FILE, DataType::Utf8, false),
-        Field::new(d::KEPT_LINE, DataType::UInt64, false),
+        Field::new(d::KEPT_LINE, DataType::Int64, false),
         Field::new(d::IDENTICAL, DataType::Boolean, false),
     ]))
 }

@@ -26,7 +26,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use arrow::array::{Array, UInt64Array};
+use arrow::array::{Array, Int64Array};
 use arrow::datatypes::SchemaRef;
 
 use super::ExtractError;
@@ -89,9 +89,9 @@ fn run(bytes: &[u8], ndjson: bool, batch_size: usize) -> Result<Outcome, Extract
         let lines = checked
             .good
             .column_by_name(SOURCE_LINE_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
             .expect("line column");
-        out.loaded.extend(lines.values().iter().copied());
+        out.loaded.extend(lines.values().iter().map(|&l| l as u64));
         for r in batch.rejects.iter().chain(&checked.rejects) {
             assert!(r.line > 0, "a rejected row has a line: {r:?}");
             assert!(!r.reason.is_empty(), "a rejected row has a reason: {r:?}");

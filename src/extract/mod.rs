@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,7 @@ pub fn quarantine_schema() -> SchemaRef {
         Field::new(q::RUN_ID, DataType::Utf8, false),
         Field::new(q::SOURCE, DataType::Utf8, false),
         Field::new(q::FILE, DataType::Utf8, false),
-        Field::new(q::LINE, DataType::UInt64, false),
+        Field::new(q::LINE, DataType::Int64, false),
         Field::new(q::COLUMN, DataType::Utf8, false),
         Field::new(q::RAW_VALUE, DataType::Utf8, true),
         Field::new(q::REASON, DataType::Utf8, false),
@@ -222,7 +222,9 @@ fn quarantine_batch(schema: &SchemaRef, run_id: &str, source: &str, file: &str, 
         Arc::new(StringArray::from(vec![run_id; n])),
         Arc::new(StringArray::from(vec![source; n])),
         Arc::new(StringArray::from(vec![file; n])),
-        Arc::new(UInt64Array::from_iter_values(rejects.iter().map(|r| r.line))),
+        Arc::new(Int64Array::from_iter_values(
+            rejects.iter().map(|r| validate::line_value(r.line)),
+        )),
         Arc::new(StringArray::from_iter_values(rejects.iter().map(|r| r.column.as_str()))),
         Arc::new(StringArray::from_iter(rejects.iter().map(|r| r.raw_value.as_deref()))),
         Arc::new(StringArray::from_iter_values(rejects.iter().map(|r| r.reason.as_str()))),

@@ -592,8 +592,8 @@ mod tests {
 
     fn lines(batch: &RecordBatch, column: &str) -> Vec<u64> {
         let c = batch.column_by_name(column).unwrap();
-        let c = c.as_any().downcast_ref::<arrow::array::UInt64Array>().unwrap();
-        c.values().to_vec()
+        let c = c.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        c.values().iter().map(|&l| l as u64).collect()
     }
 
     /// Extracts `files` with `threads` threads into `out/<threads>/`, small batches and

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringArray,
-    StringBuilder, TimestampMicrosecondBuilder, UInt64Array,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Array, Int64Builder,
+    StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -33,8 +33,14 @@ pub fn raw_schema(schema: &TableSchema) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.push(Field::new(SOURCE_FILE_COLUMN, DataType::Utf8, false));
-    fields.push(Field::new(SOURCE_LINE_COLUMN, DataType::UInt64, false));
+    fields.push(Field::new(SOURCE_LINE_COLUMN, DataType::Int64, false));
     Arc::new(Schema::new(fields))
+}
+
+/// A line number as stored: a signed 64-bit integer, the type Delta Lake and most readers
+/// have (no file has 2^63 lines; larger numbers would be stored as `i64::MAX`).
+pub fn line_value(line: u64) -> i64 {
+    i64::try_from(line).unwrap_or(i64::MAX)
 }
 
 /// The result of validating one batch.
@@ -515,7 +521,9 @@ pub fn validate(schema: &TableSchema, raw: &SchemaRef, batch: &TextBatch, file: 
     let rejected_rows = mask.false_count();
     let mut columns: Vec<ArrayRef> = typed_columns;
     columns.push(Arc::new(StringArray::new_repeated(file, n)));
-    columns.push(Arc::new(UInt64Array::from(batch.lines.clone())));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        batch.lines.iter().map(|&l| line_value(l)),
+    )));
     // Most batches have no bad row: then every column is kept as built, not copied.
     let good_columns: Vec<ArrayRef> = if rejected_rows == 0 {
         columns
@@ -627,7 +635,7 @@ mod tests {
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "ts"));
         assert!(reasons.iter().any(|r| r.0 == 4 && r.1 == "kind"));
         // Lines of the good rows are kept.
-        let lines = v.good.column(5).as_any().downcast_ref::<UInt64Array>().unwrap();
+        let lines = v.good.column(5).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(lines.values().to_vec(), vec![2, 5]);
         // +01:00 is the same instant as 03:04:05Z, so the max is 03:04:05Z.
         assert_eq!(

@@ -10,19 +10,25 @@
 //! the commit file is written with a conditional put (see [`crate::warehouse`]).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::Column;
 use datafusion::execution::options::ParquetReadOptions;
 use datafusion::prelude::{Expr, SessionContext, cast};
 use deltalake::delta_datafusion::DeltaSessionContext;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{Action, Add, StructType};
+use deltalake::operations::create::CreateBuilder;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt as _;
 
 use super::PublishError;
 use crate::storage::Layout;
@@ -128,10 +134,257 @@ pub struct CommitMetrics {
 
 /// Replaces the content of the Delta table at `location` with the Parquet files in the
 /// local folder `staged`, in one overwrite commit tagged with `run_id`. Rows keep their order.
-/// delta-rs rewrites the rows into new files (it does not copy the staged ones), with
-/// `layout`'s writer settings, so the published files have the same row groups, page
-/// index and bloom filters as the staged ones.
+///
+/// The staged files join the table as they are (see [`adopt_staged_files`]) when their
+/// column types are Delta's own and their row groups are cut as `layout` cuts them, as
+/// patron writes them; otherwise (another row-group size set since, a partitioned table,
+/// a type Delta does not have) delta-rs rewrites the rows with `layout`'s writer settings.
 pub async fn overwrite_from_parquet(
+    ctx: &SessionContext,
+    table: &str,
+    staged: &Path,
+    target: &CommitTarget<'_>,
+) -> Result<CommitMetrics, PublishError> {
+    if target.partition_by.is_empty()
+        && let Some(files) = adoptable_files(table, staged, target.layout)?
+    {
+        return adopt_staged_files(table, &files, target).await;
+    }
+    rewrite_from_parquet(ctx, table, staged, target).await
+}
+
+/// A staged Parquet file that can join a Delta table as it is.
+struct Adoptable {
+    path: PathBuf,
+    size: u64,
+    rows: i64,
+    schema: arrow::datatypes::SchemaRef,
+    /// Null values per column, for the columns whose every row group counts them.
+    null_counts: Vec<(String, i64)>,
+}
+
+/// Arrow types whose Parquet encoding, as patron writes it, is what Delta Lake reads for
+/// the column's Delta type. Timestamps without a time zone are left out: Delta stores them
+/// only under a table feature of its own.
+fn delta_native(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Utf8
+            | DataType::Utf8View
+            | DataType::LargeUtf8
+            | DataType::Date32
+    ) || matches!(data_type, DataType::Timestamp(TimeUnit::Microsecond, Some(_)))
+}
+
+/// The Parquet files of `staged` (sorted by name) when there are some and all of them can
+/// join a Delta table as they are: the same schema, every column of a [`delta_native`]
+/// type, and row groups of `layout.row_group_rows` rows (the last of a file may be
+/// shorter). `None` otherwise.
+fn adoptable_files(table: &str, staged: &Path, layout: &Layout) -> Result<Option<Vec<Adoptable>>, PublishError> {
+    let read_err = |path: &Path, message: String| PublishError::Delta {
+        table: table.to_string(),
+        path: path.display().to_string(),
+        message: format!("reading the staged table: {message}"),
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(staged)
+        .map_err(|e| read_err(staged, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    paths.sort();
+    let mut files: Vec<Adoptable> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let file = std::fs::File::open(&path).map_err(|e| read_err(&path, e.to_string()))?;
+        let size = file.metadata().map_err(|e| read_err(&path, e.to_string()))?.len();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| read_err(&path, e.to_string()))?;
+        let schema = Arc::clone(reader.schema());
+        if !schema.fields().iter().all(|f| delta_native(f.data_type()))
+            || files
+                .first()
+                .is_some_and(|first| first.schema.fields() != schema.fields())
+        {
+            return Ok(None);
+        }
+        let meta = reader.metadata();
+        let groups = meta.row_groups();
+        let cut = groups.iter().enumerate().all(|(i, g)| {
+            let rows = g.num_rows() as usize;
+            if i + 1 < groups.len() {
+                rows == layout.row_group_rows
+            } else {
+                rows <= layout.row_group_rows
+            }
+        });
+        if !cut {
+            return Ok(None);
+        }
+        let null_counts = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let counted: Option<u64> = groups
+                    .iter()
+                    .map(|g| g.columns().get(i)?.statistics()?.null_count_opt())
+                    .sum();
+                Some((f.name().clone(), i64::try_from(counted?).ok()?))
+            })
+            .collect();
+        files.push(Adoptable {
+            path,
+            size,
+            rows: meta.file_metadata().num_rows(),
+            schema,
+            null_counts,
+        });
+    }
+    Ok((!files.is_empty()).then_some(files))
+}
+
+/// The Delta schema of files of `schema` (all of [`delta_native`] types).
+fn delta_schema(schema: &arrow::datatypes::Schema) -> Result<StructType, DeltaTableError> {
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Ok((&arrow::datatypes::Schema::new(fields)).try_into_kernel()?)
+}
+
+/// Publishes the staged `files` without rewriting a row: each is copied into the table's
+/// folder under a new name (on a local warehouse, a hard link when the staging area is on
+/// the same file system), then one commit replaces the table's files by them. A table
+/// whose schema changed, or a new table, gets the commit that (re)creates it, with the
+/// same files. The commit's statistics give each file's rows and null counts; the files
+/// keep their own row-group and page statistics, page index and bloom filters.
+async fn adopt_staged_files(
+    table: &str,
+    files: &[Adoptable],
+    target: &CommitTarget<'_>,
+) -> Result<CommitMetrics, PublishError> {
+    let CommitTarget {
+        warehouse,
+        location,
+        run_id,
+        ..
+    } = *target;
+    let path = warehouse.describe(location);
+    let current = open(warehouse, table, location).await?;
+    let previous = current.version();
+    let Some(first) = files.first() else {
+        return Err(PublishError::Delta {
+            table: table.to_string(),
+            path,
+            message: "the staged table has no file".into(),
+        });
+    };
+    let schema = delta_schema(&first.schema).map_err(delta_err(table, path.clone()))?;
+    let batch = uuid::Uuid::new_v4();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut adds = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let name = format!("part-{i:05}-{batch}-c000.snappy.parquet");
+        let key = format!("{location}/{name}");
+        match warehouse.local_path(&key) {
+            Some(dest) => link_or_copy(&file.path, &dest).map_err(|source| PublishError::Io { path: dest, source })?,
+            None => warehouse.put_file(&key, &file.path).await?,
+        }
+        let stats = serde_json::json!({
+            "numRecords": file.rows,
+            "nullCount": file
+                .null_counts
+                .iter()
+                .map(|(c, n)| (c.clone(), serde_json::json!(n)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        adds.push(Action::Add(Add {
+            path: name,
+            partition_values: HashMap::new(),
+            size: i64::try_from(file.size).unwrap_or(i64::MAX),
+            modification_time: now,
+            data_change: true,
+            stats: Some(stats.to_string()),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        }));
+    }
+    let properties =
+        CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]);
+    // The table as it is, when it exists with the files' schema.
+    let same_schema = current.snapshot().ok().filter(|s| s.schema().as_ref() == &schema);
+    let version = if let Some(snapshot) = same_schema {
+        let mut actions: Vec<Action> = snapshot
+            .snapshot()
+            .file_views(&current.log_store(), None)
+            .map_ok(|f| Action::Remove(f.remove_action(true)))
+            .try_collect()
+            .await
+            .map_err(delta_err(table, path.clone()))?;
+        actions.extend(adds);
+        CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(
+                Some(snapshot as &dyn TableReference),
+                current.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Overwrite,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(delta_err(table, path.clone()))?
+            .version()
+    } else {
+        // A new table, or a new schema: the commit that (re)creates the table, with the files.
+        CreateBuilder::new()
+            .with_log_store(current.log_store())
+            .with_table_name(table)
+            .with_columns(schema.fields().cloned())
+            .with_save_mode(SaveMode::Overwrite)
+            .with_actions(adds)
+            .with_commit_properties(properties)
+            .await
+            .map_err(delta_err(table, path.clone()))?
+            .version()
+            .ok_or_else(|| PublishError::Delta {
+                table: table.to_string(),
+                path: path.clone(),
+                message: "the commit returned no version".into(),
+            })?
+    };
+    Ok(CommitMetrics { version, previous })
+}
+
+/// A hard link of `from` at `to` (the staged file stays until the run's staging area is
+/// removed), or a copy when the two are on different file systems.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => std::fs::copy(from, to).map(|_| ()),
+    }
+}
+
+/// [`overwrite_from_parquet`] by rewriting the rows: delta-rs reads the staged files and
+/// writes new ones with `layout`'s writer settings (types Delta does not have are cast).
+async fn rewrite_from_parquet(
     ctx: &SessionContext,
     table: &str,
     staged: &Path,
@@ -259,4 +512,133 @@ pub async fn register(
         message: e.to_string(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ParquetSink;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    /// Stages `n` in a fresh folder `dir` as patron writes a table.
+    fn stage(dir: &Path, ids: &[&str], n: ArrayRef) -> PathBuf {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", n.data_type().clone(), true),
+        ]));
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(ids.to_vec())), n]).unwrap();
+        let file = dir.join("part-00000.parquet");
+        let mut sink = ParquetSink::create(&file, schema).unwrap();
+        sink.write(&batch).unwrap();
+        sink.close().unwrap();
+        file
+    }
+
+    async fn publish(warehouse: &Warehouse, staged: &Path) -> CommitMetrics {
+        let layout = Layout::default();
+        let target = CommitTarget {
+            warehouse,
+            location: "tables/t",
+            run_id: "run",
+            partition_by: &[],
+            layout: &layout,
+        };
+        overwrite_from_parquet(&publish_session(), "t", staged, &target)
+            .await
+            .unwrap()
+    }
+
+    /// The table's rows as text, sorted, at `version`.
+    async fn rows(warehouse: &Warehouse, version: Option<u64>) -> Vec<String> {
+        let ctx = SessionContext::new();
+        register(&ctx, "t", warehouse, "tables/t", version).await.unwrap();
+        let batches = ctx
+            .sql("SELECT id || '=' || COALESCE(CAST(n AS VARCHAR), 'null') AS r FROM t ORDER BY r")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+            out.extend(c.iter().map(|v| v.unwrap().to_string()));
+        }
+        out
+    }
+
+    /// The table folder's data files.
+    fn data_files(warehouse: &Warehouse) -> Vec<PathBuf> {
+        let dir = warehouse.local_path("tables/t").unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn staged_files_join_the_table_unchanged_and_other_types_are_rewritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let warehouse = Warehouse::local(tmp.path().join("warehouse"));
+        let staged = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        };
+
+        // A new table: created with the staged file itself, byte for byte.
+        let first = staged("first");
+        let file = stage(&first, &["a", "b"], Arc::new(Int64Array::from(vec![Some(1), None])));
+        let m = publish(&warehouse, &first).await;
+        assert_eq!((m.version, m.previous), (0, None));
+        let files = data_files(&warehouse);
+        assert_eq!(files.len(), 1);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), std::fs::read(&file).unwrap());
+        assert_eq!(rows(&warehouse, None).await, ["a=1", "b=null"]);
+
+        // Same schema: one overwrite commit; only the new file is in the table.
+        let second = staged("second");
+        let file = stage(&second, &["c"], Arc::new(Int64Array::from(vec![3])));
+        let m = publish(&warehouse, &second).await;
+        assert_eq!((m.version, m.previous), (1, Some(0)));
+        assert_eq!(rows(&warehouse, None).await, ["c=3"]);
+        assert_eq!(rows(&warehouse, Some(0)).await, ["a=1", "b=null"]);
+        let newest = data_files(&warehouse)
+            .into_iter()
+            .find(|f| std::fs::read(f).unwrap() == std::fs::read(&file).unwrap());
+        assert!(newest.is_some(), "the staged file is in the table as it is");
+        let table = open(&warehouse, "t", "tables/t").await.unwrap();
+        let history: Vec<_> = table.history(Some(1)).try_collect().await.unwrap();
+        let last = history.into_iter().next().unwrap();
+        assert_eq!(last.operation.as_deref(), Some("WRITE"));
+        assert_eq!(last.info.get(RUN_ID_COMMIT_KEY), Some(&serde_json::json!("run")));
+
+        // A type Delta does not have (unsigned): the rows are rewritten, cast to Int64.
+        let third = staged("third");
+        let file = stage(&third, &["d"], Arc::new(UInt64Array::from(vec![4])));
+        let m = publish(&warehouse, &third).await;
+        assert_eq!((m.version, m.previous), (2, Some(1)));
+        assert_eq!(rows(&warehouse, None).await, ["d=4"]);
+        let staged_bytes = std::fs::read(&file).unwrap();
+        assert!(
+            data_files(&warehouse)
+                .iter()
+                .all(|f| std::fs::read(f).unwrap() != staged_bytes)
+        );
+
+        // Back to a Delta type, a schema change again: the table is recreated with the file.
+        let fourth = staged("fourth");
+        stage(&fourth, &["e"], Arc::new(Int64Array::from(vec![5])));
+        let m = publish(&warehouse, &fourth).await;
+        assert_eq!(m.version, 3);
+        assert_eq!(rows(&warehouse, None).await, ["e=5"]);
+        assert_eq!(rows(&warehouse, Some(1)).await, ["c=3"]);
+    }
 }
