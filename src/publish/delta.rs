@@ -164,8 +164,8 @@ struct Adoptable {
 }
 
 /// Arrow types whose Parquet encoding, as patron writes it, is what Delta Lake reads for
-/// the column's Delta type. Timestamps without a time zone are left out: Delta stores them
-/// only under a table feature of its own.
+/// the column's Delta type (a timestamp without a time zone is a `timestamp_ntz`, whose
+/// table feature the commit that creates the table turns on).
 fn delta_native(data_type: &DataType) -> bool {
     matches!(
         data_type,
@@ -180,7 +180,7 @@ fn delta_native(data_type: &DataType) -> bool {
             | DataType::Utf8View
             | DataType::LargeUtf8
             | DataType::Date32
-    ) || matches!(data_type, DataType::Timestamp(TimeUnit::Microsecond, Some(_)))
+    ) || matches!(data_type, DataType::Timestamp(TimeUnit::Microsecond, _))
 }
 
 /// The Parquet files of `staged` (sorted by name) when there are some and all of them can
@@ -206,11 +206,16 @@ fn adoptable_files(table: &str, staged: &Path, layout: &Layout) -> Result<Option
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| read_err(&path, e.to_string()))?;
         let schema = Arc::clone(reader.schema());
-        if !schema.fields().iter().all(|f| delta_native(f.data_type()))
-            || files
-                .first()
-                .is_some_and(|first| first.schema.fields() != schema.fields())
+        if let Some(f) = schema.fields().iter().find(|f| !delta_native(f.data_type())) {
+            let data_type = f.data_type();
+            tracing::debug!(table, column = %f.name(), %data_type, "rewriting the staged files: a type Delta lacks");
+            return Ok(None);
+        }
+        if files
+            .first()
+            .is_some_and(|first| first.schema.fields() != schema.fields())
         {
+            tracing::debug!(table, file = %path.display(), "rewriting the staged files: their schemas differ");
             return Ok(None);
         }
         let meta = reader.metadata();
@@ -224,6 +229,7 @@ fn adoptable_files(table: &str, staged: &Path, layout: &Layout) -> Result<Option
             }
         });
         if !cut {
+            tracing::debug!(table, file = %path.display(), "rewriting the staged files: row groups not cut by row_group_rows");
             return Ok(None);
         }
         let null_counts = schema

@@ -130,7 +130,9 @@ async fn day_one_day_two_and_a_rerun_load_each_file_once_with_exact_counts() {
 
     // The incremental result equals a full refresh and a from-scratch non-incremental run.
     let tables = [
-        "SELECT count(*) AS n, sum(quantity * unit_price) AS revenue FROM raw_sales",
+        // Every row, not a sum: the incremental table holds the carried rows in a file of
+        // their own, and a floating-point sum over two files may differ in its last bit.
+        "SELECT * FROM raw_sales ORDER BY _source_file, _source_line",
         "SELECT * FROM fct_customer ORDER BY customer_id",
         "SELECT line, column_name, reason FROM quarantine_sales ORDER BY file, line, column_name",
     ];
