@@ -153,6 +153,11 @@ pub async fn overwrite_from_parquet(
     rewrite_from_parquet(ctx, table, staged, target).await
 }
 
+/// A commit's properties: tagged with the run that makes it.
+fn run_commit(run_id: &str) -> CommitProperties {
+    CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))])
+}
+
 /// A staged Parquet file that can join a Delta table as it is.
 struct Adoptable {
     path: PathBuf,
@@ -328,8 +333,7 @@ async fn adopt_staged_files(
             clustering_provider: None,
         }));
     }
-    let properties =
-        CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]);
+    let properties = run_commit(run_id);
     // The table as it is, when it exists with the files' schema.
     let same_schema = current.snapshot().ok().filter(|s| s.schema().as_ref() == &schema);
     let version = if let Some(snapshot) = same_schema {
@@ -442,9 +446,7 @@ async fn rewrite_from_parquet(
         .with_table_name(table)
         .with_partition_columns(partition_by.to_vec())
         .with_writer_properties(layout.writer_properties())
-        .with_commit_properties(
-            CommitProperties::default().with_metadata([(RUN_ID_COMMIT_KEY.to_string(), serde_json::json!(run_id))]),
-        )
+        .with_commit_properties(run_commit(run_id))
         .await
         .map_err(delta_err(table, warehouse.describe(location)))?;
     let version = written.version().ok_or_else(|| PublishError::Delta {
