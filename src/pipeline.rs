@@ -653,6 +653,16 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 source.name, previous.run_id, copied.0
             )));
         }
+        if let Some(mut seen) = m.seen_keys.take() {
+            // The carried rows' keys join the filter, so copies across runs are found too.
+            let file = raw_file.clone();
+            let added = tokio::task::spawn_blocking(move || seen.add_parquet(&file).map(|()| seen)).await;
+            m.seen_keys = Some(
+                added
+                    .map_err(|join| RunError::Engine(format!("extract task failed: {join}")))?
+                    .map_err(RunError::Engine)?,
+            );
+        }
         incremental::merge_carried(m, carried, raw_file, q_file, copied);
     }
     for (source, m) in plan.sources.iter().zip(&state.extract) {

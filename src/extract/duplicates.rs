@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
@@ -22,6 +23,9 @@ use crate::config::SourcePlan;
 use crate::names::{self, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, duplicates as d};
 use crate::storage::ParquetSink;
 use crate::transform::checks::{ident, literal};
+
+/// Name the kept keys of the source being checked are registered under.
+const SEEN_KEYS_TABLE: &str = "__patron_seen_keys";
 
 /// Schema of the duplicates table.
 pub fn duplicates_schema() -> SchemaRef {
@@ -37,11 +41,21 @@ pub fn duplicates_schema() -> SchemaRef {
     ]))
 }
 
-/// The query listing the superseded copies of `source`'s rows in its raw table: keys seen
-/// more than once are found with one aggregate, and only their rows are ranked. Null key
-/// values count as equal, as in staging's `PARTITION BY`. With `distributed` (a Ballista
-/// engine) the join is written source first; see below.
-pub fn duplicates_sql(source: &SourcePlan, run_id: &str, distributed: bool) -> Option<String> {
+/// Where the keys that may repeat come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Candidates<'a> {
+    /// A table of the keys extract's filter kept ([`super::seen::SeenKeys`]): every repeated key and a
+    /// few others.
+    Kept(&'a str),
+    /// Every key of the raw table, grouped: for a Ballista engine, whose executors cannot
+    /// read a table held in this process (or a source extract did not filter).
+    AllRows,
+}
+
+/// The query listing the superseded copies of `source`'s rows in its raw table: the rows
+/// whose key is among `candidates` are ranked by key, and the copies after the first are
+/// listed. Null key values count as equal, as in staging's `PARTITION BY`.
+pub fn duplicates_sql(source: &SourcePlan, run_id: &str, candidates: Candidates) -> Option<String> {
     let key = &source.schema.primary_key;
     if key.is_empty() {
         return None;
@@ -82,19 +96,24 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str, distributed: bool) -> O
         })
         .collect();
     // A hash join holds its first side in memory: locally that is `repeated` (the keys
-    // seen twice), so the source's rows stream past it; with the source first, 8.5M
+    // that may repeat), so the source's rows stream past it; with the source first, 8.5M
     // marketing events did not fit a 1 GiB pool. On Ballista 55 the source must come first:
     // with `repeated` first its scheduler re-plans the join after the first stage, fails an
     // internal assertion ("Cannot swap HashJoinExec with dynamic filter") and leaves the
     // job hanging.
     let join_on = join_on.join(" AND ");
-    let copies = if distributed {
-        format!("SELECT r.* FROM {table} r JOIN repeated k ON {join_on}")
-    } else {
-        format!("SELECT r.* FROM repeated k JOIN {table} r ON {join_on}")
+    let (repeated, copies) = match candidates {
+        Candidates::Kept(kept) => (
+            format!("SELECT DISTINCT {key_list} FROM {}", ident(kept)),
+            format!("SELECT r.* FROM repeated k JOIN {table} r ON {join_on}"),
+        ),
+        Candidates::AllRows => (
+            format!("SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1"),
+            format!("SELECT r.* FROM {table} r JOIN repeated k ON {join_on}"),
+        ),
     };
     Some(format!(
-        "WITH repeated AS (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1), \
+        "WITH repeated AS ({repeated}), \
          copies AS ({copies}), \
          ranked AS (SELECT *, ROW_NUMBER() {window} AS \"__copy\", \
                     FIRST_VALUE({f}) {window} AS \"__kept_file\", FIRST_VALUE({l}) {window} AS \"__kept_line\", \
@@ -133,18 +152,35 @@ pub async fn find_duplicates(
     let schema = duplicates_schema();
     let mut sink = ParquetSink::create(out, Arc::clone(&schema)).map_err(|e| e.to_string())?;
     let mut total = 0u64;
+    let distributed = crate::engine::is_distributed(ctx);
     for (source, m) in sources.iter().zip(metrics.iter_mut()) {
-        let Some(sql) = duplicates_sql(source, run_id, crate::engine::is_distributed(ctx)) else {
+        let failed = |e: datafusion::error::DataFusionError| format!("source `{}`: duplicate keys: {e}", source.name);
+        let candidates = match m.seen_keys.take().filter(|_| !distributed) {
+            Some(seen) => {
+                let schema = Arc::clone(seen.schema());
+                let kept = seen.into_kept();
+                if kept.is_empty() {
+                    // No key may repeat.
+                    continue;
+                }
+                let table = MemTable::try_new(schema, vec![kept]).map_err(failed)?;
+                ctx.register_table(SEEN_KEYS_TABLE, Arc::new(table)).map_err(failed)?;
+                Candidates::Kept(SEEN_KEYS_TABLE)
+            }
+            None => Candidates::AllRows,
+        };
+        let Some(sql) = duplicates_sql(source, run_id, candidates) else {
             continue;
         };
-        let failed = |e: datafusion::error::DataFusionError| format!("source `{}`: duplicate keys: {e}", source.name);
-        let mut stream = ctx
-            .sql(&sql)
-            .await
-            .map_err(failed)?
-            .execute_stream()
-            .await
-            .map_err(failed)?;
+        let stream = match ctx.sql(&sql).await {
+            Ok(frame) => frame.execute_stream().await,
+            Err(e) => Err(e),
+        };
+        if let Candidates::Kept(table) = candidates {
+            // The plan holds the table; the name is free for the next source.
+            ctx.deregister_table(table).map_err(failed)?;
+        }
+        let mut stream = stream.map_err(failed)?;
         let (mut rows, mut identical) = (0u64, 0u64);
         while let Some(batch) = stream.next().await {
             let batch = conform(&batch.map_err(failed)?, &schema).map_err(|e| failed(e.into()))?;

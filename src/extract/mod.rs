@@ -10,6 +10,7 @@ pub mod incremental;
 pub mod input;
 mod parallel;
 pub mod reader;
+pub mod seen;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -200,6 +201,10 @@ pub struct SourceMetrics {
     /// `max_timestamp` as UTC microseconds.
     #[serde(skip)]
     pub max_timestamp_micros: Option<i64>,
+    /// The loaded keys that may repeat (with a primary key): what finding duplicates
+    /// starts from. Taken once used.
+    #[serde(skip)]
+    pub seen_keys: Option<seen::SeenKeys>,
 }
 
 /// Schema of the quarantine table.
@@ -319,6 +324,7 @@ fn extract_with(
         raw_schema: &raw_schema,
         q_schema: &q_schema,
         batch_size,
+        key: seen::KeyColumns::new(&raw_schema, &source.schema.primary_key),
     };
     let extracted = parallel::run(&extraction, threads, raw_sink, q_sink)?;
     crate::failpoint::hit_with(|| format!("extract.{}.end", source.name));
@@ -344,6 +350,7 @@ fn extract_with(
         raw_files: vec![raw_path],
         quarantine_files: vec![quarantine_path.clone()],
         max_timestamp_micros: max_ts,
+        seen_keys: extracted.seen,
     };
     tracing::info!(
         source = %result.source,

@@ -18,12 +18,22 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use super::reader::{ExportReader, HeaderReport, TextBatch};
+use super::seen::{KeyColumns, SeenKeys};
 use super::{ExtractError, FileMetrics, LocalInput, open_reader, quarantine_batch, validate};
 use crate::config::SourcePlan;
 use crate::storage::{EncodedRowGroup, ParquetSink, RowGroupSink, WriteError};
 
 /// Batches a reader thread may read ahead of the batch being handed out.
 const READ_AHEAD: usize = 4;
+
+/// Input bytes per row assumed when sizing the primary key filter (a short CSV row): a
+/// guess too low costs filter memory, one too high a second filter.
+const BYTES_PER_ROW_GUESS: u64 = 64;
+
+/// Rows `files` may hold, for sizing the primary key filter.
+fn expected_rows(files: &[LocalInput]) -> usize {
+    (files.iter().map(|f| f.size).sum::<u64>() / BYTES_PER_ROW_GUESS) as usize
+}
 
 /// What to extract: one source's files and where its rows go.
 pub(super) struct Extraction<'a> {
@@ -39,6 +49,9 @@ pub(super) struct Extraction<'a> {
     pub q_schema: &'a SchemaRef,
     /// Rows per batch read.
     pub batch_size: usize,
+    /// Where the primary key is, when the source declares one: loaded rows' keys then go
+    /// through a [`SeenKeys`] filter.
+    pub key: Option<KeyColumns>,
 }
 
 /// What extract counted, file by file.
@@ -49,6 +62,8 @@ pub(super) struct Extracted {
     pub entries: u64,
     /// Latest datetime value in the loaded rows.
     pub max_ts: Option<i64>,
+    /// The keys that may repeat, when the source has a primary key.
+    pub seen: Option<SeenKeys>,
 }
 
 /// Extracts `x` with `threads` threads (1: all on the calling thread), writing the loaded
@@ -68,7 +83,16 @@ pub(super) fn run<'x>(
             spawn_readers(scope, x, (threads / 2).clamp(1, x.files.len().max(1)))?
         };
         let pool = Pool::new(scope, workers, &x.source.name)?;
-        let mut output = Output::new(x, &pool, raw, quarantine, 2 * workers);
+        let seen = match &x.key {
+            Some(key) => Some(
+                SeenKeys::new(x.raw_schema, key.clone(), expected_rows(x.files)).map_err(|e| ExtractError::Worker {
+                    source_name: x.source.name.clone(),
+                    message: format!("primary key filter: {e}"),
+                })?,
+            ),
+            None => None,
+        };
+        let mut output = Output::new(x, &pool, raw, quarantine, 2 * workers, seen);
         let result = consume(x, &mut events, &mut output).and_then(|()| output.finish());
         // Readers blocked on a full channel see it closed and stop; workers finish their
         // queued jobs (whose results nobody waits for any more) and stop.
@@ -314,6 +338,8 @@ struct Checked {
     rejected: u64,
     max_ts: Option<i64>,
     good: RecordBatch,
+    /// Key hashes of the `good` rows (empty without a key).
+    key_hashes: Result<Vec<u64>, String>,
     /// Quarantine rows: the reader's rejects, then validation's.
     quarantine: Vec<RecordBatch>,
     entries: u64,
@@ -330,7 +356,12 @@ fn check(x: &Extraction, file: &str, batch: TextBatch) -> Checked {
             quarantine.push(quarantine_batch(x.q_schema, x.run_id, &x.source.name, file, rejects));
         }
     }
+    let key_hashes = match &x.key {
+        Some(key) if checked.good.num_rows() > 0 => key.hashes(&checked.good).map_err(|e| e.to_string()),
+        _ => Ok(Vec::new()),
+    };
     Checked {
+        key_hashes,
         read: (batch.num_rows() + batch.rejects.len()) as u64,
         loaded: checked.good.num_rows() as u64,
         rejected: (checked.rejected_rows + batch.rejects.len()) as u64,
@@ -376,6 +407,7 @@ struct Output<'p, 'scope, 'x> {
     files: Vec<FileMetrics>,
     entries: u64,
     max_ts: Option<i64>,
+    seen: Option<SeenKeys>,
 }
 
 fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
@@ -389,8 +421,10 @@ impl<'p, 'scope, 'x: 'scope> Output<'p, 'scope, 'x> {
         raw: RowGroupSink,
         quarantine: ParquetSink,
         in_flight: usize,
+        seen: Option<SeenKeys>,
     ) -> Self {
         Output {
+            seen,
             x,
             pool,
             raw,
@@ -450,6 +484,14 @@ impl<'p, 'scope, 'x: 'scope> Output<'p, 'scope, 'x> {
         self.entries += c.entries;
         for rows in &c.quarantine {
             self.quarantine.write(rows)?;
+        }
+        if let Some(seen) = self.seen.as_mut().filter(|_| c.good.num_rows() > 0) {
+            let failed = |message: String| ExtractError::Worker {
+                source_name: self.x.source.name.clone(),
+                message: format!("hashing primary keys: {message}"),
+            };
+            let hashes = c.key_hashes.map_err(failed)?;
+            seen.add(&c.good, &hashes).map_err(|e| failed(e.to_string()))?;
         }
         if c.good.num_rows() > 0 {
             self.group_rows += c.good.num_rows();
@@ -538,6 +580,7 @@ impl<'p, 'scope, 'x: 'scope> Output<'p, 'scope, 'x> {
             files: self.files,
             entries: self.entries,
             max_ts: self.max_ts,
+            seen: self.seen,
         })
     }
 }
