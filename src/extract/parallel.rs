@@ -20,19 +20,37 @@ use arrow::record_batch::RecordBatch;
 use super::reader::{ExportReader, HeaderReport, TextBatch};
 use super::seen::{KeyColumns, SeenKeys};
 use super::{ExtractError, FileMetrics, LocalInput, open_reader, quarantine_batch, validate};
-use crate::config::SourcePlan;
+use crate::config::{Format, SourcePlan};
 use crate::storage::{EncodedRowGroup, ParquetSink, RowGroupSink, WriteError};
 
 /// Batches a reader thread may read ahead of the batch being handed out.
 const READ_AHEAD: usize = 4;
 
-/// Input bytes per row assumed when sizing the primary key filter (a short CSV row): a
-/// guess too low costs filter memory, one too high a second filter.
-const BYTES_PER_ROW_GUESS: u64 = 64;
+/// Input bytes per row assumed when sizing the primary key filter: a short CSV row, an
+/// NDJSON line (which repeats the field names), a Parquet row (compressed). A guess too
+/// low costs filter memory, one too high a second filter.
+fn bytes_per_row_guess(format: Format) -> u64 {
+    match format {
+        Format::Csv => 64,
+        Format::Ndjson => 128,
+        Format::Parquet => 16,
+    }
+}
 
-/// Rows `files` may hold, for sizing the primary key filter.
-fn expected_rows(files: &[LocalInput]) -> usize {
-    (files.iter().map(|f| f.size).sum::<u64>() / BYTES_PER_ROW_GUESS) as usize
+/// Rows `x`'s files may hold, for sizing the primary key filter.
+fn expected_rows(x: &Extraction) -> usize {
+    (x.files.iter().map(|f| f.size).sum::<u64>() / bytes_per_row_guess(x.source.format)) as usize
+}
+
+/// The primary key filter for `x`, when its source has a key.
+fn key_filter(x: &Extraction) -> Result<Option<SeenKeys>, ExtractError> {
+    let Some(key) = &x.key else { return Ok(None) };
+    SeenKeys::new(x.raw_schema, key.clone(), expected_rows(x))
+        .map(Some)
+        .map_err(|e| ExtractError::Worker {
+            source_name: x.source.name.clone(),
+            message: format!("primary key filter: {e}"),
+        })
 }
 
 /// What to extract: one source's files and where its rows go.
@@ -83,15 +101,7 @@ pub(super) fn run<'x>(
             spawn_readers(scope, x, (threads / 2).clamp(1, x.files.len().max(1)))?
         };
         let pool = Pool::new(scope, workers, &x.source.name)?;
-        let seen = match &x.key {
-            Some(key) => Some(
-                SeenKeys::new(x.raw_schema, key.clone(), expected_rows(x.files)).map_err(|e| ExtractError::Worker {
-                    source_name: x.source.name.clone(),
-                    message: format!("primary key filter: {e}"),
-                })?,
-            ),
-            None => None,
-        };
+        let seen = key_filter(x)?;
         let mut output = Output::new(x, &pool, raw, quarantine, 2 * workers, seen);
         let result = consume(x, &mut events, &mut output).and_then(|()| output.finish());
         // Readers blocked on a full channel see it closed and stop; workers finish their

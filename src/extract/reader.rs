@@ -3,6 +3,7 @@
 //! the declared columns (ragged CSV row, invalid UTF-8, a line that is not a JSON object)
 //! becomes a [`Reject`] right here, so typing and constraint checks see only whole rows.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,6 +16,8 @@ use arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::ExtractError;
 use crate::config::TableSchema;
@@ -485,8 +488,12 @@ impl ExportReader for CsvReader {
 }
 
 /// Reads newline-delimited JSON: one object per line, keys matched to declared fields.
+/// Each value is taken as its JSON text (strings unquoted and unescaped, other values as
+/// written), without building a JSON tree; a key given twice keeps its last value.
 pub struct NdjsonReader {
-    lines: std::io::Lines<BufReader<Box<dyn Read>>>,
+    input: BufReader<Box<dyn Read>>,
+    /// The current line's bytes.
+    line: Vec<u8>,
     names: Vec<String>,
     header: HeaderReport,
     batch_size: usize,
@@ -498,7 +505,8 @@ impl NdjsonReader {
     /// Reads `input` (decoded text of the file named `file`).
     pub fn new(input: Box<dyn Read>, file: &str, schema: &TableSchema, batch_size: usize) -> Self {
         NdjsonReader {
-            lines: BufReader::with_capacity(1 << 20, input).lines(),
+            input: BufReader::with_capacity(1 << 20, input),
+            line: Vec::new(),
             names: schema.fields.iter().map(|f| f.name.clone()).collect(),
             header: HeaderReport::default(),
             batch_size,
@@ -506,77 +514,155 @@ impl NdjsonReader {
             file: file.to_string(),
         }
     }
+
+    /// Reads the next line into `self.line` without its line end; false at the end.
+    fn read_line(&mut self) -> Result<bool, ExtractError> {
+        self.line.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.line)
+            .map_err(|source| ExtractError::BadFile {
+                file: self.file.clone(),
+                line: self.line_no + 1,
+                message: source.to_string(),
+            })?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if self.line.last() == Some(&b'\n') {
+            self.line.pop();
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+        }
+        Ok(true)
+    }
 }
 
-fn json_to_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// A JSON object's members in order, each value as its JSON text.
+struct Members<'de>(Vec<(Cow<'de, str>, &'de RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((key.0, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// An object key, borrowed from the line unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> Visitor<'de> for Name {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+/// A JSON value as the text a column holds: `None` for null, a string's characters, else
+/// the value's JSON text as written.
+fn json_text(value: &RawValue) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'n') if text == "null" => Ok(None),
+        Some(b'"') if !text.contains('\\') => Ok(Some(Cow::Borrowed(&text[1..text.len() - 1]))),
+        Some(b'"') => serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))),
+        _ => Ok(Some(Cow::Borrowed(text))),
     }
 }
 
 impl ExportReader for NdjsonReader {
     fn next_batch(&mut self) -> Result<Option<TextBatch>, ExtractError> {
         let mut b = Builders::new(self.names.len(), self.batch_size);
+        // Per declared column, the member holding its value.
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(self.names.len());
         while b.lines.len() < self.batch_size {
-            let Some(next) = self.lines.next() else { break };
+            if !self.read_line()? {
+                break;
+            }
             self.line_no += 1;
             let line = self.line_no;
-            let text = match next {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    b.rejects.push(Reject {
-                        line,
-                        column: String::new(),
-                        raw_value: None,
-                        reason: "not valid UTF-8 (set the source encoding)".into(),
-                        raw_record: String::new(),
-                    });
-                    continue;
-                }
-                Err(source) => {
-                    return Err(ExtractError::BadFile {
-                        file: self.file.clone(),
-                        line,
-                        message: source.to_string(),
-                    });
-                }
+            let Ok(text) = std::str::from_utf8(&self.line) else {
+                b.rejects.push(Reject {
+                    line,
+                    column: String::new(),
+                    raw_value: None,
+                    reason: "not valid UTF-8 (set the source encoding)".into(),
+                    raw_record: String::new(),
+                });
+                continue;
             };
             let trimmed = text.trim_start_matches('\u{feff}').trim();
             if trimmed.is_empty() {
                 continue;
             }
-            let object = match serde_json::from_str::<serde_json::Value>(trimmed) {
-                Ok(serde_json::Value::Object(map)) => map,
-                Ok(_) => {
-                    b.rejects.push(Reject {
-                        line,
-                        column: String::new(),
-                        raw_value: None,
-                        reason: "line is JSON but not an object".into(),
-                        raw_record: cut(text),
-                    });
+            let reject = |reason: String| Reject {
+                line,
+                column: String::new(),
+                raw_value: None,
+                reason,
+                raw_record: cut(text.to_string()),
+            };
+            let members = match serde_json::from_str::<Members>(trimmed) {
+                Ok(members) => members,
+                Err(_) if serde_json::from_str::<IgnoredAny>(trimmed).is_ok() => {
+                    b.rejects.push(reject("line is JSON but not an object".into()));
                     continue;
                 }
                 Err(e) => {
-                    b.rejects.push(Reject {
-                        line,
-                        column: String::new(),
-                        raw_value: None,
-                        reason: format!("not valid JSON: {e}"),
-                        raw_record: cut(text),
-                    });
+                    b.rejects.push(reject(format!("not valid JSON: {e}")));
                     continue;
                 }
             };
-            for (builder, name) in b.columns.iter_mut().zip(&self.names) {
-                builder.append_option(object.get(name).and_then(json_to_text));
-            }
-            for key in object.keys() {
-                if !self.names.contains(key) && !self.header.extra.contains(key) {
-                    self.header.extra.push(key.clone());
+            slots.clear();
+            slots.resize(self.names.len(), None);
+            for (m, (key, _)) in members.0.iter().enumerate() {
+                match self.names.iter().position(|n| n == key) {
+                    Some(i) => slots[i] = Some(m),
+                    None if !self.header.extra.iter().any(|e| e == key) => self.header.extra.push(key.to_string()),
+                    None => {}
                 }
+            }
+            let mut texts = Vec::with_capacity(slots.len());
+            for slot in &slots {
+                match slot.map(|m| json_text(members.0[m].1)).transpose() {
+                    Ok(t) => texts.push(t.flatten()),
+                    Err(e) => {
+                        b.rejects.push(reject(format!("not valid JSON: {e}")));
+                        break;
+                    }
+                }
+            }
+            if texts.len() < slots.len() {
+                continue;
+            }
+            for (builder, t) in b.columns.iter_mut().zip(texts) {
+                builder.append_option(t.as_deref());
             }
             b.lines.push(line);
         }
