@@ -6,6 +6,7 @@ pub mod ballista;
 pub mod cluster_store;
 pub mod codec;
 pub mod memory;
+pub mod merge_join;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
@@ -274,7 +276,24 @@ pub async fn build_context(
         let job_timeout = (settings.job_timeout_secs > 0).then(|| Duration::from_secs(settings.job_timeout_secs));
         return ballista::context(&settings.engine, config, runtime, job_timeout).await;
     }
-    Ok(SessionContext::new_with_config_rt(config, Arc::clone(&runtime)))
+    Ok(SessionContext::new_with_state(local_state(config, runtime)))
+}
+
+/// The session state of a local engine: DataFusion's defaults, with
+/// [`merge_join::MergeSortedJoins`] among the physical optimizer rules.
+fn local_state(config: SessionConfig, runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>) -> SessionState {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == merge_join::RUNS_BEFORE)
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(merge_join::MergeSortedJoins));
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules)
+        .build()
 }
 
 /// A session that executes where `ctx` does (same engine, settings, functions) but starts

@@ -909,6 +909,32 @@ mod tests {
         assert_eq!(r.header().extra, vec!["x"]);
     }
 
+    /// Values are the JSON text of each member: strings unescaped, numbers and other values
+    /// as written; a key given twice keeps its last value; CRLF line ends are line ends.
+    #[test]
+    fn ndjson_values_are_their_json_text_and_a_repeated_key_keeps_its_last_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.ndjson");
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\\\"b\\u00e9\",\"qty\":12.50,\"note\":{\"k\": [1, 2]}}\r\n\
+             {\"id\":\"x\",\"id\":\"y\",\"qty\":true,\"z\":1,\"\\u0079\":2}\r\n",
+        )
+        .unwrap();
+        let mut r = NdjsonReader::new(Box::new(File::open(&p).unwrap()), "a.ndjson", &schema(), 1024);
+        let b = read_all(&mut r).remove(0);
+        assert!(b.rejects.is_empty(), "{:?}", b.rejects);
+        assert_eq!(b.lines, vec![1, 2]);
+        assert_eq!(text_at(&b, 0, 0).as_deref(), Some("a\"b\u{e9}"));
+        assert_eq!(text_at(&b, 2, 0).as_deref(), Some("12.50"));
+        assert_eq!(text_at(&b, 1, 0).as_deref(), Some("{\"k\": [1, 2]}"));
+        assert_eq!(text_at(&b, 0, 1).as_deref(), Some("y"));
+        assert_eq!(text_at(&b, 2, 1).as_deref(), Some("true"));
+        assert_eq!(text_at(&b, 1, 1), None);
+        // An escaped key is matched by its characters: `\u0079` is `y`, undeclared.
+        assert_eq!(r.header().extra, vec!["z", "y"]);
+    }
+
     /// Hands out at most `step` bytes per read, so line ends fall on every read boundary.
     struct Trickle<'a> {
         data: &'a [u8],
