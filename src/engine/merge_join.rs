@@ -120,3 +120,98 @@ fn merge_join(join: &HashJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::logical_expr::{SortExpr, col};
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::*;
+
+    /// A table of (k, v) rows, declared sorted by k when `sorted`.
+    fn table(keys: &[Option<&str>], values: &[i64], sorted: bool) -> Arc<MemTable> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap();
+        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        let order = vec![vec![SortExpr::new(col("k"), true, false)]];
+        Arc::new(if sorted { table.with_sort_order(order) } else { table })
+    }
+
+    fn session(with_rule: bool, sorted: bool) -> SessionContext {
+        let config = SessionConfig::new().with_target_partitions(1);
+        let ctx = if with_rule {
+            let runtime = RuntimeEnvBuilder::new().build_arc().unwrap();
+            SessionContext::new_with_state(crate::engine::local_state(config, runtime))
+        } else {
+            SessionContext::new_with_config(config)
+        };
+        // Keys ascending, nulls last; repeated keys on both sides; keys on one side only.
+        let a = table(
+            &[Some("a"), Some("b"), Some("b"), Some("d"), None],
+            &[1, 2, 3, 4, 5],
+            sorted,
+        );
+        let b = table(
+            &[Some("b"), Some("b"), Some("c"), Some("d"), None],
+            &[10, 20, 30, 40, 50],
+            sorted,
+        );
+        ctx.register_table("a", a).unwrap();
+        ctx.register_table("b", b).unwrap();
+        ctx
+    }
+
+    async fn plan_and_rows(ctx: &SessionContext, sql: &str) -> (String, String) {
+        let frame = ctx.sql(sql).await.unwrap();
+        let plan = frame.clone().create_physical_plan().await.unwrap();
+        let plan_text = displayable(plan.as_ref()).indent(false).to_string();
+        let rows = pretty_format_batches(&frame.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        (plan_text, rows)
+    }
+
+    /// Sorted inputs are merged, the sort by the key above the join is dropped, and every
+    /// join type gives the rows the hash join gives; unsorted inputs keep the hash join.
+    #[tokio::test]
+    async fn sorted_inputs_are_merge_joined_with_the_hash_joins_results() {
+        for join in ["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"] {
+            let sql = format!(
+                "SELECT a.k AS ak, a.v AS av, b.k AS bk, b.v AS bv FROM a {join} b ON a.k = b.k ORDER BY ak, av, bk, bv"
+            );
+            let (merged_plan, merged) = plan_and_rows(&session(true, true), &sql).await;
+            let (hashed_plan, hashed) = plan_and_rows(&session(false, true), &sql).await;
+            assert!(merged_plan.contains("SortMergeJoinExec"), "{join}:\n{merged_plan}");
+            assert!(!merged_plan.contains("HashJoinExec"), "{join}:\n{merged_plan}");
+            assert!(hashed_plan.contains("HashJoinExec"), "{join}:\n{hashed_plan}");
+            assert_eq!(merged, hashed, "{join}");
+        }
+        let sql = "SELECT a.k, b.v FROM a LEFT JOIN b ON a.k = b.k ORDER BY a.k";
+        let (plan, _) = plan_and_rows(&session(true, true), sql).await;
+        assert!(
+            !plan.contains("SortExec"),
+            "the join's output is already in key order:\n{plan}"
+        );
+        let (plan, _) = plan_and_rows(&session(true, false), sql).await;
+        assert!(
+            plan.contains("HashJoinExec") && !plan.contains("SortMergeJoinExec"),
+            "{plan}"
+        );
+    }
+}

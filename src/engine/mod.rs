@@ -281,7 +281,10 @@ pub async fn build_context(
 
 /// The session state of a local engine: DataFusion's defaults, with
 /// [`merge_join::MergeSortedJoins`] among the physical optimizer rules.
-fn local_state(config: SessionConfig, runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>) -> SessionState {
+pub(crate) fn local_state(
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> SessionState {
     let mut rules = PhysicalOptimizer::new().rules;
     let at = rules
         .iter()
