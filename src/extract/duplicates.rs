@@ -157,6 +157,7 @@ pub async fn find_duplicates(
         let failed = |e: datafusion::error::DataFusionError| format!("source `{}`: duplicate keys: {e}", source.name);
         let candidates = match m.seen_keys.take().filter(|_| !distributed) {
             Some(seen) => {
+                tracing::debug!(source = %source.name, ?seen, "keys that may repeat");
                 let schema = Arc::clone(seen.schema());
                 let kept = seen.into_kept();
                 if kept.is_empty() {

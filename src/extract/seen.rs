@@ -45,7 +45,7 @@ const SALT: [u32; 8] = [
 ];
 
 /// One split-block Bloom filter sized for `capacity` keys.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Bloom {
     blocks: Vec<[u32; 8]>,
     capacity: usize,
@@ -100,6 +100,18 @@ impl Bloom {
     }
 }
 
+impl std::fmt::Debug for SeenKeys {
+    /// A summary: the filters are megabytes of bits.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeenKeys")
+            .field("key", &self.key)
+            .field("filters", &self.filters.len())
+            .field("filter_bytes", &self.filter_bytes())
+            .field("kept_rows", &self.kept.iter().map(|b| b.num_rows()).sum::<usize>())
+            .finish()
+    }
+}
+
 /// The hash of each of the `rows` rows of `keys` (columns of one key), combined over the
 /// columns.
 fn hash_rows(keys: &[ArrayRef], rows: usize) -> datafusion::error::Result<Vec<u64>> {
@@ -137,7 +149,7 @@ impl KeyColumns {
 }
 
 /// The keys of a source's loaded rows that may have been loaded before.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SeenKeys {
     key: KeyColumns,
     /// Schema of the kept keys: the key columns of the raw table.
