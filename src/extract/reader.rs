@@ -648,19 +648,17 @@ impl ExportReader for NdjsonReader {
                     None => {}
                 }
             }
-            let mut texts = Vec::with_capacity(slots.len());
-            for slot in &slots {
-                match slot.map(|m| json_text(members.0[m].1)).transpose() {
-                    Ok(t) => texts.push(t.flatten()),
-                    Err(e) => {
-                        b.rejects.push(reject(format!("not valid JSON: {e}")));
-                        break;
-                    }
+            let texts = slots
+                .iter()
+                .map(|slot| slot.map(|m| json_text(members.0[m].1)).transpose().map(Option::flatten))
+                .collect::<Result<Vec<_>, _>>();
+            let texts = match texts {
+                Ok(texts) => texts,
+                Err(e) => {
+                    b.rejects.push(reject(format!("not valid JSON: {e}")));
+                    continue;
                 }
-            }
-            if texts.len() < slots.len() {
-                continue;
-            }
+            };
             for (builder, t) in b.columns.iter_mut().zip(texts) {
                 builder.append_option(t.as_deref());
             }

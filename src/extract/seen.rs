@@ -2,7 +2,7 @@
 //! through a Bloom filter, and the key of every row the filter may have seen already is
 //! kept aside. Every key loaded more than once is among those kept (a Bloom filter never
 //! misses a key it was given), along with a few keys loaded once (its false positives,
-//! well under 1% of the rows). Finding the duplicate keys afterwards
+//! about 1% of them in the tests). Finding the duplicate keys afterwards
 //! ([`super::duplicates`]) then joins the raw table with this short list instead of
 //! grouping every row by its key, which held a hash table of every key.
 //!
@@ -169,11 +169,6 @@ impl SeenKeys {
             filters: vec![Bloom::new(expected_rows.max(MIN_CAPACITY))],
             kept: Vec::new(),
         })
-    }
-
-    /// Where the key is.
-    pub fn key(&self) -> &KeyColumns {
-        &self.key
     }
 
     /// Adds the rows of `batch` whose key hashes are `hashes` ([`KeyColumns::hashes`]),
