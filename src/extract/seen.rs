@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -113,11 +113,30 @@ impl std::fmt::Debug for SeenKeys {
 }
 
 /// The hash of each of the `rows` rows of `keys` (columns of one key), combined over the
-/// columns.
+/// columns. Text is hashed without its leading and trailing spaces ([`trim_spaces`]).
 fn hash_rows(keys: &[ArrayRef], rows: usize) -> datafusion::error::Result<Vec<u64>> {
+    let keys: Vec<ArrayRef> = keys.iter().map(trim_spaces).collect();
     let mut hashes = vec![0u64; rows];
-    create_hashes(keys, &RandomState::default(), &mut hashes)?;
+    create_hashes(&keys, &RandomState::default(), &mut hashes)?;
     Ok(hashes)
+}
+
+/// A text key column without leading and trailing spaces, as SQL's `TRIM` (which staging
+/// applies to keys) leaves it, so `" E1"` and `"E1"` are one key; other columns as they
+/// are. The column itself when no value has such a space, the common case.
+fn trim_spaces(column: &ArrayRef) -> ArrayRef {
+    let Some(text) = column.as_any().downcast_ref::<StringArray>() else {
+        return Arc::clone(column);
+    };
+    let padded = |v: &str| v.starts_with(' ') || v.ends_with(' ');
+    if !text.iter().flatten().any(padded) {
+        return Arc::clone(column);
+    }
+    Arc::new(
+        text.iter()
+            .map(|v| v.map(|v| v.trim_matches(' ')))
+            .collect::<StringArray>(),
+    )
 }
 
 /// Where a primary key's columns are in the raw table.
@@ -138,7 +157,7 @@ impl KeyColumns {
     }
 
     /// The key hash of each row of `batch` (a raw table batch): rows with equal keys (nulls
-    /// equal to nulls) hash alike. Pure, so extract's workers compute it in parallel.
+    /// equal to nulls, text compared without leading and trailing spaces) hash alike. Pure, so extract's workers compute it in parallel.
     pub fn hashes(&self, batch: &RecordBatch) -> Result<Vec<u64>, ArrowError> {
         hash_rows(&self.arrays(batch), batch.num_rows()).map_err(|e| ArrowError::ComputeError(e.to_string()))
     }
@@ -277,6 +296,24 @@ mod tests {
         let lines = Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
         let amounts = arrow::array::Float64Array::from(vec![1.0; rows.len()]);
         RecordBatch::try_new(schema(), vec![Arc::new(ids), Arc::new(lines), Arc::new(amounts)]).unwrap()
+    }
+
+    /// A text key with spaces around it is the same key as without, as staging's `TRIM`
+    /// sees it; other whitespace and inner spaces still tell keys apart.
+    #[test]
+    fn text_keys_hash_without_surrounding_spaces() {
+        let key = vec!["order_id".to_string(), "line_no".to_string()];
+        let columns = KeyColumns::new(&schema(), &key).unwrap();
+        let ids = ["O1", " O1", "O1  ", " O1 ", "\tO1", "O 1", "O1"];
+        let rows: Vec<_> = ids.iter().map(|id| (Some(id.to_string()), Some(1))).collect();
+        let hashes = columns.hashes(&batch(&rows)).unwrap();
+        assert!(hashes[1..4].iter().all(|&h| h == hashes[0]), "{hashes:?}");
+        assert_ne!(hashes[4], hashes[0], "a tab is not trimmed, as in SQL");
+        assert_ne!(hashes[5], hashes[0]);
+        assert_eq!(hashes[6], hashes[0]);
+        // A batch without padded keys hashes the same values.
+        let plain = columns.hashes(&batch(&rows[..1])).unwrap();
+        assert_eq!(plain[0], hashes[0]);
     }
 
     /// Every key loaded twice is kept, whatever batch its copies are in and however far the

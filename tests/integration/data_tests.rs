@@ -198,8 +198,8 @@ fn lineage_traces_a_column_to_the_source_columns_it_is_computed_from() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         doc["sources"],
-        serde_json::json!(["raw_service.*"]),
-        "a count comes from the rows"
+        serde_json::json!(["duplicates.*", "raw_service.*"]),
+        "a count comes from the rows, and staging drops the older copies `duplicates` lists"
     );
     let out = patron(&repo(), &["lineage", "fct_customer.revenu"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
