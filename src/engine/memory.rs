@@ -24,6 +24,7 @@ pub const NON_SPILLABLE_SHARE: f64 = 0.25;
 /// Most one sort may hold before it spills: DataFusion's sort merges every batch it holds
 /// when it spills, and the wider that merge the slower (at 10M sales lines `stg_marketing`
 /// took 25.9 s with 384 MiB to sort in and 38-46 s with about 1.5 GiB, spilling as much).
+/// A sort holding nothing takes its next batch whatever its size.
 pub const SORT_CAP_BYTES: usize = 384 * 1024 * 1024;
 
 /// How DataFusion 55 names a sort's buffer (`ExternalSorter[<partition>]`; its merge
@@ -100,7 +101,11 @@ impl MemoryPool for HeadroomPool {
         };
         let spills = reservation.consumer().can_spill();
         let consumer = reservation.consumer().name();
-        if spills && consumer.starts_with(SORT_CONSUMER) && reservation.size() + additional > self.sort_cap {
+        // A sort holding nothing is never capped: it has nothing to spill, and refusing its
+        // first batch (one batch can pass the cap: a 2M-row batch of scores took 393 MB)
+        // would fail the query.
+        let held = reservation.size();
+        if spills && consumer.starts_with(SORT_CONSUMER) && held > 0 && held + additional > self.sort_cap {
             return Err(refuse(self.sort_cap.saturating_sub(reservation.size()), "to one sort"));
         }
         if spills {
@@ -202,5 +207,20 @@ mod tests {
         assert!(aggregate.try_grow(1).is_err(), "the spillable share (750) is full");
         sort.shrink(100);
         aggregate.try_grow(100).unwrap();
+    }
+
+    /// A sort that holds nothing has nothing to spill: its first batch is taken even when
+    /// it alone passes the cap (within the pool's limits), and the next one is refused.
+    #[test]
+    fn a_sort_holding_nothing_takes_a_batch_larger_than_the_cap() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_sort_cap(300));
+        let sort = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&pool);
+        sort.try_grow(500).unwrap();
+        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one sort"));
+        sort.free();
+        assert!(sort.try_grow(751).is_err(), "the spillable share (750) still holds");
+        sort.try_grow(750).unwrap();
     }
 }
