@@ -4,11 +4,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use serde::Serialize;
+
+use crate::extract::seen::{KeyColumns, SeenKeys};
 
 use super::TransformError;
 use super::spec::{DataTest, Severity, TestKind};
@@ -87,6 +96,71 @@ pub fn failing_rows_sql(test: &DataTest) -> String {
     }
 }
 
+/// Tells apart the candidate tables of `unique` tests that run at the same time.
+static CANDIDATE_TABLES: AtomicU64 = AtomicU64::new(0);
+
+/// For a `unique` test on the local engine, the query counting only the values that may
+/// repeat, with the table of those values it reads (to deregister afterwards).
+///
+/// The tested columns stream once through a key filter ([`SeenKeys`]), which keeps every
+/// value seen before (and about 1% others); the `GROUP BY` then runs over the rows with
+/// those values only. Grouping every row held a hash table of every value: for
+/// `stg_marketing`'s 17.4M event ids, about 7 s and 2 GB. A Ballista engine keeps the
+/// plain query: its executors cannot read a table held in this process.
+async fn unique_on_candidates(
+    ctx: &SessionContext,
+    table: &str,
+    cols: &[String],
+) -> Result<Option<(String, String)>, DataFusionError> {
+    if crate::engine::is_distributed(ctx) {
+        return Ok(None);
+    }
+    let names: Vec<&str> = cols.iter().map(String::as_str).collect();
+    let frame = ctx.table(TableReference::bare(table)).await?.select_columns(&names)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let Some(key) = KeyColumns::new(&schema, cols) else {
+        return Ok(None);
+    };
+    let plan = frame.create_physical_plan().await?;
+    // The filter's size from the plan's row count (a Parquet file's footer says it); it
+    // grows when more rows come.
+    let rows = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())?
+        .num_rows
+        .get_value()
+        .copied()
+        .unwrap_or(0);
+    let mut seen = SeenKeys::new(&schema, key, rows)?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+    while let Some(batch) = stream.next().await {
+        seen.add_batch(&batch?)?;
+    }
+    let kept_schema = Arc::clone(seen.schema());
+    let candidates = format!("__patron_unique_{}", CANDIDATE_TABLES.fetch_add(1, Ordering::Relaxed));
+    let kept = MemTable::try_new(kept_schema, vec![seen.into_kept()])?;
+    ctx.register_table(candidates.as_str(), Arc::new(kept))?;
+    let list = |prefix: &str| {
+        cols.iter()
+            .map(|c| format!("{prefix}{}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let on = cols
+        .iter()
+        .map(|c| format!("(t.{c} IS NOT DISTINCT FROM k.{c})", c = ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT {t_cols}, COUNT(*) AS copies FROM (SELECT DISTINCT {cols} FROM {k}) AS k JOIN {t} AS t ON {on} \
+         GROUP BY {t_cols} HAVING COUNT(*) > 1",
+        t_cols = list("t."),
+        cols = list(""),
+        k = ident(&candidates),
+        t = ident(table),
+    );
+    Ok(Some((sql, candidates)))
+}
+
 /// Runs `tests` on `ctx` with the run's named parameters.
 pub async fn run_tests(
     ctx: &SessionContext,
@@ -101,36 +175,18 @@ pub async fn run_tests(
             path: test.file.clone(),
             message: format!("{e}\n  query: {query}"),
         };
-        let count_sql = format!("SELECT COUNT(*) AS failures FROM ({query}) AS failing");
-        let batches = ctx
-            .sql(&count_sql)
-            .await
-            .and_then(|df| df.with_param_values(params.clone()))
-            .map_err(err)?
-            .collect()
-            .await
-            .map_err(err)?;
-        let failures = batches
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            })
-            .map_or(0, |a| a.value(0).max(0) as u64);
-        let sample = if failures > 0 {
-            let rows = ctx
-                .sql(&format!("{query} LIMIT {SAMPLE_ROWS}"))
-                .await
-                .and_then(|df| df.with_param_values(params.clone()))
-                .map_err(err)?
-                .collect()
-                .await
-                .map_err(err)?;
-            pretty_format_batches(&rows).ok().map(|t| t.to_string())
-        } else {
-            None
+        let (run_query, candidates) = match &test.kind {
+            TestKind::Unique(cols) => match unique_on_candidates(ctx, &test.table, cols).await.map_err(err)? {
+                Some((sql, table)) => (sql, Some(table)),
+                None => (query.clone(), None),
+            },
+            _ => (query.clone(), None),
         };
+        let outcome = count_and_sample(ctx, &run_query, params).await;
+        if let Some(table) = candidates {
+            ctx.deregister_table(table.as_str()).map_err(err)?;
+        }
+        let (failures, sample) = outcome.map_err(err)?;
         if failures > 0 {
             tracing::warn!(table = %test.table, test = %test.name, failures, "data test failed");
         }
@@ -145,6 +201,41 @@ pub async fn run_tests(
         });
     }
     Ok(outcomes)
+}
+
+/// The number of rows `query` returns and, if any, the first of them as a text table.
+async fn count_and_sample(
+    ctx: &SessionContext,
+    query: &str,
+    params: &HashMap<String, ScalarValue>,
+) -> Result<(u64, Option<String>), DataFusionError> {
+    let count_sql = format!("SELECT COUNT(*) AS failures FROM ({query}) AS failing");
+    let batches = ctx
+        .sql(&count_sql)
+        .await?
+        .with_param_values(params.clone())?
+        .collect()
+        .await?;
+    let failures = batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        })
+        .map_or(0, |a| a.value(0).max(0) as u64);
+    let sample = if failures > 0 {
+        let rows = ctx
+            .sql(&format!("{query} LIMIT {SAMPLE_ROWS}"))
+            .await?
+            .with_param_values(params.clone())?
+            .collect()
+            .await?;
+        pretty_format_batches(&rows).ok().map(|t| t.to_string())
+    } else {
+        None
+    };
+    Ok((failures, sample))
 }
 
 /// A human report of the failed tests: name, file, count, first rows and query.
@@ -256,6 +347,60 @@ mod tests {
             assert_eq!(out.failures, want, "{}: {}", t.name, out.query);
             assert_eq!(out.sample.is_some(), want > 0);
         }
+    }
+
+    /// A `unique` test counts exactly the repeated values the plain `GROUP BY` finds:
+    /// nulls equal to nulls, values with spaces around them apart from those without, over
+    /// more rows than the key filter is first sized for; its sample shows the values, and
+    /// the table of candidates is gone afterwards.
+    #[tokio::test]
+    async fn a_unique_test_finds_what_grouping_every_row_finds() {
+        let ctx = SessionContext::new();
+        ctx.sql(
+            "CREATE TABLE big AS SELECT \
+               CASE WHEN value % 50000 = 7 THEN NULL WHEN value % 1000 = 3 THEN ' K' || CAST(value % 7 AS VARCHAR) \
+                    ELSE 'K' || CAST(CASE WHEN value % 997 = 0 THEN value % 5 ELSE value END AS VARCHAR) END AS k, \
+               value % 2 AS part \
+             FROM generate_series(1, 300000)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+        for cols in [vec!["k".to_string()], vec!["k".to_string(), "part".to_string()]] {
+            let t = DataTest {
+                table: "big".into(),
+                ..test(TestKind::Unique(cols.clone()))
+            };
+            let out = run_tests(&ctx, std::slice::from_ref(&t), &HashMap::new())
+                .await
+                .unwrap()
+                .remove(0);
+            let plain = ctx
+                .sql(&format!("SELECT COUNT(*) FROM ({}) AS f", out.query))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let plain = plain[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .unwrap()
+                .value(0) as u64;
+            assert!(plain > 10, "the table repeats values: {plain}");
+            assert_eq!(out.failures, plain, "{cols:?}");
+            assert!(out.sample.unwrap().contains("copies"));
+        }
+        let names = ctx
+            .catalog("datafusion")
+            .unwrap()
+            .schema("public")
+            .unwrap()
+            .table_names();
+        assert!(names.iter().all(|n| !n.starts_with("__patron")), "{names:?}");
     }
 
     #[tokio::test]
