@@ -7,6 +7,7 @@ pub mod cluster_store;
 pub mod codec;
 pub mod memory;
 pub mod merge_join;
+pub mod prefetch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -280,7 +281,8 @@ pub async fn build_context(
 }
 
 /// The session state of a local engine: DataFusion's defaults, with
-/// [`merge_join::MergeSortedJoins`] among the physical optimizer rules.
+/// [`merge_join::MergeSortedJoins`] among the physical optimizer rules and
+/// [`prefetch::PrefetchJoinInputs`] after them.
 pub(crate) fn local_state(
     config: SessionConfig,
     runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
@@ -291,6 +293,7 @@ pub(crate) fn local_state(
         .position(|r| r.name() == merge_join::RUNS_BEFORE)
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(merge_join::MergeSortedJoins));
+    rules.push(Arc::new(prefetch::PrefetchJoinInputs));
     SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)

@@ -16,6 +16,7 @@ use datafusion::execution::options::{CsvReadOptions, ParquetReadOptions};
 use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::common::spawn_buffered;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
@@ -558,8 +559,11 @@ async fn materialize_plan(
     let mut sink = ParquetSink::create_with(&output, plan.schema(), layout).map_err(MaterializeError::Write)?;
     let plan_ref = Arc::clone(&plan);
     let order = streamed_order(plan.as_ref());
-    let mut stream =
-        datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?;
+    // The query runs on a task of its own while this one encodes its batches.
+    let mut stream = spawn_buffered(
+        datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(MaterializeError::Query)?,
+        crate::engine::prefetch::PREFETCH_BATCHES,
+    );
     while let Some(batch) = stream.next().await {
         sink.write(&batch.map_err(MaterializeError::Query)?)
             .map_err(MaterializeError::Write)?;
