@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::common::config::SpillCompression;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -259,6 +260,10 @@ pub async fn build_context(
     // asked the pool for 53 MB and no sort fitted a small limit. Plain strings are
     // accounted by what they hold, and the memory limit bounds what it says.
     execution.parquet.schema_force_view_types = false;
+    // Spill files in LZ4 frames: at 10M sales lines `stg_marketing` spilled 761 MB instead
+    // of 2.2 GB in the same time (18.3 s against 17.6 s), which bounds the disk a large run
+    // needs beside its memory.
+    execution.spill_compression = SpillCompression::Lz4Frame;
     if settings.deterministic {
         config = config.with_target_partitions(1);
     } else if settings.target_partitions > 0 {
