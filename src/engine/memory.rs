@@ -28,7 +28,7 @@ pub const NON_SPILLABLE_SHARE: f64 = 0.25;
 /// a copy, releasing the batch's reservation, and keeps the merged batches until refused.
 /// With 384 MiB, two staging sorts side by side put 393 MB of sorted copies and 348 MB of
 /// merged batches on a 876 MB heap (heaptrack, 10M lines); with 192 MiB the run peaked at
-/// 969-1087 MiB RSS against 1169-1187 MiB, in the same time (46.7-49.2 s against 47.2-47.7 s).
+/// 969-1087 MiB RSS against 1169-1187 MiB, in the same time (44.7-49.2 s in four runs against 47.2-47.7 s in two).
 /// A sort holding nothing takes its next batch whatever its size.
 pub const SORT_CAP_BYTES: usize = 192 * 1024 * 1024;
 
