@@ -9,7 +9,9 @@ use patron::cli::{Cli, dispatch};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator, as DataFusion's own CLI and benchmarks use
-/// (many threads allocating and freeing Arrow buffers of every size is its home ground).
+/// (many threads allocating and freeing Arrow buffers of every size is its home ground);
+/// the `system-allocator` feature leaves it out, for heap profilers that hook `malloc`.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -119,12 +119,19 @@ async fn assert_same_tables(expected: &Path, actual: &Path, what: &str) {
     }
 }
 
-/// Runs the default pipeline on the bundled fixtures into `warehouse` on `engine`.
+/// Runs the default pipeline on the bundled fixtures into `warehouse` on `engine`, with
+/// `TMPDIR` beside the warehouse: Ballista 55's standalone executor writes its shuffle
+/// files under a temporary folder it never removes (one folder per job).
 fn run_on(engine: &str, warehouse: &Path) -> std::process::Output {
-    patron(
-        &repo(),
-        &["run", "--engine", engine, "--out", warehouse.to_str().unwrap()],
-    )
+    let tmp = warehouse.with_extension("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(["run", "--engine", engine, "--out", warehouse.to_str().unwrap()])
+        .current_dir(repo())
+        .env("RUST_LOG", "patron=warn")
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("patron binary starts")
 }
 
 fn engine_of(warehouse: &Path) -> String {
