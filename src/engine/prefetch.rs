@@ -23,7 +23,8 @@ use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
 };
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+    SendableRecordBatchStream,
 };
 
 /// Batches a [`PrefetchExec`] computes ahead of its consumer.
@@ -127,8 +128,8 @@ impl PhysicalOptimizerRule for PrefetchJoinInputs {
                     None => Arc::new(PrefetchExec::new(Arc::clone(child))) as Arc<dyn ExecutionPlan>,
                 })
                 .collect();
-            #[expect(deprecated)]
-            let joined = node.with_new_children_and_same_properties(children)?;
+            // The inputs' properties are unchanged (a `PrefetchExec` has its input's).
+            let joined = node.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?;
             Ok(Transformed::yes(joined))
         })
         .data()

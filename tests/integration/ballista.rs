@@ -125,13 +125,11 @@ async fn assert_same_tables(expected: &Path, actual: &Path, what: &str) {
 fn run_on(engine: &str, warehouse: &Path) -> std::process::Output {
     let tmp = warehouse.with_extension("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_patron"))
-        .args(["run", "--engine", engine, "--out", warehouse.to_str().unwrap()])
-        .current_dir(repo())
-        .env("RUST_LOG", "patron=warn")
-        .env("TMPDIR", &tmp)
-        .output()
-        .expect("patron binary starts")
+    patron_with_env(
+        &repo(),
+        &["run", "--engine", engine, "--out", warehouse.to_str().unwrap()],
+        &[("TMPDIR", &tmp)],
+    )
 }
 
 fn engine_of(warehouse: &Path) -> String {

@@ -18,10 +18,16 @@ pub fn repo() -> PathBuf {
 
 /// Runs `patron` with `args` in `cwd`.
 pub fn patron(cwd: &Path, args: &[&str]) -> Output {
+    patron_with_env(cwd, args, &[])
+}
+
+/// [`patron`] with extra environment variables.
+pub fn patron_with_env(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_patron"))
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "patron=warn")
+        .envs(env.iter().copied())
         .output()
         .expect("patron binary starts")
 }
