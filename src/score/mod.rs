@@ -34,6 +34,12 @@ pub enum Monetary {
     Average,
 }
 
+/// Default of [`ScoringSettings::churn_training_customers`]: enough for the learners'
+/// 20-odd features, and the snapshots' rows stay a few tens of MB at any size.
+pub const CHURN_TRAINING_CUSTOMERS: usize = 250_000;
+/// Most buyers per cut-off the churn learners may be given (their rows are held in memory).
+pub const MAX_CHURN_TRAINING_CUSTOMERS: usize = 10_000_000;
+
 /// Scoring settings; each field's default is the one in DOMAIN.md. Every field reaches the
 /// scoring SQL as the named parameter `$<field>` (see [`ScoringSettings::sql_params`]) and is
 /// written to the run manifest.
@@ -89,6 +95,9 @@ pub struct ScoringSettings {
     /// `as_of - churn_holdout_days` labelled by "no purchase in the following
     /// churn_holdout_days", and its learner is chosen on the window before that.
     pub churn_holdout_days: u32,
+    /// Churn model: at most this many buyers per cut-off to learn from (a fixed pick by
+    /// hashed customer id, see [`churn::features::sample`]); every buyer is scored.
+    pub churn_training_customers: usize,
 }
 
 impl Default for ScoringSettings {
@@ -116,6 +125,7 @@ impl Default for ScoringSettings {
             long_gap_factor: 2.0,
             spend_falling_ratio: 0.75,
             churn_holdout_days: 90,
+            churn_training_customers: CHURN_TRAINING_CUSTOMERS,
         }
     }
 }
@@ -176,6 +186,12 @@ impl ScoringSettings {
         }
         if self.recent_window_days == 0 {
             problems.push("scoring.recent_window_days", "must be at least 1");
+        }
+        if !(churn::MIN_CUSTOMERS..=MAX_CHURN_TRAINING_CUSTOMERS).contains(&self.churn_training_customers) {
+            problems.push(
+                "scoring.churn_training_customers",
+                format!("must be {} to {MAX_CHURN_TRAINING_CUSTOMERS}", churn::MIN_CUSTOMERS),
+            );
         }
         if self.churn_holdout_days == 0 || self.churn_holdout_days > crate::score::backtest::MAX_HOLDOUT_DAYS {
             problems.push(

@@ -365,3 +365,39 @@ async fn too_little_history_falls_back_to_bgnbd_and_says_why() {
     .await;
     assert_eq!(fallback, buyers, "every buyer scored by 1 - p_alive");
 }
+
+/// The learners see a fixed sample of buyers per cut-off (`scoring.churn_training_customers`);
+/// every buyer is still scored, by the model, through the predictions query.
+#[tokio::test]
+async fn the_learners_train_on_a_sample_and_every_buyer_is_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = generated_pipeline(dir.path(), "3000", "7");
+    let pipeline = with_setting(
+        &pipeline,
+        "scoring",
+        "churn_training_customers",
+        toml::Value::Integer(400),
+    );
+    let out = run_pipeline(dir.path(), &pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let wh = dir.path().join("wh");
+    let churn = latest_manifest(&wh)["models"]["churn"].clone();
+    let learner = churn["model"].as_str().unwrap().to_string();
+    assert!(["logistic", "gbt"].contains(&learner.as_str()), "{churn}");
+    assert_eq!(churn["training_customers"], 400, "{churn}");
+    assert_eq!(churn["validation_customers"], 400, "{churn}");
+
+    let ctx = warehouse_session(&wh).await;
+    let buyers = scalar(&ctx, "SELECT CAST(COUNT(*) AS DOUBLE) FROM churn_features").await;
+    assert!(buyers > 1500.0, "{buyers} buyers");
+    assert_eq!(churn["scored_customers"].as_f64(), Some(buyers), "{churn}");
+    let by_model = scalar(
+        &ctx,
+        &format!(
+            "SELECT CAST(COUNT(*) AS DOUBLE) FROM customer_scores WHERE churn_model = '{learner}' \
+             AND churn_risk > 0 AND churn_risk < 1"
+        ),
+    )
+    .await;
+    assert_eq!(by_model, buyers, "every buyer has the model's risk");
+}

@@ -11,17 +11,7 @@ use crate::support::*;
 
 /// The pipeline at `pipeline` with `engine.<key>` set, written next to it.
 fn with_engine(pipeline: &Path, key: &str, value: i64) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(pipeline).unwrap();
-    let mut doc: toml::Table = text.parse().unwrap();
-    let engine = doc
-        .entry("engine")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .expect("[engine] is a table");
-    engine.insert(key.into(), toml::Value::Integer(value));
-    let path = pipeline.with_file_name(format!("pipeline-{key}-{value}.toml"));
-    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
-    path
+    with_setting(pipeline, "engine", key, toml::Value::Integer(value))
 }
 
 /// Bytes spilled per stage in the latest manifest of `warehouse`, stages that spilled only.

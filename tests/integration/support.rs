@@ -302,6 +302,21 @@ pub fn write_pipeline(dir: &Path, locations: &[(&str, String)]) -> PathBuf {
     path
 }
 
+/// The pipeline at `pipeline` with `<table>.<key>` set (the table made if missing),
+/// written next to it as `pipeline-<key>-<value>.toml`.
+pub fn with_setting(pipeline: &Path, table: &str, key: &str, value: toml::Value) -> PathBuf {
+    let text = std::fs::read_to_string(pipeline).unwrap();
+    let mut doc: toml::Table = text.parse().unwrap();
+    doc.entry(table)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap_or_else(|| panic!("[{table}] is not a table"))
+        .insert(key.into(), value.clone());
+    let path = pipeline.with_file_name(format!("pipeline-{key}-{value}.toml"));
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
 /// Opens `page` in headless chromium (installed by .ci/run) at `width`x`height` with one
 /// more flag (`--screenshot=FILE` or `--dump-dom`), in a fresh profile, with the flags that
 /// keep it off the network; returns its output.

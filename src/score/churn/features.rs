@@ -64,6 +64,29 @@ pub struct FeatureRows {
     pub channel: Vec<String>,
 }
 
+/// Feature `i` of a column as the learners see it: NULL and non-finite values are 0 (the
+/// SQL fills every feature; this only guards a customised stage).
+pub fn clean(column: &Float64Array, i: usize) -> f64 {
+    if column.is_valid(i) && column.value(i).is_finite() {
+        column.value(i)
+    } else {
+        0.0
+    }
+}
+
+/// At most `customers` rows of a `churn_features` result to learn from: the buyers whose
+/// id has the smallest MD5, then in id order (the stage's own order). A fixed hash, so the
+/// same buyers are picked in every snapshot they are in and in every run; when there are
+/// no more than `customers` rows, all of them, unchanged. The pick is a top-k: its memory
+/// is that of `customers` rows, whatever the size of the customer base.
+pub fn sample(df: DataFrame, customers: usize) -> datafusion::error::Result<DataFrame> {
+    use datafusion::functions::crypto::expr_fn::md5;
+    use datafusion::logical_expr::{cast, col};
+    df.sort(vec![md5(cast(col("customer_id"), DataType::Utf8)).sort(true, false)])?
+        .limit(0, Some(customers))?
+        .sort(vec![col("customer_id").sort(true, false)])
+}
+
 /// Reads a `churn_features` result. NULL numeric values are read as 0 (the SQL fills
 /// every feature; this only guards a customised stage).
 pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError> {
@@ -109,18 +132,7 @@ pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError>
             } else {
                 channel.value(i).to_string()
             });
-            rows.values.push(
-                numeric
-                    .iter()
-                    .map(|c| {
-                        if c.is_valid(i) && c.value(i).is_finite() {
-                            c.value(i)
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-            );
+            rows.values.push(numeric.iter().map(|c| clean(c, i)).collect());
         }
     }
     Ok(rows)
@@ -192,9 +204,70 @@ pub fn reason(feature: usize, value: f64) -> String {
     format!("{name}={shown}")
 }
 
+/// A `churn_features`-shaped table of `n` rows for tests: ids `c00000`, ... in the order
+/// given by `order`, feature `j` of row `i` = `(i * 7 + j) % 11` (NULL for row 3's first
+/// feature), channel `web`/`app`/`shop` by `i % 3` (NULL for row 5).
+#[cfg(test)]
+pub(super) fn test_table(n: usize, order: impl Fn(usize) -> usize) -> datafusion::prelude::DataFrame {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::ArrayRef;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    let rows: Vec<usize> = (0..n).map(order).collect();
+    let mut fields = vec![Field::new("customer_id", DataType::Utf8, true)];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        rows.iter().map(|i| format!("c{i:05}")),
+    ))];
+    for (j, (name, _)) in NUMERIC.iter().enumerate() {
+        fields.push(Field::new(*name, DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from_iter(
+            rows.iter()
+                .map(|&i| (i != 3 || j != 0).then_some(((i * 7 + j) % 11) as f64)),
+        )));
+    }
+    fields.push(Field::new(CHANNEL, DataType::Utf8, true));
+    columns.push(Arc::new(StringArray::from_iter(
+        rows.iter().map(|&i| (i != 5).then_some(["web", "app", "shop"][i % 3])),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("a valid test batch");
+    datafusion::prelude::SessionContext::new()
+        .read_batch(batch)
+        .expect("the test batch reads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn ids(df: DataFrame) -> Vec<String> {
+        read(df, "test").await.unwrap().ids
+    }
+
+    #[tokio::test]
+    async fn the_training_sample_is_a_fixed_pick_by_hashed_id_in_id_order() {
+        let n = 1000;
+        let shuffled = |i: usize| (i * 389) % n;
+        let all = ids(sample(test_table(n, |i| i), n).unwrap()).await;
+        let expected: Vec<String> = (0..n).map(|i| format!("c{i:05}")).collect();
+        assert_eq!(all, expected, "no more rows than the sample size: all, in id order");
+
+        let small = ids(sample(test_table(n, |i| i), 100).unwrap()).await;
+        assert_eq!(small.len(), 100);
+        assert!(small.windows(2).all(|w| w[0] < w[1]), "in id order");
+        assert_ne!(small, expected[..100], "not the first ids: a pick by hash");
+        assert_eq!(
+            ids(sample(test_table(n, shuffled), 100).unwrap()).await,
+            small,
+            "the input order does not change the pick"
+        );
+        let smaller = ids(sample(test_table(n, shuffled), 40).unwrap()).await;
+        assert!(
+            smaller.iter().all(|id| small.contains(id)),
+            "a smaller sample is part of a larger one (the same buyers across snapshots)"
+        );
+    }
 
     #[test]
     fn reasons_are_short_and_readable() {

@@ -24,6 +24,7 @@ pub mod gbt;
 mod linalg;
 pub mod logistic;
 pub mod platt;
+mod scorer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -31,12 +32,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{Days, NaiveDate};
-use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use serde::Serialize;
 
 use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
@@ -347,7 +349,9 @@ async fn snapshot_into(
         }
         if let Some(stage) = wave.iter().find(|s| s.name == FEATURES_STAGE) {
             let stage_started = Instant::now();
-            let df = stage_query(snap, stage, &params).await?;
+            let df = stage_query(snap, stage, &params).await.and_then(|df| {
+                features::sample(df, settings.churn_training_customers).map_err(input_err(&stage.name))
+            })?;
             rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
             tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
             break;
@@ -360,12 +364,14 @@ async fn snapshot_into(
     })
 }
 
-/// Customers with a staged order in the `days` days after `day` (up to the as-of day).
+/// The customers of `rows` with a staged order in the `days` days after `day` (up to the
+/// as-of day). The query's ids stream past; only those of `rows` are kept.
 async fn purchased_after(
     ctx: &SessionContext,
     settings: &ScoringSettings,
     day: NaiveDate,
     days: u32,
+    rows: &FeatureRows,
 ) -> Result<HashSet<String>, ChurnError> {
     let bound = |d: NaiveDate| settings.sql_params(d).remove("as_of_end").unwrap_or(ScalarValue::Null);
     let until = day.checked_add_days(Days::new(u64::from(days))).unwrap_or(day);
@@ -377,19 +383,26 @@ async fn purchased_after(
         table: SALES_STAGE.into(),
         message: e.to_string(),
     };
-    let batches = ctx
+    let mut stream = ctx
         .sql(&sql)
         .await
         .and_then(|df| df.with_param_values(params))
         .map_err(err)?
-        .collect()
+        .execute_stream()
         .await
         .map_err(err)?;
+    let wanted: HashSet<&str> = rows.ids.iter().map(String::as_str).collect();
     let mut out = HashSet::new();
-    for b in batches {
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(err)?;
         let ids = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
         if let Some(ids) = ids.as_any().downcast_ref::<StringArray>() {
-            out.extend(ids.iter().flatten().map(str::to_string));
+            out.extend(
+                ids.iter()
+                    .flatten()
+                    .filter(|id| wanted.contains(id))
+                    .map(str::to_string),
+            );
         }
     }
     Ok(out)
@@ -421,15 +434,15 @@ fn too_small(what: &str, day: NaiveDate, y: &[bool]) -> Option<String> {
 
 /// The top positive contributions as reason codes, largest first (one-hot channel
 /// columns count as the channel).
-fn reasons(contributions: &[f64], rows: &FeatureRows, i: usize) -> String {
+fn reasons(contributions: &[f64], values: &[f64], channel: &str) -> String {
     let n = NUMERIC.len();
     let mut parts: Vec<(f64, String)> = contributions[..n]
         .iter()
         .enumerate()
-        .map(|(j, c)| (*c, features::reason(j, rows.values[i][j])))
+        .map(|(j, c)| (*c, features::reason(j, values[j])))
         .collect();
-    let channel: f64 = contributions[n..].iter().sum();
-    parts.push((channel, format!("{}={}", features::CHANNEL, rows.channel[i])));
+    let channel_total: f64 = contributions[n..].iter().sum();
+    parts.push((channel_total, format!("{}={channel}", features::CHANNEL)));
     parts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     parts
         .into_iter()
@@ -473,14 +486,6 @@ pub async fn fit_and_register(
         fit: None,
         scored_customers: 0,
     };
-    let scoring = features::read(
-        ctx.table(FEATURES_STAGE).await.map_err(|e| ChurnError::Input {
-            table: FEATURES_STAGE.into(),
-            message: e.to_string(),
-        })?,
-        FEATURES_STAGE,
-    )
-    .await?;
     let names: Vec<String> = chain(project, provided, order)
         .into_iter()
         .map(|s| s.name.clone())
@@ -491,57 +496,63 @@ pub async fn fit_and_register(
         .collect();
     let chain = Chain { waves, parallel };
     let outcome = train(ctx, &chain, settings, (c1, c2), scratch, &mut report).await?;
-    let mut batch_rows: (Vec<String>, Vec<f64>, Vec<String>) = Default::default();
-    let model_name;
     match outcome {
         Err(reason) => {
             tracing::warn!(%reason, "churn model not trained: churn_risk falls back to BG/NBD 1 - p_alive");
             report.fallback_reason = Some(reason);
-            model_name = "bgnbd".to_string();
+            report.model = "bgnbd".into();
+            register_empty(ctx).map_err(input_err(PREDICTIONS_TABLE))?;
         }
-        Ok((learner, encoding, (a, b))) => {
-            let x = encoding.encode(&scoring);
-            for (i, row) in x.iter().enumerate() {
-                let risk = sigmoid(a * learner.logit(row) + b);
-                batch_rows.0.push(scoring.ids[i].clone());
-                batch_rows.1.push(risk);
-                batch_rows.2.push(reasons(&learner.contributions(row), &scoring, i));
-            }
-            model_name = learner.name().to_string();
-            report.scored_customers = x.len() as u64;
+        Ok(model) => {
+            report.model = model.learner.name().to_string();
+            report.scored_customers = score(ctx, Arc::new(model), scratch).await?;
         }
     }
-    report.model = model_name.clone();
     if let Some(fit) = report.fit.as_mut() {
         fit.fit_ms = started.elapsed().as_millis() as u64;
     }
-    let n = batch_rows.0.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(batch_rows.0)),
-        Arc::new(Float64Array::from(batch_rows.1)),
-        Arc::new(StringArray::from(batch_rows.2)),
-        Arc::new(StringArray::from(vec![model_name.as_str(); n])),
-    ];
-    let register = || -> datafusion::error::Result<()> {
-        let schema = predictions_schema();
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-        ctx.deregister_table(PREDICTIONS_TABLE)?;
-        ctx.register_table(
-            PREDICTIONS_TABLE,
-            Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
-        )?;
-        Ok(())
-    };
-    register().map_err(|e| ChurnError::Input {
-        table: PREDICTIONS_TABLE.into(),
-        message: e.to_string(),
-    })?;
     tracing::info!(model = %report.model, ms = started.elapsed().as_millis() as u64, "churn model done");
     Ok(report)
 }
 
-/// The trained model, its encoding and Platt parameters; or why there is none.
-type Trained = Result<(Learner, Encoding, (f64, f64)), String>;
+/// The trained model; or why there is none.
+type Trained = Result<scorer::Model, String>;
+
+/// Registers an empty [`PREDICTIONS_TABLE`]: every buyer's `churn_risk` is then BG/NBD's.
+fn register_empty(ctx: &SessionContext) -> datafusion::error::Result<()> {
+    let schema = predictions_schema();
+    ctx.deregister_table(PREDICTIONS_TABLE)?;
+    ctx.register_table(
+        PREDICTIONS_TABLE,
+        Arc::new(MemTable::try_new(
+            Arc::clone(&schema),
+            vec![vec![RecordBatch::new_empty(schema)]],
+        )?),
+    )?;
+    Ok(())
+}
+
+/// Scores the as-of [`FEATURES_STAGE`] with `model`: the rows stream through the model (a
+/// local query, also under a distributed engine: the model lives in this process) into
+/// `scratch/churn_predictions/`, registered as [`PREDICTIONS_TABLE`]. Returns the rows
+/// scored.
+async fn score(ctx: &SessionContext, model: Arc<scorer::Model>, scratch: &Path) -> Result<u64, ChurnError> {
+    let err = input_err(PREDICTIONS_TABLE);
+    let features = ctx
+        .table_provider(FEATURES_STAGE)
+        .await
+        .map_err(input_err(FEATURES_STAGE))?;
+    let here = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+    let df = here.read_table(features).map_err(input_err(FEATURES_STAGE))?;
+    let df = scorer::predictions(df, model).map_err(&err)?;
+    let written = crate::transform::runner::materialize(ctx, PREDICTIONS_TABLE, df, scratch, &Layout::default())
+        .await
+        .map_err(|e| ChurnError::Input {
+            table: PREDICTIONS_TABLE.into(),
+            message: e.to_string(),
+        })?;
+    Ok(written.rows)
+}
 
 /// Trains on snapshots of `stages` (the chain upstream of [`FEATURES_STAGE`]) as of the
 /// cut-offs.
@@ -561,7 +572,7 @@ async fn train(
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
-    let y_train = labels(&training, &purchased_after(ctx, settings, c2, h).await?);
+    let y_train = labels(&training, &purchased_after(ctx, settings, c2, h, &training).await?);
     report.training_customers = y_train.len() as u64;
     report.training_churn_rate = churn_rate(&y_train);
     if let Some(why) = too_small("training", c2, &y_train) {
@@ -571,7 +582,7 @@ async fn train(
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
-    let y_valid = labels(&validation, &purchased_after(ctx, settings, c1, h).await?);
+    let y_valid = labels(&validation, &purchased_after(ctx, settings, c1, h, &validation).await?);
     report.validation_customers = y_valid.len() as u64;
     report.validation_churn_rate = churn_rate(&y_valid);
     if let Some(why) = too_small("validation", c1, &y_valid) {
@@ -667,7 +678,11 @@ async fn train(
         customers: y_valid.len() as u64,
         distinct_inputs: x_final.len() as u64,
     });
-    Ok(Ok((learner, final_encoding, (a, b))))
+    Ok(Ok(scorer::Model {
+        learner,
+        encoding: final_encoding,
+        platt: (a, b),
+    }))
 }
 
 #[cfg(test)]
@@ -689,13 +704,16 @@ mod tests {
         c[NUMERIC.len()] = 0.3;
         c[NUMERIC.len() + 1] = 0.3; // channel total 0.6
         assert_eq!(
-            reasons(&c, &rows, 0),
+            reasons(&c, &rows.values[0], &rows.channel[0]),
             format!(
                 "complaints_recent={},channel=web,gap_vs_rhythm={}x",
                 at("complaints_recent"),
                 at("gap_vs_rhythm")
             )
         );
-        assert_eq!(reasons(&vec![0.0; NUMERIC.len() + 2], &rows, 0), "");
+        assert_eq!(
+            reasons(&vec![0.0; NUMERIC.len() + 2], &rows.values[0], &rows.channel[0]),
+            ""
+        );
     }
 }

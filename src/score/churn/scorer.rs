@@ -1,0 +1,210 @@
+//! Scoring with the trained churn model as a query: the model is a scalar function over
+//! the feature columns, so the as-of features stream through it batch by batch and the
+//! predictions are written to Parquet, never held in memory whole (at 20M buyers they
+//! would be gigabytes).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Float64Builder, StringArray, StringBuilder, StructArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast as cast_expr, col,
+    lit,
+};
+use datafusion::prelude::DataFrame;
+
+use super::features::{CHANNEL, Encoding, NUMERIC, clean};
+use super::{Learner, reasons, sigmoid};
+
+/// The fitted model, its one-hot encoding and Platt map.
+pub(super) struct Model {
+    pub learner: Learner,
+    pub encoding: Encoding,
+    /// Platt scaling: `p = sigmoid(a * logit + b)`.
+    pub platt: (f64, f64),
+}
+
+impl Model {
+    /// Calibrated churn risk and reason codes of one buyer.
+    fn score(&self, values: &[f64], channel: &str, row: &mut Vec<f64>) -> (f64, String) {
+        row.clear();
+        row.extend_from_slice(values);
+        row.extend(
+            self.encoding
+                .channels
+                .iter()
+                .map(|c| if c == channel { 1.0 } else { 0.0 }),
+        );
+        let (a, b) = self.platt;
+        let risk = sigmoid(a * self.learner.logit(row) + b);
+        (risk, reasons(&self.learner.contributions(row), values, channel))
+    }
+}
+
+/// Name of the scoring function inside the predictions query.
+const FUNCTION: &str = "churn_score";
+
+/// `churn_score(<NUMERIC features as double>..., channel)`: a struct of `churn_risk` and
+/// `churn_reasons`.
+struct ScoreFunction {
+    model: Arc<Model>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for ScoreFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScoreFunction")
+            .field("learner", &self.model.learner.name())
+            .finish()
+    }
+}
+
+impl PartialEq for ScoreFunction {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.model, &other.model)
+    }
+}
+
+impl Eq for ScoreFunction {}
+
+impl Hash for ScoreFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.model), state);
+    }
+}
+
+fn output_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("churn_risk", DataType::Float64, false),
+        Field::new("churn_reasons", DataType::Utf8, false),
+    ])
+}
+
+impl ScalarUDFImpl for ScoreFunction {
+    fn name(&self) -> &str {
+        FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Struct(output_fields()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(n)).collect::<DfResult<_>>()?;
+        let internal = |what: &str| DataFusionError::Internal(format!("{FUNCTION}: {what}"));
+        let (channel, numeric) = arrays.split_last().ok_or_else(|| internal("no arguments"))?;
+        let numeric: Vec<&Float64Array> = numeric
+            .iter()
+            .map(|c| c.as_any().downcast_ref::<Float64Array>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| internal("a feature argument is not double"))?;
+        let channel = channel
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| internal("the channel argument is not text"))?;
+        let mut risks = Float64Builder::with_capacity(n);
+        let mut texts = StringBuilder::with_capacity(n, n * 48);
+        let (mut values, mut row) = (vec![0.0; numeric.len()], Vec::new());
+        for i in 0..n {
+            for (slot, c) in values.iter_mut().zip(&numeric) {
+                *slot = clean(c, i);
+            }
+            let ch = if channel.is_null(i) { "" } else { channel.value(i) };
+            let (risk, why) = self.model.score(&values, ch, &mut row);
+            risks.append_value(risk);
+            texts.append_value(why);
+        }
+        let columns: Vec<ArrayRef> = vec![Arc::new(risks.finish()), Arc::new(texts.finish())];
+        Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
+            output_fields(),
+            columns,
+            None,
+        )?)))
+    }
+}
+
+/// The predictions query over `features` (the as-of [`super::FEATURES_STAGE`] rows):
+/// `customer_id, churn_risk, churn_reasons, churn_model`, in the features' order.
+pub(super) fn predictions(features: DataFrame, model: Arc<Model>) -> DfResult<DataFrame> {
+    let name = model.learner.name();
+    let mut args: Vec<Expr> = NUMERIC
+        .iter()
+        .map(|(c, _)| cast_expr(col(*c), DataType::Float64))
+        .collect();
+    args.push(cast_expr(col(CHANNEL), DataType::Utf8));
+    let mut types = vec![DataType::Float64; NUMERIC.len()];
+    types.push(DataType::Utf8);
+    let function = ScalarUDF::new_from_impl(ScoreFunction {
+        model,
+        signature: Signature::exact(types, Volatility::Immutable),
+    });
+    features
+        .select(vec![
+            cast_expr(col("customer_id"), DataType::Utf8).alias("customer_id"),
+            function.call(args).alias("score"),
+        ])?
+        .select(vec![
+            col("customer_id"),
+            get_field(col("score"), "churn_risk").alias("churn_risk"),
+            get_field(col("score"), "churn_reasons").alias("churn_reasons"),
+            lit(name).alias("churn_model"),
+        ])
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
+
+    use super::super::features::{self, test_table};
+    use super::*;
+
+    #[tokio::test]
+    async fn the_query_scores_every_row_as_the_model_does_in_memory() {
+        let n = 300;
+        let rows = features::read(test_table(n, |i| i), "test").await.unwrap();
+        let encoding = Encoding::of(&rows);
+        let x = encoding.encode(&rows);
+        let y: Vec<bool> = (0..n).map(|i| (i * 13) % 7 < 3).collect();
+        for kind in ["logistic", "gbt"] {
+            let model = Arc::new(Model {
+                learner: Learner::fit(kind, &x, &y).unwrap(),
+                encoding: encoding.clone(),
+                platt: (0.8, -0.3),
+            });
+            let batches = predictions(test_table(n, |i| i), Arc::clone(&model))
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let mut row = Vec::new();
+            let mut seen = 0;
+            for b in &batches {
+                let ids = b.column(0).as_string::<i32>();
+                let risks = b.column(1).as_primitive::<Float64Type>();
+                let why = b.column(2).as_string::<i32>();
+                let names = b.column(3).as_string::<i32>();
+                for r in 0..b.num_rows() {
+                    let i = seen + r;
+                    let (risk, reasons) = model.score(&rows.values[i], &rows.channel[i], &mut row);
+                    assert_eq!(ids.value(r), rows.ids[i]);
+                    assert_eq!(risks.value(r), risk, "{kind}, row {i}");
+                    assert_eq!(why.value(r), reasons, "{kind}, row {i}");
+                    assert_eq!(names.value(r), kind);
+                }
+                seen += b.num_rows();
+            }
+            assert_eq!(seen, n);
+        }
+    }
+}
