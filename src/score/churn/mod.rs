@@ -436,19 +436,29 @@ fn too_small(what: &str, day: NaiveDate, y: &[bool]) -> Option<String> {
 /// columns count as the channel).
 fn reasons(contributions: &[f64], values: &[f64], channel: &str) -> String {
     let n = NUMERIC.len();
-    let mut parts: Vec<(f64, String)> = contributions[..n]
-        .iter()
-        .enumerate()
-        .map(|(j, c)| (*c, features::reason(j, values[j])))
-        .collect();
     let channel_total: f64 = contributions[n..].iter().sum();
-    parts.push((channel_total, format!("{}={channel}", features::CHANNEL)));
-    parts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    // Only the chosen few are formatted (and ties, to order them by their text): this runs
+    // once per scored buyer.
+    let text = |j: usize| {
+        if j == n {
+            format!("{}={channel}", features::CHANNEL)
+        } else {
+            features::reason(j, values[j])
+        }
+    };
+    let mut parts: Vec<(f64, usize)> = contributions[..n]
+        .iter()
+        .copied()
+        .chain(std::iter::once(channel_total))
+        .enumerate()
+        .map(|(j, c)| (c, j))
+        .filter(|(c, _)| *c > 1e-6)
+        .collect();
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| text(a.1).cmp(&text(b.1))));
     parts
         .into_iter()
-        .filter(|(c, _)| *c > 1e-6)
         .take(MAX_REASONS)
-        .map(|(_, r)| r)
+        .map(|(_, j)| text(j))
         .collect::<Vec<_>>()
         .join(",")
 }
