@@ -170,11 +170,19 @@ impl Encoding {
             .iter()
             .zip(&rows.channel)
             .map(|(v, ch)| {
-                let mut out = v.clone();
-                out.extend(self.channels.iter().map(|c| if c == ch { 1.0 } else { 0.0 }));
+                let mut out = Vec::with_capacity(v.len() + self.channels.len());
+                self.encode_row(v, ch, &mut out);
                 out
             })
             .collect()
+    }
+
+    /// Encodes one row (`values` in [`NUMERIC`] order, its channel) into `out`, replacing
+    /// what it held.
+    pub fn encode_row(&self, values: &[f64], channel: &str, out: &mut Vec<f64>) {
+        out.clear();
+        out.extend_from_slice(values);
+        out.extend(self.channels.iter().map(|c| if c == channel { 1.0 } else { 0.0 }));
     }
 }
 

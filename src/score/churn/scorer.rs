@@ -32,14 +32,7 @@ pub(super) struct Model {
 impl Model {
     /// Calibrated churn risk and reason codes of one buyer.
     fn score(&self, values: &[f64], channel: &str, row: &mut Vec<f64>) -> (f64, String) {
-        row.clear();
-        row.extend_from_slice(values);
-        row.extend(
-            self.encoding
-                .channels
-                .iter()
-                .map(|c| if c == channel { 1.0 } else { 0.0 }),
-        );
+        self.encoding.encode_row(values, channel, row);
         let (a, b) = self.platt;
         let risk = sigmoid(a * self.learner.logit(row) + b);
         (risk, reasons(&self.learner.contributions(row), values, channel))
