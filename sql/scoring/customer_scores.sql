@@ -15,13 +15,10 @@
 --   by patron on every signal), or 1 - p_alive when the run fell back to BG/NBD
 --   (churn_model says which); churn_band low/medium/high; expected purchases in the next 90
 --   and 365 days.
--- 3 Spend (Gamma-Gamma): expected_order_value = (gamma + m x) p / (p x + q - 1), which is
---   the population mean for one-time buyers; the customer's mean order value when the model
---   could not be fitted (fewer than 3 repeat buyers).
--- 4 Value: historical_value = gross margin to date; current_value = discounted CLV over
---   clv_horizon_months = sum_k (E[X(k)] - E[X(k-1)]) * expected_order_value * margin /
---   (1 + clv_monthly_discount)^k, margin = the customer's own margin share (floored at 0);
---   potential_value = wallet headroom (potential_quantile of current_value among peers with
+-- 3 Spend (Gamma-Gamma) and 4 Value: p_alive, expected purchases, expected_order_value,
+--   historical_value and current_value (discounted CLV) come from customer_values, the
+--   ranks, potential_value and the splits from customer_ranks; their headers give the
+--   formulas. potential_value = wallet headroom (potential_quantile of current_value among peers with
 --   the same acquisition channel and cohort month, minus own, floored at 0) + referrals made
 --   x mean current_value of referred customers; clv = current_value; value_tier ABC Pareto.
 -- 5-7 Two-by-two segments split each axis at segment_split_quantile of buyers ("high" is
@@ -35,130 +32,44 @@
 -- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
 --   `code=value` (comma-separated, '' when none); with the BG/NBD fallback the rule codes
 --   long_gap, open_complaint, low_csat, unsubscribed, spend_falling.
-WITH base AS (
+--
+-- Every input is stored in customer order, so the joins below merge them as they stream.
+WITH windowed AS (
     SELECT
-        f.*,
-        m.x,
-        m.t_x,
-        m.t_cal,
-        m.mean_repeat_spend,
+        v.*,
+        f.orders,
+        f.gross_margin,
+        f.discounted_orders,
+        f.spend_recent_window,
+        f.spend_prior_window,
+        f.complaints,
+        f.open_complaints,
+        f.avg_csat,
+        f.csat_responses,
+        f.marketing_sent,
+        f.open_rate,
+        f.click_rate,
+        f.unsubscribed,
         cp.churn_risk AS model_churn_risk,
         cp.churn_reasons AS model_churn_reasons,
         cp.churn_model AS model_churn_model,
-        f.orders > 0 AS is_buyer,
-        CASE WHEN f.revenue > 0 THEN GREATEST(0.0, f.gross_margin / f.revenue) ELSE $margin_rate END AS margin_share,
-        CASE WHEN $monetary_average THEN f.revenue / NULLIF(f.purchase_days, 0) ELSE f.revenue END AS monetary
-    FROM fct_customer AS f
-    LEFT JOIN customer_model_input AS m ON m.customer_id = f.customer_id
-    LEFT JOIN churn_predictions AS cp ON cp.customer_id = f.customer_id
-),
-modelled AS (
-    SELECT
-        base.*,
-        bgnbd_p_alive(x, t_x, t_cal) AS p_alive,
-        bgnbd_expected_purchases(90.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_90d,
-        bgnbd_expected_purchases(365.0 / $time_unit_days, x, t_x, t_cal) AS expected_purchases_365d,
-        -- x = 0 gives the population mean p * gamma / (q - 1), whatever the spend argument.
-        CASE WHEN is_buyer THEN COALESCE(gg_expected_order_value(x, COALESCE(mean_repeat_spend, 0.0)), avg_order_value) END
-            AS expected_order_value,
-        bgnbd_discounted_purchases(x, t_x, t_cal, $clv_horizon_months, $clv_monthly_discount) AS discounted_purchases
-    FROM base
-),
-valued AS (
-    SELECT
-        modelled.*,
-        gross_margin AS historical_value,
-        COALESCE(discounted_purchases * expected_order_value * margin_share, 0.0) AS current_value
-    FROM modelled
-),
--- The windows below sort all customers once per ordering. They run on the few columns they
--- need (narrow), and their results are joined back to the other columns after (windowed,
--- the narrow side first, held in memory): each sort then moves a dozen columns rather than
--- every column of fct_customer.
-narrow AS (
-    SELECT
-        customer_id,
-        acquisition_channel,
-        cohort_month,
-        is_buyer,
-        referred_by,
-        referrals_made,
-        current_value,
-        historical_value,
-        marketing_cost + service_cost AS cost_to_serve,
-        recency_days,
-        purchase_days,
-        monetary,
-        tenure_days
-    FROM valued
-),
-peers AS (
-    SELECT
-        narrow.*,
-        CUME_DIST() OVER (PARTITION BY acquisition_channel, cohort_month ORDER BY current_value) AS peer_cume
-    FROM narrow
-),
-headroom AS (
-    SELECT
-        peers.*,
-        CASE
-            WHEN is_buyer THEN MIN(CASE WHEN peer_cume >= $potential_quantile THEN current_value END)
-                OVER (PARTITION BY acquisition_channel, cohort_month)
-            ELSE 0.0
-        END AS peer_value,
-        COALESCE(AVG(CASE WHEN referred_by IS NOT NULL THEN current_value END) OVER (), 0.0) AS referred_value
-    FROM peers
-),
-potential AS (
-    SELECT
-        headroom.*,
-        GREATEST(0.0, COALESCE(peer_value, 0.0) - current_value) + referrals_made * referred_value AS potential_value
-    FROM headroom
-),
-ranked AS (
-    SELECT
-        potential.*,
-        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY historical_value) END AS hist_cume,
-        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY current_value) END AS curr_cume,
-        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY potential_value) END AS pot_cume,
-        CASE WHEN is_buyer THEN CUME_DIST() OVER (PARTITION BY is_buyer ORDER BY cost_to_serve) END AS cost_cume,
-        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY recency_days DESC) END AS r_rank,
-        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY purchase_days) END AS f_rank,
-        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY monetary) END AS m_rank,
-        CASE WHEN is_buyer THEN PERCENT_RANK() OVER (PARTITION BY is_buyer ORDER BY tenure_days) END AS tenure_rank,
-        SUM(historical_value) OVER (ORDER BY historical_value DESC RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-            - SUM(historical_value) OVER (PARTITION BY historical_value) AS value_before,
-        SUM(historical_value) OVER () AS value_total
-    FROM potential
-),
-splits AS (
-    SELECT
-        ranked.*,
-        MIN(CASE WHEN hist_cume >= $segment_split_quantile THEN historical_value END) OVER () AS hist_split,
-        MIN(CASE WHEN curr_cume >= $segment_split_quantile THEN current_value END) OVER () AS curr_split,
-        MIN(CASE WHEN pot_cume >= $segment_split_quantile THEN potential_value END) OVER () AS pot_split,
-        MIN(CASE WHEN cost_cume >= $segment_split_quantile THEN cost_to_serve END) OVER () AS cost_split,
-        MIN(CASE WHEN hist_cume >= $segment_split_quantile THEN historical_value END) OVER () AS margin_split
-    FROM ranked
-),
-windowed AS (
-    SELECT
-        v.*,
-        w.cost_to_serve,
-        w.potential_value,
-        w.r_rank,
-        w.f_rank,
-        w.m_rank,
-        w.tenure_rank,
-        w.value_before,
-        w.value_total,
-        w.hist_split,
-        w.curr_split,
-        w.pot_split,
-        w.cost_split,
-        w.margin_split
-    FROM splits AS w
-    JOIN valued AS v ON v.customer_id = w.customer_id
+        n.potential_value,
+        n.r_rank,
+        n.f_rank,
+        n.m_rank,
+        n.tenure_rank,
+        n.value_before,
+        n.value_total,
+        n.hist_split,
+        n.curr_split,
+        n.pot_split,
+        n.cost_split,
+        n.hist_split AS margin_split,
+        n.model_version
+    FROM customer_values AS v
+    JOIN fct_customer AS f ON f.customer_id = v.customer_id
+    LEFT JOIN churn_predictions AS cp ON cp.customer_id = v.customer_id
+    JOIN customer_ranks AS n ON n.customer_id = v.customer_id
 ),
 loyalty AS (
     SELECT
@@ -174,7 +85,6 @@ loyalty AS (
             + 2.0
         ) AS attitude,
         CASE WHEN is_buyer THEN (f_rank + tenure_rank) / 2.0 ELSE 0.0 END AS repeat_patronage,
-        CASE WHEN x > 0 THEN t_x * $time_unit_days / x END AS mean_gap_days,
         -- LEAST ignores NULLs, so the scores are computed for buyers only.
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * f_rank)) AS INT) END AS f_score,
@@ -203,7 +113,7 @@ SELECT
     s.r_score,
     s.f_score,
     s.m_score,
-    CASE WHEN s.is_buyer THEN s.rfm_segment ELSE 'prospect' END AS rfm_segment,
+    CASE WHEN s.is_buyer THEN seg.rfm_segment ELSE 'prospect' END AS rfm_segment,
     s.p_alive,
     s.churn_risk,
     CASE WHEN s.churn_risk IS NULL THEN NULL ELSE COALESCE(s.model_churn_model, 'bgnbd') END AS churn_model,
@@ -280,15 +190,9 @@ SELECT
         WHEN s.spend_recent_window > s.spend_prior_window THEN 'formation'
         ELSE 'stability'
     END AS lifecycle_stage,
-    p.model_version
--- The one-row and the 25-row table come first: a join holds its first (left) side in
--- memory and streams the other, so the customers stream through. (With the customers
--- first, the cross join emitted one row per batch, and sorting a million one-row batches
--- took gigabytes.)
-FROM (SELECT MIN(model_version) AS model_version FROM model_params) AS p
-CROSS JOIN (
-    SELECT s.*, seg.rfm_segment
-    FROM rfm_segments AS seg
-    RIGHT JOIN scored AS s ON seg.r_score = s.r_score AND seg.f_score = s.f_score
-) AS s
+    s.model_version
+-- The 25-row table comes first: a join holds its first (left) side in memory and streams
+-- the other, so the customers stream through, in customer order.
+FROM rfm_segments AS seg
+RIGHT JOIN scored AS s ON seg.r_score = s.r_score AND seg.f_score = s.f_score
 ORDER BY s.customer_id

@@ -10,11 +10,16 @@
 //! drops a sort by the same key above it.
 //!
 //! Only joins whose two inputs both already satisfy the order are changed (no sort is
-//! added), and only inner, left, right and full joins without an extra join filter.
+//! added), and only inner, left, right and full joins without an extra join filter. A join
+//! whose build side is known to hold at most one row (such as `MAX(as_of)`) stays a hash
+//! join: its hash table costs nothing, and its dynamic filter lets the other side's scan
+//! skip the files and row groups that cannot match, where a merge join would read them all
+//! and hold every row of the matching key.
 
 use std::sync::Arc;
 
 use arrow::compute::SortOptions;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{JoinType, Result};
 use datafusion::config::ConfigOptions;
@@ -23,6 +28,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode, SortMergeJoinExec};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 /// The rule; see the module documentation.
@@ -75,7 +81,8 @@ fn merge_join(join: &HashJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
             JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
         )
         && join.filter().is_none()
-        && !join.on().is_empty();
+        && !join.on().is_empty()
+        && !at_most_one_row(join.left())?;
     if !eligible {
         return Ok(None);
     }
@@ -119,6 +126,12 @@ fn merge_join(join: &HashJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         return Ok(Some(Arc::new(ProjectionExec::try_new(columns, merged)?)));
     }
     Ok(None)
+}
+
+/// True when the plan's statistics say exactly how many rows it yields, and that is 0 or 1.
+fn at_most_one_row(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+    Ok(matches!(stats.num_rows, Precision::Exact(n) if n <= 1))
 }
 
 #[cfg(test)]
@@ -213,5 +226,18 @@ mod tests {
             plan.contains("HashJoinExec") && !plan.contains("SortMergeJoinExec"),
             "{plan}"
         );
+    }
+
+    /// A one-row build side (an aggregate without GROUP BY) stays a hash join even though
+    /// both sides are sorted on the key, and gives the same rows.
+    #[tokio::test]
+    async fn a_one_row_build_side_keeps_the_hash_join() {
+        let sql = "SELECT b.k, b.v FROM (SELECT MAX(k) AS k FROM a) AS m JOIN b ON b.k = m.k ORDER BY b.v";
+        let (plan, rows) = plan_and_rows(&session(true, true), sql).await;
+        assert!(
+            plan.contains("HashJoinExec") && !plan.contains("SortMergeJoinExec"),
+            "{plan}"
+        );
+        assert!(rows.contains("| d | 40 |") && !rows.contains("| b "), "{rows}");
     }
 }

@@ -20,7 +20,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use crate::support::*;
 
 /// Compared tables: name, key to order by, columns (all but fit times, which vary).
-const TABLES: [(&str, &str, &str); 7] = [
+const TABLES: [(&str, &str, &str); 9] = [
     ("stg_sales", "order_id, line_no", "*"),
     ("stg_service", "ticket_id", "*"),
     ("stg_marketing", "event_id", "*"),
@@ -31,6 +31,8 @@ const TABLES: [(&str, &str, &str); 7] = [
         "model, parameter",
         "model_version, model, parameter, value, log_likelihood, iterations, converged, customers, note",
     ),
+    ("customer_values", "customer_id", "*"),
+    ("customer_ranks", "customer_id", "*"),
     ("customer_scores", "customer_id", "*"),
 ];
 

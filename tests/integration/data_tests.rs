@@ -70,7 +70,7 @@ async fn a_new_stage_with_tests_runs_tests_and_shows_in_the_graph() {
     let has = |from: &str, to: &str| edges.iter().any(|e| e["from"] == from && e["to"] == to);
     assert!(has("fct_customer", "top_customers") && has("customer_scores", "top_customers"));
     assert!(
-        has("customer_model_input", "customer_scores"),
+        has("customer_model_input", "customer_values"),
         "the model fit links its input to its users"
     );
     assert!(

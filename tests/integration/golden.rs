@@ -14,7 +14,7 @@ use crate::support::*;
 const GOLDEN_ROWS: usize = 25;
 
 /// Table, key to order by, columns (all but volatile ones such as fit times).
-const TABLES: [(&str, &str, &str); 7] = [
+const TABLES: [(&str, &str, &str); 9] = [
     ("stg_sales", "order_id, line_no", "*"),
     ("stg_service", "ticket_id", "*"),
     ("stg_marketing", "event_id", "*"),
@@ -25,6 +25,8 @@ const TABLES: [(&str, &str, &str); 7] = [
         "model, parameter",
         "model_version, model, parameter, value, log_likelihood, iterations, converged, customers",
     ),
+    ("customer_values", "customer_id", "*"),
+    ("customer_ranks", "customer_id", "*"),
     ("customer_scores", "customer_id", "*"),
 ];
 

@@ -153,12 +153,12 @@ async fn a_new_scores_column_keeps_the_older_days_with_null_in_it() {
     // customer_scores gains a column, as a new release of the scoring SQL would.
     let scores = dir.path().join("sql/scoring/customer_scores.sql");
     let sql = std::fs::read_to_string(&scores).unwrap();
-    assert_eq!(sql.matches("    p.model_version\n").count(), 1, "{sql}");
+    assert_eq!(sql.matches("    s.model_version\n").count(), 1, "{sql}");
     std::fs::write(
         &scores,
         sql.replace(
-            "    p.model_version\n",
-            "    p.model_version,\n    1 AS score_release\n",
+            "    s.model_version\n",
+            "    s.model_version,\n    1 AS score_release\n",
         ),
     )
     .unwrap();
@@ -176,4 +176,83 @@ async fn a_new_scores_column_keeps_the_older_days_with_null_in_it() {
         days,
         vec![format!("2024-06-30|{first}|0"), format!("2024-07-31|{second}|{second}")]
     );
+}
+
+/// A customer whose rows are gone from the exports (deleted at the source) is `gone` in
+/// every segmentation, from the segment and with the clv of the previous day; the others
+/// stay or move, and every customer of either day is counted once per segmentation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_missing_from_the_exports_is_gone_from_their_previous_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = |path: &str| std::fs::read_to_string(repo().join("fixtures").join(path)).unwrap();
+    let mut sales = fixture("sales/sales_2023.csv");
+    for year in ["2024", "2025"] {
+        sales.extend(
+            fixture(&format!("sales/sales_{year}.csv"))
+                .lines()
+                .skip(1)
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    let (service, marketing) = (fixture("service/tickets.csv"), fixture("marketing/events.ndjson"));
+    let p = project_with_exports(dir.path(), &sales, Some(&service), Some(&marketing));
+    let wh = dir.path().join("wh");
+    let out = run_pipeline(dir.path(), &p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ctx = warehouse_session(&wh).await;
+    let as_of = latest_manifest(&wh)["as_of"].as_str().unwrap().to_string();
+    let everyone = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
+    let leaver = rows(
+        &ctx,
+        "SELECT rfm_segment, value_tier, clv FROM customer_scores WHERE customer_id = 'C0000001'",
+    )
+    .await;
+    assert_eq!(leaver.len(), 1, "{leaver:?}");
+
+    // C0000001 is deleted from every export; the next day's run no longer sees them.
+    let without = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.contains("C0000001,") && !l.contains("\"C0000001\""))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    std::fs::write(dir.path().join("exports/sales.csv"), without(&sales)).unwrap();
+    std::fs::write(dir.path().join("exports/marketing.ndjson"), without(&marketing)).unwrap();
+    let next_day = (as_of.parse::<NaiveDate>().unwrap() + Days::new(1)).to_string();
+    let out = run_pipeline(dir.path(), &p, &["--as-of", &next_day]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ctx = warehouse_session(&wh).await;
+    let gone = rows(
+        &ctx,
+        "SELECT segmentation, CAST(from_as_of AS VARCHAR), from_segment, to_segment, customers, clv, previous_clv \
+         FROM segment_migration WHERE movement = 'gone' ORDER BY segmentation",
+    )
+    .await;
+    assert_eq!(gone.len(), 9, "one gone row per segmentation: {gone:?}");
+    let fields: Vec<&str> = leaver[0].split('|').collect();
+    let (rfm, tier, clv) = (fields[0], fields[1], fields[2]);
+    assert!(
+        gone.contains(&format!("rfm_segment|{as_of}|{rfm}||1|0.0|{clv}")),
+        "{gone:?}"
+    );
+    assert!(
+        gone.contains(&format!("value_tier|{as_of}|{tier}||1|0.0|{clv}")),
+        "{gone:?}"
+    );
+    let per_segmentation = rows(
+        &ctx,
+        "SELECT DISTINCT SUM(customers) FROM segment_migration GROUP BY segmentation",
+    )
+    .await;
+    assert_eq!(
+        per_segmentation,
+        vec![everyone.to_string()],
+        "each customer once per segmentation"
+    );
+    let kept = count(
+        &wh,
+        "SELECT SUM(customers) FROM segment_migration WHERE segmentation = 'rfm_segment' AND movement IN ('stayed', 'moved')",
+    )
+    .await;
+    assert_eq!(kept, everyone - 1);
 }

@@ -3,7 +3,7 @@
 
 use crate::support::*;
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 12] = [
     "stg_sales",
     "stg_service",
     "stg_marketing",
@@ -11,6 +11,8 @@ const TABLES: [&str; 10] = [
     "customer_model_input",
     "model_params",
     "churn_features",
+    "customer_values",
+    "customer_ranks",
     "customer_scores",
     "customer_scores_history",
     "segment_migration",

@@ -1,0 +1,192 @@
+-- @cluster_by: customer_id
+-- customer_ranks: where each customer of customer_values stands among the others, as of the
+-- as-of day, and the population figures customer_scores segments by. One row per customer;
+-- the population columns are the same on every row.
+--   r_rank, f_rank, m_rank, tenure_rank  PERCENT_RANK among buyers of recency (reversed),
+--                         frequency (purchase days), monetary and tenure; NULL for prospects
+--   potential_value       wallet headroom (potential_quantile of current_value among
+--                         customers with the same acquisition channel and cohort month, minus
+--                         own, floored at 0; 0 for prospects) + referrals made x mean
+--                         current_value of referred customers
+--   value_before          historical value held by customers of higher historical value
+--   value_total           historical value of all customers
+--   hist_split, curr_split, pot_split, cost_split  the smallest buyer historical, current,
+--                         potential value and cost to serve at or above
+--                         segment_split_quantile of buyers
+--   model_version         the fitted models' version (model_params)
+--
+-- How it runs in bounded memory: every ranking is a window whose frame ends at the current
+-- row (RANK, and COUNT(*) up to the current value's last tie), which DataFusion computes
+-- while the rows stream past in sorted order; sorts spill to disk under the memory limit.
+-- What needs all customers first (counts, totals, the split values, each peer group's
+-- quantile) is a GROUP BY of its own, read from customer_values again (a stored table, so
+-- reading it again is cheap). So
+--   PERCENT_RANK = (RANK - 1) / MAX(buyers - 1, 1)   and
+--   CUME_DIST    = (customers at or below the value) / customers,
+-- in the same floating-point operations as DataFusion's own functions.
+WITH totals AS (
+    SELECT
+        COUNT(*) FILTER (WHERE is_buyer) AS buyers,
+        SUM(historical_value) AS value_total,
+        COALESCE(AVG(CASE WHEN referred THEN current_value END), 0.0) AS referred_value
+    FROM customer_values
+),
+-- Wallet headroom: the potential_quantile of current_value among customers of the same
+-- acquisition channel and cohort month.
+peer_groups AS (
+    SELECT acquisition_channel, cohort_month, COUNT(*) AS customers
+    FROM customer_values
+    GROUP BY acquisition_channel, cohort_month
+),
+peer_ranks AS (
+    SELECT
+        acquisition_channel,
+        cohort_month,
+        current_value,
+        COUNT(*) OVER (
+            PARTITION BY acquisition_channel, cohort_month
+            ORDER BY current_value
+            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        ) AS at_or_below
+    FROM customer_values
+),
+peer_values AS (
+    SELECT
+        r.acquisition_channel,
+        r.cohort_month,
+        MIN(CASE WHEN CAST(r.at_or_below AS DOUBLE) / CAST(g.customers AS DOUBLE) >= $potential_quantile THEN r.current_value END)
+            AS peer_value
+    FROM peer_groups AS g
+    JOIN peer_ranks AS r
+        ON (r.acquisition_channel IS NOT DISTINCT FROM g.acquisition_channel)
+        AND (r.cohort_month IS NOT DISTINCT FROM g.cohort_month)
+    GROUP BY r.acquisition_channel, r.cohort_month
+),
+potential AS (
+    SELECT
+        v.customer_id,
+        v.is_buyer,
+        v.historical_value,
+        v.current_value,
+        v.cost_to_serve,
+        v.recency_days,
+        v.purchase_days,
+        v.monetary,
+        v.tenure_days,
+        GREATEST(0.0, COALESCE(CASE WHEN v.is_buyer THEN v.peer_value ELSE 0.0 END, 0.0) - v.current_value)
+            + v.referrals_made * t.referred_value AS potential_value
+    FROM totals AS t
+    CROSS JOIN (
+        SELECT c.*, p.peer_value
+        FROM peer_values AS p
+        RIGHT JOIN customer_values AS c
+            ON (p.acquisition_channel IS NOT DISTINCT FROM c.acquisition_channel)
+            AND (p.cohort_month IS NOT DISTINCT FROM c.cohort_month)
+    ) AS v
+),
+-- The two-by-two splits: the smallest buyer value at or above segment_split_quantile of
+-- buyers ("high" is strictly above it). Buyers are a window partition, not a WHERE: a filter
+-- below the peer join would make DataFusion hold the customers in the join's hash table
+-- instead of the peer groups.
+hist_split AS (
+    SELECT
+        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
+            AS split
+    FROM totals AS t
+    CROSS JOIN (
+        SELECT
+            is_buyer,
+            historical_value AS value,
+            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY historical_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
+        FROM customer_values
+    ) AS w
+),
+curr_split AS (
+    SELECT
+        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
+            AS split
+    FROM totals AS t
+    CROSS JOIN (
+        SELECT
+            is_buyer,
+            current_value AS value,
+            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY current_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
+        FROM customer_values
+    ) AS w
+),
+cost_split AS (
+    SELECT
+        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
+            AS split
+    FROM totals AS t
+    CROSS JOIN (
+        SELECT
+            is_buyer,
+            cost_to_serve AS value,
+            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY cost_to_serve RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
+        FROM customer_values
+    ) AS w
+),
+pot_split AS (
+    SELECT
+        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
+            AS split
+    FROM totals AS t
+    CROSS JOIN (
+        SELECT
+            is_buyer,
+            potential_value AS value,
+            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY potential_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
+        FROM potential
+    ) AS w
+),
+population AS (
+    SELECT
+        t.buyers,
+        t.value_total,
+        h.split AS hist_split,
+        c.split AS curr_split,
+        p.split AS pot_split,
+        k.split AS cost_split,
+        mp.model_version
+    FROM totals AS t
+    CROSS JOIN hist_split AS h
+    CROSS JOIN curr_split AS c
+    CROSS JOIN pot_split AS p
+    CROSS JOIN cost_split AS k
+    CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS mp
+),
+-- Each ranking sorts the customers once, on these few columns.
+ranked AS (
+    SELECT
+        customer_id,
+        is_buyer,
+        potential_value,
+        RANK() OVER (PARTITION BY is_buyer ORDER BY recency_days DESC) AS r_place,
+        RANK() OVER (PARTITION BY is_buyer ORDER BY purchase_days) AS f_place,
+        RANK() OVER (PARTITION BY is_buyer ORDER BY monetary) AS m_place,
+        RANK() OVER (PARTITION BY is_buyer ORDER BY tenure_days) AS tenure_place,
+        -- value held by customers of higher historical value (ties excluded): ABC tiers
+        SUM(historical_value) OVER (ORDER BY historical_value DESC RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+            - SUM(historical_value) OVER (ORDER BY historical_value DESC RANGE BETWEEN CURRENT ROW AND CURRENT ROW)
+            AS value_before
+    FROM potential
+)
+SELECT
+    r.customer_id,
+    r.potential_value,
+    CASE WHEN r.is_buyer THEN (CAST(r.r_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS r_rank,
+    CASE WHEN r.is_buyer THEN (CAST(r.f_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS f_rank,
+    CASE WHEN r.is_buyer THEN (CAST(r.m_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS m_rank,
+    CASE WHEN r.is_buyer THEN (CAST(r.tenure_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END
+        AS tenure_rank,
+    r.value_before,
+    p.value_total,
+    p.hist_split,
+    p.curr_split,
+    p.pot_split,
+    p.cost_split,
+    p.model_version
+FROM population AS p
+CROSS JOIN ranked AS r
+ORDER BY r.customer_id
