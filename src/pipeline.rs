@@ -725,6 +725,8 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     .await
     .map_err(|e| RunError::Engine(e.to_string()))?;
     state.phase_done(PHASE_DUPLICATES, scanning);
+    // Extract's readers and key filters are freed: the stages start without them.
+    crate::engine::memory::release_free_memory();
     let params = plan.scoring.sql_params(as_of);
     // Incremental stages merge into what the last succeeded run published.
     let any_incremental = project

@@ -575,6 +575,8 @@ async fn materialize_plan(
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan_ref.as_ref()).indent(true)
     );
     let spilled = spilled_bytes(plan_ref.as_ref());
+    drop(plan_ref);
+    crate::engine::memory::release_free_memory();
     if spilled > 0 {
         tracing::info!(
             table = name,
