@@ -8,24 +8,9 @@
 WITH previous_day AS (
     SELECT MAX(as_of) AS from_as_of FROM customer_scores_history WHERE as_of < CAST($as_of AS DATE)
 ),
--- This day's and the previous day's scores. Prospects have no churn band: `prospect` here.
+-- This day's and the previous day's scores: a join on the two days (a hash table of two
+-- rows), which reads only their partitions. Prospects have no churn band: `prospect` here.
 days AS (
-    SELECT
-        customer_id,
-        as_of,
-        rfm_segment,
-        value_tier,
-        COALESCE(churn_band, 'prospect') AS churn_band,
-        lifecycle_stage,
-        portfolio_quadrant,
-        economic_segment,
-        investment_class,
-        loyalty_type,
-        satisfaction_loyalty,
-        clv
-    FROM customer_scores_history
-    WHERE as_of = CAST($as_of AS DATE)
-    UNION ALL
     SELECT
         h.customer_id,
         h.as_of,
@@ -39,8 +24,8 @@ days AS (
         h.loyalty_type,
         h.satisfaction_loyalty,
         h.clv
-    FROM previous_day AS d
-    JOIN customer_scores_history AS h ON h.as_of = d.from_as_of
+    FROM (SELECT UNNEST(make_array(CAST($as_of AS DATE), from_as_of)) AS as_of FROM previous_day) AS d
+    JOIN customer_scores_history AS h ON h.as_of = d.as_of
 ),
 -- Each customer's rows side by side (sorted by customer, then day): this day's row carries
 -- the row before it, the previous day's when it is the same customer's (else the customer

@@ -84,76 +84,59 @@ potential AS (
             AND (p.cohort_month IS NOT DISTINCT FROM c.cohort_month)
     ) AS v
 ),
--- The two-by-two splits: the smallest buyer value at or above segment_split_quantile of
--- buyers ("high" is strictly above it). Buyers are a window partition, not a WHERE: a filter
--- below the peer join would make DataFusion hold the customers in the join's hash table
--- instead of the peer groups.
-hist_split AS (
+-- The two-by-two splits: for each measure, the smallest buyer value at or above
+-- segment_split_quantile of buyers ("high" is strictly above it). The four measures are
+-- one sorted pass: each customer's row once per measure. Buyers are a window partition,
+-- not a WHERE: a filter below the peer join would make DataFusion hold the customers in the
+-- join's hash table instead of the peer groups.
+split_values AS (
     SELECT
-        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
-            AS split
-    FROM totals AS t
-    CROSS JOIN (
-        SELECT
-            is_buyer,
-            historical_value AS value,
-            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY historical_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
-        FROM customer_values
-    ) AS w
+        m.measure,
+        p.is_buyer,
+        CASE m.measure
+            WHEN 'historical' THEN p.historical_value
+            WHEN 'current' THEN p.current_value
+            WHEN 'potential' THEN p.potential_value
+            WHEN 'cost' THEN p.cost_to_serve
+        END AS value
+    FROM (VALUES ('historical'), ('current'), ('potential'), ('cost')) AS m (measure)
+    CROSS JOIN potential AS p
 ),
-curr_split AS (
+splits AS (
     SELECT
+        w.measure,
         MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
             AS split
     FROM totals AS t
     CROSS JOIN (
         SELECT
+            measure,
             is_buyer,
-            current_value AS value,
-            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY current_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
-        FROM customer_values
+            value,
+            COUNT(*) OVER (PARTITION BY measure, is_buyer ORDER BY value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                AS at_or_below
+        FROM split_values
     ) AS w
-),
-cost_split AS (
-    SELECT
-        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
-            AS split
-    FROM totals AS t
-    CROSS JOIN (
-        SELECT
-            is_buyer,
-            cost_to_serve AS value,
-            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY cost_to_serve RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
-        FROM customer_values
-    ) AS w
-),
-pot_split AS (
-    SELECT
-        MIN(CASE WHEN w.is_buyer AND CAST(w.at_or_below AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
-            AS split
-    FROM totals AS t
-    CROSS JOIN (
-        SELECT
-            is_buyer,
-            potential_value AS value,
-            COUNT(*) OVER (PARTITION BY is_buyer ORDER BY potential_value RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at_or_below
-        FROM potential
-    ) AS w
+    GROUP BY w.measure
 ),
 population AS (
     SELECT
         t.buyers,
         t.value_total,
-        h.split AS hist_split,
-        c.split AS curr_split,
-        p.split AS pot_split,
-        k.split AS cost_split,
+        s.hist_split,
+        s.curr_split,
+        s.pot_split,
+        s.cost_split,
         mp.model_version
     FROM totals AS t
-    CROSS JOIN hist_split AS h
-    CROSS JOIN curr_split AS c
-    CROSS JOIN pot_split AS p
-    CROSS JOIN cost_split AS k
+    CROSS JOIN (
+        SELECT
+            MAX(CASE WHEN measure = 'historical' THEN split END) AS hist_split,
+            MAX(CASE WHEN measure = 'current' THEN split END) AS curr_split,
+            MAX(CASE WHEN measure = 'potential' THEN split END) AS pot_split,
+            MAX(CASE WHEN measure = 'cost' THEN split END) AS cost_split
+        FROM splits
+    ) AS s
     CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS mp
 ),
 -- Each ranking sorts the customers once, on these few columns.

@@ -20,7 +20,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use crate::support::*;
 
 /// Compared tables: name, key to order by, columns (all but fit times, which vary).
-const TABLES: [(&str, &str, &str); 9] = [
+const TABLES: [(&str, &str, &str); 10] = [
     ("stg_sales", "order_id, line_no", "*"),
     ("stg_service", "ticket_id", "*"),
     ("stg_marketing", "event_id", "*"),
@@ -34,6 +34,11 @@ const TABLES: [(&str, &str, &str); 9] = [
     ("customer_values", "customer_id", "*"),
     ("customer_ranks", "customer_id", "*"),
     ("customer_scores", "customer_id", "*"),
+    (
+        "segment_migration",
+        "segmentation, from_segment, to_segment, movement",
+        "*",
+    ),
 ];
 
 /// Relative tolerance for doubles (aggregation order may differ between engines).
