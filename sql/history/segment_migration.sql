@@ -9,7 +9,7 @@ WITH previous_day AS (
     SELECT MAX(as_of) AS from_as_of FROM customer_scores_history WHERE as_of < CAST($as_of AS DATE)
 ),
 -- This day's and the previous day's scores: a join on the two days (a hash table of two
--- rows), which reads only their partitions. Prospects have no churn band: `prospect` here.
+-- rows), which reads only their partitions.
 days AS (
     SELECT
         h.customer_id,

@@ -34,7 +34,7 @@
 --   long_gap, open_complaint, low_csat, unsubscribed, spend_falling.
 --
 -- Every input is stored in customer order, so the joins below merge them as they stream.
-WITH windowed AS (
+WITH joined AS (
     SELECT
         v.*,
         f.orders,
@@ -73,7 +73,7 @@ WITH windowed AS (
 ),
 loyalty AS (
     SELECT
-        windowed.*,
+        joined.*,
         (
             CASE WHEN csat_responses > 0 THEN (avg_csat - 1.0) / 4.0 ELSE 0.0 END
             + CASE WHEN marketing_sent > 0 THEN (COALESCE(open_rate, 0.0) + COALESCE(click_rate, 0.0)) / 2.0 ELSE 0.0 END
@@ -89,7 +89,7 @@ loyalty AS (
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * f_rank)) AS INT) END AS f_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * m_rank)) AS INT) END AS m_score
-    FROM windowed
+    FROM joined
 ),
 scored AS (
     SELECT
