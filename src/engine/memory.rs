@@ -10,6 +10,13 @@
 //! [`HeadroomPool`] keeps a share of the limit ([`NON_SPILLABLE_SHARE`]) for operators
 //! that cannot spill: spillable ones are refused beyond the rest, which makes them spill
 //! there, while the others may use the whole limit.
+//!
+//! A sort's merges count in the spilling share too, though they are never refused by it:
+//! when a sort spills, it merges every batch it holds, and the merge accounts the batches
+//! as they move out of the sort's buffer, as memory that cannot spill. Counted only as
+//! that, they freed the share for the next sort while still taking the same memory: at
+//! 10M sales lines under 256 MiB, one sort's spill merge held 179.6 MB while another sort
+//! took 56.4 MB more of the share, and the merge could not get its next 153 KB.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +37,24 @@ pub const NON_SPILLABLE_SHARE: f64 = 0.25;
 /// merged batches on a 876 MB heap (heaptrack, 10M lines); with 192 MiB the run peaked at
 /// 969-1087 MiB RSS against 1169-1187 MiB, in the same time (44.7-49.2 s in four runs against 47.2-47.7 s in two).
 /// A sort holding nothing takes its next batch whatever its size.
+/// Under a small limit, a sort holds at most [`SORT_CAP_SHARE`] of it instead.
 pub const SORT_CAP_BYTES: usize = 192 * 1024 * 1024;
+
+/// Most of the memory limit one sort may hold before it spills, when that is less than
+/// [`SORT_CAP_BYTES`]: a spilling sort merges all it holds, and the merge takes more than
+/// the sort held (at 10M sales lines under 128 MiB, a sort that held 87.7 MB spilled
+/// through a merge of 118.7 MB and failed, the pool being full).
+pub const SORT_CAP_SHARE: f64 = 0.25;
+
+/// Most spill files one merge pass of a sort reads at once (DataFusion's
+/// `max_spill_merge_fan_in`; more files take more passes). DataFusion 55 otherwise seats as
+/// many spill files as the pool has room for, reserving two of its largest batches per file
+/// and buffer, and holds that reservation for as long as the merge streams. At 10M sales
+/// lines under a 256 MiB limit one merge in `customer_ranks` took 161.6 MB that way, while
+/// the next sort of the same query could not get 232 KB; at 100M under 1 GiB three merges
+/// held 320 + 320 + 183 MB. Sixteen files of sorted runs per pass bound a merge to a few
+/// tens of megabytes, at the price of another pass over the data when a sort spilled more.
+pub const SPILL_MERGE_FAN_IN: usize = 16;
 
 /// Hands the memory the allocator holds free back to the operating system; called when a
 /// query's result is written. A stage's sorts, joins and writers free hundreds of
@@ -47,20 +71,27 @@ pub fn release_free_memory() {
     }
 }
 
-/// How DataFusion 55 names a sort's buffer (`ExternalSorter[<partition>]`; its merge
-/// reserve is `ExternalSorterMerge[...]`, which does not spill and is not capped).
+/// How DataFusion 55 names a sort's buffer (`ExternalSorter[<partition>]`).
 const SORT_CONSUMER: &str = "ExternalSorter[";
 
+/// How DataFusion 55 names a sort's merges (`ExternalSorterMerge[<partition>]`): the merge
+/// of its batches when it spills, of its spill files, and the reserve kept for them. They
+/// cannot spill and are not capped.
+const SORT_MERGE_CONSUMER: &str = "ExternalSorterMerge[";
+
 /// A fixed-size pool in which spilling operators may hold at most
-/// `limit * (1 - NON_SPILLABLE_SHARE)` together (see the module doc).
+/// `limit * (1 - NON_SPILLABLE_SHARE)` together, sorts' merges included (see the module
+/// doc).
 #[derive(Debug)]
 pub struct HeadroomPool {
     limit: usize,
     spillable_limit: usize,
-    /// Most one sort may hold ([`SORT_CAP_BYTES`]).
+    /// Most one sort may hold ([`SORT_CAP_BYTES`], [`SORT_CAP_SHARE`]).
     sort_cap: usize,
     used: AtomicUsize,
     spillable: AtomicUsize,
+    /// Held by sorts' merges ([`SORT_MERGE_CONSUMER`]).
+    merging: AtomicUsize,
 }
 
 impl HeadroomPool {
@@ -69,9 +100,10 @@ impl HeadroomPool {
         HeadroomPool {
             limit,
             spillable_limit: (limit as f64 * (1.0 - NON_SPILLABLE_SHARE)) as usize,
-            sort_cap: SORT_CAP_BYTES,
+            sort_cap: SORT_CAP_BYTES.min((limit as f64 * SORT_CAP_SHARE) as usize),
             used: AtomicUsize::new(0),
             spillable: AtomicUsize::new(0),
+            merging: AtomicUsize::new(0),
         }
     }
 
@@ -96,15 +128,15 @@ impl MemoryPool for HeadroomPool {
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.used.fetch_add(additional, Ordering::Relaxed);
-        if reservation.consumer().can_spill() {
-            self.spillable.fetch_add(additional, Ordering::Relaxed);
+        if let Some(share) = self.share_of(reservation) {
+            share.fetch_add(additional, Ordering::Relaxed);
         }
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
         self.used.fetch_sub(shrink, Ordering::Relaxed);
-        if reservation.consumer().can_spill() {
-            self.spillable.fetch_sub(shrink, Ordering::Relaxed);
+        if let Some(share) = self.share_of(reservation) {
+            share.fetch_sub(shrink, Ordering::Relaxed);
         }
     }
 
@@ -129,14 +161,25 @@ impl MemoryPool for HeadroomPool {
             return Err(refuse(self.sort_cap.saturating_sub(reservation.size()), "to one sort"));
         }
         if spills {
-            add_within(&self.spillable, additional, self.spillable_limit)
-                .map_err(|held| refuse(self.spillable_limit.saturating_sub(held), "to operators that spill"))?;
+            // With the sorts' merges: refused, an operator holding something spills it;
+            // one holding nothing could not, and would fail the query.
+            let merging = if held > 0 {
+                self.merging.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            let limit = self.spillable_limit.saturating_sub(merging);
+            add_within(&self.spillable, additional, limit)
+                .map_err(|held| refuse(limit.saturating_sub(held), "to operators that spill"))?;
         }
         if let Err(used) = add_within(&self.used, additional, self.limit) {
             if spills {
                 self.spillable.fetch_sub(additional, Ordering::Relaxed);
             }
             return Err(refuse(self.limit.saturating_sub(used), "in the pool"));
+        }
+        if let Some(merging) = self.share_of(reservation).filter(|_| !spills) {
+            merging.fetch_add(additional, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -150,14 +193,30 @@ impl MemoryPool for HeadroomPool {
     }
 }
 
+impl HeadroomPool {
+    /// The share a reservation counts in besides the pool: spilling operators', sorts'
+    /// merges', or none.
+    fn share_of(&self, reservation: &MemoryReservation) -> Option<&AtomicUsize> {
+        let consumer = reservation.consumer();
+        if consumer.can_spill() {
+            Some(&self.spillable)
+        } else if consumer.name().starts_with(SORT_MERGE_CONSUMER) {
+            Some(&self.merging)
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Display for HeadroomPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}(used: {}, by operators that spill: {} of at most {}, pool_size: {})",
+            "{}(used: {}, by operators that spill: {} and sorts' merges: {} of at most {}, pool_size: {})",
             self.name(),
             human_readable_size(self.used.load(Ordering::Relaxed)),
             human_readable_size(self.spillable.load(Ordering::Relaxed)),
+            human_readable_size(self.merging.load(Ordering::Relaxed)),
             human_readable_size(self.spillable_limit),
             human_readable_size(self.limit)
         )
@@ -227,6 +286,42 @@ mod tests {
         assert!(aggregate.try_grow(1).is_err(), "the spillable share (750) is full");
         sort.shrink(100);
         aggregate.try_grow(100).unwrap();
+    }
+
+    /// A sort's merge is never refused by the spilling share, but counts in it: another
+    /// sort then spills instead of taking what the merge holds. A sort holding nothing
+    /// still takes its first batch.
+    #[test]
+    fn sorts_merges_count_in_the_spilling_share() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000));
+        let sort = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&pool);
+        let other_sort = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&pool);
+        let merge = MemoryConsumer::new("ExternalSorterMerge[0]").register(&pool);
+        let join = MemoryConsumer::new("HashJoinInput").register(&pool);
+        sort.try_grow(100).unwrap();
+        merge.try_grow(600).unwrap();
+        let refused = sort.try_grow(51).unwrap_err().to_string();
+        assert!(refused.contains("merges: 600.0 B"), "{refused}");
+        sort.try_grow(50).unwrap();
+        // A sort holding nothing takes its first batch: it has nothing to spill.
+        other_sort.try_grow(150).unwrap();
+        assert!(other_sort.try_grow(1).is_err(), "sorts and merges hold the share (750)");
+        join.try_grow(100).unwrap();
+        assert!(merge.try_grow(1).is_err(), "the pool is full");
+        // What a merge gives back, a sort can take again.
+        merge.shrink(400);
+        sort.try_grow(200).unwrap();
+        assert!(sort.try_grow(51).is_err(), "500 held by sorts and 200 by the merge");
+        assert_eq!(pool.reserved(), 800);
+        drop(merge);
+        drop(join);
+        assert_eq!(pool.reserved(), 500);
+        sort.try_grow(250).unwrap();
+        assert!(sort.try_grow(1).is_err());
     }
 
     /// A sort that holds nothing has nothing to spill: its first batch is taken even when

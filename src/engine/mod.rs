@@ -244,6 +244,7 @@ pub async fn build_context(
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(pool))
         .with_temp_file_path(spill_dir)
+        .with_max_spill_merge_fan_in(memory::SPILL_MERGE_FAN_IN)
         .build_arc()?;
     let mut config = SessionConfig::new()
         .with_batch_size(settings.batch_size)
