@@ -477,19 +477,21 @@ async fn run_one_stage(
 }
 
 /// Registers table `name` as the last succeeded run published it and records it as carried
-/// into this run; false when no succeeded run published it.
+/// into this run; false when no succeeded run published it. `cluster_by`: the columns the
+/// table is sorted by (a stage's `-- @cluster_by`).
 async fn carry_published(
     ctx: &SessionContext,
     plan: &Plan,
     history: &[RunRecord],
     state: &mut RunState,
     name: &str,
+    cluster_by: &[String],
 ) -> Result<bool, RunError> {
     let location = format!("{TABLES_DIR}/{name}");
     let Some(p) = PublishedVersion::latest(&plan.warehouse, history, &plan.name, &location).await else {
         return Ok(false);
     };
-    p.register(ctx, name).await?;
+    p.register_clustered(ctx, name, cluster_by).await?;
     runner::make_portable(ctx, name, &state.staging.join(PORTABLE_DIR))
         .await
         .map_err(|e| RunError::Engine(format!("table `{name}` as published before: {e}")))?;
@@ -767,7 +769,11 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             } else if stage.spec.materialized.is_stored() {
                 // Not selected: read as the last succeeded run published it, and name that
                 // version again in this run's `runs` row, so the row still lists a complete set.
-                if !carry_published(&ctx, plan, &history, state, name).await? {
+                let cluster_by = match stage.spec.materialized {
+                    Materialized::Table => stage.spec.cluster_by.as_slice(),
+                    _ => &[],
+                };
+                if !carry_published(&ctx, plan, &history, state, name, cluster_by).await? {
                     if needed.contains(name) {
                         return Err(RunError::Transform(TransformError::NotPublished {
                             stage: name.clone(),
@@ -861,7 +867,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     }
     if partial && state.models.is_none() {
         // The model was not refitted: its parameters stay as last published.
-        carry_published(&ctx, plan, &history, state, MODEL_PARAMS_TABLE).await?;
+        carry_published(&ctx, plan, &history, state, MODEL_PARAMS_TABLE, &[]).await?;
     }
 
     state.phase_done(PHASE_TRANSFORM, transforming);

@@ -522,6 +522,32 @@ pub async fn register(
     Ok(())
 }
 
+/// The files of the Delta table at `location` as of `version` (or its latest), as local
+/// paths; `None` unless the warehouse is on local disk.
+pub async fn local_files(
+    warehouse: &Warehouse,
+    name: &str,
+    location: &str,
+    version: Option<u64>,
+) -> Result<Option<Vec<PathBuf>>, PublishError> {
+    if warehouse.local_path(location).is_none() {
+        return Ok(None);
+    }
+    let path = warehouse.describe(location);
+    let mut table = open(warehouse, name, location).await?;
+    if let Some(v) = version {
+        table.load_version(v).await.map_err(delta_err(name, path.clone()))?;
+    }
+    let uris: Vec<String> = table.get_file_uris().map_err(delta_err(name, path))?.collect();
+    Ok(uris
+        .iter()
+        .map(|uri| match url::Url::parse(uri) {
+            Ok(url) => url.to_file_path().ok(),
+            Err(_) => Some(PathBuf::from(uri)),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,5 +674,61 @@ mod tests {
         assert_eq!(m.version, 3);
         assert_eq!(rows(&warehouse, None).await, ["e=5"]);
         assert_eq!(rows(&warehouse, Some(1)).await, ["c=3"]);
+    }
+
+    /// A stage's table read back into a run (`run --select`) is its version's one file,
+    /// registered as sorted by the stage's cluster columns; other tables keep the Delta
+    /// provider, which reports no order.
+    #[tokio::test]
+    async fn a_clustered_table_is_read_back_as_its_one_file_in_order() {
+        use crate::publish::read::PublishedVersion;
+        let tmp = tempfile::tempdir().unwrap();
+        let warehouse = Warehouse::local(tmp.path().join("warehouse"));
+        let mut files = Vec::new();
+        for (i, ids) in [["a", "b", "c"], ["d", "e", "f"]].iter().enumerate() {
+            let dir = tmp.path().join(format!("staged{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            stage(&dir, ids, Arc::new(Int64Array::from(vec![1, 2, 3])));
+            let m = publish(&warehouse, &dir).await;
+            let version_files = local_files(&warehouse, "t", "tables/t", Some(m.version))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(version_files.len(), 1, "{version_files:?}");
+            assert!(version_files[0].is_file());
+            files.push(version_files[0].clone());
+        }
+        assert_ne!(files[0], files[1], "each version is its own file");
+
+        let published = |version| PublishedVersion {
+            run_id: "run".into(),
+            warehouse: warehouse.clone(),
+            location: "tables/t".into(),
+            path: "tables/t".into(),
+            version: Some(version),
+        };
+        let ctx = SessionContext::new();
+        published(0)
+            .register_clustered(&ctx, "sorted", &["id".to_string()])
+            .await
+            .unwrap();
+        published(0).register_clustered(&ctx, "plain", &[]).await.unwrap();
+        let ordering = |table: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx.table(table).await.unwrap().create_physical_plan().await.unwrap();
+                plan.properties().output_ordering().map(|o| o.to_string())
+            }
+        };
+        assert_eq!(ordering("sorted").await.as_deref(), Some("id@0 ASC NULLS LAST"));
+        assert_eq!(ordering("plain").await, None);
+        let batches = ctx
+            .sql("SELECT string_agg(id, ',' ORDER BY id) FROM sorted")
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert!(text.contains("a,b,c"), "version 0's rows: {text}");
     }
 }

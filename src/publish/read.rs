@@ -2,12 +2,13 @@
 //! successful run's manifest. Used by `patron test` and other commands that look at the
 //! published state rather than run the pipeline.
 
-use datafusion::prelude::SessionContext;
+use datafusion::common::Column;
+use datafusion::prelude::{SessionContext, col};
 
 use super::runs::RunRecord;
 use super::{PublishError, delta};
 use crate::names::{LATEST_MANIFEST, RUNS_DIR, RUNS_TABLE, RUNS_TABLE_DIR, TABLES_DIR, published_table_name};
-use crate::transform::runner::register_parquet;
+use crate::transform::runner::{register_parquet, register_sorted_parquet};
 use crate::warehouse::Warehouse;
 
 /// Registers every published table of `warehouse` on `ctx` (Delta tables at their latest
@@ -98,6 +99,36 @@ impl PublishedVersion {
     /// Registers this version of the table on `ctx` as `name`.
     pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), PublishError> {
         register_version(ctx, name, &self.warehouse, &self.location, self.version).await
+    }
+
+    /// [`Self::register`] for a stage's table that the stage wrote sorted by `cluster_by`
+    /// (ascending, nulls last; see `-- @cluster_by`): registered as that one Parquet file,
+    /// known to be sorted, so later stages join it by merging rather than through a hash
+    /// table of it. Only for a Delta table of a local warehouse whose version is one file;
+    /// otherwise as [`Self::register`].
+    pub async fn register_clustered(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        cluster_by: &[String],
+    ) -> Result<(), PublishError> {
+        if !cluster_by.is_empty() && self.version.is_some() {
+            let files = delta::local_files(&self.warehouse, name, &self.location, self.version).await?;
+            if let Some([file]) = files.as_deref() {
+                let order = cluster_by
+                    .iter()
+                    .map(|c| col(Column::new_unqualified(c)).sort(true, false))
+                    .collect();
+                return register_sorted_parquet(ctx, name, std::slice::from_ref(file), order)
+                    .await
+                    .map_err(|e| PublishError::Delta {
+                        table: name.to_string(),
+                        path: file.display().to_string(),
+                        message: e.to_string(),
+                    });
+            }
+        }
+        self.register(ctx, name).await
     }
 }
 

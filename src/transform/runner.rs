@@ -595,7 +595,7 @@ async fn materialize_plan(
     })
 }
 
-/// The leading ascending plain-column keys of the ORDER BY at the top of a logical plan
+/// The leading ascending, nulls-last plain-column keys of the ORDER BY at the top of a logical plan
 /// (under projections that pass the columns through by name).
 fn logical_ordering(plan: &LogicalPlan) -> Vec<String> {
     match plan {
@@ -603,7 +603,7 @@ fn logical_ordering(plan: &LogicalPlan) -> Vec<String> {
             .expr
             .iter()
             .map_while(|s| match &s.expr {
-                Expr::Column(c) if s.asc => Some(c.name.clone()),
+                Expr::Column(c) if s.asc && !s.nulls_first => Some(c.name.clone()),
                 _ => None,
             })
             .collect(),
@@ -616,7 +616,7 @@ fn logical_ordering(plan: &LogicalPlan) -> Vec<String> {
 }
 
 /// Checks that the planned query's output is sorted by the stage's `@cluster_by` columns
-/// first (ascending), as its ORDER BY must say: from the physical plan's ordering, or, on a
+/// first (ascending, nulls last: how later runs read the published table), as its ORDER BY must say: from the physical plan's ordering, or, on a
 /// distributed engine (whose plan does not report one), from the logical plan's ORDER BY.
 fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPlan) -> Result<(), TransformError> {
     let cluster = &stage.spec.cluster_by;
@@ -625,7 +625,7 @@ fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPla
     }
     let sorted: Vec<String> = column_ordering(plan)
         .into_iter()
-        .map_while(|(name, options)| (!options.descending).then_some(name))
+        .map_while(|(name, options)| (!options.descending && !options.nulls_first).then_some(name))
         .collect();
     let leads = |sorted: &[String]| sorted.len() >= cluster.len() && sorted[..cluster.len()] == cluster[..];
     if leads(&sorted) {
@@ -638,7 +638,7 @@ fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPla
         stage: stage.name.clone(),
         path: stage.path.clone(),
         message: format!(
-            "`-- @cluster_by: {}` needs the stage to end with `ORDER BY {}, ...` (ascending); its output is sorted by [{}]",
+            "`-- @cluster_by: {}` needs the stage to end with `ORDER BY {}, ...` (ascending, nulls last); its output is sorted by [{}]",
             cluster.join(", "),
             cluster.join(", "),
             sorted.join(", ")

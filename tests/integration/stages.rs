@@ -160,6 +160,19 @@ async fn run_select_rebuilds_only_the_selected_stages_and_records_a_complete_set
         "{total} vs {expected}"
     );
 
+    // A stage rebuilt alone from its inputs as published (read back sorted by customer_id,
+    // so they are merge-joined) comes out as the full run built it.
+    let scores = "SELECT * FROM customer_scores ORDER BY customer_id";
+    let full = rows(&ctx, scores).await;
+    let out = run_pipeline(dir.path(), &pipeline, &["--select", "customer_scores"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rebuilt = rows(&warehouse_session(&wh).await, scores).await;
+    assert_eq!(rebuilt.len(), 2000);
+    assert!(
+        rebuilt == full,
+        "customer_scores rebuilt alone differs from the full run's"
+    );
+
     // On a warehouse where the inputs were never published, the selection must include them.
     let fresh = dir.path().join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
