@@ -48,12 +48,12 @@ pub const SORT_CAP_SHARE: f64 = 0.25;
 
 /// Most spill files one merge pass of a sort reads at once (DataFusion's
 /// `max_spill_merge_fan_in`; more files take more passes). DataFusion 55 otherwise seats as
-/// many spill files as the pool has room for, reserving two of its largest batches per file
-/// and buffer, and holds that reservation for as long as the merge streams. At 10M sales
-/// lines under a 256 MiB limit one merge in `customer_ranks` took 161.6 MB that way, while
-/// the next sort of the same query could not get 232 KB; at 100M under 1 GiB three merges
-/// held 320 + 320 + 183 MB. Sixteen files of sorted runs per pass bound a merge to a few
-/// tens of megabytes, at the price of another pass over the data when a sort spilled more.
+/// many spill files in one merge as the pool has room for, reserving two of a file's largest
+/// batches per file and read buffer, and holds that for as long as the merge streams
+/// (`sorts/multi_level_merge.rs`), so one merge could take what the sorts after it need.
+/// Sixteen files per pass bound that to a few tens of megabytes, at the price of another
+/// pass over the data when a sort spilled more files: at 100M sales lines `stg_marketing`
+/// spilled 16.7 GB with it, against 7.6 GB without.
 pub const SPILL_MERGE_FAN_IN: usize = 16;
 
 /// Hands the memory the allocator holds free back to the operating system; called when a
