@@ -293,7 +293,7 @@ mod tests {
     /// still takes its first batch.
     #[test]
     fn sorts_merges_count_in_the_spilling_share() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000));
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_sort_cap(1000));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
@@ -321,6 +321,24 @@ mod tests {
         drop(join);
         assert_eq!(pool.reserved(), 500);
         sort.try_grow(250).unwrap();
+        assert!(sort.try_grow(1).is_err());
+    }
+
+    /// Under a small limit one sort holds at most a quarter of it; under a large one, the
+    /// fixed cap.
+    #[test]
+    fn the_sort_cap_is_a_quarter_of_a_small_limit() {
+        let small: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000));
+        let sort = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&small);
+        sort.try_grow(250).unwrap();
+        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one sort"));
+        let large: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(8 * SORT_CAP_BYTES));
+        let sort = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&large);
+        sort.try_grow(SORT_CAP_BYTES).unwrap();
         assert!(sort.try_grow(1).is_err());
     }
 
