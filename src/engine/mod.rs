@@ -235,16 +235,17 @@ pub async fn build_context(
     spill_dir: &Path,
     cluster: Option<Arc<ClusterStaging>>,
 ) -> DfResult<SessionContext> {
+    let limit_bytes = (settings.memory_limit_mb as usize) * 1024 * 1024;
     // DataFusion's usual pool (tracking the top consumers for error messages), but with
     // room kept for operators that cannot spill (see [`memory`]).
     let pool = TrackConsumersPool::new(
-        memory::HeadroomPool::new((settings.memory_limit_mb as usize) * 1024 * 1024),
+        memory::HeadroomPool::new(limit_bytes),
         NonZeroUsize::new(5).expect("5 is not zero"),
     );
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(pool))
         .with_temp_file_path(spill_dir)
-        .with_max_spill_merge_fan_in(memory::SPILL_MERGE_FAN_IN)
+        .with_max_spill_merge_fan_in(memory::spill_merge_fan_in(limit_bytes))
         .build_arc()?;
     let mut config = SessionConfig::new()
         .with_batch_size(settings.batch_size)
@@ -253,7 +254,6 @@ pub async fn build_context(
     config.options_mut().sql_parser.collect_spans = true;
     // What a sort keeps back for merging its spill files: DataFusion's 10 MiB default
     // leaves a small limit nothing to sort with, so it scales with the limit.
-    let limit_bytes = (settings.memory_limit_mb as usize) * 1024 * 1024;
     let execution = &mut config.options_mut().execution;
     execution.sort_spill_reservation_bytes = execution.sort_spill_reservation_bytes.min(limit_bytes / 16);
     // Parquet strings read as plain Utf8, not string views: a sort or aggregate accounts a
