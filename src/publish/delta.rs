@@ -493,6 +493,23 @@ pub async fn vacuum(warehouse: &Warehouse, table: &str, location: &str, keep: &[
     Ok(metrics.files_deleted.len())
 }
 
+/// The Delta table at `location` loaded at `version` (or its latest).
+async fn open_version(
+    warehouse: &Warehouse,
+    name: &str,
+    location: &str,
+    version: Option<u64>,
+) -> Result<DeltaTable, PublishError> {
+    let mut table = open(warehouse, name, location).await?;
+    if let Some(v) = version {
+        table
+            .load_version(v)
+            .await
+            .map_err(delta_err(name, warehouse.describe(location)))?;
+    }
+    Ok(table)
+}
+
 /// Registers the Delta table at `location` as `name` in `ctx`, at `version` (or the latest).
 pub async fn register(
     ctx: &SessionContext,
@@ -502,10 +519,7 @@ pub async fn register(
     version: Option<u64>,
 ) -> Result<(), PublishError> {
     let path = warehouse.describe(location);
-    let mut table = open(warehouse, name, location).await?;
-    if let Some(v) = version {
-        table.load_version(v).await.map_err(delta_err(name, path.clone()))?;
-    }
+    let table = open_version(warehouse, name, location, version).await?;
     table
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err(name, path.clone()))?;
@@ -533,12 +547,11 @@ pub async fn local_files(
     if warehouse.local_path(location).is_none() {
         return Ok(None);
     }
-    let path = warehouse.describe(location);
-    let mut table = open(warehouse, name, location).await?;
-    if let Some(v) = version {
-        table.load_version(v).await.map_err(delta_err(name, path.clone()))?;
-    }
-    let uris: Vec<String> = table.get_file_uris().map_err(delta_err(name, path))?.collect();
+    let table = open_version(warehouse, name, location, version).await?;
+    let uris: Vec<String> = table
+        .get_file_uris()
+        .map_err(delta_err(name, warehouse.describe(location)))?
+        .collect();
     Ok(uris
         .iter()
         .map(|uri| match url::Url::parse(uri) {
