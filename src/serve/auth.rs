@@ -4,8 +4,10 @@
 //!
 //! A hash is written `scram-sha-256$<iterations>:<salt>$<salted password>` (base64 salt and
 //! `Hi(password, salt, iterations)` from RFC 5802); `patron serve --hash-password` makes one.
-//! An unknown user gets a random salt and key, so the answer is the same "password
-//! authentication failed" as for a wrong password and user names cannot be probed.
+//! An unknown user gets a salt and key derived from its name and a server secret (a hash of
+//! every configured password hash), so its exchange looks like a real user's: the same
+//! salt on every attempt, and the same "password authentication failed" as for a wrong
+//! password. User names cannot be probed.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::{SCRAM_ITERATIONS, gen_salted_password};
 use datafusion_postgres::pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use datafusion_postgres::pgwire::error::PgWireResult;
+use sha2::{Digest, Sha256};
 
 /// Prefix of a patron password hash.
 pub const HASH_PREFIX: &str = "scram-sha-256$";
@@ -86,12 +89,44 @@ impl std::fmt::Display for PasswordHash {
 #[derive(Debug, Default)]
 pub struct Users {
     by_name: HashMap<String, PasswordHash>,
+    /// Secret the stand-in salt and key of unknown users are derived from.
+    secret: [u8; 32],
 }
 
 impl Users {
     /// Adds (or replaces) a user.
     pub fn insert(&mut self, name: String, hash: PasswordHash) {
         self.by_name.insert(name, hash);
+        self.secret = self.derive_secret();
+    }
+
+    /// A hash of every configured password hash: unknown to clients, the same across
+    /// restarts while the users are, so an unknown user's salt never changes either.
+    fn derive_secret(&self) -> [u8; 32] {
+        let mut names: Vec<&String> = self.by_name.keys().collect();
+        names.sort();
+        let mut hasher = Sha256::new();
+        hasher.update(b"patron serve unknown-user secret");
+        for name in names {
+            let h = &self.by_name[name];
+            hasher.update((name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update(&h.salt);
+            hasher.update(&h.salted_password);
+        }
+        hasher.finalize().into()
+    }
+
+    /// The salt and key an unknown user `name` gets: derived, never stored, never matching.
+    fn stand_in(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        let derive = |purpose: &[u8]| {
+            let mut hasher = Sha256::new();
+            hasher.update(self.secret);
+            hasher.update(purpose);
+            hasher.update(name.as_bytes());
+            hasher.finalize().to_vec()
+        };
+        (derive(b"salt")[..16].to_vec(), derive(b"key"))
     }
 
     /// True when no user is configured (no authentication).
@@ -121,9 +156,8 @@ impl AuthSource for Users {
         match login.user().and_then(|u| self.by_name.get(u)) {
             Some(h) => Ok(Password::new(Some(h.salt.clone()), h.salted_password.clone())),
             None => {
-                let salt: [u8; 16] = rand::random();
-                let key: [u8; 32] = rand::random();
-                Ok(Password::new(Some(salt.to_vec()), key.to_vec()))
+                let (salt, key) = self.stand_in(login.user().unwrap_or_default());
+                Ok(Password::new(Some(salt), key))
             }
         }
     }
@@ -160,5 +194,32 @@ mod tests {
         ] {
             assert!(PasswordHash::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_gets_a_stable_salt_like_a_known_one() {
+        let mut users = Users::default();
+        users.insert("bi".into(), PasswordHash::new("pw"));
+        async fn salt_of(users: &Users, name: &str) -> Option<Vec<u8>> {
+            let login = LoginInfo::new(Some(name), None, "127.0.0.1".into());
+            users.get_password(&login).await.unwrap().salt().map(<[u8]>::to_vec)
+        }
+        let known = salt_of(&users, "bi").await;
+        assert_eq!(known, salt_of(&users, "bi").await);
+        let ghost = salt_of(&users, "ghost").await;
+        assert_eq!(
+            ghost,
+            salt_of(&users, "ghost").await,
+            "unknown user's salt changed between attempts"
+        );
+        assert_ne!(ghost, salt_of(&users, "ghost2").await);
+        assert_eq!(ghost.as_ref().map(Vec::len), known.as_ref().map(Vec::len));
+        // The same users after a restart: the same stand-in salt.
+        let mut again = Users::default();
+        again.insert(
+            "bi".into(),
+            PasswordHash::parse(&users.by_name["bi"].to_string()).unwrap(),
+        );
+        assert_eq!(salt_of(&again, "ghost").await, ghost);
     }
 }

@@ -2,7 +2,13 @@
 //! tools (Metabase, Superset, Grafana, Tableau, Power BI) and psql, built on the
 //! `datafusion-postgres` crate, secure by default:
 //!
-//! - read-only: [`policy`] lets queries and connect-time statements through, nothing else;
+//! - read-only by construction: [`policy`] lets queries through to planning, where
+//!   DataFusion's own check refuses DDL, DML and statements; session statements (SET,
+//!   SHOW, BEGIN...) are answered from each connection's own settings ([`session`]) and never
+//!   reach the engine; anything else is refused;
+//! - no statement can crash the server: size and expression depth are bounded, and parsing,
+//!   planning and execution run on query threads with stacks sized for the bound
+//!   ([`executor`]), under the statement timeout, stopped by a cancel request;
 //! - logins checked with SCRAM-SHA-256 against salted hashes ([`auth`]); no users is only
 //!   allowed on a loopback address;
 //! - TLS from `[serve] tls_cert`/`tls_key`; a certificate that does not load stops the start
@@ -17,6 +23,7 @@ pub mod dashboards;
 pub mod executor;
 pub mod handler;
 pub mod policy;
+pub mod session;
 pub mod settings;
 pub mod snapshot;
 
@@ -156,7 +163,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let published = snapshot::Published::open(&warehouse).await?;
     let first = published.current().await;
-    let describe_parser = ExtendedQueryHandler::query_parser(first.service().as_ref() as &DfSessionService);
+    // Describes prepared statements from their stored plans; it parses nothing and has no
+    // hooks, so no statement can reach the engine through it.
+    let describer = DfSessionService::new_with_hooks(Arc::clone(first.context()), Vec::new());
+    let describe_parser = ExtendedQueryHandler::query_parser(&describer);
     let auth = if iterations.is_some() {
         "scram-sha-256"
     } else {

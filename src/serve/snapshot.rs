@@ -19,9 +19,6 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::hooks::transactions::TransactionStatementHook;
-use datafusion_postgres::{DfSessionService, QueryHook};
 use tokio::sync::Mutex;
 
 use super::ServeError;
@@ -43,13 +40,6 @@ pub struct Snapshot {
     /// Names of the tables registered (published tables and `runs`), sorted.
     pub tables: Vec<String>,
     ctx: Arc<SessionContext>,
-    service: Arc<DfSessionService>,
-}
-
-/// The protocol hooks patron keeps from `datafusion-postgres`: SET/SHOW and transaction
-/// statements, answered without touching data (no cursor hook: cursors are refused).
-pub fn session_hooks() -> Vec<Arc<dyn QueryHook>> {
-    vec![Arc::new(SetShowHook), Arc::new(TransactionStatementHook)]
 }
 
 impl Snapshot {
@@ -71,30 +61,39 @@ impl Snapshot {
         let mut state = ctx.state();
         datafusion_postgres::datafusion_pg_functions::register_all(&mut state);
         let ctx = Arc::new(SessionContext::new_with_state(state));
-        let service = Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), session_hooks()));
         Ok(Snapshot {
             run_id: record.run_id.clone(),
             tables,
             ctx,
-            service,
         })
     }
 
-    /// The protocol service over the shared session (parsing, SET/SHOW/BEGIN).
-    pub fn service(&self) -> &Arc<DfSessionService> {
-        &self.service
+    /// The snapshot's session. It is never handed to a client statement: statements run on
+    /// a [`query_context`](Self::query_context) of their own.
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.ctx
     }
 
-    /// A session for one statement: the same tables and functions, with its own memory pool
-    /// of `memory_limit_bytes` and no spilling to disk, so a query that needs more fails
-    /// alone instead of starving the others.
-    pub fn query_context(&self, memory_limit_bytes: usize) -> Result<SessionContext, DataFusionError> {
+    /// A session for one statement: the same tables and functions, planned in the
+    /// connection's `time_zone` (`None`: the server's), with its own memory pool of `memory_limit_bytes` and no
+    /// spilling to disk, so a query that needs more fails alone instead of starving the
+    /// others. Nothing a statement does to its session outlives the statement.
+    pub fn query_context(
+        &self,
+        memory_limit_bytes: usize,
+        time_zone: Option<&str>,
+    ) -> Result<SessionContext, DataFusionError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(memory_limit_bytes, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .with_object_store_registry(Arc::clone(&self.ctx.runtime_env().object_store_registry))
             .build_arc()?;
+        let mut config = self.ctx.state().config().clone();
+        if let Some(tz) = time_zone {
+            config.options_mut().execution.time_zone = Some(tz.to_string());
+        }
         let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
             .with_runtime_env(runtime)
             .build();
         Ok(SessionContext::new_with_state(state))

@@ -24,5 +24,6 @@ mod report;
 mod run_fixtures;
 mod schedule;
 mod serve;
+mod serve_attacks;
 mod stages;
 mod support;
