@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{Expr, Query, Statement, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Statement, Visit, Visitor};
 
 use super::session::{self, Command};
 
@@ -76,6 +76,7 @@ impl From<session::SessionError> for Refusal {
 /// Checks one parsed statement: its kind, then its expression depth.
 pub fn check_statement(statement: &Statement) -> Result<Allowed, Refusal> {
     let allowed = match statement {
+        Statement::Query(query) if writes(query) => return Err(Refusal::read_only(refusal(statement))),
         Statement::Query(_) | Statement::ExplainTable { .. } => Allowed::Query,
         Statement::Explain { statement: inner, .. } => match check_statement(inner)? {
             Allowed::Query => Allowed::Query,
@@ -93,6 +94,25 @@ pub fn check_statement(statement: &Statement) -> Result<Allowed, Refusal> {
     };
     check_depth(statement)?;
     Ok(allowed)
+}
+
+/// True when a query's body or one of its `WITH` parts is a data-modifying statement
+/// (`WITH x AS (...) INSERT ...`, `WITH d AS (DELETE ... RETURNING ...) SELECT ...`). The
+/// plan check would refuse them too; this names them as refused rather than unplannable.
+fn writes(query: &Query) -> bool {
+    fn body_writes(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => true,
+            SetExpr::SetOperation { left, right, .. } => body_writes(left) || body_writes(right),
+            SetExpr::Query(q) => writes(q),
+            _ => false,
+        }
+    }
+    body_writes(&query.body)
+        || query
+            .with
+            .as_ref()
+            .is_some_and(|with| with.cte_tables.iter().any(|cte| writes(&cte.query)))
 }
 
 /// Refuses SQL text longer than [`MAX_STATEMENT_BYTES`] before it is parsed.
@@ -260,6 +280,8 @@ mod tests {
             "SET \"datafusion.execution.batch_size\" = 1",
             "SET ROLE postgres",
             "EXPLAIN INSERT INTO t VALUES (1)",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
             "DECLARE c CURSOR FOR SELECT 1",
             "PREPARE p AS SELECT 1",
         ] {
