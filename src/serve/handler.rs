@@ -257,7 +257,7 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = self.parser.parse(query)?;
+        let statements = self.parser.parse(&super::compat::rewrite_sql(query))?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -371,6 +371,7 @@ impl QueryParser for CheckedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        let sql: &str = &super::compat::rewrite_sql(sql);
         let statements = self.parse(sql)?;
         let kind = match statements.as_slice() {
             [] => return Ok(None),

@@ -71,6 +71,7 @@ impl Snapshot {
         let mut state = ctx.state();
         datafusion_postgres::datafusion_pg_functions::register_all(&mut state);
         let ctx = Arc::new(SessionContext::new_with_state(state));
+        super::compat::register(&ctx, super::compat::default_setting).map_err(|e| ServeError::Engine(e.to_string()))?;
         let service = Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), session_hooks()));
         Ok(Snapshot {
             run_id: record.run_id.clone(),
