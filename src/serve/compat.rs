@@ -49,8 +49,9 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, BinaryOperator, DataType as SqlDataType, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, Query, Select, SelectItem, SetExpr,
-    Statement, TableAliasColumnDef, TableFactor, Value, VisitMut, VisitorMut, visit_expressions_mut,
+    FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, OrderBy, OrderByKind, Query, Select,
+    SelectItem, SetExpr, Statement, TableAliasColumnDef, TableFactor, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -1186,6 +1187,27 @@ impl VisitorMut for Rewriter {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        predicates_of(&mut query.body, &mut |select| {
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                    in_subqueries_to_array_has(e);
+                }
+            }
+        });
+        if let Some(OrderBy {
+            kind: OrderByKind::Expressions(items),
+            ..
+        }) = &mut query.order_by
+        {
+            for item in items {
+                in_subqueries_to_array_has(&mut item.expr);
+            }
+        }
+        sort_keys_out_of_subqueries(query);
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_table_factor(&mut self, table_factor: &mut TableFactor) -> ControlFlow<()> {
         let TableFactor::Table {
             name,
@@ -1554,6 +1576,161 @@ fn conjuncts(expr: &Expr) -> Vec<Expr> {
         }
         other => vec![other.clone()],
     }
+}
+
+/// DataFusion cannot sort by an expression with a subquery (Grafana orders tables by
+/// `CASE WHEN schema IN (SELECT ...) THEN 0 ELSE 1 END`): such a SELECT computes its sort
+/// keys as extra columns of a subquery, and an outer SELECT of the original columns sorts
+/// by them. Left alone when the select list has unnamed expressions or `*`, or DISTINCT.
+fn sort_keys_out_of_subqueries(query: &mut Query) {
+    let Some(OrderBy {
+        kind: OrderByKind::Expressions(items),
+        ..
+    }) = &mut query.order_by
+    else {
+        return;
+    };
+    if !items.iter().any(|i| contains_subquery(&i.expr)) {
+        return;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return;
+    };
+    if select.distinct.is_some() {
+        return;
+    }
+    let mut names = Vec::with_capacity(select.projection.len());
+    for item in &select.projection {
+        names.push(match item {
+            SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => i.clone(),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => match parts.last() {
+                Some(i) => i.clone(),
+                None => return,
+            },
+            _ => return,
+        });
+    }
+    let mut inner = select.as_ref().clone();
+    let mut keys = Vec::with_capacity(items.len());
+    for (k, item) in items.iter().enumerate() {
+        let named = match &item.expr {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|i| names.get(i))
+                    .cloned(),
+                _ => None,
+            },
+            Expr::Identifier(id) if names.contains(id) => Some(id.clone()),
+            _ => None,
+        };
+        keys.push(named.unwrap_or_else(|| {
+            let alias = Ident::new(format!("_patron_sort_{k}"));
+            inner.projection.push(SelectItem::ExprWithAlias {
+                expr: item.expr.clone(),
+                alias: alias.clone(),
+            });
+            alias
+        }));
+    }
+    let columns = names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let Ok(Some(Statement::Query(outer))) = Parser::parse_sql(
+        &PostgreSqlDialect {},
+        &format!("SELECT {columns} FROM ({inner}) AS _patron_sorted"),
+    )
+    .map(|mut s| s.pop()) else {
+        return;
+    };
+    for (item, key) in items.iter_mut().zip(keys) {
+        item.expr = Expr::Identifier(key);
+    }
+    query.body = outer.body;
+}
+
+/// In a select list, DataFusion runs scalar subqueries but not `x [NOT] IN (SELECT ...)`
+/// (Grafana's table list tests the schema against the search path there): an
+/// uncorrelated one becomes `[NOT] array_has(COALESCE((SELECT array_agg(...) ...),
+/// []), x)`. Nested subqueries are left to their own query's turn.
+fn in_subqueries_to_array_has(expr: &mut Expr) {
+    match expr {
+        Expr::InSubquery {
+            expr: needle,
+            subquery,
+            negated,
+        } => {
+            in_subqueries_to_array_has(needle);
+            let SetExpr::Select(select) = subquery.body.as_ref() else {
+                return;
+            };
+            let [SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }] =
+                select.projection.as_slice()
+            else {
+                return;
+            };
+            let inner = relation_names(select);
+            let whole = Expr::Subquery(subquery.clone());
+            if references_outer(&whole, &inner) || subquery.order_by.is_some() || subquery.limit_clause.is_some() {
+                return;
+            }
+            let mut listed = select.as_ref().clone();
+            listed.projection = vec![SelectItem::UnnamedExpr(function_call("array_agg", vec![value.clone()]))];
+            let not = if *negated { "NOT " } else { "" };
+            let with = subquery.with.as_ref().map(|w| format!("{w} ")).unwrap_or_default();
+            if let Some(e) = parse_expr(&format!(
+                "{not}array_has(COALESCE(({with}{listed}), make_array()), {needle})"
+            )) {
+                *expr = e;
+            }
+        }
+        Expr::Nested(e) | Expr::UnaryOp { expr: e, .. } | Expr::Cast { expr: e, .. } => in_subqueries_to_array_has(e),
+        Expr::IsNull(e) | Expr::IsNotNull(e) | Expr::IsTrue(e) | Expr::IsFalse(e) => in_subqueries_to_array_has(e),
+        Expr::BinaryOp { left, right, .. } => {
+            in_subqueries_to_array_has(left);
+            in_subqueries_to_array_has(right);
+        }
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            if let Some(o) = operand {
+                in_subqueries_to_array_has(o);
+            }
+            for when in conditions {
+                in_subqueries_to_array_has(&mut when.condition);
+                in_subqueries_to_array_has(&mut when.result);
+            }
+            if let Some(e) = else_result {
+                in_subqueries_to_array_has(e);
+            }
+        }
+        Expr::Function(f) => {
+            if let FunctionArguments::List(list) = &mut f.args {
+                for arg in &mut list.args {
+                    if let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = arg {
+                        in_subqueries_to_array_has(e);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// True when `expr` has a subquery (scalar, IN or EXISTS).
+fn contains_subquery(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
+        if matches!(e, Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }) {
+            found = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
 }
 
 /// Calls `f` on every SELECT of a query body (each side of UNION/INTERSECT/EXCEPT).
