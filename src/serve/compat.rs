@@ -136,6 +136,15 @@ pub fn register(
     ctx.register_udf(ScalarUDF::new_from_impl(LikeEscapeUdf::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ExpandArrayUdf::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObjectUdf::new()));
+    for name in [
+        "has_table_privilege",
+        "has_any_column_privilege",
+        "has_column_privilege",
+        "has_schema_privilege",
+        "has_database_privilege",
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(PrivilegeUdf::new(name)));
+    }
     ctx.register_udf(ScalarUDF::new_from_impl(ConstantUdf::new(
         "pg_get_indexdef",
         ScalarValue::Utf8(None),
@@ -1053,6 +1062,68 @@ impl ScalarUDFImpl for JsonBuildObjectUdf {
     }
 }
 
+/// Privileges a client of `patron serve` has: reading and looking up, never writing or
+/// creating (the server is read-only for everyone).
+const READ_PRIVILEGES: &[&str] = &["SELECT", "USAGE", "CONNECT"];
+
+/// True when every privilege in `list` (PostgreSQL's comma-separated form, each optionally
+/// `WITH GRANT OPTION`) is one [`READ_PRIVILEGES`] has; grant options are never held.
+pub fn has_privilege(list: &str) -> bool {
+    list.split(',').all(|p| {
+        let p = p.trim().to_ascii_uppercase();
+        !p.ends_with("WITH GRANT OPTION") && READ_PRIVILEGES.contains(&p.as_str())
+    })
+}
+
+/// `has_table_privilege([user,] object, [column,] privilege)` and its schema, database
+/// and column siblings, answered by [`has_privilege`] for every user and object
+/// (`datafusion-postgres` answers true to everything, writes included, so BI tools such
+/// as Metabase would offer editing).
+#[derive(Debug)]
+struct PrivilegeUdf {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl PrivilegeUdf {
+    fn new(name: &'static str) -> Self {
+        PrivilegeUdf {
+            name,
+            signature: Signature::variadic_any(Volatility::Stable),
+        }
+    }
+}
+udf_identity!(PrivilegeUdf);
+
+impl ScalarUDFImpl for PrivilegeUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType, DataFusionError> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(privileges) = arrays.last().filter(|_| arrays.len() >= 2) else {
+            return exec_err!("{} takes an object and a privilege", self.name);
+        };
+        let privileges = cast(privileges, &DataType::Utf8)?;
+        let privileges = privileges.as_string::<i32>();
+        let out: BooleanArray = (0..args.number_rows)
+            .map(|i| privileges.is_valid(i).then(|| has_privilege(privileges.value(i))))
+            .collect();
+        let array: ArrayRef = Arc::new(out);
+        if scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
 /// A catalog function with a fixed answer for what published tables have:
 /// `pg_get_indexdef` is NULL (they have no indexes; PostgreSQL answers NULL for an oid it
 /// does not know) and `pg_collation_is_visible` is true (every collation is in
@@ -1922,6 +1993,17 @@ mod tests {
         ] {
             assert_eq!(pg_type_names(&arrow), (sql.to_string(), udt.to_string()), "{arrow}");
         }
+    }
+
+    #[test]
+    fn privileges_are_read_only() {
+        assert!(has_privilege("SELECT"));
+        assert!(has_privilege("usage"));
+        assert!(has_privilege("SELECT, USAGE"));
+        assert!(!has_privilege("INSERT"));
+        assert!(!has_privilege("SELECT,UPDATE"));
+        assert!(!has_privilege("SELECT WITH GRANT OPTION"));
+        assert!(!has_privilege("CREATE"));
     }
 
     #[test]

@@ -24,5 +24,6 @@ mod report;
 mod run_fixtures;
 mod schedule;
 mod serve;
+mod serve_clients;
 mod stages;
 mod support;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::{self, repo, text};
 
 /// One warehouse made by `patron run` on the fixtures, shared by the read-only tests.
-fn shared_warehouse() -> &'static Path {
+pub(crate) fn shared_warehouse() -> &'static Path {
     static WAREHOUSE: OnceLock<PathBuf> = OnceLock::new();
     WAREHOUSE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
@@ -22,10 +22,10 @@ fn shared_warehouse() -> &'static Path {
 }
 
 /// A running `patron serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
-    banner: String,
+    pub(crate) port: u16,
+    pub(crate) banner: String,
 }
 
 impl Drop for Server {
@@ -36,7 +36,7 @@ impl Drop for Server {
 }
 
 /// Starts `patron serve --listen 127.0.0.1:0 <args>` in `cwd` and waits for its banner.
-fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+pub(crate) fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_patron"));
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -92,7 +92,7 @@ fn start_fails(cwd: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs one psql command (`-c sql`, unaligned, tuples only) as `user` with `password`.
-fn psql(port: u16, user: &str, password: Option<&str>, sslmode: &str, sql: &str) -> Output {
+pub(crate) fn psql(port: u16, user: &str, password: Option<&str>, sslmode: &str, sql: &str) -> Output {
     let mut cmd = Command::new("psql");
     cmd.arg(format!(
         "host=127.0.0.1 port={port} dbname=patron user={user} sslmode={sslmode} connect_timeout=10"
@@ -106,7 +106,7 @@ fn psql(port: u16, user: &str, password: Option<&str>, sslmode: &str, sql: &str)
 }
 
 /// psql output lines; panics with the output unless it succeeded.
-fn psql_rows(port: u16, sql: &str) -> Vec<String> {
+pub(crate) fn psql_rows(port: u16, sql: &str) -> Vec<String> {
     let out = psql(port, "analyst", None, "disable", sql);
     assert_eq!(out.status.code(), Some(0), "{sql}\n{}", text(&out));
     String::from_utf8(out.stdout)
@@ -131,7 +131,7 @@ fn assert_same_rows(what: &str, a: &[Vec<Result<f64, String>>], b: &[Vec<Result<
 }
 
 /// Runs a Python script using psycopg with `PORT` (and the given env) set; returns its output.
-fn python(port: u16, script: &str, env: &[(&str, &str)]) -> Output {
+pub(crate) fn python(port: u16, script: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]).env("PORT", port.to_string());
     for (k, v) in env {
