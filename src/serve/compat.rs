@@ -1341,7 +1341,10 @@ impl VisitorMut for Rewriter {
                 if matches!(**root, Expr::Nested(_) | Expr::Function(_))
                     && matches!(access_chain.first(), Some(AccessExpr::Dot(Expr::Identifier(_)))) =>
             {
-                let mut base = (**root).clone();
+                let mut base = match &**root {
+                    Expr::Nested(inner) => (**inner).clone(),
+                    other => other.clone(),
+                };
                 let mut rest = std::mem::take(access_chain).into_iter().peekable();
                 while let Some(AccessExpr::Dot(Expr::Identifier(field))) = rest.peek() {
                     let name = if field.quote_style.is_some() {
@@ -2025,6 +2028,191 @@ mod tests {
         assert!(SERVER_VERSION.starts_with(&format!("{major}.")));
     }
 
+    /// A session set up as `Snapshot::build` does, with one table `t` of Arrow types.
+    async fn session() -> SessionContext {
+        use datafusion::arrow::array::{Date32Array, Float64Array, StringViewArray};
+        use datafusion::prelude::SessionConfig;
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+        use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("patron", "public");
+        let ctx = SessionContext::new_with_config(config);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8View, true),
+            Field::new("day", DataType::Date32, false),
+            Field::new("clv", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringViewArray::from(vec!["a", "b"])),
+                Arc::new(Date32Array::from(vec![1, 2])),
+                Arc::new(Float64Array::from(vec![1.5, 20.0])),
+            ],
+        )
+        .unwrap();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()))
+            .unwrap();
+        setup_pg_catalog(&ctx, "patron", EmptyContextProvider).unwrap();
+        let mut state = ctx.state();
+        datafusion_postgres::datafusion_pg_functions::register_all(&mut state);
+        let ctx = SessionContext::new_with_state(state);
+        register(&ctx, default_setting).unwrap();
+        ctx
+    }
+
+    /// The rows of `sql` on `ctx`, rewritten and parsed as the handler does, cells joined
+    /// by `|`.
+    async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<String>, DataFusionError> {
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let statement = PostgresCompatibilityParser::new()
+            .parse(&rewrite_sql(sql))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .pop()
+            .ok_or_else(|| DataFusionError::Plan("no statement".into()))?;
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(statement)))
+            .await?;
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let mut out = Vec::new();
+        for batch in batches {
+            let options = FormatOptions::default().with_null("NULL");
+            let formatters: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                .collect::<Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                out.push(
+                    formatters
+                        .iter()
+                        .map(|f| f.value(row).to_string())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn the_session_answers_like_postgres() {
+        let ctx = session().await;
+        assert_eq!(rows(&ctx, "SELECT version()").await.unwrap(), [VERSION.clone()]);
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT current_setting('search_path'), current_setting('DATESTYLE')"
+            )
+            .await
+            .unwrap(),
+            ["\"$user\", public|ISO, YMD"]
+        );
+        let err = rows(&ctx, "SELECT current_setting('nope')").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unrecognized configuration parameter \"nope\""),
+            "{err}"
+        );
+        assert_eq!(
+            rows(&ctx, "SELECT current_setting('nope', true) IS NULL")
+                .await
+                .unwrap(),
+            ["true"]
+        );
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT column_name, data_type, udt_name, ordinal_position, is_nullable \
+                 FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position"
+            )
+            .await
+            .unwrap(),
+            [
+                "id|text|text|1|YES",
+                "day|date|date|2|NO",
+                "clv|double precision|float8|3|YES"
+            ]
+        );
+        // information_schema answers by name but is not listed among the schemas.
+        assert_eq!(
+            rows(&ctx, "SELECT nspname FROM pg_catalog.pg_namespace ORDER BY 1")
+                .await
+                .unwrap(),
+            ["pg_catalog", "public"]
+        );
+        assert!(!rows(&ctx, "SHOW TABLES").await.unwrap().is_empty());
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT id FROM t WHERE id NOT LIKE 'a/_%' ESCAPE '/' AND 'a_x' LIKE 'a/_%' ESCAPE '/'"
+            )
+            .await
+            .unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            rows(&ctx, "SELECT id FROM t WHERE 'axc' LIKE 'a/_c' ESCAPE '/'")
+                .await
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT (information_schema._pg_expandarray(ARRAY[7, 8])).x, \
+                 (information_schema._pg_expandarray(ARRAY[7, 8])).n"
+            )
+            .await
+            .unwrap(),
+            ["7|1", "8|2"]
+        );
+        assert_eq!(
+            rows(&ctx, "SELECT json_build_object('a', 1, 'b', 'x', 'c', NULL, 'd', true)")
+                .await
+                .unwrap(),
+            [r#"{"a" : 1, "b" : "x", "c" : null, "d" : true}"#]
+        );
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT has_table_privilege('t', 'SELECT'), has_table_privilege(current_user, 't', 'INSERT'), \
+                 has_schema_privilege('public', 'CREATE')"
+            )
+            .await
+            .unwrap(),
+            ["true|false|false"]
+        );
+        assert_eq!(
+            rows(&ctx, "SELECT pg_get_serial_sequence('t', 'id') IS NULL")
+                .await
+                .unwrap(),
+            ["true"]
+        );
+        // pg_index's key vectors are arrays, as unnest and generate_subscripts take them.
+        let keys = rows(
+            &ctx,
+            "SELECT unnest(indkey), generate_subscripts(indkey, 1) FROM pg_catalog.pg_index \
+             WHERE indexrelid = 2837",
+        )
+        .await
+        .unwrap();
+        assert_eq!(keys, ["1|1", "2|2"]);
+        // pg_class has the columns clients select that the crate leaves out.
+        assert_eq!(
+            rows(
+                &ctx,
+                "SELECT relname, reloptions IS NULL FROM pg_catalog.pg_class WHERE relname = 't'"
+            )
+            .await
+            .unwrap(),
+            ["t|true"]
+        );
+    }
+
     fn rewritten(sql: &str) -> String {
         rewrite_sql(sql).into_owned()
     }
@@ -2041,7 +2229,7 @@ mod tests {
         );
         assert_eq!(
             rewritten("SELECT r.a FROM t r WHERE r.b = (r.KEYS).x"),
-            "SELECT r.a FROM t r WHERE r.b = get_field((r.KEYS), 'x')"
+            "SELECT r.a FROM t r WHERE r.b = get_field(r.KEYS, 'x')"
         );
         assert_eq!(
             rewritten("SELECT generate_subscripts(indkey, 1) AS ord FROM pg_index"),
