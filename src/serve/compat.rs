@@ -1033,7 +1033,7 @@ impl ScalarUDFImpl for JsonBuildObjectUdf {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        if args.args.len() % 2 != 0 {
+        if !args.args.len().is_multiple_of(2) {
             return exec_err!("argument list must have even number of elements");
         }
         let rows = args.number_rows;
@@ -1373,7 +1373,11 @@ impl VisitorMut for Rewriter {
                     *expr = e;
                 }
             }
-            Expr::BinaryOp { left, op, right } if matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) => {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq | BinaryOperator::NotEq,
+                right,
+            } => {
                 if is_regproc_text_column(left)
                     && let Some(name) = regproc_literal(right)
                 {
@@ -1823,7 +1827,11 @@ fn predicates_of(body: &mut SetExpr, f: &mut impl FnMut(&mut Select)) {
 fn subqueries_to_exists(condition: &mut Expr) {
     match condition {
         Expr::Nested(inner) => subqueries_to_exists(inner),
-        Expr::BinaryOp { left, op, right } if matches!(op, BinaryOperator::And | BinaryOperator::Or) => {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And | BinaryOperator::Or,
+            right,
+        } => {
             subqueries_to_exists(left);
             subqueries_to_exists(right);
         }
@@ -2101,7 +2109,7 @@ mod tests {
     #[tokio::test]
     async fn the_session_answers_like_postgres() {
         let ctx = session().await;
-        assert_eq!(rows(&ctx, "SELECT version()").await.unwrap(), [VERSION.clone()]);
+        assert_eq!(rows(&ctx, "SELECT version()").await.unwrap(), [VERSION.as_str()]);
         assert_eq!(
             rows(
                 &ctx,
