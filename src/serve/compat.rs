@@ -1,22 +1,26 @@
 //! What BI tools and database drivers expect of a PostgreSQL server, beyond what
 //! `datafusion-postgres` provides: the functions their connect and metadata queries call, a
-//! PostgreSQL-style `information_schema.columns`, `pg_index` key columns as arrays, and a few
-//! SQL rewrites for PostgreSQL syntax DataFusion cannot plan.
+//! PostgreSQL-style `information_schema.columns`, `pg_index` key columns as arrays, and
+//! rewrites of PostgreSQL syntax DataFusion cannot plan.
 //!
 //! Who needs what (each checked with the real client in `tests/integration/serve_clients.rs`):
 //!
-//! - SQLAlchemy parses [`version()`](VERSION_UDF) at connect, reflects with
-//!   `NOT LIKE ... ESCAPE '/'` ([`like_escape`]), `pg_get_serial_sequence` and
-//!   `unnest`/`generate_subscripts` of `pg_index.indkey`;
-//! - pgJDBC's `getPrimaryKeys` selects `(information_schema._pg_expandarray(i.indkey)).n`
-//!   and `getTypeInfo` filters `pg_type` with a correlated boolean subquery;
-//! - Grafana reads `current_setting('search_path')` and `server_version_num` and expands
-//!   the search path with `string_to_array(...)` and `generate_series(...)` in `FROM`;
+//! - SQLAlchemy parses `version()` ([`VERSION`]) at connect, and reflects with
+//!   `NOT LIKE ... ESCAPE '/'` ([`like_escape`]), `pg_get_serial_sequence`, correlated
+//!   subqueries in its column query, and `unnest`/`generate_subscripts` of `pg_index.indkey`;
+//! - pgJDBC's `getPrimaryKeys` selects `(information_schema._pg_expandarray(i.indkey)).n`,
+//!   and `getTypeInfo` filters `pg_type` with a correlated boolean subquery and compares
+//!   `typinput` with `'array_in'::regproc`;
+//! - Grafana reads `current_setting('search_path')` and `server_version_num`, expands the
+//!   search path with `string_to_array(...)` and `generate_series(...)` in `FROM`, and sorts
+//!   its table list by an `IN (subquery)`;
 //! - Grafana and Metabase show `information_schema.columns.data_type` / `udt_name` as column
-//!   types, so they carry PostgreSQL type names ([`pg_type_names`]) instead of Arrow's.
+//!   types, so they carry PostgreSQL type names ([`pg_type_names`]) instead of Arrow's, and
+//!   Metabase asks `has_table_privilege` which tables are writable ([`has_privilege`]).
 //!
 //! [`register`] installs the functions and catalog pieces on a session; [`rewrite_sql`] is
-//! applied to each statement text before it is parsed and planned.
+//! applied to each statement text before it is parsed and planned. [`SETTINGS`] holds the
+//! defaults of the run-time settings `current_setting` reports.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -831,7 +835,8 @@ impl ScalarUDFImpl for SerialSequenceUdf {
 
 /// Converts a LIKE `pattern` written with `escape` as its escape character into the
 /// default form, where backslash escapes (PostgreSQL's `like_escape`; an empty `escape`
-/// means no escape character). `None` when the pattern ends in the escape character.
+/// means no escape character). PostgreSQL's error when the pattern ends in the escape
+/// character or `escape` is longer than one character.
 pub fn like_escape(pattern: &str, escape: &str) -> Result<String, String> {
     let mut chars = escape.chars();
     let escape = match (chars.next(), chars.next()) {
@@ -1064,7 +1069,7 @@ impl ScalarUDFImpl for JsonBuildObjectUdf {
 
 /// Privileges a client of `patron serve` has: reading and looking up, never writing or
 /// creating (the server is read-only for everyone).
-const READ_PRIVILEGES: &[&str] = &["SELECT", "USAGE", "CONNECT"];
+pub const READ_PRIVILEGES: &[&str] = &["SELECT", "USAGE", "CONNECT"];
 
 /// True when every privilege in `list` (PostgreSQL's comma-separated form, each optionally
 /// `WITH GRANT OPTION`) is one [`READ_PRIVILEGES`] has; grant options are never held.
