@@ -27,9 +27,10 @@ use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfParserStatement;
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser as SqlParser;
 use datafusion_postgres::Parser;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
-use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::ScramAuth;
@@ -59,6 +60,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::auth::Users;
+use super::compat;
 use super::executor::{Executor, StartError};
 use super::policy::{self, Allowed, Refusal};
 use super::session::{self, Command};
@@ -143,11 +145,8 @@ impl PgWireServerHandlers for Connection {
             Some((users, iterations)) => {
                 let mut scram = ScramAuth::new(Arc::clone(users) as Arc<dyn AuthSource>);
                 scram.set_iterations(*iterations);
-                let mut parameters = DefaultServerParameterProvider::default();
-                parameters.is_superuser = false;
-                parameters.default_transaction_read_only = true;
                 Login::Scram(Box::new(
-                    SASLAuthStartupHandler::new(Arc::new(parameters))
+                    SASLAuthStartupHandler::new(Arc::new(session::login_parameters()))
                         .with_scram(scram)
                         .with_connection_manager(Arc::clone(&self.shared.connections)),
                 ))
@@ -305,12 +304,29 @@ fn deadline(shared: &Shared, metadata: &HashMap<String, String>) -> Instant {
 /// Parses SQL with the PostgreSQL-compatible parser; SQL it rejects that DataFusion's parser
 /// reads as a DataFusion-only statement gets the read-only refusal instead.
 fn parse(sql: &str) -> PgWireResult<Vec<Statement>> {
-    PostgresCompatibilityParser::new()
-        .parse(sql)
-        .map_err(|e| match policy::refuse_datafusion_extension(sql) {
-            Some(refusal) => refused(refusal),
-            None => syntax_error(e),
-        })
+    // Depth first, on the plain parse: nothing walks a statement deeper than the bound.
+    let plain = SqlParser::parse_sql(&PostgreSqlDialect {}, sql);
+    if let Ok(statements) = &plain {
+        for statement in statements {
+            policy::check_depth(statement).map_err(refused)?;
+        }
+    }
+    compat::parse(sql, plain).map_err(|e| match policy::refuse_datafusion_extension(sql) {
+        Some(refusal) => refused(refusal),
+        None => syntax_error(e),
+    })
+}
+
+/// A session for one statement on the current snapshot, in the connection's time zone,
+/// `current_setting` answering with the connection's settings.
+async fn statement_context(shared: &Shared, metadata: &HashMap<String, String>) -> PgWireResult<SessionContext> {
+    let snapshot = shared.published.current().await;
+    let ctx = snapshot
+        .query_context(shared.query_memory_bytes, session::time_zone(metadata).as_deref())
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let settings = metadata.clone();
+    compat::register_current_setting(&ctx, move |name| session::lookup(&settings, name).ok());
+    Ok(ctx)
 }
 
 /// Plans a checked query on `ctx` and checks its plan (run on a query thread).
@@ -516,10 +532,7 @@ impl Queries {
                 ),
             )
         })?;
-        let snapshot = self.shared.published.current().await;
-        let ctx = snapshot
-            .query_context(self.shared.query_memory_bytes, session::time_zone(client.metadata()))
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let ctx = statement_context(&self.shared, client.metadata()).await?;
         let plan = match plan {
             Some(plan) => {
                 drop(statement);
@@ -817,10 +830,7 @@ impl QueryParser for CheckedParser {
     {
         policy::check_size(sql).map_err(refused)?;
         let deadline = deadline(&self.shared, client.metadata());
-        let snapshot = self.shared.published.current().await;
-        let ctx = snapshot
-            .query_context(self.shared.query_memory_bytes, session::time_zone(client.metadata()))
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let ctx = statement_context(&self.shared, client.metadata()).await?;
         let sql = sql.to_string();
         let job = self.shared.executor.run(deadline, move || async move {
             let mut statements = parse(&sql)?;

@@ -19,6 +19,7 @@
 //! restart; [`handler`] is the protocol side.
 
 pub mod auth;
+pub mod compat;
 pub mod dashboards;
 pub mod executor;
 pub mod handler;

@@ -19,11 +19,12 @@ use std::time::Duration;
 use datafusion::sql::sqlparser::ast::{
     Expr, Ident, ObjectName, Reset, ResetStatement, Set, Statement, Value, ValueWithSpan,
 };
+use datafusion_postgres::pgwire::api::auth::DefaultServerParameterProvider;
 
 /// The PostgreSQL version patron's endpoint speaks as (`server_version`, `version()`).
-pub const PG_VERSION: &str = "16.4";
+pub const PG_VERSION: &str = "16.6";
 /// [`PG_VERSION`] as `server_version_num`.
-pub const PG_VERSION_NUM: &str = "160004";
+pub const PG_VERSION_NUM: &str = "160006";
 
 /// Metadata key of the statement timeout a client set, in milliseconds (absent: none).
 pub const TIMEOUT_KEY: &str = "statement_timeout_ms";
@@ -109,6 +110,13 @@ pub const VARIABLES: &[Variable] = &[
         "Application name reported in logs.",
     ),
     var(
+        "block_size",
+        "8192",
+        Check::Fixed,
+        false,
+        "Size of a disk block (as PostgreSQL reports it).",
+    ),
+    var(
         "bytea_output",
         "hex",
         Check::OneOf(&["hex", "escape"]),
@@ -133,7 +141,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var(
         "DateStyle",
-        "ISO, MDY",
+        "ISO, YMD",
         Check::DateStyle,
         true,
         "Display format for dates.",
@@ -165,6 +173,13 @@ pub const VARIABLES: &[Variable] = &[
         Check::Duration,
         false,
         "Accepted; patron holds no transaction state.",
+    ),
+    var(
+        "in_hot_standby",
+        "off",
+        Check::Fixed,
+        true,
+        "Whether the server is a hot standby.",
     ),
     var(
         "integer_datetimes",
@@ -199,6 +214,13 @@ pub const VARIABLES: &[Variable] = &[
         Check::Duration,
         false,
         "Accepted; patron takes no locks.",
+    ),
+    var(
+        "max_index_keys",
+        "32",
+        Check::Fixed,
+        false,
+        "Most columns an index key holds.",
     ),
     var(
         "max_identifier_length",
@@ -245,7 +267,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var(
         "TimeZone",
-        "UTC",
+        "Etc/UTC",
         Check::TimeZone,
         true,
         "Time zone for displaying and interpreting timestamps.",
@@ -319,9 +341,25 @@ pub fn client_timeout(metadata: &HashMap<String, String>) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// The time zone a client set on its connection (`None`: the default, UTC).
-pub fn time_zone(metadata: &HashMap<String, String>) -> Option<&str> {
-    metadata.get("timezone").map(String::as_str)
+/// The time zone a client set on its connection (`None`: the default, UTC). A value that
+/// came unchecked (a login parameter) and does not parse counts as unset.
+pub fn time_zone(metadata: &HashMap<String, String>) -> Option<String> {
+    metadata.get("timezone").and_then(|tz| parse_time_zone(tz))
+}
+
+/// The parameters a client is sent at login (`ParameterStatus`), from [`VARIABLES`].
+pub fn login_parameters() -> DefaultServerParameterProvider {
+    let default = |name: &str| variable(name).map_or_else(String::new, |v| v.default.to_string());
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = default("server_version");
+    p.server_encoding = default("server_encoding");
+    p.search_path = default("search_path");
+    p.time_zone = default("TimeZone");
+    p.date_style = default("DateStyle");
+    p.interval_style = default("IntervalStyle");
+    p.is_superuser = false;
+    p.default_transaction_read_only = true;
+    p
 }
 
 /// A session statement, decided from its syntax tree.
@@ -690,7 +728,7 @@ mod tests {
             run(&mut a, "SET TIME ZONE 'europe/berlin'").unwrap(),
             vec![("TimeZone", "Europe/Berlin".to_string())]
         );
-        assert_eq!(time_zone(&a), Some("Europe/Berlin"));
+        assert_eq!(time_zone(&a).as_deref(), Some("Europe/Berlin"));
         assert_eq!(time_zone(&b), None);
         run(&mut a, "SET statement_timeout = '2s'").unwrap();
         assert_eq!(client_timeout(&a), Some(Duration::from_secs(2)));
@@ -774,6 +812,25 @@ mod tests {
             Some(Command::ResetAll("DISCARD ALL"))
         );
         assert_eq!(command(&parse("SELECT 1")).unwrap(), None);
+    }
+
+    #[test]
+    fn defaults_agree_with_what_pgwire_formats_and_announces() {
+        use datafusion_postgres::pgwire::types::format::FormatOptions;
+        let format = FormatOptions::default();
+        let empty = HashMap::new();
+        assert_eq!(lookup(&empty, "DateStyle").unwrap(), format.date_style);
+        assert_eq!(lookup(&empty, "TimeZone").unwrap(), format.time_zone);
+        assert_eq!(lookup(&empty, "IntervalStyle").unwrap(), format.interval_style);
+        assert_eq!(lookup(&empty, "bytea_output").unwrap(), format.bytea_output);
+        assert_eq!(
+            lookup(&empty, "extra_float_digits").unwrap(),
+            format.extra_float_digits.to_string()
+        );
+        assert_eq!(login_parameters().server_version, PG_VERSION);
+        // A garbage time zone from a login parameter is ignored, not planned with.
+        let bad = HashMap::from([("timezone".to_string(), "Mars/Olympus".to_string())]);
+        assert_eq!(time_zone(&bad), None);
     }
 
     #[test]

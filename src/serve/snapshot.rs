@@ -61,6 +61,7 @@ impl Snapshot {
         let mut state = ctx.state();
         datafusion_postgres::datafusion_pg_functions::register_all(&mut state);
         let ctx = Arc::new(SessionContext::new_with_state(state));
+        super::compat::register(&ctx).map_err(|e| ServeError::Engine(e.to_string()))?;
         Ok(Snapshot {
             run_id: record.run_id.clone(),
             tables,

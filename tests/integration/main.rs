@@ -25,5 +25,6 @@ mod run_fixtures;
 mod schedule;
 mod serve;
 mod serve_attacks;
+mod serve_clients;
 mod stages;
 mod support;
