@@ -36,9 +36,16 @@ const CHANNEL_BATCHES: usize = 2;
 /// address space: only the pages a statement touches are ever backed by memory.
 pub const QUERY_STACK_BYTES: usize = 256 * 1024 * 1024;
 
+/// Statements longer than this are "large": parsing one can take hundreds of MiB (a syntax
+/// tree node per token), so at most [`LARGE_STATEMENT_SLOTS`] are parsed at once.
+pub const LARGE_STATEMENT_BYTES: usize = 64 * 1024;
+/// Large statements parsed at once, server-wide.
+pub const LARGE_STATEMENT_SLOTS: usize = 2;
+
 /// Runs statement work, each piece on its own thread.
 pub struct Executor {
     slots: Arc<Semaphore>,
+    large: Arc<Semaphore>,
 }
 
 /// Why statement work did not finish.
@@ -57,6 +64,7 @@ impl Executor {
     pub fn new(max_threads: usize) -> Executor {
         Executor {
             slots: Arc::new(Semaphore::new(max_threads.max(1))),
+            large: Arc::new(Semaphore::new(LARGE_STATEMENT_SLOTS)),
         }
     }
 
@@ -69,14 +77,25 @@ impl Executor {
 
     /// Runs `job` (parsing, planning) on a query thread and waits for its result until
     /// `deadline`. Whatever the job returns or drops is dropped on that thread too, so a deep
-    /// syntax tree never unwinds on a protocol thread's small stack.
-    pub async fn run<T, F, Fut>(&self, deadline: Instant, job: F) -> Result<T, StartError>
+    /// syntax tree never unwinds on a protocol thread's small stack. `sql_bytes` is the
+    /// length of the statement text the job parses (0: none); a large one also waits for
+    /// one of the [`LARGE_STATEMENT_SLOTS`].
+    pub async fn run<T, F, Fut>(&self, deadline: Instant, sql_bytes: usize, job: F) -> Result<T, StartError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        let permit = self.slot(deadline).await?;
+        let large = if sql_bytes > LARGE_STATEMENT_BYTES {
+            let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.large).acquire_owned())
+                .await
+                .map_err(|_| StartError::Busy)?
+                .map_err(|_| StartError::Busy)?;
+            Some(permit)
+        } else {
+            None
+        };
+        let permit = (self.slot(deadline).await?, large);
         let (tx, rx) = oneshot::channel::<T>();
         spawn(move |runtime| {
             let _permit = permit;

@@ -445,7 +445,7 @@ impl Queries {
     async fn prepare(&self, sql: &str, stop: &Stop) -> PgWireResult<Vec<(Statement, Allowed)>> {
         policy::check_size(sql).map_err(refused)?;
         let sql = sql.to_string();
-        let job = self.shared.executor.run(stop.deadline, move || async move {
+        let job = self.shared.executor.run(stop.deadline, sql.len(), move || async move {
             parse(&sql)?
                 .into_iter()
                 .map(|s| policy::check_statement(&s).map(|a| (s, a)).map_err(refused))
@@ -540,10 +540,12 @@ impl Queries {
             }
             None => {
                 let ctx = ctx.clone();
-                let job = self
-                    .shared
-                    .executor
-                    .run(stop.deadline, move || async move { plan_query(&ctx, statement).await });
+                let job =
+                    self.shared.executor.run(
+                        stop.deadline,
+                        0,
+                        move || async move { plan_query(&ctx, statement).await },
+                    );
                 stop.guard(async { job.await.map_err(start_error)? }).await?
             }
         };
@@ -832,7 +834,7 @@ impl QueryParser for CheckedParser {
         let deadline = deadline(&self.shared, client.metadata());
         let ctx = statement_context(&self.shared, client.metadata()).await?;
         let sql = sql.to_string();
-        let job = self.shared.executor.run(deadline, move || async move {
+        let job = self.shared.executor.run(deadline, sql.len(), move || async move {
             let mut statements = parse(&sql)?;
             let statement = match statements.len() {
                 0 => return Ok(None),

@@ -236,6 +236,33 @@ print(f"info streamed {rows} rows of 1000 bytes (~600 MB): server peak RSS {rss_
 check(rows == 600000, f"all rows arrived: {rows}")
 check(rss_after - rss_before < 200, f"server peak grew by {rss_after - rss_before:.0f} MiB for a 600 MB result")
 
+# 5b. Statements that take long to parse and plan run on query threads: while two run, a
+#     new client logs in and is answered at once.
+heavy = "SELECT " + "+".join(["1"] * (512 * 1024 - 8))   # 1 MiB: parsed, then refused
+busy = []
+
+
+def heavy_client():
+    with connect() as c:
+        started = time.time()
+        code, _ = simple(c, heavy)
+        busy.append((code, time.time() - started))
+
+
+workers = [threading.Thread(target=heavy_client) for _ in range(2)]
+for w in workers:
+    w.start()
+time.sleep(0.5)
+started = time.time()
+with connect() as c:
+    one = c.execute("SELECT 1").fetchone()[0]
+login = time.time() - started
+for w in workers:
+    w.join()
+print(f"info login + SELECT 1 took {login:.2f} s while two 1 MiB statements were parsed ({busy})", flush=True)
+check(one == 1 and login < 2.0, f"a login is not stalled by statements being parsed: {login:.2f} s")
+check(all(code == "54001" for code, _ in busy), f"the heavy statements were refused: {busy}")
+
 # 6. The same SCRAM salt on every attempt for an unknown user (no user enumeration) is
 #    checked by serve_attacks.rs against a server with users; here: malformed protocol bytes.
 
