@@ -965,7 +965,11 @@ pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<Strin
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     // Planning only needs the functions to exist; any valid parameters do.
     let params = BgNbdParams::new(1.0, 1.0, 1.0, 1.0).map_err(|e| RunError::Engine(e.to_string()))?;
-    crate::score::udf::register(&ctx, Some(params), None, plan.scoring.time_unit_days);
+    crate::score::udf::register(
+        &ctx,
+        crate::score::udf::Models::bgnbd(params),
+        plan.scoring.time_unit_days,
+    );
     let as_of = match plan.as_of {
         AsOf::Date(d) => d,
         AsOf::Latest => Utc::now().date_naive(),

@@ -235,8 +235,9 @@ pub struct EvaluationReport {
     pub model_version: String,
     /// Fitted BG/NBD parameters of the calibration run; `None` when it was not fitted.
     pub bgnbd_params: Option<BTreeMap<String, f64>>,
-    /// Why BG/NBD was not fitted (then every prediction is 0), when it was not.
-    pub bgnbd_skipped: Option<String>,
+    /// What stood in for BG/NBD (the predictions are its), and why, when it could not be
+    /// fitted.
+    pub bgnbd_fallback: Option<String>,
     /// The evaluation table's Parquet file.
     pub table: String,
 }
@@ -509,7 +510,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         churn_comparison: churn_comparison(&totals, models.churn.as_ref().map_or("bgnbd", |c| c.model.as_str())),
         model_version: models.model_version.clone(),
         bgnbd_params: models.bgnbd.as_ref().map(|fit| fit.params.clone()),
-        bgnbd_skipped: models.bgnbd_skipped.clone(),
+        bgnbd_fallback: models.bgnbd_fallback.as_ref().map(ToString::to_string),
         table: table_path.to_string_lossy().into_owned(),
     };
     let report_path = scratch.join(EVALUATION_REPORT);

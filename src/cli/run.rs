@@ -131,6 +131,19 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                     t.version.unwrap_or_default()
                 );
             }
+            if let Some(models) = &m.models {
+                let fallbacks: Vec<String> = [&models.bgnbd_fallback, &models.gamma_gamma_fallback]
+                    .into_iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect();
+                if !fallbacks.is_empty() {
+                    println!(
+                        "warning: scored with model fallbacks: {} (`[scoring] require_models = true` makes this fail the run)",
+                        fallbacks.join("; ")
+                    );
+                }
+            }
             if let Some(old) = &m.lock_taken_over {
                 println!("took over a stale warehouse lock: {old}");
             }

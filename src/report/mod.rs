@@ -196,8 +196,13 @@ fn model_panel(m: &Value) -> String {
         let fit = &m[key];
         let _ = writeln!(html, "<h3>{name}</h3>");
         if !fit.is_object() {
-            let why = m[format!("{key}_skipped")].as_str().unwrap_or("not fitted");
-            let _ = writeln!(html, "<p>not fitted: {}</p>", esc(why));
+            let fallback = &m[format!("{key}_fallback")];
+            let why = format!(
+                "not fitted, fell back to {}: {}",
+                fallback["method"].as_str().unwrap_or("?"),
+                fallback["reason"].as_str().unwrap_or("no reason recorded")
+            );
+            let _ = writeln!(html, "<p class=\"warning\">{}</p>", esc(&why));
             continue;
         }
         let mut rows: Vec<(String, Vec<String>)> = fit["params"]

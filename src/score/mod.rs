@@ -7,6 +7,7 @@ pub mod bgnbd;
 pub mod churn;
 pub mod distinct;
 pub mod error;
+pub mod fallback;
 pub mod gamma_gamma;
 pub mod optimize;
 pub mod special;
@@ -98,6 +99,9 @@ pub struct ScoringSettings {
     /// Churn model: at most this many buyers per cut-off to learn from (a fixed pick by
     /// hashed customer id, see [`churn::features::sample`]); every buyer is scored.
     pub churn_training_customers: usize,
+    /// Fail the run (exit 1) when BG/NBD or Gamma-Gamma cannot be fitted, instead of
+    /// scoring with their documented fallbacks ([`fallback`]).
+    pub require_models: bool,
 }
 
 impl Default for ScoringSettings {
@@ -126,6 +130,7 @@ impl Default for ScoringSettings {
             spend_falling_ratio: 0.75,
             churn_holdout_days: 90,
             churn_training_customers: CHURN_TRAINING_CUSTOMERS,
+            require_models: false,
         }
     }
 }

@@ -17,8 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::bgnbd::{self, BgNbdFit, RfSummary};
-use super::error::ModelError;
+use super::fallback::{self, Fallback, NbdParams};
 use super::gamma_gamma::{self, GammaGammaFit, SpendSummary};
+use super::udf::Models;
 use super::{ScoringSettings, udf};
 
 /// The stage whose result feeds the model fit: one row per buyer with `x`, `t_x`, `t_cal`
@@ -52,19 +53,12 @@ pub enum ScoreError {
         /// What went wrong.
         message: String,
     },
-    /// A model could not be fitted.
-    #[error("{model} fit on `{table}` failed: {source}")]
-    Fit {
-        /// `BG/NBD` or `Gamma-Gamma`.
-        model: &'static str,
-        /// The input table.
-        table: String,
-        /// Why.
-        source: ModelError,
-    },
     /// The churn model step failed.
     #[error(transparent)]
     Churn(#[from] super::churn::ChurnError),
+    /// `[scoring] require_models` is set and a model fell back.
+    #[error("{0}; `[scoring] require_models = true` makes this fail the run")]
+    ModelsRequired(Fallback),
 }
 
 /// One fitted model, as reported in the manifest and `model_params`.
@@ -102,15 +96,16 @@ pub struct ModelMetrics {
     pub model_version: String,
     /// Time unit of x, t_x and T, in days.
     pub time_unit_days: f64,
-    /// BG/NBD fit; `None` when the data cannot identify it (see `bgnbd_skipped`).
+    /// BG/NBD fit; `None` when the data cannot identify it (see `bgnbd_fallback`).
     pub bgnbd: Option<ModelReport>,
-    /// Why BG/NBD was not fitted, when it was not: then every buyer has x = 0, p_alive is 1
-    /// and expected purchases are 0, the limit the likelihood tends to.
-    pub bgnbd_skipped: Option<String>,
-    /// Gamma-Gamma fit; `None` when there are no repeat buyers with spend.
+    /// What stands in for BG/NBD, and why, when it could not be fitted.
+    pub bgnbd_fallback: Option<Fallback>,
+    /// The NBD parameters standing in for BG/NBD (fitted, or pooled), when it fell back.
+    pub nbd: Option<ModelReport>,
+    /// Gamma-Gamma fit; `None` when it could not be fitted (see `gamma_gamma_fallback`).
     pub gamma_gamma: Option<ModelReport>,
-    /// Why Gamma-Gamma was not fitted, when it was not.
-    pub gamma_gamma_skipped: Option<String>,
+    /// What stands in for Gamma-Gamma, and why, when it could not be fitted.
+    pub gamma_gamma_fallback: Option<Fallback>,
     /// Weighted Pearson correlation of frequency and mean repeat spend among repeat
     /// buyers; Gamma-Gamma assumes they are independent, so far from 0 is a warning.
     pub frequency_spend_correlation: Option<f64>,
@@ -273,16 +268,9 @@ fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64, distinct: u6
 pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) -> Result<ModelMetrics, ScoreError> {
     let table = MODEL_INPUT_STAGE;
     let (triples, spend, customers) = read_inputs(ctx, table).await?;
-    let fit_err = |model: &'static str| {
-        move |source| ScoreError::Fit {
-            model,
-            table: table.to_string(),
-            source,
-        }
-    };
-
     let started = Instant::now();
-    let (bgnbd_params, bgnbd_report, bgnbd_skipped) = match bgnbd::fit_bgnbd(&triples) {
+    let fitted = bgnbd::fit_bgnbd(&triples).and_then(fallback::reject_nbd_limit);
+    let (bgnbd_params, bgnbd_report, nbd, nbd_report, bgnbd_fallback) = match fitted {
         Ok(fit) => {
             let report = bgnbd_report(
                 &fit,
@@ -290,58 +278,94 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
                 customers,
                 triples.len() as u64,
             );
-            (Some(fit.params), Some(report), None)
+            (
+                Some(fit.params),
+                Some(report),
+                NbdParams { r: 0.0, alpha: 1.0 },
+                None,
+                None,
+            )
         }
-        Err(e @ (ModelError::Degenerate { .. } | ModelError::EmptyData { .. })) => {
-            let why = e.to_string();
-            let repeat_buyers = triples.iter().any(|t| t.x > 0.0);
-            let consequence = if repeat_buyers {
-                "p_alive is unknown (NULL) for repeat buyers, 1 for one-time buyers; expected purchases are 0"
-            } else {
-                "p_alive = 1 and expected purchases = 0 for everyone"
+        Err(e) => {
+            let reason = e.to_string();
+            let started = Instant::now();
+            let (params, method, reason, fit) = match fallback::fit_nbd(&triples) {
+                Ok(fit) => (fit.params, "nbd", reason, Some(fit)),
+                Err(nbd_error) => (
+                    fallback::pooled(&triples),
+                    "pooled_rate",
+                    format!("{reason}; NBD: {nbd_error}"),
+                    None,
+                ),
             };
-            tracing::warn!(table, "BG/NBD not fitted: {why}; {consequence}");
-            (None, None, Some(why))
+            let report = ModelReport {
+                model: "nbd".into(),
+                params: BTreeMap::from([("r".into(), params.r), ("alpha".into(), params.alpha)]),
+                log_likelihood: fit.as_ref().map_or(0.0, |f| f.log_likelihood),
+                iterations: fit.as_ref().map_or(0, |f| f.iterations as u64),
+                converged: fit.as_ref().is_some_and(|f| f.converged),
+                fit_ms: started.elapsed().as_millis() as u64,
+                customers,
+                distinct_inputs: triples.len() as u64,
+            };
+            let fallback = Fallback {
+                model: "BG/NBD",
+                method,
+                reason,
+            };
+            tracing::warn!(table, "{fallback}");
+            (None, None, params, Some(report), Some(fallback))
         }
-        Err(e) => return Err(fit_err("BG/NBD")(e)),
     };
     let spend_customers = spend.iter().map(|s| s.weight).sum::<f64>() as u64;
-    let (gg, gg_report, gg_skipped, correlation) = if spend_customers < 3 {
-        let why = format!("{spend_customers} repeat buyers with spend; at least 3 are needed");
-        tracing::warn!(
-            table,
-            "{why}: Gamma-Gamma not fitted, expected order value falls back to the customer's average order value"
-        );
-        (None, None, Some(why), None)
+    let gg_fit = if spend_customers < 3 {
+        Err(format!(
+            "{spend_customers} repeat buyers with spend; at least 3 are needed"
+        ))
     } else {
         let started = Instant::now();
-        let fit = gamma_gamma::fit_gamma_gamma(&spend).map_err(fit_err("Gamma-Gamma"))?;
-        let report = gamma_gamma_report(
-            &fit,
-            started.elapsed().as_millis() as u64,
-            spend_customers,
-            spend.len() as u64,
-        );
-        let xs: Vec<f64> = spend.iter().map(|s| s.x).collect();
-        let ms: Vec<f64> = spend.iter().map(|s| s.mean_spend).collect();
-        let ws: Vec<f64> = spend.iter().map(|s| s.weight).collect();
-        let corr = gamma_gamma::pearson_correlation(&xs, &ms, &ws)
-            .ok()
-            .filter(|c| c.is_finite());
-        if let Some(c) = corr
-            && c.abs() > 0.3
-        {
-            tracing::warn!(
-                correlation = c,
-                "frequency and spend are correlated; Gamma-Gamma assumes independence"
-            );
-        }
-        (Some(fit.params), Some(report), None, corr)
+        gamma_gamma::fit_gamma_gamma(&spend)
+            .map(|fit| (started.elapsed().as_millis() as u64, fit))
+            .map_err(|e| e.to_string())
     };
+    let (gg, gg_report, gg_fallback, correlation) = match gg_fit {
+        Err(reason) => {
+            let fallback = Fallback {
+                model: "Gamma-Gamma",
+                method: "own_mean_spend",
+                reason,
+            };
+            tracing::warn!(table, "{fallback}");
+            (None, None, Some(fallback), None)
+        }
+        Ok((ms, fit)) => {
+            let report = gamma_gamma_report(&fit, ms, spend_customers, spend.len() as u64);
+            let xs: Vec<f64> = spend.iter().map(|s| s.x).collect();
+            let ms: Vec<f64> = spend.iter().map(|s| s.mean_spend).collect();
+            let ws: Vec<f64> = spend.iter().map(|s| s.weight).collect();
+            let corr = gamma_gamma::pearson_correlation(&xs, &ms, &ws)
+                .ok()
+                .filter(|c| c.is_finite());
+            if let Some(c) = corr
+                && c.abs() > 0.3
+            {
+                tracing::warn!(
+                    correlation = c,
+                    "frequency and spend are correlated; Gamma-Gamma assumes independence"
+                );
+            }
+            (Some(fit.params), Some(report), None, corr)
+        }
+    };
+    if settings.require_models
+        && let Some(f) = bgnbd_fallback.as_ref().or(gg_fallback.as_ref())
+    {
+        return Err(ScoreError::ModelsRequired(f.clone()));
+    }
 
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    for report in bgnbd_report.iter().chain(gg_report.as_ref()) {
+    for report in bgnbd_report.iter().chain(nbd_report.as_ref()).chain(gg_report.as_ref()) {
         for (k, v) in &report.params {
             hasher.update(k.as_bytes());
             hasher.update(v.to_bits().to_le_bytes());
@@ -349,14 +373,20 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     }
     let model_version = hex::encode(&hasher.finalize()[..6]);
 
-    udf::register(ctx, bgnbd_params, gg, settings.time_unit_days);
+    let models = Models {
+        bgnbd: bgnbd_params,
+        nbd,
+        gamma_gamma: gg,
+    };
+    udf::register(ctx, models, settings.time_unit_days);
     let metrics = ModelMetrics {
         model_version,
         time_unit_days: settings.time_unit_days,
         bgnbd: bgnbd_report,
-        bgnbd_skipped,
+        bgnbd_fallback,
+        nbd: nbd_report,
         gamma_gamma: gg_report,
-        gamma_gamma_skipped: gg_skipped,
+        gamma_gamma_fallback: gg_fallback,
         frequency_spend_correlation: correlation,
         churn: None,
     };
@@ -386,8 +416,10 @@ pub fn model_params_schema() -> Arc<Schema> {
 }
 
 /// Registers (or replaces) `model_params` on `ctx` from the metrics: one row per
-/// parameter of BG/NBD, Gamma-Gamma and the churn model; a churn fallback is one row
-/// `churn_bgnbd` / `fallback` with the reason in `note`.
+/// parameter of BG/NBD, Gamma-Gamma and the churn model. A BG/NBD fallback is the rows of
+/// the `nbd` parameters standing in, a Gamma-Gamma fallback one row `gamma_gamma` /
+/// `fallback`, a churn fallback one row `churn_bgnbd` / `fallback`, each with what fell
+/// back and why in `note`.
 pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
     let schema = model_params_schema();
     let churn_fallback = m.churn.as_ref().and_then(|c| c.fallback_reason.as_ref()).map(|reason| {
@@ -404,11 +436,30 @@ pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusi
         .with_note(reason)
     });
     let churn_fit = m.churn.as_ref().and_then(|c| c.fit.clone()).map(|r| (r, None));
+    let nbd = m
+        .nbd
+        .clone()
+        .map(|r| (r, m.bgnbd_fallback.as_ref().map(ToString::to_string)));
+    let spend_fallback = m.gamma_gamma_fallback.as_ref().map(|f| {
+        ModelReport {
+            model: "gamma_gamma".into(),
+            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
+            log_likelihood: 0.0,
+            iterations: 0,
+            converged: false,
+            fit_ms: 0,
+            customers: 0,
+            distinct_inputs: 0,
+        }
+        .with_note(&f.to_string())
+    });
     let reports: Vec<(ModelReport, Option<String>)> = m
         .bgnbd
         .iter()
         .chain(m.gamma_gamma.as_ref())
         .map(|r| (r.clone(), None))
+        .chain(nbd)
+        .chain(spend_fallback)
         .chain(churn_fit)
         .chain(churn_fallback)
         .collect();

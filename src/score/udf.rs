@@ -11,6 +11,11 @@
 //! Time is in the model's unit (`scoring.time_unit_days`, weeks by default). Arguments are
 //! cast to double; a NULL argument, or inputs that are not a valid history (t_x > t_cal,
 //! negative values), give NULL, never NaN.
+//!
+//! When a model fell back ([`super::fallback`]), the same functions compute with its
+//! stand-in: without BG/NBD, `bgnbd_p_alive` is 1 and expected purchases come from the NBD
+//! parameters; without Gamma-Gamma, `gg_expected_order_value` is the customer's own mean
+//! repeat spend (NULL without one: the SQL stage then takes their average order value).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -23,7 +28,30 @@ use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, Sca
 use datafusion::prelude::SessionContext;
 
 use super::bgnbd::{self, BgNbdParams};
+use super::fallback::NbdParams;
 use super::gamma_gamma::{self, GammaGammaParams};
+
+/// The models the SQL functions compute with: the fits, or their stand-ins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Models {
+    /// BG/NBD; `None` when it fell back to `nbd`.
+    pub bgnbd: Option<BgNbdParams>,
+    /// The NBD stand-in for BG/NBD (used when `bgnbd` is `None`).
+    pub nbd: NbdParams,
+    /// Gamma-Gamma; `None` when it fell back to own mean spend.
+    pub gamma_gamma: Option<GammaGammaParams>,
+}
+
+impl Models {
+    /// BG/NBD alone (no spend model): the churn model's snapshots.
+    pub fn bgnbd(params: BgNbdParams) -> Models {
+        Models {
+            bgnbd: Some(params),
+            nbd: NbdParams { r: 0.0, alpha: 1.0 },
+            gamma_gamma: None,
+        }
+    }
+}
 
 /// Names of the model functions, for dependency discovery in stages.
 pub const MODEL_FUNCTIONS: [&str; 4] = [
@@ -55,52 +83,70 @@ enum Kind {
 struct ModelFunction {
     name: &'static str,
     kind: Kind,
-    bgnbd: Option<BgNbdParams>,
-    gamma_gamma: Option<GammaGammaParams>,
+    models: Models,
     month_in_units: f64,
     signature: Signature,
 }
 
 impl ModelFunction {
+    /// Every number the function computes with, in a fixed order (equality, hashing and
+    /// the wire format).
+    fn floats(&self) -> Vec<f64> {
+        let m = &self.models;
+        let mut floats = vec![self.month_in_units];
+        match &m.bgnbd {
+            Some(p) => floats.extend([p.r, p.alpha, p.a, p.b]),
+            None => floats.extend([m.nbd.r, m.nbd.alpha]),
+        }
+        if let Some(g) = &m.gamma_gamma {
+            floats.extend([g.p, g.q, g.gamma]);
+        }
+        floats
+    }
+
     fn params_bits(&self) -> Vec<u64> {
-        let mut bits = vec![self.month_in_units];
-        if let Some(p) = &self.bgnbd {
-            bits.extend([p.r, p.alpha, p.a, p.b]);
-        }
-        if let Some(g) = &self.gamma_gamma {
-            bits.extend([g.p, g.q, g.gamma]);
-        }
-        bits.into_iter().map(f64::to_bits).collect()
+        self.floats().into_iter().map(f64::to_bits).collect()
     }
 
     /// The function of one row; `None` where the result is undefined.
     fn eval(&self, v: &[f64]) -> Option<f64> {
-        let Some(p) = &self.bgnbd else {
-            // No BG/NBD fit: the data do not identify it (typically nobody made a repeat
-            // purchase; then x = 0 for everyone, alive by definition, and the likelihood's
-            // limit is a zero purchase rate). p_alive of a repeat buyer stays unknown.
-            return match self.kind {
-                Kind::PAlive => (v[0] == 0.0).then_some(1.0),
-                Kind::ExpectedPurchases | Kind::DiscountedPurchases => Some(0.0),
-                Kind::ExpectedOrderValue => self.gamma_gamma.as_ref().and_then(|g| g.population_mean().ok()),
-            };
-        };
-        let out = match self.kind {
-            Kind::PAlive if is_new(v[0], v[1], v[2]) => Some(1.0),
-            Kind::PAlive => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
-            Kind::ExpectedPurchases => expected(p, v[0], v[1], v[2], v[3]),
-            Kind::DiscountedPurchases => discounted_purchases(p, v[0], v[1], v[2], v[3], v[4], self.month_in_units),
-            Kind::ExpectedOrderValue => {
-                let g = self.gamma_gamma.as_ref()?;
-                if v[0] > 0.0 && v[1].is_finite() && v[1] > 0.0 {
-                    gamma_gamma::expected_order_value(g, v[0], v[1]).ok()
-                } else {
-                    g.population_mean().ok()
+        let m = &self.models;
+        let out = match (self.kind, &m.bgnbd) {
+            (Kind::PAlive, _) if is_new(v[0], v[1], v[2]) => Some(1.0),
+            (Kind::PAlive, Some(p)) => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
+            // NBD: nobody drops out.
+            (Kind::PAlive, None) => valid_history(v[0], v[1], v[2]).then_some(1.0),
+            (Kind::ExpectedPurchases, Some(p)) => expected(p, v[0], v[1], v[2], v[3]),
+            (Kind::ExpectedPurchases, None) => {
+                (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0).then(|| m.nbd.expected_purchases(v[0], v[1], v[3]))
+            }
+            (Kind::DiscountedPurchases, Some(p)) => {
+                discounted(|t| expected(p, t, v[0], v[1], v[2]), v[3], v[4], self.month_in_units)
+            }
+            (Kind::DiscountedPurchases, None) => discounted(
+                |t| valid_history(v[0], v[1], v[2]).then(|| m.nbd.expected_purchases(t, v[0], v[2])),
+                v[3],
+                v[4],
+                self.month_in_units,
+            ),
+            (Kind::ExpectedOrderValue, _) => {
+                let own = v[0] > 0.0 && v[1].is_finite() && v[1] > 0.0;
+                match &m.gamma_gamma {
+                    Some(g) if own => gamma_gamma::expected_order_value(g, v[0], v[1]).ok(),
+                    Some(g) => g.population_mean().ok(),
+                    // Own mean spend; without repeat spend, NULL: the SQL stage uses the
+                    // customer's own average order value.
+                    None => own.then_some(v[1]),
                 }
             }
         };
         out.filter(|x| x.is_finite())
     }
+}
+
+/// A purchase history the models accept: `0 <= t_x <= t_cal`, `x >= 0`.
+fn valid_history(x: f64, t_x: f64, t_cal: f64) -> bool {
+    x >= 0.0 && t_x >= 0.0 && t_x <= t_cal
 }
 
 /// A customer whose first purchase is on the as-of day: nothing observed yet (T = 0).
@@ -124,15 +170,31 @@ pub fn discounted_purchases(
     monthly_discount: f64,
     month_in_units: f64,
 ) -> Option<f64> {
+    discounted(
+        |t| expected(params, t, x, t_x, t_cal),
+        horizon_months,
+        monthly_discount,
+        month_in_units,
+    )
+}
+
+/// Sum over months k of the horizon of (E[X(k)] - E[X(k-1)]) / (1 + d)^k, where
+/// `cumulative(t)` is E[X(t)].
+fn discounted(
+    cumulative: impl Fn(f64) -> Option<f64>,
+    horizon_months: f64,
+    monthly_discount: f64,
+    month_in_units: f64,
+) -> Option<f64> {
     if !((0.0..=1200.0).contains(&horizon_months) && monthly_discount > -1.0) {
         return None;
     }
     let mut total = 0.0;
     let mut previous = 0.0;
     for k in 1..=(horizon_months as u32) {
-        let cumulative = expected(params, f64::from(k) * month_in_units, x, t_x, t_cal)?;
-        total += (cumulative - previous) / (1.0 + monthly_discount).powi(k as i32);
-        previous = cumulative;
+        let now = cumulative(f64::from(k) * month_in_units)?;
+        total += (now - previous) / (1.0 + monthly_discount).powi(k as i32);
+        previous = now;
     }
     Some(total)
 }
@@ -193,24 +255,18 @@ impl ScalarUDFImpl for ModelFunction {
     }
 }
 
-/// Registers the model functions with the fitted parameters on `ctx`; `bgnbd` is `None`
-/// when the data had no repeat purchase to fit it on.
+/// Registers the model functions computing with `models` on `ctx`.
 ///
 /// `time_unit_days` is the model's time unit (7 = weeks); it sets how many units a month is.
-pub fn register(
-    ctx: &SessionContext,
-    bgnbd: Option<BgNbdParams>,
-    gamma_gamma: Option<GammaGammaParams>,
-    time_unit_days: f64,
-) {
+pub fn register(ctx: &SessionContext, models: Models, time_unit_days: f64) {
     let month_in_units = 365.25 / 12.0 / time_unit_days;
     for (name, kind, arity) in FUNCTIONS {
-        ctx.register_udf(model_function(name, kind, arity, bgnbd, gamma_gamma, month_in_units));
+        ctx.register_udf(model_function(name, kind, arity, models, month_in_units));
     }
 }
 
 /// Format version of [`encode_model_function`]'s bytes.
-const WIRE_VERSION: u8 = 1;
+const WIRE_VERSION: u8 = 2;
 
 /// The fitted parameters of a model function as bytes, so a distributed engine can ship
 /// the function inside a query plan to processes that never ran the fit; `None` for any
@@ -220,17 +276,10 @@ pub fn encode_model_function(udf: &ScalarUDF) -> Option<Vec<u8>> {
     let mut out = vec![
         WIRE_VERSION,
         f.kind as u8,
-        u8::from(f.bgnbd.is_some()),
-        u8::from(f.gamma_gamma.is_some()),
+        u8::from(f.models.bgnbd.is_some()),
+        u8::from(f.models.gamma_gamma.is_some()),
     ];
-    let mut floats = vec![f.month_in_units];
-    if let Some(p) = &f.bgnbd {
-        floats.extend([p.r, p.alpha, p.a, p.b]);
-    }
-    if let Some(g) = &f.gamma_gamma {
-        floats.extend([g.p, g.q, g.gamma]);
-    }
-    for v in floats {
+    for v in f.floats() {
         out.extend(v.to_le_bytes());
     }
     Some(out)
@@ -255,7 +304,7 @@ pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUD
             )));
         }
         let (has_bgnbd, has_gg) = (head[2] == 1, head[3] == 1);
-        let expected = 1 + if has_bgnbd { 4 } else { 0 } + if has_gg { 3 } else { 0 };
+        let expected = 1 + if has_bgnbd { 4 } else { 2 } + if has_gg { 3 } else { 0 };
         if rest.len() != expected * 8 || head[1] != kind as u8 {
             return Err(bad("unexpected length or kind"));
         }
@@ -264,33 +313,32 @@ pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUD
             .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
         let mut next = || floats.next().ok_or_else(|| bad("truncated parameters"));
         let month_in_units = next()?;
-        let bgnbd = if has_bgnbd {
-            Some(BgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
-        } else {
-            None
+        let mut models = Models {
+            bgnbd: None,
+            nbd: NbdParams { r: 0.0, alpha: 1.0 },
+            gamma_gamma: None,
         };
-        let gamma_gamma = if has_gg {
-            Some(GammaGammaParams::new(next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
+        if has_bgnbd {
+            models.bgnbd = Some(BgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?);
         } else {
-            None
-        };
-        Ok(model_function(fn_name, kind, arity, bgnbd, gamma_gamma, month_in_units))
+            models.nbd = NbdParams {
+                r: next()?,
+                alpha: next()?,
+            };
+        }
+        if has_gg {
+            models.gamma_gamma =
+                Some(GammaGammaParams::new(next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?);
+        }
+        Ok(model_function(fn_name, kind, arity, models, month_in_units))
     })())
 }
 
-fn model_function(
-    name: &'static str,
-    kind: Kind,
-    arity: usize,
-    bgnbd: Option<BgNbdParams>,
-    gamma_gamma: Option<GammaGammaParams>,
-    month_in_units: f64,
-) -> ScalarUDF {
+fn model_function(name: &'static str, kind: Kind, arity: usize, models: Models, month_in_units: f64) -> ScalarUDF {
     ScalarUDF::new_from_impl(ModelFunction {
         name,
         kind,
-        bgnbd,
-        gamma_gamma,
+        models,
         month_in_units,
         signature: Signature::uniform(arity, vec![DataType::Float64], Volatility::Immutable),
     })
@@ -309,7 +357,14 @@ mod tests {
     async fn sql_functions_match_the_model_code() {
         let ctx = SessionContext::new();
         let gg = GammaGammaParams::new(6.25, 3.74, 15.44).unwrap();
-        register(&ctx, Some(cdnow()), Some(gg), 7.0);
+        register(
+            &ctx,
+            Models {
+                gamma_gamma: Some(gg),
+                ..Models::bgnbd(cdnow())
+            },
+            7.0,
+        );
         let df = ctx
             .sql(
                 "SELECT bgnbd_expected_purchases(39, 2, 30.43, 38.86) AS e, bgnbd_p_alive(0, 0, 10) AS p0, \
@@ -337,34 +392,52 @@ mod tests {
     #[tokio::test]
     async fn shipped_model_functions_compute_what_the_fitted_ones_do() {
         let gg = GammaGammaParams::new(6.25, 3.74, 15.44).unwrap();
-        let here = SessionContext::new();
-        register(&here, Some(cdnow()), Some(gg), 7.0);
-        let there = SessionContext::new();
-        for name in MODEL_FUNCTIONS {
-            let udf = datafusion::execution::FunctionRegistry::udf(&here, name).unwrap();
-            let bytes = encode_model_function(&udf).expect("a model function encodes");
-            there.register_udf(decode_model_function(name, &bytes).unwrap().unwrap());
-            assert!(
-                decode_model_function(name, &bytes[..bytes.len() - 1]).unwrap().is_err(),
-                "truncated"
-            );
-        }
-        assert!(
-            decode_model_function("bgnbd_p_alive", &[]).is_none(),
-            "empty: the registry's"
-        );
-        assert!(decode_model_function("abs", &[1]).is_none(), "not a model function");
-        let sql = "SELECT bgnbd_p_alive(2, 30.43, 38.86), bgnbd_expected_purchases(39, 2, 30.43, 38.86), \
-                   bgnbd_discounted_purchases(2, 30.43, 38.86, 12, 0.01), gg_expected_order_value(2, 30.0)";
-        let row = |ctx: SessionContext| async move {
-            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap().remove(0);
-            (0..4)
-                .map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().unwrap().value(0))
-                .collect::<Vec<_>>()
+        let fitted = Models {
+            gamma_gamma: Some(gg),
+            ..Models::bgnbd(cdnow())
         };
-        let (a, b) = (row(here).await, row(there).await);
-        assert_eq!(a, b);
-        assert!(a.iter().all(|v| v.is_finite() && *v > 0.0), "{a:?}");
+        let fallen_back = Models {
+            bgnbd: None,
+            nbd: NbdParams { r: 0.5, alpha: 8.0 },
+            gamma_gamma: None,
+        };
+        for models in [fitted, fallen_back] {
+            let here = SessionContext::new();
+            register(&here, models, 7.0);
+            let there = SessionContext::new();
+            for name in MODEL_FUNCTIONS {
+                let udf = datafusion::execution::FunctionRegistry::udf(&here, name).unwrap();
+                let bytes = encode_model_function(&udf).expect("a model function encodes");
+                there.register_udf(decode_model_function(name, &bytes).unwrap().unwrap());
+                assert!(
+                    decode_model_function(name, &bytes[..bytes.len() - 1]).unwrap().is_err(),
+                    "truncated"
+                );
+            }
+            assert!(
+                decode_model_function("bgnbd_p_alive", &[]).is_none(),
+                "empty: the registry's"
+            );
+            assert!(decode_model_function("abs", &[1]).is_none(), "not a model function");
+            let sql = "SELECT bgnbd_p_alive(2, 30.43, 38.86), bgnbd_expected_purchases(39, 2, 30.43, 38.86), \
+                       bgnbd_discounted_purchases(2, 30.43, 38.86, 12, 0.01), gg_expected_order_value(2, 30.0), \
+                       gg_expected_order_value(0, 0)";
+            let row = |ctx: SessionContext| async move {
+                let b = ctx.sql(sql).await.unwrap().collect().await.unwrap().remove(0);
+                (0..5)
+                    .map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().unwrap().value(0))
+                    .collect::<Vec<_>>()
+            };
+            let (a, b) = (row(here).await, row(there).await);
+            assert_eq!(a, b);
+            if models.bgnbd.is_none() {
+                // NBD: alive; (r + x) / (alpha + T) * t; own mean spend, else NULL (read as 0).
+                assert_eq!(a[0], 1.0);
+                assert!((a[1] - (0.5 + 2.0) / (8.0 + 38.86) * 39.0).abs() < 1e-12, "{a:?}");
+                assert_eq!((a[3], a[4]), (30.0, 0.0));
+            }
+            assert!(a[..4].iter().all(|v| v.is_finite() && *v > 0.0), "{a:?}");
+        }
     }
 
     #[test]
