@@ -210,8 +210,8 @@ mod tests {
         let mut data = Vec::new();
         for (i, rate) in [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0].iter().enumerate() {
             let t_cal = 20.0 + i as f64;
-            data.push(rf((rate * t_cal as f64).round(), t_cal, 10.0));
-            data.push(rf((rate * t_cal as f64 * 0.5).round(), t_cal, 5.0));
+            data.push(rf((rate * t_cal).round(), t_cal, 10.0));
+            data.push(rf((rate * t_cal * 0.5).round(), t_cal, 5.0));
         }
         let fit = fit_nbd(&data).unwrap();
         let pooled = pooled(&data);
