@@ -220,13 +220,12 @@ async fn require_models_makes_a_fallback_fail_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let rows = [("a", "2025-01-02", "10"), ("b", "2025-02-03", "20")];
     let p = project_with_exports(dir.path(), &sales(&rows), None, None);
-    let mut text_of = std::fs::read_to_string(&p).unwrap();
-    text_of = if text_of.contains("[scoring]") {
-        text_of.replace("[scoring]", "[scoring]\nrequire_models = true")
-    } else {
-        format!("{text_of}\n[scoring]\nrequire_models = true\n")
-    };
-    std::fs::write(&p, text_of).unwrap();
+    let pipeline = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        pipeline.contains("require_models = false"),
+        "the default pipeline lists the setting"
+    );
+    std::fs::write(&p, pipeline.replace("require_models = false", "require_models = true")).unwrap();
     let out = run_pipeline(dir.path(), &p, &["--as-of", "2025-06-30"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
