@@ -85,9 +85,7 @@ pub static VERSION: LazyLock<String> = LazyLock::new(|| {
 /// whose `columns` carry PostgreSQL type names, and `pg_catalog.pg_index` with its key
 /// vectors as arrays.
 pub fn register(ctx: &SessionContext) -> Result<(), DataFusionError> {
-    ctx.register_udf(ScalarUDF::new_from_impl(VersionUdf::new()));
     register_current_setting(ctx, |name| session::lookup(&HashMap::new(), name).ok());
-    ctx.register_udf(ScalarUDF::new_from_impl(SerialSequenceUdf::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ToRegtypeUdf::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(LikeEscapeUdf::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ExpandArrayUdf::new()));
@@ -101,14 +99,23 @@ pub fn register(ctx: &SessionContext) -> Result<(), DataFusionError> {
     ] {
         ctx.register_udf(ScalarUDF::new_from_impl(PrivilegeUdf::new(name)));
     }
-    ctx.register_udf(ScalarUDF::new_from_impl(ConstantUdf::new(
-        "pg_get_indexdef",
-        ScalarValue::Utf8(None),
-    )));
-    ctx.register_udf(ScalarUDF::new_from_impl(ConstantUdf::new(
-        "pg_collation_is_visible",
-        ScalarValue::Boolean(Some(true)),
-    )));
+    let any = || Signature::variadic_any(Volatility::Stable);
+    for (name, value, signature) in [
+        (
+            "version",
+            ScalarValue::Utf8(Some(VERSION.clone())),
+            Signature::exact(vec![], Volatility::Immutable),
+        ),
+        (
+            "pg_get_serial_sequence",
+            ScalarValue::Utf8(None),
+            Signature::any(2, Volatility::Stable),
+        ),
+        ("pg_get_indexdef", ScalarValue::Utf8(None), any()),
+        ("pg_collation_is_visible", ScalarValue::Boolean(Some(true)), any()),
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(ConstantUdf::new(name, value, signature)));
+    }
 
     let state = ctx.state_ref();
     let mut state = state.write();
@@ -652,36 +659,6 @@ macro_rules! udf_identity {
     };
 }
 
-/// `version()`: [`VERSION`].
-#[derive(Debug)]
-struct VersionUdf {
-    signature: Signature,
-}
-
-impl VersionUdf {
-    fn new() -> Self {
-        VersionUdf {
-            signature: Signature::exact(vec![], Volatility::Immutable),
-        }
-    }
-}
-udf_identity!(VersionUdf);
-
-impl ScalarUDFImpl for VersionUdf {
-    fn name(&self) -> &str {
-        "version"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType, DataFusionError> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(VERSION.clone()))))
-    }
-}
-
 /// A setting lookup: the value of a run-time setting by name, `None` if there is none.
 type SettingLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -759,38 +736,6 @@ impl ScalarUDFImpl for CurrentSettingUdf {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
         }
         Ok(ColumnarValue::Array(array))
-    }
-}
-
-/// `pg_get_serial_sequence(table, column)`: the sequence behind a serial column. Published
-/// tables have no sequences, so it is always NULL (as PostgreSQL answers for a column
-/// that is not serial).
-#[derive(Debug)]
-struct SerialSequenceUdf {
-    signature: Signature,
-}
-
-impl SerialSequenceUdf {
-    fn new() -> Self {
-        SerialSequenceUdf {
-            signature: Signature::any(2, Volatility::Stable),
-        }
-    }
-}
-udf_identity!(SerialSequenceUdf);
-
-impl ScalarUDFImpl for SerialSequenceUdf {
-    fn name(&self) -> &str {
-        "pg_get_serial_sequence"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType, DataFusionError> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
     }
 }
 
@@ -1154,10 +1099,11 @@ impl ScalarUDFImpl for PrivilegeUdf {
     }
 }
 
-/// A catalog function with a fixed answer for what published tables have:
-/// `pg_get_indexdef` is NULL (they have no indexes; PostgreSQL answers NULL for an oid it
-/// does not know) and `pg_collation_is_visible` is true (every collation is in
-/// `pg_catalog`, always on the search path).
+/// A function with a fixed answer: `version()` is [`VERSION`]; for what published tables
+/// have, `pg_get_serial_sequence(table, column)` is NULL (no sequences, as PostgreSQL
+/// answers for a column that is not serial), `pg_get_indexdef` is NULL (no indexes;
+/// PostgreSQL answers NULL for an oid it does not know) and `pg_collation_is_visible` is
+/// true (every collation is in `pg_catalog`, always on the search path).
 #[derive(Debug)]
 struct ConstantUdf {
     name: &'static str,
@@ -1166,12 +1112,8 @@ struct ConstantUdf {
 }
 
 impl ConstantUdf {
-    fn new(name: &'static str, value: ScalarValue) -> Self {
-        ConstantUdf {
-            name,
-            value,
-            signature: Signature::variadic_any(Volatility::Stable),
-        }
+    fn new(name: &'static str, value: ScalarValue, signature: Signature) -> Self {
+        ConstantUdf { name, value, signature }
     }
 }
 udf_identity!(ConstantUdf);
