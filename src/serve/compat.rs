@@ -702,7 +702,6 @@ impl ScalarUDFImpl for CurrentSettingUdf {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        let rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let Some(names) = arrays.first() else {
             return exec_err!("current_setting takes a setting name");
@@ -731,12 +730,17 @@ impl ScalarUDFImpl for CurrentSettingUdf {
                 None => return exec_err!("unrecognized configuration parameter \"{name}\""),
             }
         }
-        let array: ArrayRef = Arc::new(out.finish());
-        if rows == 1 && args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
-        }
-        Ok(ColumnarValue::Array(array))
+        shaped_like(&args.args, Arc::new(out.finish()))
     }
+}
+
+/// A function's result shaped like its arguments: a scalar when every argument was one
+/// (`values_to_arrays` made one-row arrays of them), else the array.
+fn shaped_like(args: &[ColumnarValue], array: ArrayRef) -> Result<ColumnarValue, DataFusionError> {
+    if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+    }
+    Ok(ColumnarValue::Array(array))
 }
 
 /// The oid of a built-in type by name, as `to_regtype(name)` gives it (`None`: no such
@@ -862,7 +866,6 @@ impl ScalarUDFImpl for LikeEscapeUdf {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let [patterns, escapes] = arrays.as_slice() else {
             return exec_err!("like_escape takes a pattern and an escape character");
@@ -880,11 +883,7 @@ impl ScalarUDFImpl for LikeEscapeUdf {
                 Err(e) => return exec_err!("{e}"),
             }
         }
-        let array: ArrayRef = Arc::new(out.finish());
-        if scalar {
-            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
-        }
-        Ok(ColumnarValue::Array(array))
+        shaped_like(&args.args, Arc::new(out.finish()))
     }
 }
 
@@ -1081,7 +1080,6 @@ impl ScalarUDFImpl for PrivilegeUdf {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let Some(privileges) = arrays.last().filter(|_| arrays.len() >= 2) else {
             return exec_err!("{} takes an object and a privilege", self.name);
@@ -1091,11 +1089,7 @@ impl ScalarUDFImpl for PrivilegeUdf {
         let out: BooleanArray = (0..args.number_rows)
             .map(|i| privileges.is_valid(i).then(|| has_privilege(privileges.value(i))))
             .collect();
-        let array: ArrayRef = Arc::new(out);
-        if scalar {
-            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
-        }
-        Ok(ColumnarValue::Array(array))
+        shaped_like(&args.args, Arc::new(out))
     }
 }
 

@@ -69,10 +69,7 @@ impl Executor {
     }
 
     async fn slot(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, StartError> {
-        tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned())
-            .await
-            .map_err(|_| StartError::Busy)?
-            .map_err(|_| StartError::Busy)
+        permit(&self.slots, deadline).await
     }
 
     /// Runs `job` (parsing, planning) on a query thread and waits for its result until
@@ -87,11 +84,7 @@ impl Executor {
         T: Send + 'static,
     {
         let large = if sql_bytes > LARGE_STATEMENT_BYTES {
-            let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.large).acquire_owned())
-                .await
-                .map_err(|_| StartError::Busy)?
-                .map_err(|_| StartError::Busy)?;
-            Some(permit)
+            Some(permit(&self.large, deadline).await?)
         } else {
             None
         };
@@ -147,6 +140,14 @@ impl Executor {
             .flatten();
         Ok(QueryResponse::new(fields, rows))
     }
+}
+
+/// A permit of `slots`, waited for until `deadline`.
+async fn permit(slots: &Arc<Semaphore>, deadline: Instant) -> Result<OwnedSemaphorePermit, StartError> {
+    tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned())
+        .await
+        .map_err(|_| StartError::Busy)?
+        .map_err(|_| StartError::Busy)
 }
 
 /// Starts a query thread with its own single-threaded runtime and runs `body` on it.

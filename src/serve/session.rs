@@ -26,9 +26,6 @@ pub const PG_VERSION: &str = "16.6";
 /// [`PG_VERSION`] as `server_version_num`.
 pub const PG_VERSION_NUM: &str = "160006";
 
-/// Metadata key of the statement timeout a client set, in milliseconds (absent: none).
-pub const TIMEOUT_KEY: &str = "statement_timeout_ms";
-
 /// A session statement refused or malformed: SQLSTATE and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionError {
@@ -334,8 +331,9 @@ pub fn lookup(metadata: &HashMap<String, String>, name: &str) -> Result<String, 
 
 /// The statement timeout a client set on its connection, if any.
 pub fn client_timeout(metadata: &HashMap<String, String>) -> Option<Duration> {
+    // `SET` stores it checked, in milliseconds ([`Check::Duration`]); 0 means none.
     metadata
-        .get(TIMEOUT_KEY)
+        .get("statement_timeout")
         .and_then(|ms| ms.parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
@@ -676,12 +674,6 @@ pub fn apply(
             Some(text) => metadata.insert(key(v), text.clone()),
             None => metadata.remove(&key(v)),
         };
-        if v.name == "statement_timeout" {
-            match new {
-                Some(ms) if ms != "0" => metadata.insert(TIMEOUT_KEY.into(), ms.clone()),
-                _ => metadata.remove(TIMEOUT_KEY),
-            };
-        }
         let after = value(metadata, v);
         if v.reported && after != before {
             reported.push((v.name, after));

@@ -165,6 +165,17 @@ pub(crate) fn project_with_serve(dir: &Path, serve_toml: &str) -> PathBuf {
     pipeline
 }
 
+/// A project whose `[serve]` lists one user, `name`, logging in with `password`: the
+/// pipeline file and the user's password hash.
+pub(crate) fn project_with_user(dir: &Path, name: &str, password: &str) -> (PathBuf, String) {
+    let hash = hash_of(password);
+    let pipeline = project_with_serve(
+        dir,
+        &format!("users = [{{ name = \"{name}\", password_hash = \"{hash}\" }}]\n"),
+    );
+    (pipeline, hash)
+}
+
 pub(crate) fn hash_of(password: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_patron"))
         .args(["serve", "--hash-password"])
@@ -355,11 +366,7 @@ with psycopg.connect(host="127.0.0.1", port=int(os.environ["PORT"]), dbname="pat
 #[test]
 fn serve_checks_passwords_with_scram_and_refuses_insecure_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = hash_of("correct horse");
-    let pipeline = project_with_serve(
-        dir.path(),
-        &format!("users = [{{ name = \"bi\", password_hash = \"{hash}\" }}]\n"),
-    );
+    let (pipeline, hash) = project_with_user(dir.path(), "bi", "correct horse");
     let wh = shared_warehouse().to_str().unwrap().to_string();
     let p = pipeline.to_str().unwrap();
     let server = start(dir.path(), &["--pipeline", p, "--warehouse", &wh], &[]);

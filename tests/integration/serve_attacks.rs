@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::serve::{hash_of, project_with_serve, psql_rows, shared_warehouse, start};
+use crate::serve::{project_with_serve, project_with_user, psql_rows, shared_warehouse, start};
 use crate::support::text;
 
 #[test]
@@ -76,11 +76,7 @@ for user in ["bi", "bi", "ghost", "ghost", "nobody"]:
 #[test]
 fn serve_gives_unknown_users_a_stable_salt_like_known_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = hash_of("correct horse");
-    let pipeline = project_with_serve(
-        dir.path(),
-        &format!("users = [{{ name = \"bi\", password_hash = \"{hash}\" }}]\n"),
-    );
+    let (pipeline, _) = project_with_user(dir.path(), "bi", "correct horse");
     let wh = shared_warehouse().to_str().unwrap().to_string();
     let args = ["--pipeline", pipeline.to_str().unwrap(), "--warehouse", &wh];
     let salts = |port: u16| {
