@@ -17,9 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::bgnbd::{self, BgNbdFit, RfSummary};
-use super::fallback::{self, Fallback, NbdParams};
+use super::fallback::{self, Fallback};
 use super::gamma_gamma::{self, GammaGammaFit, SpendSummary};
-use super::udf::Models;
+use super::udf::{Models, Purchases};
 use super::{ScoringSettings, udf};
 
 /// The stage whose result feeds the model fit: one row per buyer with `x`, `t_x`, `t_cal`
@@ -270,7 +270,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     let (triples, spend, customers) = read_inputs(ctx, table).await?;
     let started = Instant::now();
     let fitted = bgnbd::fit_bgnbd(&triples).and_then(fallback::reject_nbd_limit);
-    let (bgnbd_params, bgnbd_report, nbd, nbd_report, bgnbd_fallback) = match fitted {
+    let (purchases, bgnbd_report, nbd_report, bgnbd_fallback) = match fitted {
         Ok(fit) => {
             let report = bgnbd_report(
                 &fit,
@@ -278,13 +278,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
                 customers,
                 triples.len() as u64,
             );
-            (
-                Some(fit.params),
-                Some(report),
-                NbdParams { r: 0.0, alpha: 1.0 },
-                None,
-                None,
-            )
+            (Purchases::BgNbd(fit.params), Some(report), None, None)
         }
         Err(e) => {
             let reason = e.to_string();
@@ -314,7 +308,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
                 reason,
             };
             tracing::warn!(table, "{fallback}");
-            (None, None, params, Some(report), Some(fallback))
+            (Purchases::Nbd(params), None, Some(report), Some(fallback))
         }
     };
     let spend_customers = spend.iter().map(|s| s.weight).sum::<f64>() as u64;
@@ -374,8 +368,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     let model_version = hex::encode(&hasher.finalize()[..6]);
 
     let models = Models {
-        bgnbd: bgnbd_params,
-        nbd,
+        purchases,
         gamma_gamma: gg,
     };
     udf::register(ctx, models, settings.time_unit_days);

@@ -31,13 +31,20 @@ use super::bgnbd::{self, BgNbdParams};
 use super::fallback::NbdParams;
 use super::gamma_gamma::{self, GammaGammaParams};
 
+/// The purchase model the SQL functions compute with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Purchases {
+    /// BG/NBD as fitted.
+    BgNbd(BgNbdParams),
+    /// Its NBD stand-in, when BG/NBD fell back.
+    Nbd(NbdParams),
+}
+
 /// The models the SQL functions compute with: the fits, or their stand-ins.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Models {
-    /// BG/NBD; `None` when it fell back to `nbd`.
-    pub bgnbd: Option<BgNbdParams>,
-    /// The NBD stand-in for BG/NBD (used when `bgnbd` is `None`).
-    pub nbd: NbdParams,
+    /// BG/NBD, or its stand-in.
+    pub purchases: Purchases,
     /// Gamma-Gamma; `None` when it fell back to own mean spend.
     pub gamma_gamma: Option<GammaGammaParams>,
 }
@@ -46,8 +53,7 @@ impl Models {
     /// BG/NBD alone (no spend model): the churn model's snapshots.
     pub fn bgnbd(params: BgNbdParams) -> Models {
         Models {
-            bgnbd: Some(params),
-            nbd: NbdParams { r: 0.0, alpha: 1.0 },
+            purchases: Purchases::BgNbd(params),
             gamma_gamma: None,
         }
     }
@@ -94,9 +100,9 @@ impl ModelFunction {
     fn floats(&self) -> Vec<f64> {
         let m = &self.models;
         let mut floats = vec![self.month_in_units];
-        match &m.bgnbd {
-            Some(p) => floats.extend([p.r, p.alpha, p.a, p.b]),
-            None => floats.extend([m.nbd.r, m.nbd.alpha]),
+        match &m.purchases {
+            Purchases::BgNbd(p) => floats.extend([p.r, p.alpha, p.a, p.b]),
+            Purchases::Nbd(n) => floats.extend([n.r, n.alpha]),
         }
         if let Some(g) = &m.gamma_gamma {
             floats.extend([g.p, g.q, g.gamma]);
@@ -111,20 +117,20 @@ impl ModelFunction {
     /// The function of one row; `None` where the result is undefined.
     fn eval(&self, v: &[f64]) -> Option<f64> {
         let m = &self.models;
-        let out = match (self.kind, &m.bgnbd) {
+        let out = match (self.kind, &m.purchases) {
             (Kind::PAlive, _) if is_new(v[0], v[1], v[2]) => Some(1.0),
-            (Kind::PAlive, Some(p)) => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
+            (Kind::PAlive, Purchases::BgNbd(p)) => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
             // NBD: nobody drops out.
-            (Kind::PAlive, None) => valid_history(v[0], v[1], v[2]).then_some(1.0),
-            (Kind::ExpectedPurchases, Some(p)) => expected(p, v[0], v[1], v[2], v[3]),
-            (Kind::ExpectedPurchases, None) => {
-                (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0).then(|| m.nbd.expected_purchases(v[0], v[1], v[3]))
+            (Kind::PAlive, Purchases::Nbd(_)) => valid_history(v[0], v[1], v[2]).then_some(1.0),
+            (Kind::ExpectedPurchases, Purchases::BgNbd(p)) => expected(p, v[0], v[1], v[2], v[3]),
+            (Kind::ExpectedPurchases, Purchases::Nbd(n)) => {
+                (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0).then(|| n.expected_purchases(v[0], v[1], v[3]))
             }
-            (Kind::DiscountedPurchases, Some(p)) => {
+            (Kind::DiscountedPurchases, Purchases::BgNbd(p)) => {
                 discounted(|t| expected(p, t, v[0], v[1], v[2]), v[3], v[4], self.month_in_units)
             }
-            (Kind::DiscountedPurchases, None) => discounted(
-                |t| valid_history(v[0], v[1], v[2]).then(|| m.nbd.expected_purchases(t, v[0], v[2])),
+            (Kind::DiscountedPurchases, Purchases::Nbd(n)) => discounted(
+                |t| valid_history(v[0], v[1], v[2]).then(|| n.expected_purchases(t, v[0], v[2])),
                 v[3],
                 v[4],
                 self.month_in_units,
@@ -276,7 +282,7 @@ pub fn encode_model_function(udf: &ScalarUDF) -> Option<Vec<u8>> {
     let mut out = vec![
         WIRE_VERSION,
         f.kind as u8,
-        u8::from(f.models.bgnbd.is_some()),
+        u8::from(matches!(f.models.purchases, Purchases::BgNbd(_))),
         u8::from(f.models.gamma_gamma.is_some()),
     ];
     for v in f.floats() {
@@ -313,23 +319,20 @@ pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUD
             .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
         let mut next = || floats.next().ok_or_else(|| bad("truncated parameters"));
         let month_in_units = next()?;
-        let mut models = Models {
-            bgnbd: None,
-            nbd: NbdParams { r: 0.0, alpha: 1.0 },
-            gamma_gamma: None,
-        };
-        if has_bgnbd {
-            models.bgnbd = Some(BgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?);
+        let purchases = if has_bgnbd {
+            Purchases::BgNbd(BgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
         } else {
-            models.nbd = NbdParams {
+            Purchases::Nbd(NbdParams {
                 r: next()?,
                 alpha: next()?,
-            };
-        }
-        if has_gg {
-            models.gamma_gamma =
-                Some(GammaGammaParams::new(next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?);
-        }
+            })
+        };
+        let gamma_gamma = if has_gg {
+            Some(GammaGammaParams::new(next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
+        } else {
+            None
+        };
+        let models = Models { purchases, gamma_gamma };
         Ok(model_function(fn_name, kind, arity, models, month_in_units))
     })())
 }
@@ -397,8 +400,7 @@ mod tests {
             ..Models::bgnbd(cdnow())
         };
         let fallen_back = Models {
-            bgnbd: None,
-            nbd: NbdParams { r: 0.5, alpha: 8.0 },
+            purchases: Purchases::Nbd(NbdParams { r: 0.5, alpha: 8.0 }),
             gamma_gamma: None,
         };
         for models in [fitted, fallen_back] {
@@ -430,7 +432,7 @@ mod tests {
             };
             let (a, b) = (row(here).await, row(there).await);
             assert_eq!(a, b);
-            if models.bgnbd.is_none() {
+            if models == fallen_back {
                 // NBD: alive; (r + x) / (alpha + T) * t; own mean spend, else NULL (read as 0).
                 assert_eq!(a[0], 1.0);
                 assert!((a[1] - (0.5 + 2.0) / (8.0 + 38.86) * 39.0).abs() < 1e-12, "{a:?}");
