@@ -1,24 +1,14 @@
 -- @cluster_by: customer_id
 -- fct_customer: one row per customer seen in any export (buyers, and people known only to
 -- the service desk or the marketing tool), with their sales, service and marketing facts
--- as of the as-of day. Money is in the export currency.
+-- as of the as-of day. Money is in the export currency, net of returns and refunds
+-- (docs/returns.md): cancelled and fully returned orders are not orders here.
 WITH customers AS (
     SELECT customer_id FROM stg_sales
     UNION
     SELECT customer_id FROM stg_service
     UNION
     SELECT customer_id FROM stg_marketing
-),
-orders AS (
-    SELECT
-        customer_id,
-        order_id,
-        MIN(order_ts) AS order_ts,
-        SUM(revenue) AS revenue,
-        SUM(cost) AS cost,
-        SUM(discount) > 0 AS discounted
-    FROM stg_sales
-    GROUP BY customer_id, order_id
 ),
 first_orders AS (
     -- The channel and referrer of each customer's first order line, as aggregates over
@@ -30,22 +20,28 @@ first_orders AS (
         FIRST_VALUE(channel ORDER BY order_ts, order_id, line_no) AS acquisition_channel,
         FIRST_VALUE(referred_by ORDER BY order_ts, order_id, line_no) AS referred_by
     FROM stg_sales
+    WHERE sold
     GROUP BY customer_id
 ),
 sales AS (
+    -- Orders net of their returns (int_orders); only purchases count as orders, days and
+    -- dates, while revenue, cost and the spend windows sum every order's net amount.
     SELECT
         o.customer_id,
-        COUNT(*) AS orders,
-        COUNT(DISTINCT CAST(o.order_ts AS DATE)) AS purchase_days,
-        MIN(o.order_ts) AS first_order_at,
-        MAX(o.order_ts) AS last_order_at,
+        SUM(CASE WHEN o.is_purchase THEN 1 ELSE 0 END) AS orders,
+        COUNT(DISTINCT CASE WHEN o.is_purchase THEN o.order_date END) AS purchase_days,
+        MIN(CASE WHEN o.is_purchase THEN o.order_ts END) AS first_order_at,
+        MAX(CASE WHEN o.is_purchase THEN o.order_ts END) AS last_order_at,
         SUM(o.revenue) AS revenue,
+        SUM(o.gross_revenue) AS gross_revenue,
+        SUM(o.returned_revenue) AS returned_revenue,
         SUM(o.cost) AS cost,
-        SUM(CASE WHEN o.discounted THEN 1 ELSE 0 END) AS discounted_orders,
+        SUM(CASE WHEN o.is_purchase AND o.discounted THEN 1 ELSE 0 END) AS discounted_orders,
+        SUM(CASE WHEN o.cancelled THEN 1 ELSE 0 END) AS cancelled_orders,
         SUM(CASE WHEN o.order_ts >= $recent_start THEN o.revenue ELSE 0.0 END) AS spend_recent_window,
         SUM(CASE WHEN o.order_ts >= $prior_start AND o.order_ts < $recent_start THEN o.revenue ELSE 0.0 END)
             AS spend_prior_window
-    FROM orders AS o
+    FROM int_orders AS o
     GROUP BY o.customer_id
 ),
 categories AS (
@@ -54,6 +50,7 @@ categories AS (
     -- per customer (2.5 s of 15 at 10M lines).
     SELECT customer_id, category, COUNT(*) AS order_lines
     FROM stg_sales
+    WHERE sold
     GROUP BY customer_id, category
 ),
 lines AS (
@@ -102,7 +99,10 @@ SELECT
     COALESCE(s.revenue, 0.0) AS revenue,
     COALESCE(s.cost, 0.0) AS cost,
     COALESCE(s.revenue, 0.0) - COALESCE(s.cost, 0.0) AS gross_margin,
-    s.revenue / s.orders AS avg_order_value,
+    s.revenue / NULLIF(s.orders, 0) AS avg_order_value,
+    COALESCE(s.returned_revenue, 0.0) AS returned_revenue,
+    s.returned_revenue / NULLIF(s.gross_revenue, 0.0) AS return_rate,
+    COALESCE(s.cancelled_orders, 0) AS cancelled_orders,
     COALESCE(l.distinct_categories, 0) AS distinct_categories,
     COALESCE(s.discounted_orders, 0) AS discounted_orders,
     CAST(CAST($as_of AS DATE) AS INT) - CAST(CAST(s.first_order_at AS DATE) AS INT) AS tenure_days,

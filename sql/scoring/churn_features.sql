@@ -12,6 +12,7 @@
 --   frequency          purchase days
 --   repeat_buyer       1 when the customer bought on more than one day
 --   spend_trend        (recent - prior spend) / (recent + prior), -1 to 1; 0 without spend
+--   return_rate        revenue returned or refunded / revenue sold (0 without sales)
 --   tickets_recent     service tickets opened in the recent window
 --   complaints_recent  complaints opened in the recent window
 --   open_complaints    complaints still open
@@ -77,6 +78,7 @@ SELECT
         (f.spend_recent_window - f.spend_prior_window) / NULLIF(f.spend_recent_window + f.spend_prior_window, 0.0),
         0.0
     ) AS spend_trend,
+    COALESCE(f.return_rate, 0.0) AS return_rate,
     CAST(COALESCE(v.tickets_recent, 0) AS DOUBLE) AS tickets_recent,
     CAST(COALESCE(v.complaints_recent, 0) AS DOUBLE) AS complaints_recent,
     CAST(f.open_complaints AS DOUBLE) AS open_complaints,

@@ -1,6 +1,8 @@
 -- @cluster_by: customer_id
 -- customer_model_input: the per-buyer summary the probabilistic models are fitted on
--- (Fader, Hardie and Lee 2005). Purchases on the same day are one purchase.
+-- (Fader, Hardie and Lee 2005). Purchases on the same day are one purchase; a purchase is
+-- an order of int_orders with is_purchase (not cancelled or returned in full), and its
+-- spend is net of partial returns.
 --   x                 purchase days after the first (repeat purchases)
 --   t_x               time from the first to the last purchase day
 --   t_cal             time from the first purchase day to the as-of day
@@ -11,7 +13,8 @@
 -- gg_expected_order_value) and the model_params table are available to later stages.
 WITH days AS (
     SELECT customer_id, order_date, SUM(revenue) AS day_revenue
-    FROM stg_sales
+    FROM int_orders
+    WHERE is_purchase
     GROUP BY customer_id, order_date
 ),
 numbered AS (

@@ -31,7 +31,8 @@
 -- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
 -- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
 --   `code=value` (comma-separated, '' when none); with the BG/NBD fallback the rule codes
---   long_gap, open_complaint, low_csat, unsubscribed, spend_falling.
+--   long_gap, open_complaint, low_csat, unsubscribed, spend_falling, high_return_rate
+--   (return_rate >= high_return_rate; the churn model has return_rate as a feature).
 --
 -- Every input is stored in customer order, so the joins below merge them as they stream.
 WITH joined AS (
@@ -50,6 +51,7 @@ WITH joined AS (
         f.open_rate,
         f.click_rate,
         f.unsubscribed,
+        f.return_rate,
         cp.churn_risk AS model_churn_risk,
         cp.churn_reasons AS model_churn_reasons,
         cp.churn_model AS model_churn_model,
@@ -131,7 +133,8 @@ SELECT
             CASE WHEN s.open_complaints > 0 THEN 'open_complaint' END,
             CASE WHEN s.csat_responses > 0 AND s.avg_csat < $low_csat THEN 'low_csat' END,
             CASE WHEN s.unsubscribed THEN 'unsubscribed' END,
-            CASE WHEN s.spend_falling THEN 'spend_falling' END
+            CASE WHEN s.spend_falling THEN 'spend_falling' END,
+            CASE WHEN s.return_rate >= $high_return_rate THEN 'high_return_rate' END
         )
     END AS churn_reasons,
     s.expected_purchases_90d,

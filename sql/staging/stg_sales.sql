@@ -6,13 +6,19 @@
 -- are trimmed and upper-cased; orders after the as-of day are left out. Revenue is the
 -- line value after discount; cost is the ERP unit cost, or estimated from the configured
 -- margin rate when the ERP has none.
+-- Returns (docs/returns.md): a line with a negative quantity takes units back, a status of
+-- returned or refunded takes the whole line back, cancelled voids it. Each line splits
+-- into gross_revenue (sold) and returned_revenue (taken back); revenue and cost are net.
+-- sale_order_id is the order a line counts towards: refund_of when set, else order_id.
 -- Copies: extract lists each superseded copy of a key (order_id, line_no) in the
 -- `duplicates` table. Only the rows of those keys are ranked, newest copy first; the
 -- older copies are left out. Every other row passes straight through, so the rows are
 -- sorted once (by customer) rather than also by key. The short lists come first in
 -- each join: a hash join holds its first side in memory while the other streams past.
 WITH keyed AS (
-    SELECT *, TRIM(order_id) AS order_key
+    SELECT
+        *,
+        TRIM(order_id) AS order_key
     FROM raw_sales
     WHERE order_ts < $as_of_end
 ),
@@ -45,18 +51,45 @@ SELECT
     category,
     quantity,
     unit_price,
-    COALESCE(discount, 0.0) AS discount,
+    discount,
     unit_cost,
     currency,
     NULLIF(UPPER(TRIM(referred_by)), '') AS referred_by,
-    quantity * unit_price - COALESCE(discount, 0.0) AS revenue,
+    status,
+    refund_of,
+    COALESCE(refund_of, order_key) AS sale_order_id,
+    quantity > 0 AND status <> 'cancelled' AS sold,
+    CASE WHEN status <> 'cancelled' AND quantity >= 0 THEN line_value ELSE 0.0 END AS gross_revenue,
     CASE
-        WHEN unit_cost IS NULL THEN (quantity * unit_price - COALESCE(discount, 0.0)) * (1.0 - $margin_rate)
+        WHEN status = 'cancelled' THEN 0.0
+        WHEN quantity < 0 THEN -line_value
+        WHEN status IN ('returned', 'refunded') THEN line_value
+        ELSE 0.0
+    END AS returned_revenue,
+    CASE
+        WHEN status = 'cancelled' OR (quantity >= 0 AND status IN ('returned', 'refunded')) THEN 0.0
+        ELSE line_value
+    END AS revenue,
+    CASE
+        WHEN status = 'cancelled' OR (quantity >= 0 AND status IN ('returned', 'refunded')) THEN 0.0
+        WHEN unit_cost IS NULL THEN line_value * (1.0 - $margin_rate)
         ELSE quantity * unit_cost
     END AS cost,
     unit_cost IS NULL AS cost_estimated,
     _source_file,
     _source_line
-FROM older o
-RIGHT ANTI JOIN keyed k ON k._source_file = o._source_file AND k._source_line = o._source_line
+FROM (
+    SELECT
+        k.* EXCLUDE (discount, status, refund_of),
+        COALESCE(k.discount, 0.0) AS discount,
+        COALESCE(LOWER(TRIM(k.status)), 'completed') AS status,
+        NULLIF(TRIM(k.refund_of), '') AS refund_of,
+        -- The line's value after discount, signed: a return line's discount is given back too.
+        CASE
+            WHEN k.quantity < 0 THEN k.quantity * k.unit_price + COALESCE(k.discount, 0.0)
+            ELSE k.quantity * k.unit_price - COALESCE(k.discount, 0.0)
+        END AS line_value
+    FROM older o
+    RIGHT ANTI JOIN keyed k ON k._source_file = o._source_file AND k._source_line = o._source_line
+)
 ORDER BY customer_id, order_id, line_no

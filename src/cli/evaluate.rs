@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::CliError;
 use crate::config::{AsOf, ConfigError, Overrides, Plan};
 use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
-use crate::names::{self, RAW_DIR, TABLES_DIR};
+use crate::names::TABLES_DIR;
 use crate::pipeline::{self, RunFailure, RunReport};
 use crate::progress::Progress;
 use crate::score::backtest::{self, HoldoutSpec};
@@ -47,6 +47,10 @@ pub const EVALUATION_REPORT: &str = "evaluation.json";
 pub const SALES_SOURCE: &str = "sales";
 /// The scores table holding `churn_risk`.
 const SCORES_TABLE: &str = "customer_scores";
+/// The orders table the holdout purchases are counted from (`is_purchase`).
+const ORDERS_TABLE: &str = "int_orders";
+/// The end-of-data run's warehouse, inside the evaluation's scratch warehouse.
+pub const END_OF_DATA_DIR: &str = "end-of-data";
 
 /// Arguments of `patron evaluate`.
 #[derive(Debug, Args)]
@@ -401,16 +405,20 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
     let scratch = warehouse_dir.join(EVALUATIONS_DIR).join(&evaluation_id);
     tracing::info!(%evaluation_id, scratch = %scratch.display(), "evaluation started");
 
-    // End of the data: given, or the as-of date a normal run finds (into the scratch
-    // warehouse; the calibration run then replaces its tables).
-    let (end, end_source, end_run_id) = match plan.as_of {
-        AsOf::Date(d) => (d, if args.as_of.is_some() { "--as-of" } else { "run.as_of" }, None),
-        AsOf::Latest => {
-            let report = run_pipeline(&args.pipeline, AsOf::Latest, &scratch, "end-of-data run (as of latest)").await?;
-            let end = manifest_date(&report)?;
-            (end, "latest event date", Some(report.manifest.run_id))
-        }
+    // The end-of-data run (into its own folder of the scratch warehouse): its `int_orders`
+    // says which orders of the holdout are purchases, netted of returns as every run nets
+    // them; with `latest`, its as-of date is the end of the data.
+    let end_dir = scratch.join(END_OF_DATA_DIR);
+    let (end_as_of, end_source) = match plan.as_of {
+        AsOf::Date(d) => (AsOf::Date(d), if args.as_of.is_some() { "--as-of" } else { "run.as_of" }),
+        AsOf::Latest => (AsOf::Latest, "latest event date"),
     };
+    let end_report = run_pipeline(&args.pipeline, end_as_of, &end_dir, &format!("end-of-data run (as of {end_as_of})")).await?;
+    let end = match plan.as_of {
+        AsOf::Date(d) => d,
+        AsOf::Latest => manifest_date(&end_report)?,
+    };
+    let end_run_id = Some(end_report.manifest.run_id);
     let calibration_end =
         end.checked_sub_days(Days::new(u64::from(args.holdout.days)))
             .ok_or(EvaluateError::HoldoutOutOfRange {
@@ -460,7 +468,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         after: day_end(&plan, calibration_end)?,
         until: day_end(&plan, end)?,
     };
-    let totals = evaluate_customers(&scratch, params.as_ref(), holdout_units, &bounds, &table_path).await?;
+    let totals = evaluate_customers(&scratch, &end_dir, params.as_ref(), holdout_units, &bounds, &table_path).await?;
 
     let (auc, auc_customers, auc_note) = churn_auc(&totals, |_| true);
     let (auc_repeat_buyers, auc_repeat_buyers_customers, _) = churn_auc(&totals, |i| totals.repeat[i]);
@@ -608,26 +616,14 @@ fn churn_auc(totals: &Totals, keep: impl Fn(usize) -> bool) -> (Option<f64>, u64
 }
 
 /// Per calibration buyer: history, churn_risk and holdout purchase days. Purchase days are
-/// counted as `customer_model_input` counts them (distinct order dates), from the extracted
-/// sales cleaned as `stg_sales` cleans them for a run as of the end (ids trimmed and
-/// upper-cased; one copy per (order_id, line_no), the one loaded last), strictly after the
-/// calibration end.
+/// counted as `customer_model_input` counts them (distinct order dates of purchases), from
+/// the end-of-data run's `int_orders`, strictly after the calibration end: an order
+/// cancelled or returned in full is not a purchase (docs/returns.md).
 const EVALUATION_SQL: &str = "
-WITH ranked AS (
-    SELECT
-        UPPER(TRIM(customer_id)) AS customer_id,
-        order_ts,
-        ROW_NUMBER() OVER (
-            PARTITION BY TRIM(order_id), line_no
-            ORDER BY _source_file DESC, _source_line DESC
-        ) AS copy_rank
-    FROM raw_sales
-    WHERE order_ts < $until
-),
-holdout AS (
-    SELECT customer_id, COUNT(DISTINCT CAST(order_ts AS DATE)) AS purchase_days
-    FROM ranked
-    WHERE copy_rank = 1 AND order_ts >= $after
+WITH holdout AS (
+    SELECT customer_id, COUNT(DISTINCT order_date) AS purchase_days
+    FROM int_orders
+    WHERE is_purchase AND order_ts >= $after AND order_ts < $until
     GROUP BY customer_id
 )
 SELECT
@@ -664,6 +660,7 @@ fn evaluation_schema() -> SchemaRef {
 /// evaluation table to `out`, and returns the columns the report needs.
 async fn evaluate_customers(
     scratch: &Path,
+    end_dir: &Path,
     params: Option<&BgNbdParams>,
     holdout_units: f64,
     bounds: &Bounds,
@@ -676,11 +673,12 @@ async fn evaluate_customers(
             scratch.join(TABLES_DIR).join(MODEL_INPUT_STAGE),
         ),
         (SCORES_TABLE.to_string(), scratch.join(TABLES_DIR).join(SCORES_TABLE)),
-        (names::raw_table(SALES_SOURCE), scratch.join(RAW_DIR).join(SALES_SOURCE)),
+        (ORDERS_TABLE.to_string(), end_dir.join(TABLES_DIR).join(ORDERS_TABLE)),
     ];
-    let warehouse = crate::warehouse::Warehouse::local(scratch);
     for (table, path) in &inputs {
-        let location = path.strip_prefix(scratch).unwrap_or(path).to_string_lossy();
+        let root = if path.starts_with(end_dir) { end_dir } else { scratch };
+        let warehouse = crate::warehouse::Warehouse::local(root);
+        let location = path.strip_prefix(root).unwrap_or(path).to_string_lossy();
         crate::publish::read::register_table(&ctx, table, &warehouse, &location)
             .await
             .map_err(|e| EvaluateError::Table {
@@ -693,7 +691,7 @@ async fn evaluate_customers(
     let query_err = |message: String| EvaluateError::Table {
         table: table.clone(),
         path: path.clone(),
-        message: format!("joined with `{SCORES_TABLE}` and `raw_{SALES_SOURCE}`: {message}"),
+        message: format!("joined with `{SCORES_TABLE}` and the end-of-data `{ORDERS_TABLE}`: {message}"),
     };
     let params_sql = HashMap::from([
         ("after".to_string(), bounds.after.clone()),

@@ -122,6 +122,16 @@ impl AsOf {
     }
 }
 
+impl std::fmt::Display for AsOf {
+    /// `latest` or the day, as [`AsOf::parse`] reads them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AsOf::Latest => f.write_str("latest"),
+            AsOf::Date(d) => write!(f, "{d}"),
+        }
+    }
+}
+
 /// File formats an export can come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

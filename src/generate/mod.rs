@@ -121,6 +121,19 @@ pub struct TrueParameters {
     pub discount_share: f64,
     /// Share of order lines that carry a unit cost.
     pub unit_cost_share: f64,
+    /// Per purchase: chance of an extra order placed just after it and cancelled (every
+    /// line `status = cancelled`). Not a purchase; the BG/NBD truth is unchanged.
+    #[serde(default)]
+    pub cancel_share: f64,
+    /// Per purchase: chance of an extra order placed just after it and returned in full
+    /// (by a credit note of negative lines, or `status = returned`). Not a purchase.
+    #[serde(default)]
+    pub full_return_share: f64,
+    /// Per purchase: chance that one unit of one undiscounted line comes back (a negative
+    /// line in the same order, or a credit note naming it in `refund_of`). The purchase
+    /// stays a purchase with a lower net value.
+    #[serde(default)]
+    pub partial_return_share: f64,
 }
 
 impl Default for TrueParameters {
@@ -139,6 +152,9 @@ impl Default for TrueParameters {
             referral_share: 0.08,
             discount_share: 0.20,
             unit_cost_share: 0.70,
+            cancel_share: 0.03,
+            full_return_share: 0.03,
+            partial_return_share: 0.08,
         }
     }
 }
@@ -224,8 +240,17 @@ pub struct GenerateReport {
     pub service_only: u64,
     /// Buyers whose first order carries `referred_by`.
     pub referred_customers: u64,
-    /// Distinct orders.
+    /// Distinct orders that are purchases (the BG/NBD purchases; extra cancelled and fully
+    /// returned orders are not counted here).
     pub orders: u64,
+    /// Extra orders cancelled in full.
+    pub cancelled_orders: u64,
+    /// Extra orders returned in full.
+    pub returned_orders: u64,
+    /// Purchases with one unit returned.
+    pub partial_returns: u64,
+    /// Revenue taken back by full and partial returns, in cents.
+    pub returned_revenue_cents: i64,
     /// Sales rows (order lines).
     pub sales: SourceReport,
     /// Service rows (tickets).
@@ -363,10 +388,16 @@ fn validate(opts: &GenerateOptions) -> Result<(), GenerateError> {
         ("referral_share", t.referral_share),
         ("discount_share", t.discount_share),
         ("unit_cost_share", t.unit_cost_share),
+        ("cancel_share", t.cancel_share),
+        ("full_return_share", t.full_return_share),
+        ("partial_return_share", t.partial_return_share),
     ] {
         if !(0.0..=1.0).contains(&v) {
             return bad(format!("{name} must be in [0, 1], got {v}"));
         }
+    }
+    if t.cancel_share + t.full_return_share > 1.0 {
+        return bad("cancel_share + full_return_share must be <= 1".into());
     }
     if t.prospect_share + t.service_only_share > 1.0 {
         return bad("prospect_share + service_only_share must be <= 1".into());
@@ -462,6 +493,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
             "Order value = sum(quantity * unit_price) - discount (up to cent rounding) ~ Gamma(p, rate nu).",
             "Bad rows are extra lines (never duplicated); valid rows are exactly the simulated data.",
             "A bad sales row is an extra line (line_no k+1) of an existing order; bad tickets/events use their own fresh id.",
+            "Returns (own random stream): after a purchase O, an extra order O-X cancelled in full (cancel_share), or O-R returned in full by credit note O-RC (refund_of O-R) or by status returned (full_return_share); a partial return of one unit as line 100+n of O or credit note O-C (partial_return_share). Only the BG/NBD purchases are purchases.",
             "Timestamps: YYYY-MM-DDTHH:MM:SSZ, YYYY-MM-DD HH:MM:SS (UTC) or with a UTC offset (same instant).",
             "The random draw sequence does not depend on format or messy: the clean run equals the messy run after staging.",
         ],

@@ -43,6 +43,14 @@ const LINES_WEIGHTS: [f64; 4] = [0.4, 0.3, 0.2, 0.1];
 const QTY_WEIGHTS: [f64; 3] = [0.65, 0.25, 0.10];
 const TICKET_CATEGORIES: [&str; 5] = ["question", "delivery", "billing", "technical", "return"];
 const TICKET_WEIGHTS: [f64; 5] = [0.3, 0.25, 0.15, 0.15, 0.15];
+/// Mixed into the seed for the returns stream.
+const RETURNS_STREAM: u64 = 0x5245_5455_524e_5321;
+/// A return or refund is booked this many days after the purchase, plus up to
+/// [`RETURN_SPREAD_DAYS`].
+const RETURN_AFTER_DAYS: f64 = 3.0;
+const RETURN_SPREAD_DAYS: f64 = 25.0;
+/// A line of the generated sales export: category, quantity, unit price and unit cost (cents).
+type Line = (&'static str, i64, i64, Option<i64>);
 /// UTC offsets (seconds) used for offset timestamps.
 const OFFSETS: [i32; 4] = [3600, 7200, -18000, 19800];
 
@@ -75,7 +83,7 @@ struct RowMess {
 enum BadKind {
     Timestamp,
     QuantityText,
-    NegativeQuantity,
+    NegativePrice,
     Ragged,
     CsatOutOfRange,
     UnknownCategory,
@@ -87,7 +95,7 @@ const SALES_BAD: [BadKind; 4] = [
     BadKind::Timestamp,
     BadKind::QuantityText,
     BadKind::Ragged,
-    BadKind::NegativeQuantity,
+    BadKind::NegativePrice,
 ];
 const SERVICE_BAD: [BadKind; 4] = [
     BadKind::Timestamp,
@@ -112,6 +120,22 @@ const SALES_LAYOUT: BadLayout = BadLayout { ts: 3, dropped: 1 };
 const SERVICE_LAYOUT: BadLayout = BadLayout { ts: 2, dropped: 4 };
 const MARKETING_LAYOUT: BadLayout = BadLayout { ts: 2, dropped: 5 };
 
+/// A purchase just written, for the returns stream to act on.
+struct Purchase<'a> {
+    customer: &'a str,
+    order_id: &'a str,
+    t: f64,
+    channel: &'a str,
+    lines: &'a [Line],
+    /// The line carrying the order's discount, if any.
+    discounted_line: Option<usize>,
+}
+
+/// The calendar year (UTC) of a Unix time: sales files hold one year each.
+fn year_of(secs: i64) -> i32 {
+    DateTime::from_timestamp(secs, 0).map_or(0, |d| d.year())
+}
+
 /// One marketing event of a customer before ids and mess are assigned.
 struct Event {
     t: f64,
@@ -135,6 +159,9 @@ struct Ticket {
 struct Sim<'a> {
     opts: &'a GenerateOptions,
     rng: ChaCha8Rng,
+    /// Returns, refunds and cancellations draw from their own stream, so every other row
+    /// is the same as in a world without them.
+    returns_rng: ChaCha8Rng,
     messy: bool,
     start_epoch: i64,
     weeks: f64,
@@ -229,6 +256,7 @@ pub(crate) fn run(opts: &GenerateOptions) -> Result<(GenerateReport, Window), Ge
     let mut sim = Sim {
         opts,
         rng: ChaCha8Rng::seed_from_u64(opts.seed),
+        returns_rng: ChaCha8Rng::seed_from_u64(opts.seed ^ RETURNS_STREAM),
         messy: opts.messy,
         start_epoch,
         weeks,
@@ -366,9 +394,9 @@ fn emit_bad(
             row.vals[6] = "three".into();
             "quantity_not_integer"
         }
-        BadKind::NegativeQuantity => {
-            row.vals[6] = "-2".into();
-            "negative_quantity"
+        BadKind::NegativePrice => {
+            row.vals[7] = "-2.00".into();
+            "negative_price"
         }
         BadKind::CsatOutOfRange => {
             row.vals[6] = "9".into();
@@ -870,8 +898,7 @@ impl Sim<'_> {
             *s = self.exp1() + 1e-9;
         }
         let total: f64 = shares.iter().take(k).sum();
-        // (category, qty, unit price cents, unit cost cents)
-        let mut lines: Vec<(&'static str, i64, i64, Option<i64>)> = Vec::with_capacity(k);
+        let mut lines: Vec<Line> = Vec::with_capacity(k);
         for s in shares.iter().take(k) {
             let (u_fav, u_cat) = (self.u(), self.u());
             let cat = match fav_category {
@@ -897,12 +924,8 @@ impl Sim<'_> {
         let discount_cents = discount_cents.min(lines[disc_line].1 * lines[disc_line].2);
 
         let secs = self.secs(t);
-        let year = DateTime::from_timestamp(secs, 0).map_or(0, |d| d.year());
-        if !self.sales.contains_key(&year) {
-            let rel = format!("sales/sales_{year}.{}", self.sales_ext);
-            let sink = Sink::create(&self.opts.out_dir, &rel, SALES_COLUMNS, self.opts.format)?;
-            self.sales.insert(year, sink);
-        }
+        let year = year_of(secs);
+        self.open_sales(year)?;
         let ts = fmt_ts(secs, form);
         let mut last_row = None;
         for (n, (cat, qty, price, cost)) in lines.iter().enumerate() {
@@ -926,6 +949,8 @@ impl Sim<'_> {
                     cost.map(fmt_cents).unwrap_or_default(),
                     "EUR".into(),
                     referred_by.into(),
+                    String::new(),
+                    String::new(),
                 ],
                 absent: None,
                 empty_as_string: self.messy && mess.empty_as_string,
@@ -945,7 +970,130 @@ impl Sim<'_> {
                 emit_bad(sink, &mut self.report.sales, row, kind, &SALES_LAYOUT)?;
             }
         }
+        let purchase = Purchase {
+            customer: id,
+            order_id: &order_id,
+            t,
+            channel,
+            lines: &lines,
+            discounted_line: (discount_cents > 0).then_some(disc_line),
+        };
+        self.returns(&purchase)
+    }
+
+    /// The sales file of `year`, created on first use.
+    fn open_sales(&mut self, year: i32) -> Result<(), GenerateError> {
+        if !self.sales.contains_key(&year) {
+            let rel = format!("sales/sales_{year}.{}", self.sales_ext);
+            let sink = Sink::create(&self.opts.out_dir, &rel, SALES_COLUMNS, self.opts.format)?;
+            self.sales.insert(year, sink);
+        }
         Ok(())
+    }
+
+    fn returns_u(&mut self) -> f64 {
+        self.returns_rng.r#gen::<f64>()
+    }
+
+    /// After a purchase, from the returns stream: maybe an extra order that is cancelled or
+    /// returned in full, and maybe one unit of the purchase returned (see
+    /// [`super::TrueParameters::cancel_share`] and the two after it).
+    fn returns(&mut self, p: &Purchase<'_>) -> Result<(), GenerateError> {
+        let truth = &self.opts.truth;
+        let (cancel, full, partial) = (truth.cancel_share, truth.full_return_share, truth.partial_return_share);
+        let (u, form, when, partial_u, pick_u) = (
+            self.returns_u(),
+            self.returns_u(),
+            self.returns_u(),
+            self.returns_u(),
+            self.returns_u(),
+        );
+        let extra_t = p.t + 10.0 * HOUR / 60.0;
+        let back_t = p.t + (RETURN_AFTER_DAYS + RETURN_SPREAD_DAYS * when) * DAY;
+        if u < cancel && extra_t < self.weeks {
+            let extra = format!("{}-X", p.order_id);
+            for (n, line) in p.lines.iter().enumerate() {
+                self.clean_line(p, &extra, n + 1, extra_t, *line, "cancelled", "")?;
+            }
+            self.report.cancelled_orders += 1;
+        } else if u < cancel + full && back_t < self.weeks {
+            let extra = format!("{}-R", p.order_id);
+            let by_status = form < 1.0 / 3.0;
+            let status = if by_status { "returned" } else { "" };
+            for (n, line) in p.lines.iter().enumerate() {
+                self.clean_line(p, &extra, n + 1, extra_t, *line, status, "")?;
+            }
+            if !by_status {
+                let note = format!("{extra}C");
+                for (n, &(cat, qty, price, cost)) in p.lines.iter().enumerate() {
+                    self.clean_line(p, &note, n + 1, back_t, (cat, -qty, price, cost), "", &extra)?;
+                }
+            }
+            self.report.returned_orders += 1;
+            self.report.returned_revenue_cents += p.lines.iter().map(|l| l.1 * l.2).sum::<i64>();
+        }
+        // One unit of an undiscounted line, when the order keeps at least one other unit.
+        let units: i64 = p.lines.iter().map(|l| l.1).sum();
+        let candidates: Vec<usize> = (0..p.lines.len()).filter(|n| Some(*n) != p.discounted_line).collect();
+        if partial_u < partial && back_t < self.weeks && units >= 2 && !candidates.is_empty() {
+            let j = candidates[((pick_u * candidates.len() as f64) as usize).min(candidates.len() - 1)];
+            let (cat, _, price, cost) = p.lines[j];
+            if form < 0.5 {
+                self.clean_line(p, p.order_id, 101 + j, back_t, (cat, -1, price, cost), "", "")?;
+            } else {
+                let note = format!("{}-C", p.order_id);
+                self.clean_line(p, &note, 1, back_t, (cat, -1, price, cost), "", p.order_id)?;
+            }
+            self.report.partial_returns += 1;
+            self.report.returned_revenue_cents += price;
+        }
+        Ok(())
+    }
+
+    /// Writes one sales line of the returns stream: canonical id and timestamp, no mess.
+    #[allow(clippy::too_many_arguments)]
+    fn clean_line(
+        &mut self,
+        p: &Purchase<'_>,
+        order_id: &str,
+        line_no: usize,
+        t: f64,
+        (cat, qty, price, cost): Line,
+        status: &str,
+        refund_of: &str,
+    ) -> Result<(), GenerateError> {
+        let secs = self.secs(t);
+        let year = year_of(secs);
+        self.open_sales(year)?;
+        let row = Row {
+            vals: vec![
+                order_id.to_string(),
+                line_no.to_string(),
+                p.customer.to_string(),
+                fmt_ts(secs, TsForm::Zulu),
+                p.channel.into(),
+                cat.into(),
+                qty.to_string(),
+                fmt_cents(price),
+                String::new(),
+                cost.map(fmt_cents).unwrap_or_default(),
+                "EUR".into(),
+                String::new(),
+                status.into(),
+                refund_of.into(),
+            ],
+            absent: None,
+            empty_as_string: false,
+        };
+        let Some(sink) = self.sales.get_mut(&year) else {
+            return Err(invalid("internal: sales sink missing".into()));
+        };
+        let clean = RowMess {
+            dup: false,
+            id_variant: 0,
+            empty_as_string: false,
+        };
+        emit(sink, &mut self.report.sales, &row, clean, self.messy)
     }
 
     fn finish(self) -> Result<GenerateReport, GenerateError> {

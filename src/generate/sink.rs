@@ -68,6 +68,8 @@ pub(crate) const SALES_COLUMNS: &[Column] = &[
     col("unit_cost", Kind::Num),
     col("currency", Kind::Str),
     col("referred_by", Kind::Str),
+    col("status", Kind::Str),
+    col("refund_of", Kind::Str),
 ];
 
 /// Columns of `schemas/service.schema.json`.

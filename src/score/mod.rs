@@ -92,6 +92,9 @@ pub struct ScoringSettings {
     pub long_gap_factor: f64,
     /// Recent-window spend below this share of the prior window's is "spend falling".
     pub spend_falling_ratio: f64,
+    /// A return rate (revenue returned or refunded / revenue sold) at or above this is a
+    /// churn reason (`high_return_rate`); see docs/returns.md.
+    pub high_return_rate: f64,
     /// Churn model: the label window in days. The model is trained on features as of
     /// `as_of - churn_holdout_days` labelled by "no purchase in the following
     /// churn_holdout_days", and its learner is chosen on the window before that.
@@ -128,6 +131,7 @@ impl Default for ScoringSettings {
             incentive_discount_share: 0.5,
             long_gap_factor: 2.0,
             spend_falling_ratio: 0.75,
+            high_return_rate: 0.25,
             churn_holdout_days: 90,
             churn_training_customers: CHURN_TRAINING_CUSTOMERS,
             require_models: false,
@@ -152,6 +156,7 @@ impl ScoringSettings {
             ("loyalty_repeat_high", self.loyalty_repeat_high),
             ("incentive_discount_share", self.incentive_discount_share),
             ("spend_falling_ratio", self.spend_falling_ratio),
+            ("high_return_rate", self.high_return_rate),
         ];
         for (key, value) in shares {
             problems.check_range(&format!("scoring.{key}"), value, 0.0, 1.0);

@@ -26,7 +26,7 @@ pub enum Format {
 }
 
 /// The numeric feature columns of `churn_features`, in model order, with their format.
-pub const NUMERIC: [(&str, Format); 18] = [
+pub const NUMERIC: [(&str, Format); 19] = [
     ("p_alive", Format::Decimal),
     ("log_expected_purchases", Format::Signed),
     ("recency_days", Format::Count),
@@ -34,6 +34,7 @@ pub const NUMERIC: [(&str, Format); 18] = [
     ("frequency", Format::Count),
     ("repeat_buyer", Format::Count),
     ("spend_trend", Format::Signed),
+    ("return_rate", Format::Decimal),
     ("tickets_recent", Format::Count),
     ("complaints_recent", Format::Count),
     ("open_complaints", Format::Count),

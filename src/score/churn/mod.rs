@@ -52,8 +52,9 @@ use crate::transform::{Project, Provided, dag};
 pub const FEATURES_STAGE: &str = "churn_features";
 /// The table the churn step registers: one row per scored buyer.
 pub const PREDICTIONS_TABLE: &str = "churn_predictions";
-/// The staged sales the labels are counted from.
-const SALES_STAGE: &str = "stg_sales";
+/// The orders the labels are counted from: those with `is_purchase` (not cancelled or
+/// returned in full, docs/returns.md).
+const ORDERS_STAGE: &str = "int_orders";
 /// Fewest customers in the training and in the validation snapshot.
 pub const MIN_CUSTOMERS: usize = 100;
 /// Fewest customers of each class (churned, purchased) in either snapshot.
@@ -364,7 +365,7 @@ async fn snapshot_into(
     })
 }
 
-/// The customers of `rows` with a staged order in the `days` days after `day` (up to the
+/// The customers of `rows` with a purchase in the `days` days after `day` (up to the
 /// as-of day). The query's ids stream past; only those of `rows` are kept.
 async fn purchased_after(
     ctx: &SessionContext,
@@ -377,10 +378,11 @@ async fn purchased_after(
     let until = day.checked_add_days(Days::new(u64::from(days))).unwrap_or(day);
     let params = HashMap::from([("after".to_string(), bound(day)), ("until".to_string(), bound(until))]);
     let sql = format!(
-        "SELECT DISTINCT customer_id FROM {SALES_STAGE} WHERE order_ts >= $after AND order_ts < $until AND customer_id IS NOT NULL"
+        "SELECT DISTINCT customer_id FROM {ORDERS_STAGE} \
+         WHERE is_purchase AND order_ts >= $after AND order_ts < $until AND customer_id IS NOT NULL"
     );
     let err = |e: datafusion::error::DataFusionError| ChurnError::Input {
-        table: SALES_STAGE.into(),
+        table: ORDERS_STAGE.into(),
         message: e.to_string(),
     };
     let mut stream = ctx
