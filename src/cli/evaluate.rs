@@ -410,10 +410,19 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
     // them; with `latest`, its as-of date is the end of the data.
     let end_dir = scratch.join(END_OF_DATA_DIR);
     let (end_as_of, end_source) = match plan.as_of {
-        AsOf::Date(d) => (AsOf::Date(d), if args.as_of.is_some() { "--as-of" } else { "run.as_of" }),
+        AsOf::Date(d) => (
+            AsOf::Date(d),
+            if args.as_of.is_some() { "--as-of" } else { "run.as_of" },
+        ),
         AsOf::Latest => (AsOf::Latest, "latest event date"),
     };
-    let end_report = run_pipeline(&args.pipeline, end_as_of, &end_dir, &format!("end-of-data run (as of {end_as_of})")).await?;
+    let end_report = run_pipeline(
+        &args.pipeline,
+        end_as_of,
+        &end_dir,
+        &format!("end-of-data run (as of {end_as_of})"),
+    )
+    .await?;
     let end = match plan.as_of {
         AsOf::Date(d) => d,
         AsOf::Latest => manifest_date(&end_report)?,

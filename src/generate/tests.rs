@@ -449,12 +449,7 @@ fn generate_counts_match_files_and_clean_equals_messy_after_staging() {
 fn generate_mess_kinds_look_as_documented() {
     let dir = tempfile::tempdir().expect("tempdir");
     let report = generate(&opts(dir.path(), 3000, 5, OutputFormat::Csv, true)).expect("generate");
-    for kind in [
-        "bad_timestamp",
-        "quantity_not_integer",
-        "ragged_row",
-        "negative_price",
-    ] {
+    for kind in ["bad_timestamp", "quantity_not_integer", "ragged_row", "negative_price"] {
         assert!(
             report.sales.bad_by_kind.contains_key(kind),
             "sales {kind}: {:?}",
@@ -488,7 +483,16 @@ fn generate_mess_kinds_look_as_documented() {
         .filter(|f| f.starts_with("sales/"))
         .map(|f| String::from_utf8(read(&dir.path().join(f))).expect("utf8"))
         .collect();
-    for needle in [",not-a-date,", ",three,", ",-2.00,", ",c0", ", C0", "0 ,", ",cancelled,", ",returned,"] {
+    for needle in [
+        ",not-a-date,",
+        ",three,",
+        ",-2.00,",
+        ",c0",
+        ", C0",
+        "0 ,",
+        ",cancelled,",
+        ",returned,",
+    ] {
         assert!(sales.contains(needle), "sales lacks {needle:?}");
     }
     assert!(sales.lines().any(|l| l.contains("+01:00") || l.contains("-05:00")));
@@ -564,9 +568,19 @@ struct Order {
 fn purchases(found: &Found) -> BTreeMap<String, Order> {
     let mut orders: BTreeMap<String, Order> = BTreeMap::new();
     for row in found.canonical.values().flatten() {
-        let num = |i: usize| if row[i].is_empty() { 0.0 } else { row[i].parse::<f64>().expect("number") };
+        let num = |i: usize| {
+            if row[i].is_empty() {
+                0.0
+            } else {
+                row[i].parse::<f64>().expect("number")
+            }
+        };
         let (qty, price, discount) = (num(6), num(7), num(8));
-        let key = if row[13].is_empty() { row[0].clone() } else { row[13].clone() };
+        let key = if row[13].is_empty() {
+            row[0].clone()
+        } else {
+            row[13].clone()
+        };
         let o = orders.entry(key).or_insert_with(|| Order {
             customer: row[2].clone(),
             gross: 0.0,
