@@ -21,6 +21,7 @@ mod recovery;
 mod remote_sources;
 mod remote_warehouse;
 mod report;
+mod returns;
 mod run_fixtures;
 mod schedule;
 mod serve;
