@@ -9,8 +9,8 @@ use patron::cli::{Cli, dispatch};
 use tracing_subscriber::EnvFilter;
 
 /// With the `mimalloc` feature, mimalloc instead of the system allocator: a little faster
-/// (about 2-4% on a 10M-line extract + fact) and at half again the peak memory, see the
-/// README's memory section.
+/// (about 2-4% on a 10M-line extract + fact) and at half again the peak memory, see
+/// docs/operations.md, Memory and large inputs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

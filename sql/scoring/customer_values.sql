@@ -1,6 +1,6 @@
 -- @cluster_by: customer_id
 -- customer_values: one row per customer of fct_customer with the purchase models' outputs
--- (value, churn and spend; see DOMAIN.md) and the inputs of the scores that rank a customer
+-- (value, churn and spend; see docs/scoring.md) and the inputs of the scores that rank a customer
 -- among the others. customer_scores reads it once per ranking, so the models run once per
 -- customer. Customers who never ordered (prospects) have NULL model columns and value 0.
 --   p_alive, expected_purchases_90d/365d  BG/NBD (NULL for prospects)

@@ -1,4 +1,4 @@
-//! `patron evaluate`: a backtest of the purchase and churn models (DOMAIN.md). The real
+//! `patron evaluate`: a backtest of the purchase and churn models (docs/scoring.md). The real
 //! pipeline runs as of a calibration end (the end of the data minus the holdout) into a
 //! scratch warehouse `<warehouse>/evaluations/<evaluation_id>/`; each of that run's buyers
 //! gets the BG/NBD expected purchases over the holdout, which are compared with the

@@ -53,7 +53,7 @@ pub struct ExplainArgs {
     pub warehouse: Option<String>,
 }
 
-/// Which rule or model produced each column of `customer_scores` (see DOMAIN.md and the
+/// Which rule or model produced each column of `customer_scores` (see docs/scoring.md and the
 /// header of customer_scores.sql). `{bgnbd}`, `{gamma_gamma}` and `{churn}` are replaced
 /// by the fitted models' descriptions.
 const PRODUCED_BY: [(&str, &str); 27] = [

@@ -31,7 +31,7 @@ pub struct QueryArgs {
     /// The SELECT to run, e.g. "SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1".
     #[arg(required_unless_present = "dashboard")]
     pub sql: Option<String>,
-    /// Run one of the supported dashboard queries instead (README, "Dashboard queries"):
+    /// Run one of the supported dashboard queries instead (docs/guide.md, "Dashboard queries"):
     /// churn_risk_by_segment, clv_distribution, value_tiers, top_customers,
     /// churn_risk_trend, segment_migration_matrix.
     #[arg(long, conflicts_with = "sql")]

@@ -28,7 +28,7 @@ pub async fn run(args: ScheduleArgs) -> Result<(), CliError> {
         let mut plan = Plan::load(file, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
         let Some(schedule) = plan.schedule.take() else {
             return Err(CliError::usage(format!(
-                "{}: no [schedule] section: add one with at least `cron = \"...\"` (see README, Scheduling)",
+                "{}: no [schedule] section: add one with at least `cron = \"...\"` (see docs/guide.md, Scheduling)",
                 file.display()
             )));
         };

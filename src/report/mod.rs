@@ -43,7 +43,7 @@ pub mod queries {
 pub const SAMPLE_LIMIT: usize = 2000;
 /// Quarantine reason groups listed at most.
 pub const TOP_REASONS: usize = 10;
-/// Lifecycle stages in funnel order (DOMAIN.md, "Lifecycle stage").
+/// Lifecycle stages in funnel order (docs/scoring.md, "Lifecycle stage").
 pub const LIFECYCLE_ORDER: [&str; 6] = [
     "prospect",
     "exploration",

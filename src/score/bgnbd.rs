@@ -765,7 +765,7 @@ mod tests {
         group_summaries(read_cdnow().iter().map(|c| (c.x, c.t_x, c.t_cal)))
     }
 
-    /// FHL 2005, section 5 / README: r = 0.243, alpha = 4.414, a = 0.793,
+    /// FHL 2005, section 5 / fixtures/cdnow/README.md: r = 0.243, alpha = 4.414, a = 0.793,
     /// b = 2.426, LL = -9582.4 on the 2,357-customer CDNOW sample.
     ///
     /// Because alpha = 4.41353 is close to a rounding boundary, the fit is
@@ -798,7 +798,7 @@ mod tests {
         assert!(fit.converged);
     }
 
-    /// README: a customer with x = 2, t_x = 30.43, T = 38.86 is expected to
+    /// docs/scoring.md: a customer with x = 2, t_x = 30.43, T = 38.86 is expected to
     /// make about 1.226 purchases in the next 39 weeks (FHL eq. 10).
     #[test]
     fn cdnow_conditional_expectation() {

@@ -517,7 +517,7 @@ mod tests {
             .collect()
     }
 
-    /// README / FHL 2005 JMR: p = 6.25, q = 3.74, gamma = 15.44 on the 946
+    /// fixtures/cdnow/README.md / FHL 2005 JMR: p = 6.25, q = 3.74, gamma = 15.44 on the 946
     /// CDNOW customers with repeat purchases, using zbar.
     ///
     /// The exact maximiser of this likelihood on this file, found by Newton's

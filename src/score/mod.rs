@@ -41,7 +41,7 @@ pub const CHURN_TRAINING_CUSTOMERS: usize = 250_000;
 /// Most buyers per cut-off the churn learners may be given (their rows are held in memory).
 pub const MAX_CHURN_TRAINING_CUSTOMERS: usize = 10_000_000;
 
-/// Scoring settings; each field's default is the one in DOMAIN.md. Every field reaches the
+/// Scoring settings; each field's default is the one in docs/scoring.md. Every field reaches the
 /// scoring SQL as the named parameter `$<field>` (see [`ScoringSettings::sql_params`]) and is
 /// written to the run manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -166,7 +166,7 @@ fn expected(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Optio
 }
 
 /// Expected purchases in each month of the horizon, discounted: the purchase-count part of
-/// the discounted CLV in DOMAIN.md (multiply by expected order value and margin).
+/// the discounted CLV in docs/scoring.md (multiply by expected order value and margin).
 pub fn discounted_purchases(
     params: &BgNbdParams,
     x: f64,

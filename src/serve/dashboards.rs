@@ -1,12 +1,12 @@
 //! The dashboard queries patron supports: plain SQL over the published tables that BI
-//! tools send through `patron serve` (and `patron query` runs). The README lists them
+//! tools send through `patron serve` (and `patron query` runs). docs/guide.md lists them
 //! verbatim (a test keeps the two the same) and the serve tests run every one through
 //! real PostgreSQL clients.
 
 /// One dashboard query.
 #[derive(Debug, Clone, Copy)]
 pub struct Dashboard {
-    /// Short name, used in the README and the tests.
+    /// Short name, used in docs/guide.md and the tests.
     pub name: &'static str,
     /// What the panel shows.
     pub title: &'static str,
@@ -14,7 +14,7 @@ pub struct Dashboard {
     pub sql: &'static str,
 }
 
-/// Every dashboard query, in the README's order.
+/// Every dashboard query, in the order of docs/guide.md.
 pub const DASHBOARDS: [Dashboard; 6] = [
     Dashboard {
         name: "churn_risk_by_segment",
@@ -70,11 +70,11 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_dashboard_query_verbatim() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/guide.md");
         for d in DASHBOARDS {
             assert!(
                 readme.contains(d.sql),
-                "README.md lacks the `{}` query:\n{}",
+                "docs/guide.md lacks the `{}` query:\n{}",
                 d.name,
                 d.sql
             );

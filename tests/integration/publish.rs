@@ -339,7 +339,7 @@ fn an_input_file_deleted_after_listing_is_an_error_naming_the_file() {
 }
 
 /// An independent reader: the Python `deltalake` package (installed by `.ci/run`) follows
-/// the runs table as the README tells BI tools to, and must see what patron published.
+/// the runs table as docs/operations.md tells BI tools to, and must see what patron published.
 #[tokio::test]
 async fn an_independent_delta_reader_follows_the_runs_table_to_the_published_rows() {
     let dir = tempfile::tempdir().unwrap();

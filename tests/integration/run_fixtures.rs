@@ -293,7 +293,7 @@ async fn an_earlier_as_of_date_ignores_later_events() {
     assert_eq!(latest_manifest(&wh)["as_of"], "2024-06-30");
 }
 
-/// Every score column of DOMAIN.md, in the published order.
+/// Every score column of docs/scoring.md, in the published order.
 const SCORE_COLUMNS: [&str; 30] = [
     "customer_id",
     "as_of",

@@ -233,7 +233,7 @@ fn serve_lists_tables_and_answers_dashboard_queries_over_psql() {
     let dt = psql_rows(server.port, "\\dt");
     assert!(dt.iter().any(|l| l.contains("customer_scores")), "{dt:?}");
 
-    // Every supported dashboard query (README), checked against the same tables read
+    // Every supported dashboard query (docs/guide.md), checked against the same tables read
     // directly; floats to 1e-9 relative (aggregation order may differ).
     let rt = tokio::runtime::Runtime::new().unwrap();
     let direct = rt.block_on(support::warehouse_session(wh));
