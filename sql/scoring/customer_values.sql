@@ -5,8 +5,9 @@
 -- customer. Customers who never ordered (prospects) have NULL model columns and value 0.
 --   p_alive, expected_purchases_90d/365d  BG/NBD (NULL for prospects)
 --   expected_order_value  Gamma-Gamma: (gamma + m x) p / (p x + q - 1), the population mean
---                         for one-time buyers; the customer's mean order value when the model
---                         could not be fitted (fewer than 3 repeat buyers)
+--                         for one-time buyers; the customer's mean spend per purchase day
+--                         (net of partial returns, never negative) when the model could not
+--                         be fitted (fewer than 3 repeat buyers)
 --   margin_share          the customer's own gross margin share of revenue, floored at 0
 --                         (scoring.margin_rate without revenue)
 --   historical_value      gross margin to date
@@ -32,7 +33,10 @@ WITH modelled AS (
         bgnbd_expected_purchases(365.0 / $time_unit_days, m.x, m.t_x, m.t_cal) AS expected_purchases_365d,
         -- x = 0 gives the population mean p * gamma / (q - 1), whatever the spend argument.
         CASE
-            WHEN f.orders > 0 THEN COALESCE(gg_expected_order_value(m.x, COALESCE(m.mean_repeat_spend, 0.0)), f.avg_order_value)
+            WHEN f.orders > 0 THEN COALESCE(
+                gg_expected_order_value(m.x, COALESCE(m.mean_repeat_spend, 0.0)),
+                (m.first_day_revenue + COALESCE(m.mean_repeat_spend, 0.0) * m.x) / (m.x + 1.0)
+            )
         END AS expected_order_value,
         CASE WHEN f.revenue > 0 THEN GREATEST(0.0, f.gross_margin / f.revenue) ELSE $margin_rate END AS margin_share,
         bgnbd_discounted_purchases(m.x, m.t_x, m.t_cal, $clv_horizon_months, $clv_monthly_discount) AS discounted_purchases,

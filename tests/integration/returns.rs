@@ -140,8 +140,8 @@ async fn a_schema_without_returns_quarantines_negative_lines() {
     let dir = tempfile::tempdir().unwrap();
     let p = project_with_exports(dir.path(), &export(), None, None);
     let schema = dir.path().join("schemas/sales.schema.json");
-    let text = std::fs::read_to_string(&schema).unwrap();
-    let strict: Vec<String> = text
+    let declared = std::fs::read_to_string(&schema).unwrap();
+    let strict: Vec<String> = declared
         .lines()
         .map(|l| {
             if l.contains("\"name\": \"quantity\"") {
@@ -155,7 +155,9 @@ async fn a_schema_without_returns_quarantines_negative_lines() {
     assert!(strict.contains("\"minimum\": 1}"), "quantity's constraints were found");
     std::fs::write(&schema, strict).unwrap();
     // Three of the twenty lines are quarantined: more than the default 5% budget.
-    let pipeline = std::fs::read_to_string(&p).unwrap().replace("error_budget = 0.05", "error_budget = 0.5");
+    let pipeline = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("error_budget = 0.05", "error_budget = 0.5");
     std::fs::write(&p, pipeline).unwrap();
     let out = run_pipeline(dir.path(), &p, &["--as-of", "2025-06-30"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
