@@ -35,6 +35,7 @@ use crate::score::backtest::{self, HoldoutSpec};
 use crate::score::bgnbd::BgNbdParams;
 use crate::score::error::ModelError;
 use crate::score::models::MODEL_INPUT_STAGE;
+use crate::score::truth::{self, Truth, TruthError, TruthEvaluation};
 use crate::storage::{ParquetSink, WriteError};
 
 /// Folder under the warehouse holding one scratch warehouse per evaluation.
@@ -49,6 +50,8 @@ pub const SALES_SOURCE: &str = "sales";
 const SCORES_TABLE: &str = "customer_scores";
 /// The orders table the holdout purchases are counted from (`is_purchase`).
 const ORDERS_TABLE: &str = "int_orders";
+/// The short-term churn column, reported against the truth when a run has it.
+const P_NO_PURCHASE: &str = "p_no_purchase_90d";
 /// The end-of-data run's warehouse, inside the evaluation's scratch warehouse.
 pub const END_OF_DATA_DIR: &str = "end-of-data";
 
@@ -69,6 +72,11 @@ pub struct EvaluateArgs {
     /// `<warehouse>/evaluations/<evaluation_id>/`.
     #[arg(long)]
     pub out: Option<String>,
+    /// The true state of each customer (`truth_customers.csv` of `patron generate`): also
+    /// report how well the end-of-data run's churn scores find the customers who truly
+    /// dropped out by its as-of day.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
 }
 
 /// Why an evaluation stopped.
@@ -139,6 +147,9 @@ pub enum EvaluateError {
         /// The model's error (boxed: it is large).
         source: Box<ModelError>,
     },
+    /// The `--truth` file cannot be used.
+    #[error(transparent)]
+    Truth(#[from] TruthError),
     /// Writing the evaluation table failed.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -159,7 +170,8 @@ impl EvaluateError {
             EvaluateError::Config(_)
             | EvaluateError::NoSalesSource { .. }
             | EvaluateError::HoldoutOutOfRange { .. }
-            | EvaluateError::DateOutOfRange { .. } => EXIT_USAGE,
+            | EvaluateError::DateOutOfRange { .. }
+            | EvaluateError::Truth(_) => EXIT_USAGE,
             EvaluateError::Run { failure, .. } => failure.error.exit_code(),
             _ => EXIT_RUN_FAILED,
         }
@@ -242,6 +254,8 @@ pub struct EvaluationReport {
     /// What stood in for BG/NBD (the predictions are its), and why, when it could not be
     /// fitted.
     pub bgnbd_fallback: Option<String>,
+    /// The end-of-data run's churn scores against the true dropped-out state (`--truth`).
+    pub truth: Option<TruthEvaluation>,
     /// The evaluation table's Parquet file.
     pub table: String,
 }
@@ -366,6 +380,21 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
             bins.join("; ")
         );
     }
+    if let Some(t) = &r.truth {
+        println!(
+            "  truth        {} buyers as of {}, {} truly dropped out ({} unknown to {})",
+            t.customers, t.as_of, t.dropped_out, t.unknown_customers, t.file
+        );
+        for s in &t.scores {
+            println!(
+                "  {:<18} AUC {}  Brier {}  for dropped out ({} customers)",
+                s.score,
+                num(s.auc),
+                num(s.brier),
+                s.customers
+            );
+        }
+    }
     println!("table:  {}", r.table);
     println!("report: {}", report_path.display());
 }
@@ -389,6 +418,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
                 .join(", "),
         });
     }
+    let truth = args.truth.as_deref().map(Truth::read).transpose()?;
     let evaluation_id = pipeline::new_run_id(Utc::now());
     let Some(warehouse_dir) = plan.warehouse.local_dir() else {
         return Err(EvaluateError::Config(crate::config::ConfigError::Invalid {
@@ -478,6 +508,10 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         until: day_end(&plan, end)?,
     };
     let totals = evaluate_customers(&scratch, &end_dir, params.as_ref(), holdout_units, &bounds, &table_path).await?;
+    let truth = match &truth {
+        Some(t) => Some(against_truth(&end_dir, t, end).await?),
+        None => None,
+    };
 
     let (auc, auc_customers, auc_note) = churn_auc(&totals, |_| true);
     let (auc_repeat_buyers, auc_repeat_buyers_customers, _) = churn_auc(&totals, |i| totals.repeat[i]);
@@ -528,6 +562,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         model_version: models.model_version.clone(),
         bgnbd_params: models.bgnbd.as_ref().map(|fit| fit.params.clone()),
         bgnbd_fallback: models.bgnbd_fallback.as_ref().map(ToString::to_string),
+        truth,
         table: table_path.to_string_lossy().into_owned(),
     };
     let report_path = scratch.join(EVALUATION_REPORT);
@@ -799,6 +834,61 @@ async fn evaluate_customers(
     }
     sink.close()?;
     Ok(totals)
+}
+
+/// The end-of-data run's churn scores of every buyer against the truth as of `end`:
+/// `churn_risk`, the purchase model's `1 - p_alive`, and `p_no_purchase_90d` when the run
+/// has that column.
+async fn against_truth(end_dir: &Path, truth: &Truth, end: NaiveDate) -> Result<TruthEvaluation, EvaluateError> {
+    let ctx = SessionContext::new();
+    let path = end_dir.join(TABLES_DIR).join(SCORES_TABLE);
+    let table_err = |message: String| EvaluateError::Table {
+        table: SCORES_TABLE.to_string(),
+        path: path.clone(),
+        message,
+    };
+    let warehouse = crate::warehouse::Warehouse::local(end_dir);
+    let location = format!("{TABLES_DIR}/{SCORES_TABLE}");
+    crate::publish::read::register_table(&ctx, SCORES_TABLE, &warehouse, &location)
+        .await
+        .map_err(|e| table_err(e.to_string()))?;
+    let df = ctx.table(SCORES_TABLE).await.map_err(|e| table_err(e.to_string()))?;
+    let mut columns = vec!["churn_risk", "p_alive"];
+    if df.schema().field_with_unqualified_name(P_NO_PURCHASE).is_ok() {
+        columns.push(P_NO_PURCHASE);
+    }
+    let sql = format!(
+        "SELECT customer_id, {} FROM {SCORES_TABLE} WHERE p_alive IS NOT NULL ORDER BY customer_id",
+        columns.join(", ")
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| table_err(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| table_err(e.to_string()))?;
+    let mut ids = Vec::new();
+    let mut values: Vec<Vec<Option<f64>>> = vec![Vec::new(); columns.len()];
+    for batch in &batches {
+        let id = cast(batch.column(0), &DataType::Utf8).map_err(|e| table_err(e.to_string()))?;
+        let id = downcast::<StringArray>(&id, "customer_id", &table_err)?;
+        ids.extend((0..id.len()).map(|i| id.value(i).to_string()));
+        for (c, name) in columns.iter().enumerate() {
+            let col = cast(batch.column(c + 1), &DataType::Float64).map_err(|e| table_err(e.to_string()))?;
+            let col = downcast::<Float64Array>(&col, name, &table_err)?;
+            values[c].extend(col.iter());
+        }
+    }
+    let mut scores: Vec<(&str, Vec<Option<f64>>)> = Vec::new();
+    for (name, v) in columns.iter().zip(values) {
+        if *name == "p_alive" {
+            scores.push(("1 - p_alive", v.into_iter().map(|p| p.map(|p| 1.0 - p)).collect()));
+        } else {
+            scores.push((name, v));
+        }
+    }
+    Ok(truth::evaluate(truth, end, &ids, &scores))
 }
 
 fn downcast<'a, T: 'static>(

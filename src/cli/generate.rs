@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::CliError;
-use crate::generate::{GenerateOptions, OutputFormat, generate};
+use crate::generate::{GenerateOptions, OutputFormat, TrueParameters, generate};
 
 /// File format of the generated exports.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -42,6 +42,10 @@ pub struct GenerateArgs {
     /// Write clean data only (no duplicates, no unparseable rows).
     #[arg(long)]
     pub clean: bool,
+    /// No cancelled, returned or refunded orders (docs/returns.md, The generator): every
+    /// order value is then exactly a Gamma-Gamma draw, as model-recovery checks need.
+    #[arg(long)]
+    pub no_returns: bool,
 }
 
 /// Generates the exports and prints what was written.
@@ -58,7 +62,16 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         start: args.start,
         years: args.years,
         messy: !args.clean,
-        ..GenerateOptions::default()
+        truth: if args.no_returns {
+            TrueParameters {
+                cancel_share: 0.0,
+                full_return_share: 0.0,
+                partial_return_share: 0.0,
+                ..TrueParameters::default()
+            }
+        } else {
+            TrueParameters::default()
+        },
     };
     let report = generate(&opts).map_err(|e| CliError::failed(e.to_string()))?;
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

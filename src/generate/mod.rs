@@ -452,6 +452,13 @@ fn remove_stale(out_dir: &Path) -> Result<(), GenerateError> {
     Ok(())
 }
 
+/// Each buyer's true state, beside `truth.json`: `customer_id` (canonical), `acquired_at`
+/// (first purchase), `purchase_rate_per_week` (lambda), `dropout_probability` (p, per repeat
+/// purchase), `purchases`, `dropped_out` (`true` when the customer dropped out before the
+/// window end) and `dropout_at` (the purchase after which they dropped out; empty while
+/// alive). A customer counts as dropped out as of a day when `dropout_at` is before its end.
+pub const TRUTH_CUSTOMERS_FILE: &str = "truth_customers.csv";
+
 /// Generates the synthetic exports and `truth.json` into `opts.out_dir`.
 ///
 /// Earlier generator files in `sales/`, `service/` and `marketing/` (any of the three

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, Gamma, StandardNormal};
 
-use super::sink::{MARKETING_COLUMNS, Row, SALES_COLUMNS, SERVICE_COLUMNS, Sink};
+use super::sink::{MARKETING_COLUMNS, Row, SALES_COLUMNS, SERVICE_COLUMNS, Sink, TRUTH_COLUMNS};
 use super::{GenerateError, GenerateOptions, GenerateReport, MESS, OutputFormat, SourceReport};
 
 const WEEK_SECS: f64 = 604_800.0;
@@ -169,6 +169,8 @@ struct Sim<'a> {
     sales: BTreeMap<i32, Sink>,
     service: Sink,
     marketing: Sink,
+    /// `truth_customers.csv`: one row per buyer.
+    truth: Sink,
     next_order: u64,
     next_ticket: u64,
     next_event: u64,
@@ -238,6 +240,13 @@ pub(crate) fn run(opts: &GenerateOptions) -> Result<(GenerateReport, Window), Ge
         marketing_format,
     )?;
 
+    let truth = Sink::create(
+        &opts.out_dir,
+        super::TRUTH_CUSTOMERS_FILE,
+        TRUTH_COLUMNS,
+        OutputFormat::Csv,
+    )?;
+
     let mut campaigns = Vec::new();
     let mut k = 0u32;
     loop {
@@ -264,6 +273,7 @@ pub(crate) fn run(opts: &GenerateOptions) -> Result<(GenerateReport, Window), Ge
         sales: BTreeMap::new(),
         service,
         marketing,
+        truth,
         next_order: 1,
         next_ticket: 1,
         next_event: 1,
@@ -605,6 +615,20 @@ impl Sim<'_> {
 
         let referred_by = referrer.map(customer_id).unwrap_or_default();
         let id = customer_id(i);
+        let truth = Row {
+            vals: vec![
+                id.clone(),
+                self.ts(t0, TsForm::Zulu),
+                format!("{lambda:.9}"),
+                format!("{p_drop:.9}"),
+                times.len().to_string(),
+                dropout.is_some().to_string(),
+                dropout.map(|d| self.ts(d, TsForm::Zulu)).unwrap_or_default(),
+            ],
+            absent: None,
+            empty_as_string: false,
+        };
+        self.truth.write_row(&truth)?;
         for (k, &tp) in times.iter().enumerate() {
             let refd = if k == 0 { referred_by.as_str() } else { "" };
             self.order(&id, tp, &spend, channel_pref, fav_category, refd)?;
@@ -1110,6 +1134,7 @@ impl Sim<'_> {
         let (service_rows, marketing_rows) = (self.service.rows(), self.marketing.rows());
         self.service.finish()?;
         self.marketing.finish()?;
+        self.truth.finish()?;
         files.sort();
         report.files = files;
         for (rep, written) in [

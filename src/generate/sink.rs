@@ -72,6 +72,18 @@ pub(crate) const SALES_COLUMNS: &[Column] = &[
     col("refund_of", Kind::Str),
 ];
 
+/// Columns of `truth_customers.csv`: each buyer's simulated state (see
+/// [`super::TRUTH_CUSTOMERS_FILE`]).
+pub(crate) const TRUTH_COLUMNS: &[Column] = &[
+    col("customer_id", Kind::Str),
+    col("acquired_at", Kind::Str),
+    col("purchase_rate_per_week", Kind::Num),
+    col("dropout_probability", Kind::Num),
+    col("purchases", Kind::Int),
+    col("dropped_out", Kind::Str),
+    col("dropout_at", Kind::Str),
+];
+
 /// Columns of `schemas/service.schema.json`.
 pub(crate) const SERVICE_COLUMNS: &[Column] = &[
     col("ticket_id", Kind::Str),

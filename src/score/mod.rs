@@ -13,6 +13,7 @@ pub mod optimize;
 pub mod special;
 #[cfg(test)]
 mod test_support;
+pub mod truth;
 
 pub mod models;
 pub mod udf;

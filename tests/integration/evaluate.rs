@@ -63,12 +63,29 @@ async fn register(ctx: &SessionContext, name: &str, path: &Path) {
 
 /// Purchase days (distinct customer and order date, ids normalised) strictly after
 /// `calibration_end` and up to `end`, of customers who bought on or before
-/// `calibration_end`: counted straight from an extracted sales table `raw`.
+/// `calibration_end`: counted straight from an extracted sales table `raw`, with the rule
+/// of docs/returns.md written out again here: lines count towards `refund_of` when set; an
+/// order is a purchase when it sold something (quantity > 0, not cancelled) and was not
+/// taken back in full; its day is that of its first sold line.
 async fn holdout_purchase_days(ctx: &SessionContext, raw: &str, calibration_end: NaiveDate, end: NaiveDate) -> f64 {
     scalar(
         ctx,
         &format!(
-            "WITH days AS (SELECT DISTINCT UPPER(TRIM(customer_id)) AS c, CAST(order_ts AS DATE) AS d FROM {raw}) \
+            "WITH lines AS ( \
+                SELECT DISTINCT UPPER(TRIM(customer_id)) AS c, \
+                    COALESCE(NULLIF(TRIM(refund_of), ''), TRIM(order_id)) AS o, TRIM(order_id) AS id, line_no, \
+                    order_ts, quantity, COALESCE(status, 'completed') AS s, \
+                    quantity * unit_price - SIGNUM(CAST(quantity AS DOUBLE)) * COALESCE(discount, 0.0) AS v \
+                FROM {raw}), \
+             orders AS ( \
+                SELECT c, o, \
+                    MIN(CASE WHEN quantity > 0 AND s <> 'cancelled' THEN CAST(order_ts AS DATE) END) AS d, \
+                    SUM(CASE WHEN quantity > 0 AND s <> 'cancelled' THEN v ELSE 0 END) AS sold, \
+                    SUM(CASE WHEN s = 'cancelled' THEN 0 WHEN quantity < 0 THEN -v \
+                             WHEN s IN ('returned', 'refunded') THEN v ELSE 0 END) AS back \
+                FROM lines GROUP BY c, o), \
+             days AS (SELECT DISTINCT c, d FROM orders \
+                WHERE d IS NOT NULL AND (back = 0 OR back < sold * (1 - 1e-9))) \
              SELECT COUNT(*) FROM days \
              WHERE d > DATE '{calibration_end}' AND d <= DATE '{end}' \
              AND c IN (SELECT c FROM days WHERE d <= DATE '{calibration_end}')"
@@ -152,6 +169,46 @@ async fn check_table(eval_dir: &Path, report: &serde_json::Value) -> SessionCont
     ctx
 }
 
+/// The `--truth` part of the report: every buyer of the end-of-data run is known to the
+/// truth file, the dropped-out count equals the file's own, and the purchase model's
+/// `1 - p_alive` ranks the truly dropped out better than chance.
+fn check_truth(report: &serde_json::Value, file: &Path, stdout: &str) {
+    let t = &report["truth"];
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let dropped_col = header.iter().position(|h| *h == "dropped_out").unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let dropped = rows.iter().filter(|r| r[dropped_col] == "true").count() as u64;
+    // The fixtures end on the window's last day: every dropout happened before its end.
+    assert_eq!(t["as_of"], report["end"]);
+    assert_eq!(t["unknown_customers"], 0, "{t}");
+    assert_eq!(
+        t["customers"].as_u64(),
+        Some(rows.len() as u64),
+        "every simulated buyer is scored: {t}"
+    );
+    assert_eq!(t["dropped_out"].as_u64(), Some(dropped), "{t}");
+    let scores: Vec<&str> = t["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["score"].as_str().unwrap())
+        .collect();
+    assert!(scores.starts_with(&["churn_risk", "1 - p_alive"]), "{scores:?}");
+    for s in t["scores"].as_array().unwrap() {
+        assert_eq!(s["customers"].as_u64(), Some(rows.len() as u64), "{s}");
+        let brier = s["brier"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&brier), "{s}");
+    }
+    let p_alive_auc = t["scores"][1]["auc"].as_f64().unwrap();
+    assert!(
+        p_alive_auc > 0.6,
+        "AUC of 1 - p_alive for the true dropouts: {p_alive_auc}"
+    );
+    assert!(stdout.contains("truly dropped out"), "{stdout}");
+}
+
 #[tokio::test]
 async fn evaluate_on_fixtures_backtests_the_models_without_touching_the_warehouse() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,10 +221,25 @@ async fn evaluate_on_fixtures_backtests_the_models_without_touching_the_warehous
             .any(|p| p.starts_with("tables/customer_scores") && p.extension().is_some_and(|e| e == "parquet"))
     );
 
-    let out = patron(&repo(), &["evaluate", "--out", wh.to_str().unwrap()]);
+    let truth_file = repo().join("fixtures/truth_customers.csv");
+    let out = patron(
+        &repo(),
+        &[
+            "evaluate",
+            "--out",
+            wh.to_str().unwrap(),
+            "--truth",
+            truth_file.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("MAE") && stdout.contains("AUC"), "{stdout}");
+    check_truth(
+        &read_json(&only_evaluation(&wh).join("evaluation.json")),
+        &truth_file,
+        &stdout,
+    );
 
     // The published tables, raw data, quarantine and manifests are byte for byte the same.
     assert_eq!(hash_tree(&wh), before, "evaluate changed the warehouse");
@@ -237,7 +309,9 @@ async fn evaluate_with_an_end_date_and_weeks_publishes_nothing_in_the_warehouse(
     let report = read_json(&eval_dir.join("evaluation.json"));
     assert_eq!(report["end"], "2025-09-30");
     assert_eq!(report["end_source"], "--as-of");
-    assert!(report["end_run_id"].is_null());
+    // The end-of-data run (as of the given day) tells which holdout orders are purchases.
+    assert!(report["end_run_id"].is_string(), "{report}");
+    assert!(eval_dir.join("end-of-data/tables/int_orders").is_dir());
     assert_eq!(report["holdout_days"], 84);
     assert_eq!(report["calibration_end"], "2025-07-08");
 

@@ -48,7 +48,7 @@ async fn quarantine_command_summarises_and_samples_the_latest_run() {
     assert_eq!(grouped, expected_entries, "every entry is in one group");
     assert!(
         summary.iter().any(|g| g["source"] == "sales"
-            && g["column"] == "quantity"
+            && g["column"] == "unit_price"
             && g["reason"] == "<n> is below the minimum <n>"),
         "values are grouped by reason pattern: {summary:?}"
     );

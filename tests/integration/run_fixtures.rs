@@ -3,10 +3,11 @@
 
 use crate::support::*;
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "stg_sales",
     "stg_service",
     "stg_marketing",
+    "int_orders",
     "fct_customer",
     "customer_model_input",
     "model_params",
@@ -68,12 +69,31 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
     assert_eq!(scalar(&ctx, "SELECT COUNT(*) FROM customer_scores").await, rows);
 
     // Revenue reconciles: computed straight from the extracted export (one copy per order
-    // line) equals the customer fact total.
+    // line, net of returns as docs/returns.md says: a cancelled line or a line returned
+    // whole brings nothing, a negative line gives its value and discount back) equals the
+    // customer fact total.
     let raw_revenue = scalar(
         &ctx,
-        "SELECT SUM(quantity * unit_price - COALESCE(discount, 0)) FROM (SELECT DISTINCT TRIM(order_id) AS o, line_no, quantity, unit_price, discount FROM raw_sales)",
+        "SELECT SUM(CASE \
+            WHEN status = 'cancelled' OR (quantity >= 0 AND status IN ('returned', 'refunded')) THEN 0 \
+            WHEN quantity < 0 THEN quantity * unit_price + COALESCE(discount, 0) \
+            ELSE quantity * unit_price - COALESCE(discount, 0) END) \
+         FROM (SELECT DISTINCT TRIM(order_id) AS o, line_no, quantity, unit_price, discount, status FROM raw_sales)",
     )
     .await;
+    // What came back equals the generator's own count, to the cent.
+    let returned = scalar(&ctx, "SELECT SUM(returned_revenue) FROM fct_customer").await;
+    let truth_returned = truth["report"]["returned_revenue_cents"].as_f64().unwrap() / 100.0;
+    assert!(truth_returned > 0.0);
+    assert!(
+        (returned - truth_returned).abs() < 0.005,
+        "{returned} vs {truth_returned}"
+    );
+    assert_eq!(
+        scalar(&ctx, "SELECT SUM(orders) FROM fct_customer").await,
+        truth["report"]["orders"].as_f64().unwrap(),
+        "the purchases are the simulated ones: cancelled and fully returned orders are not"
+    );
     let fct_revenue = scalar(&ctx, "SELECT SUM(revenue) FROM fct_customer").await;
     assert!(raw_revenue > 0.0);
     assert!(
