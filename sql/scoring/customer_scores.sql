@@ -26,8 +26,10 @@
 --   potential), investment (marketing + service cost x gross margin).
 -- 8 Loyalty (Dick and Basu): attitude 0-1 = mean of the available parts among CSAT
 --   ((avg - 1) / 4), engagement ((open rate + click rate) / 2), referrals (1 if any) and no
---   complaints (1 if none); repeat 0-1 = mean of the percent ranks of frequency and tenure
---   among buyers; loyalty_score = 100 x (attitude + repeat) / 2.
+--   complaints (1 if none; buyers only: a prospect's silence is no evidence of attitude,
+--   so a prospect is not "latent" loyal for want of complaints); repeat 0-1 =
+--   mean of the percent ranks of frequency and tenure among buyers; loyalty_score =
+--   100 x (attitude + repeat) / 2.
 -- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
 -- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
 --   `code=value` (comma-separated, '' when none); with the BG/NBD fallback the rule codes
@@ -80,11 +82,12 @@ loyalty AS (
             CASE WHEN csat_responses > 0 THEN (avg_csat - 1.0) / 4.0 ELSE 0.0 END
             + CASE WHEN marketing_sent > 0 THEN (COALESCE(open_rate, 0.0) + COALESCE(click_rate, 0.0)) / 2.0 ELSE 0.0 END
             + CASE WHEN referrals_made > 0 THEN 1.0 ELSE 0.0 END
-            + CASE WHEN complaints = 0 THEN 1.0 ELSE 0.0 END
+            + CASE WHEN is_buyer AND complaints = 0 THEN 1.0 ELSE 0.0 END
         ) / (
             CASE WHEN csat_responses > 0 THEN 1.0 ELSE 0.0 END
             + CASE WHEN marketing_sent > 0 THEN 1.0 ELSE 0.0 END
-            + 2.0
+            + CASE WHEN is_buyer THEN 1.0 ELSE 0.0 END
+            + 1.0
         ) AS attitude,
         CASE WHEN is_buyer THEN (f_rank + tenure_rank) / 2.0 ELSE 0.0 END AS repeat_patronage,
         -- LEAST ignores NULLs, so the scores are computed for buyers only.

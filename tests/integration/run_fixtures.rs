@@ -206,6 +206,16 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
     let wh = dir.path().join("warehouse");
     run_default(&wh);
     let ctx = warehouse_session(&wh).await;
+    // A prospect is loyal in attitude only on evidence (CSAT, opens, referrals), never for
+    // want of complaints: 261 of the 262 fixture prospects are `none`.
+    let unfounded = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores AS s JOIN fct_customer AS f USING (customer_id) \
+         WHERE s.rfm_segment = 'prospect' AND s.loyalty_type <> 'none' \
+         AND f.csat_responses = 0 AND f.marketing_opens = 0 AND f.referrals_made = 0",
+    )
+    .await;
+    assert_eq!(unfounded, 0.0, "prospects typed loyal without any evidence");
     // Scores are 1..5 and equal values always get equal scores.
     for (score, value) in [
         ("r_score", "recency_days"),
