@@ -15,7 +15,8 @@
 //! right after a purchase. The one change is that the first purchase (at time
 //! 0) counts too: a customer can drop out right after it, so a customer with
 //! no repeat purchase is not certainly alive (in BG/NBD they are), and the
-//! one-time buyers no longer force a low purchase rate on the whole population.
+//! model can explain one-time buyers by early dropout as well as by low
+//! purchase rates.
 //! A customer is summarised as for BG/NBD ([`RfSummary`]): `x` repeat purchases,
 //! `t_x` the time of the last one (0 when `x = 0`), and `T` the time from the
 //! first purchase to the end of calibration, in one consistent time unit; the
@@ -41,7 +42,8 @@
 //! alive customer follows the BG/NBD story (dropout only after purchases), so
 //! every prediction for an alive customer is BG/NBD's unconditional one with
 //! `(r+x, α+T, a, b+x+1)`: the same algebra as BG/NBD with `b` replaced by
-//! `b+1`, which is what WH's corrected conditional expectation is.
+//! `b+1`. For the expected purchases this is WH's corrected conditional
+//! expectation, in the form the `lifetimes` package implements.
 
 use super::bgnbd::check_interior;
 pub use super::bgnbd::{RfSummary, group_summaries};
@@ -296,9 +298,17 @@ impl LlConstants {
         }
     }
 
+    /// `ℓ(v)` is `ln_1p(v/α)` (exact for small `v/α`), or `ln(α+v) - ln α`
+    /// when `v/α` overflows, so that it is finite for every valid input.
     fn time_terms(&self, v: f64) -> TimeTerms {
+        let ratio = v / self.alpha;
+        let ell = if ratio.is_finite() {
+            ratio.ln_1p()
+        } else {
+            (self.alpha + v).ln() - self.ln_alpha
+        };
         TimeTerms {
-            ell: (v / self.alpha).ln_1p(),
+            ell,
             q: v / (self.alpha + v),
         }
     }
@@ -583,9 +593,20 @@ pub fn fit_mbgnbd_with(data: &[RfSummary], options: &MbgNbdFitOptions) -> Result
 /// Log of the odds that a customer has dropped out, `ln[a/(b+x)] +
 /// (r+x) ln[(α+T)/(α+t_x)]` (`t_x = 0` for `x = 0`): the ratio of the second
 /// term of `L` to the first.
+///
+/// Every piece is finite for valid inputs, so the sum is never `inf - inf`:
+/// the logarithms are taken separately (`a/(b+x)` can underflow), and
+/// `ln[(α+T)/(α+t_x)]` is `ln_1p` of `(T-t_x)/(α+t_x)` (exact near 1) unless
+/// that ratio overflows.
 fn log_dropout_odds(p: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> f64 {
     let t_x = recency(x, t_x);
-    (p.a / (p.b + x)).ln() + (p.r + x) * ((t_cal - t_x) / (p.alpha + t_x)).ln_1p()
+    let ratio = (t_cal - t_x) / (p.alpha + t_x);
+    let ln_ratio = if ratio.is_finite() {
+        ratio.ln_1p()
+    } else {
+        (p.alpha + t_cal).ln() - (p.alpha + t_x).ln()
+    };
+    p.a.ln() - (p.b + x).ln() + (p.r + x) * ln_ratio
 }
 
 /// Probability that a customer with history `(x, t_x, T)` is still active at
@@ -624,7 +645,10 @@ const A_NEAR_ONE: f64 = 1e-5;
 /// whose series has bounded terms even for heavy buyers (large `x`), where the
 /// untransformed 2F1 overflows although the product is tame. The removable
 /// singularity at `a = 1` is bridged by linear interpolation between
-/// `a = 1 ± A_NEAR_ONE` (error ~1e-10 relative).
+/// `a = 1 ± A_NEAR_ONE` (error ~1e-10 relative). Rounding below 0 (for
+/// values next to 0) is clamped to 0; a value that overflows (only at
+/// absurd parameters, e.g. a mean purchase rate `r/α` beyond 1e300) is
+/// [`ModelError::Undefined`].
 fn alive_expectation(p: &MbgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> Result<f64, ModelError> {
     if t == 0.0 {
         return Ok(0.0);
@@ -641,13 +665,24 @@ fn alive_expectation(p: &MbgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> R
         };
         Ok(c / (a - 1.0) * one_minus)
     };
-    if (p.a - 1.0).abs() < A_NEAR_ONE {
+    let e = if (p.a - 1.0).abs() < A_NEAR_ONE {
         let (lo, hi) = (1.0 - A_NEAR_ONE, 1.0 + A_NEAR_ONE);
         let (e_lo, e_hi) = (at(lo)?, at(hi)?);
-        Ok(e_lo + (p.a - lo) / (hi - lo) * (e_hi - e_lo))
+        e_lo + (p.a - lo) / (hi - lo) * (e_hi - e_lo)
     } else {
-        at(p.a)
+        at(p.a)?
+    };
+    if !e.is_finite() {
+        return Err(ModelError::Undefined {
+            context: "MBG/NBD expected purchases",
+            reason: format!(
+                "the expectation is not a finite f64 for r = {}, alpha = {}, a = {}, b = {}, x = {x}, alpha + T = {alpha_plus_age}, t = {t}",
+                p.r, p.alpha, p.a, p.b
+            ),
+        });
     }
+    // An expected count: rounding in a value next to 0 must not make it negative.
+    Ok(e.max(0.0))
 }
 
 /// Expected number of purchases in `(T, T + t]` for a customer with history
@@ -660,14 +695,19 @@ fn alive_expectation(p: &MbgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> R
 /// the module documentation); a customer who has dropped out buys nothing.
 ///
 /// # Errors
-/// Invalid parameters, observation or horizon (`t` finite, `>= 0`), or a
+/// Invalid parameters, observation or horizon (`t` finite, `>= 0`), a
 /// [`ModelError::Hypergeometric`] failure (only for `t` many orders of
-/// magnitude beyond `α + T`).
+/// magnitude beyond `α + T`), or [`ModelError::Undefined`] when the value
+/// overflows (absurd parameters).
 pub fn expected_purchases(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_observation(x, t_x, t_cal, None)?;
     validate_horizon(t)?;
     let alive = logistic_complement(log_dropout_odds(params, x, t_x, t_cal));
+    if alive == 0.0 {
+        // Certainly dropped out: no purchases, whatever an alive customer would make.
+        return Ok(0.0);
+    }
     Ok(alive * alive_expectation(params, x, params.alpha + t_cal, t)?)
 }
 
@@ -678,8 +718,9 @@ pub fn expected_purchases(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal
 /// probability `b/(a+b)` after the first purchase).
 ///
 /// # Errors
-/// Invalid parameters or horizon, or a [`ModelError::Hypergeometric`]
-/// failure for astronomically long horizons.
+/// Invalid parameters or horizon, a [`ModelError::Hypergeometric`] failure
+/// for astronomically long horizons, or [`ModelError::Undefined`] when the
+/// value overflows (absurd parameters).
 pub fn expected_purchases_unconditional(params: &MbgNbdParams, t: f64) -> Result<f64, ModelError> {
     params.validate()?;
     validate_horizon(t)?;

@@ -3,7 +3,7 @@
 
 Run from the repository root (lifetimes 0.11.3 imports with current numpy/pandas):
 
-    python3 -m venv /tmp/lt && /tmp/lt/bin/pip install lifetimes==0.11.3
+    python3 -m venv /tmp/lt && /tmp/lt/bin/pip install lifetimes==0.11.3 mpmath
     /tmp/lt/bin/python tests/reference/mbgnbd_lifetimes.py
 
 Writes, next to this script:
@@ -26,6 +26,9 @@ Writes, next to this script:
   conditional P(X(T, T+t) = n) for this model; its unconditional
   `probability_of_n_purchases_up_to_time(t, 0)` is the x = t_x = T = 0 case of
   the same formula and is checked in the JSON.
+* also in the JSON, `high_precision`: heavy buyers and long horizons, beyond the
+  CDNOW customers, with P(alive), the conditional expectation and p_no_purchase
+  evaluated in 50-digit arithmetic (mpmath) with `params`, and lifetimes' expectation.
 
 Floats are written with repr(), so they round-trip exactly.
 """
@@ -43,6 +46,7 @@ import scipy
 from scipy.optimize import minimize
 
 import lifetimes
+import mpmath
 from lifetimes import ModifiedBetaGeoFitter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,6 +63,44 @@ def total_log_likelihood(log_params, x, t_x, t_cal):
     weights = anp.ones(len(x))
     nll = ModifiedBetaGeoFitter._negative_log_likelihood(log_params, x, t_x, t_cal, weights, 0.0)
     return -nll * len(x)
+
+
+def high_precision(params, fitter):
+    """P(alive), E[Y(t)] (Wagner and Hoppe 2008) and p_no_purchase in 50 digits."""
+    mpmath.mp.dps = 50
+    r, alpha, a, b = (mpmath.mpf(repr(params[k])) for k in ["r", "alpha", "a", "b"])
+    out = []
+    for x, t_x, t_cal, t in [
+        (29.0, 38.0, 38.86, 39.0),
+        (60.0, 38.0, 38.86, 39.0),
+        (200.0, 38.0, 38.86, 39.0),
+        (400.0, 38.0, 38.86, 52.0),
+        (900.0, 38.86, 38.86, 13.0),
+        (5.0, 10.0, 38.86, 520.0),
+        (2.0, 30.43, 38.86, 5000.0),
+        (0.0, 0.0, 0.5, 260.0),
+    ]:
+        mx, mtx, mT, mt = (mpmath.mpf(repr(v)) for v in (x, t_x, t_cal, t))
+        alive = 1 / (1 + a / (b + mx) * ((alpha + mT) / (alpha + mtx)) ** (r + mx))
+        z = mt / (alpha + mT + mt)
+        hyp = mpmath.hyp2f1(r + mx, b + mx + 1, a + b + mx, z)
+        expected = alive * (a + b + mx) / (a - 1) * (1 - ((alpha + mT) / (alpha + mT + mt)) ** (r + mx) * hyp)
+        silent = 1 - alive + alive * ((alpha + mT) / (alpha + mT + mt)) ** (r + mx)
+        out.append(
+            {
+                "x": x,
+                "t_x": t_x,
+                "T": t_cal,
+                "t": t,
+                "p_alive": float(alive),
+                "expected_purchases": float(expected),
+                "p_no_purchase": float(silent),
+                "lifetimes_expected_purchases": float(
+                    fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, t_cal)
+                ),
+            }
+        )
+    return out
 
 
 def main():
@@ -141,6 +183,7 @@ def main():
             "scipy": scipy.__version__,
             "pandas": pd.__version__,
             "autograd": importlib.metadata.version("autograd"),
+            "mpmath": mpmath.__version__,
         },
         "customers": len(x),
         "params": params,
@@ -152,6 +195,7 @@ def main():
         "no_purchase_horizon": NO_PURCHASE_HORIZON,
         "p_no_purchase_formula_vs_likelihood_ratio_max_rel": disagreement,
         "unconditional": unconditional,
+        "high_precision": high_precision(params, fitter),
     }
     with open(os.path.join(HERE, "mbgnbd_cdnow_fit.json"), "w") as f:
         json.dump(fit, f, indent=2)

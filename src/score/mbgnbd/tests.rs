@@ -117,11 +117,12 @@ fn cdnow_fit_matches_lifetimes() {
     let grouped = fit_mbgnbd(&cdnow_summaries()).expect("grouped CDNOW fit");
     let grouped_elapsed = grouped_started.elapsed();
     println!(
-        "MBG/NBD CDNOW fit: {:?} ({} iterations, {} evaluations; {:?} on {} grouped rows), LL {} vs lifetimes {}",
+        "MBG/NBD CDNOW fit: {:?} ({} iterations, {} evaluations; {:?} and {} iterations on {} grouped rows), LL {} vs lifetimes {}",
         elapsed,
         fit.iterations,
         fit.evaluations,
         grouped_elapsed,
+        grouped.iterations,
         cdnow_summaries().len(),
         fit.log_likelihood,
         number(&reference, "log_likelihood"),
@@ -256,6 +257,52 @@ fn unconditional_values_match_lifetimes() {
         assert!(relative(conditional, e) < 1e-10, "{conditional} vs {e}");
     }
     assert_eq!(expected_purchases_unconditional(&p, 0.0).unwrap(), 0.0);
+}
+
+/// Beyond CDNOW (x <= 29, 39 weeks): heavy buyers (x up to 900) and horizons up to 5,000
+/// weeks, against the closed forms in 50-digit arithmetic (mpmath, written by the
+/// reference script), to 1e-11 relative; lifetimes' scipy 2F1 agrees there too.
+#[test]
+fn heavy_buyers_and_long_horizons_match_high_precision() {
+    let reference = reference_fit();
+    let p = params_from(&reference["params"]);
+    let cases = reference["high_precision"].as_array().expect("high_precision");
+    assert_eq!(cases.len(), 8);
+    for c in cases {
+        let (x, t_x, t_cal, t) = (number(c, "x"), number(c, "t_x"), number(c, "T"), number(c, "t"));
+        for (name, got, want, tol) in [
+            (
+                "p_alive",
+                p_alive(&p, x, t_x, t_cal).unwrap(),
+                number(c, "p_alive"),
+                1e-13,
+            ),
+            (
+                "expected_purchases",
+                expected_purchases(&p, t, x, t_x, t_cal).unwrap(),
+                number(c, "expected_purchases"),
+                1e-11,
+            ),
+            (
+                "p_no_purchase",
+                p_no_purchase(&p, t, x, t_x, t_cal).unwrap(),
+                number(c, "p_no_purchase"),
+                1e-13,
+            ),
+            (
+                "lifetimes' expected_purchases",
+                number(c, "lifetimes_expected_purchases"),
+                number(c, "expected_purchases"),
+                1e-10,
+            ),
+        ] {
+            assert!(
+                relative(got, want) < tol,
+                "{name}({x}, {t_x}, {t_cal}, t = {t}) = {got} vs {want}: {:.1e}",
+                relative(got, want)
+            );
+        }
+    }
 }
 
 /// The likelihood against its definition with gamma functions, for a repeat buyer
@@ -676,6 +723,49 @@ fn invalid_inputs_are_errors() {
             })
         ));
     }
+}
+
+/// Extreme but valid inputs and parameters: every score is an error or a number in its
+/// range (probabilities in [0, 1], expectations >= 0), never a panic or a NaN.
+#[test]
+fn extreme_inputs_give_numbers_or_errors() {
+    let extremes = [1e-300, 1e-8, 1.0, 1e8, 1e300];
+    let mut scored = 0;
+    for &r in &extremes {
+        for &alpha in &extremes {
+            for (a, b) in [(1e-300, 1e300), (1.0, 1.0), (1e300, 1e-300), (0.891, 1.614)] {
+                let p = MbgNbdParams::new(r, alpha, a, b).unwrap();
+                for (x, t_x, t_cal) in [
+                    (0.0, 0.0, 1e-300),
+                    (0.0, 0.0, 1e300),
+                    (1e300, 1e300, 1e300),
+                    (1e6, 1e-300, 1e300),
+                    (3.0, 1.0, 1.0),
+                ] {
+                    for t in [0.0, 1e-300, 13.0, 1e300] {
+                        let probabilities = [p_alive(&p, x, t_x, t_cal), p_no_purchase(&p, t, x, t_x, t_cal)];
+                        for v in probabilities.into_iter().flatten() {
+                            assert!((0.0..=1.0).contains(&v), "{p:?} ({x}, {t_x}, {t_cal}, {t}): {v}");
+                            scored += 1;
+                        }
+                        if let Ok(e) = expected_purchases(&p, t, x, t_x, t_cal) {
+                            assert!(e >= 0.0, "{p:?} ({x}, {t_x}, {t_cal}, {t}): {e}");
+                        }
+                        if let Ok(e) = expected_purchases_unconditional(&p, t) {
+                            assert!(e >= 0.0, "{p:?} {t}: {e}");
+                        }
+                    }
+                    if let Ok(ll) = log_likelihood(&p, x, t_x, t_cal) {
+                        assert!(!ll.is_nan(), "{p:?} ({x}, {t_x}, {t_cal})");
+                    }
+                }
+            }
+        }
+    }
+    assert!(scored > 1000, "{scored}");
+    // A fit on data with extreme values ends in a fit or an error.
+    let data = group_summaries([(1e300, 1e300, 1e300), (0.0, 0.0, 1e-300), (2.0, 1.0, 3.0)]);
+    let _ = fit_mbgnbd(&data);
 }
 
 #[test]
