@@ -692,8 +692,10 @@ pub fn p_no_purchase(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64)
     }
     let odds = log_dropout_odds(params, x, t_x, t_cal);
     let silent_if_alive = (-(params.r + x) * (t / (params.alpha + t_cal)).ln_1p()).exp();
-    // Both terms are non-negative: no cancellation, and the sum is within [0, 1].
-    Ok((logistic_complement(-odds) + logistic_complement(odds) * silent_if_alive).min(1.0))
+    // Both terms are non-negative: no cancellation. Their sum exceeds 1 only by
+    // rounding (clamped; a comparison, so that nothing would hide a NaN).
+    let p = logistic_complement(-odds) + logistic_complement(odds) * silent_if_alive;
+    Ok(if p > 1.0 { 1.0 } else { p })
 }
 
 /// Half-width of the window around `a = 1` in which the expectations are
