@@ -9,6 +9,7 @@ pub mod distinct;
 pub mod error;
 pub mod fallback;
 pub mod gamma_gamma;
+pub mod mbgnbd;
 pub mod optimize;
 pub mod special;
 #[cfg(test)]

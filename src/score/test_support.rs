@@ -151,3 +151,119 @@ pub fn same_verdicts<D: std::fmt::Debug>(
     }
     verdicts
 }
+
+/// One customer simulated by [`simulate_with_holdout`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulatedCustomer {
+    /// Repeat purchases in the calibration period.
+    pub x: f64,
+    /// Time of the last of them (0 when there is none).
+    pub t_x: f64,
+    /// Length of the calibration period (time from the first purchase).
+    pub t_cal: f64,
+    /// Whether the customer was still active at `t_cal`.
+    pub alive: bool,
+    /// Purchases in the holdout period `(t_cal, t_cal + holdout]`.
+    pub holdout_purchases: f64,
+}
+
+/// Simulates customers of the BG/NBD story (Fader, Hardie and Lee 2005, section 3), or
+/// with `dropout_at_first_purchase` of the MBG/NBD story (Batislam, Denizel and Filiztekin
+/// 2007), with parameters `[r, alpha, a, b]`: `λ ~ Gamma(r, rate alpha)`, `p ~ Beta(a, b)`,
+/// purchases at the events of a Poisson process of rate `λ`, dropout with probability `p`
+/// right after every repeat purchase (and, for MBG/NBD, right after the first, at time 0).
+/// Each customer's calibration period has a length drawn uniformly from `t_cal`, followed
+/// by a holdout of length `holdout`.
+pub fn simulate_with_holdout(
+    [r, alpha, a, b]: [f64; 4],
+    dropout_at_first_purchase: bool,
+    n: usize,
+    t_cal: (f64, f64),
+    holdout: f64,
+    seed: u64,
+) -> Vec<SimulatedCustomer> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Beta, Distribution, Exp, Gamma};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let rates = Gamma::new(r, 1.0 / alpha).expect("gamma parameters");
+    let dropout = Beta::new(a, b).expect("beta parameters");
+    (0..n)
+        .map(|_| {
+            let t_cal = rng.gen_range(t_cal.0..=t_cal.1);
+            let lambda: f64 = rates.sample(&mut rng);
+            let p: f64 = dropout.sample(&mut rng);
+            let wait = Exp::new(lambda.max(f64::MIN_POSITIVE)).expect("exponential rate");
+            let mut dropped_at = (dropout_at_first_purchase && rng.r#gen::<f64>() < p).then_some(0.0);
+            let (mut t, mut x, mut t_x, mut holdout_purchases) = (0.0, 0.0, 0.0, 0.0);
+            while dropped_at.is_none() {
+                t += wait.sample(&mut rng);
+                if t > t_cal + holdout {
+                    break;
+                }
+                if t <= t_cal {
+                    x += 1.0;
+                    t_x = t;
+                } else {
+                    holdout_purchases += 1.0;
+                }
+                if rng.r#gen::<f64>() < p {
+                    dropped_at = Some(t);
+                }
+            }
+            SimulatedCustomer {
+                x,
+                t_x,
+                t_cal,
+                alive: dropped_at.is_none_or(|d| d > t_cal),
+                holdout_purchases,
+            }
+        })
+        .collect()
+}
+
+/// Groups of similar histories: `x` in 0, 1, 2, 3-5 and 6 or more, and for `x > 0` the
+/// recency `t_x / T` in quarters.
+pub fn history_group(c: &SimulatedCustomer) -> (u8, u8) {
+    let x = match c.x as u32 {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        3..=5 => 3,
+        _ => 4,
+    };
+    let recency = if c.x == 0.0 {
+        0
+    } else {
+        ((4.0 * c.t_x / c.t_cal) as u8).min(3)
+    };
+    (x, recency)
+}
+
+/// Calibration of a conditional prediction against simulated outcomes: for every
+/// [`history_group`] of at least 500 customers, and for all customers (group
+/// `(u8::MAX, u8::MAX)`), the number of customers and the standardised residual sum
+/// `z = Σ(o - p) / sqrt(Σ(o - p)²)` of the outcomes `o` and predictions `p`. When `p` is
+/// the expectation of `o` given the history, every `z` is approximately standard normal,
+/// since the groups are defined by the histories alone.
+pub fn calibration(
+    customers: &[SimulatedCustomer],
+    predicted: impl Fn(&SimulatedCustomer) -> f64,
+    observed: impl Fn(&SimulatedCustomer) -> f64,
+) -> Vec<((u8, u8), usize, f64)> {
+    let mut sums: std::collections::BTreeMap<(u8, u8), (usize, f64, f64)> = std::collections::BTreeMap::new();
+    for c in customers {
+        let residual = observed(c) - predicted(c);
+        for key in [history_group(c), (u8::MAX, u8::MAX)] {
+            let s = sums.entry(key).or_default();
+            s.0 += 1;
+            s.1 += residual;
+            s.2 += residual * residual;
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (n, _, _))| *n >= 500)
+        // All residuals 0 (a prediction that is certain and right, e.g. BG/NBD's P(alive) = 1
+        // for x = 0) is perfect calibration.
+        .map(|(key, (n, sum, squares))| (key, n, if squares == 0.0 { 0.0 } else { sum / squares.sqrt() }))
+        .collect()
+}
