@@ -295,7 +295,8 @@ fn generate_same_seed_same_bytes_other_seed_differs() {
         let files = list_files(a.path());
         assert_eq!(files, list_files(b.path()));
         assert!(files.iter().any(|f| f.ends_with("truth.json")));
-        assert_eq!(files.len(), ra.files.len() + 1, "{files:?}");
+        assert!(files.iter().any(|f| f.ends_with(super::TRUTH_CUSTOMERS_FILE)));
+        assert_eq!(files.len(), ra.files.len() + 2, "{files:?}");
         for f in &files {
             assert_eq!(
                 read(&a.path().join(f)),
@@ -729,6 +730,7 @@ fn generate_replaces_files_of_an_earlier_run() {
     let report = generate(&opts(dir.path(), 200, 3, OutputFormat::Csv, true)).expect("csv run");
     let mut expected: Vec<PathBuf> = report.files.iter().map(PathBuf::from).collect();
     expected.push(PathBuf::from("truth.json"));
+    expected.push(PathBuf::from(super::TRUTH_CUSTOMERS_FILE));
     expected.sort();
     assert_eq!(list_files(dir.path()), expected);
 }
