@@ -69,9 +69,10 @@ pub struct EvaluateArgs {
     #[arg(long, value_parser = AsOf::parse)]
     pub as_of: Option<AsOf>,
     /// Warehouse folder (overrides `run.warehouse`); the evaluation goes to
-    /// `<warehouse>/evaluations/<evaluation_id>/`.
-    #[arg(long)]
-    pub out: Option<String>,
+    /// `<warehouse>/evaluations/<evaluation_id>/`. `--out` is a hidden alias kept for one
+    /// release.
+    #[arg(long, alias = "out")]
+    pub warehouse: Option<String>,
     /// The true state of each customer (`truth_customers.csv` of `patron generate`): also
     /// report how well the end-of-data run's churn scores find the customers who truly
     /// dropped out by its as-of day.
@@ -403,7 +404,7 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
 pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf), EvaluateError> {
     let overrides = Overrides {
         as_of: args.as_of,
-        warehouse: args.out.clone(),
+        warehouse: args.warehouse.clone(),
         ..Overrides::default()
     };
     let plan = Plan::load(&args.pipeline, &overrides)?;
@@ -424,7 +425,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         return Err(EvaluateError::Config(crate::config::ConfigError::Invalid {
             path: args.pipeline.clone(),
             problems: vec![crate::config::Problem {
-                key: "--out".into(),
+                key: "--warehouse".into(),
                 message: format!(
                     "`patron evaluate` runs its scratch runs in a local folder; {} is an object store",
                     plan.warehouse

@@ -11,14 +11,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use datafusion::arrow::json::{WriterBuilder, writer::JsonArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde_json::{Map, Value, json};
 
-use super::{CliError, warehouse_of};
+use super::{CliError, OutputFormat, warehouse_of};
 use crate::names::TABLES_DIR;
 use crate::publish::read::register_table;
 use crate::score::churn::FEATURES_STAGE;
@@ -28,15 +28,6 @@ use crate::warehouse::Warehouse;
 /// Orders, tickets and marketing events shown at most, latest first.
 pub const RECENT_ROWS: usize = 10;
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Sections of `key: value` lines.
-    Text,
-    /// One JSON object.
-    Json,
-}
-
 /// Arguments of `patron explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -44,7 +35,7 @@ pub struct ExplainArgs {
     pub customer_id: String,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    pub format: OutputFormat,
     /// Pipeline file whose warehouse to read.
     #[arg(long, default_value = "pipelines/default.toml")]
     pub pipeline: PathBuf,
@@ -103,11 +94,11 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
     let warehouse = warehouse_of(&args.pipeline, args.warehouse.clone())?;
     let card = card(&warehouse, &args.customer_id).await?;
     match args.format {
-        Format::Json => println!(
+        OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&card).map_err(|e| CliError::failed(e.to_string()))?
         ),
-        Format::Text => print!("{}", render_text(&card)),
+        OutputFormat::Text => print!("{}", render_text(&card)),
     }
     Ok(())
 }

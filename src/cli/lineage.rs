@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::CliError;
+use super::{CliError, OutputFormat};
 use crate::config::{Overrides, Plan};
 use crate::pipeline::lineage_graph;
 use crate::transform::dag::suggest;
@@ -19,8 +19,11 @@ pub struct LineageArgs {
     /// Pipeline file.
     #[arg(long, default_value = "pipelines/default.toml")]
     pub pipeline: PathBuf,
-    /// Print JSON (`{"column", "direct", "sources"}`) instead of text.
-    #[arg(long)]
+    /// Output format: `text`, or `json` (`{"column", "direct", "sources"}`).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// The same as `--format json` (kept, hidden, for one release).
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -53,7 +56,7 @@ pub async fn run(args: LineageArgs) -> Result<(), CliError> {
     };
     let direct = graph.direct(&target).unwrap_or_default();
     let sources = graph.sources(&target).unwrap_or_default();
-    if args.json {
+    if args.json || args.format == OutputFormat::Json {
         let list = |s: &std::collections::BTreeSet<ColumnRef>| s.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         let doc =
             serde_json::json!({ "column": target.to_string(), "direct": list(&direct), "sources": list(&sources) });

@@ -19,7 +19,7 @@ pub mod test;
 
 use std::path::Path;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Overrides, Plan};
 use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
@@ -79,6 +79,17 @@ pub enum Command {
     /// Run a Ballista executor with patron's codecs and functions.
     #[command(name = "ballista-executor", hide = true)]
     BallistaExecutor(ballista::ExecutorArgs),
+}
+
+/// How a command prints its result (`--format`), the same choice on every command that
+/// has one (`dag` adds its graph formats of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people: aligned tables, `key: value` lines, summaries (`table` is accepted too).
+    #[value(alias = "table")]
+    Text,
+    /// For scripts: JSON (one object, an array, or one object per row: see the command).
+    Json,
 }
 
 /// A failed command: message already formatted, and its exit code.

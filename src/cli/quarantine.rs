@@ -6,25 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::query::{cell_text as text, cell_u64 as number, chosen_run, json_rows};
-use super::{CliError, warehouse_of};
+use super::{CliError, OutputFormat, warehouse_of};
 use crate::names::{DUPLICATES_TABLE, QUARANTINE_TABLE, duplicates as d, quarantine as q};
 use crate::publish::{read, runs};
 use crate::transform::checks::{ident, literal};
-
-/// Output format of `patron quarantine`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum QuarantineFormat {
-    /// A summary and sample rows for people.
-    Text,
-    /// One JSON object (summary, duplicates, rows) for scripts.
-    Json,
-}
 
 /// Arguments of `patron quarantine`.
 #[derive(Debug, Args)]
@@ -49,7 +40,7 @@ pub struct QuarantineArgs {
     pub run: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: QuarantineFormat,
+    pub format: OutputFormat,
 }
 
 /// One group of the summary.
@@ -143,11 +134,11 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
     )
     .await?;
     match args.format {
-        QuarantineFormat::Json => {
+        OutputFormat::Json => {
             let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::failed(e.to_string()))?;
             println!("{text}");
         }
-        QuarantineFormat::Text => print_text(&report, &args),
+        OutputFormat::Text => print_text(&report, &args),
     }
     Ok(())
 }

@@ -7,23 +7,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use serde_json::{Map, Value};
 
-use super::{CliError, warehouse_of};
+use super::{CliError, OutputFormat, warehouse_of};
 use crate::publish::{read, runs};
 use crate::serve::dashboards;
-
-/// Output format of `patron query`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum QueryFormat {
-    /// An aligned table.
-    Table,
-    /// One JSON object per row (NDJSON).
-    Json,
-}
 
 /// Arguments of `patron query`.
 #[derive(Debug, Args)]
@@ -46,8 +37,8 @@ pub struct QueryArgs {
     #[arg(long)]
     pub warehouse: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: QueryFormat,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 /// The run whose tables a read-only command looks at: `run_id` (which must have
@@ -140,12 +131,12 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::usage(format!("only a SELECT can run here: {e}")))?;
     let batches = df.collect().await.map_err(|e| CliError::failed(e.to_string()))?;
     match args.format {
-        QueryFormat::Table => {
+        OutputFormat::Text => {
             let text =
                 arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| CliError::failed(e.to_string()))?;
             println!("{text}");
         }
-        QueryFormat::Json => {
+        OutputFormat::Json => {
             let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
             let refs: Vec<_> = batches.iter().collect();
             writer

@@ -21,9 +21,10 @@ pub struct RunArgs {
     /// As-of date YYYY-MM-DD (or `latest`): events after this day are ignored.
     #[arg(long, value_parser = AsOf::parse)]
     pub as_of: Option<AsOf>,
-    /// Warehouse to publish into: a folder or an object store URL such as s3://bucket/prefix (overrides `run.warehouse`).
-    #[arg(long)]
-    pub out: Option<String>,
+    /// Warehouse to publish into: a folder or an object store URL such as s3://bucket/prefix
+    /// (overrides `run.warehouse`). `--out` is a hidden alias kept for one release.
+    #[arg(long, alias = "out")]
+    pub warehouse: Option<String>,
     /// Reload every file of `incremental` sources instead of only new or changed ones.
     #[arg(long)]
     pub full_refresh: bool,
@@ -75,7 +76,7 @@ pub fn cancel_on_signals() -> CancellationToken {
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: args.as_of,
-        warehouse: args.out,
+        warehouse: args.warehouse,
         full_refresh: args.full_refresh,
         selection: Selection {
             select: args.select,

@@ -2,19 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::{CliError, warehouse_of};
+use super::{CliError, OutputFormat, warehouse_of};
 use crate::publish::runs;
-
-/// Output format of `patron runs`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RunsFormat {
-    /// An aligned table for people.
-    Table,
-    /// A JSON array, one object per run (every column), for scripts.
-    Json,
-}
 
 /// Arguments of `patron runs`.
 #[derive(Debug, Args)]
@@ -26,8 +17,8 @@ pub struct RunsArgs {
     #[arg(long)]
     pub warehouse: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: RunsFormat,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 /// Prints every recorded run, oldest first.
@@ -37,11 +28,11 @@ pub async fn run(args: RunsArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     match args.format {
-        RunsFormat::Json => {
+        OutputFormat::Json => {
             let text = serde_json::to_string_pretty(&records).map_err(|e| CliError::failed(e.to_string()))?;
             println!("{text}");
         }
-        RunsFormat::Table => {
+        OutputFormat::Text => {
             if records.is_empty() {
                 println!("no runs recorded in {warehouse}");
                 return Ok(());

@@ -27,16 +27,17 @@ pub struct TestArgs {
     /// Stages to leave out (same syntax).
     #[arg(long, num_args = 1..)]
     pub exclude: Vec<String>,
-    /// Warehouse folder or object store URL (overrides `run.warehouse`).
-    #[arg(long)]
-    pub out: Option<String>,
+    /// Warehouse folder or object store URL (overrides `run.warehouse`). `--out` is a hidden
+    /// alias kept for one release.
+    #[arg(long, alias = "out")]
+    pub warehouse: Option<String>,
 }
 
 /// Runs the tests and prints a line per test.
 pub async fn run(args: TestArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: None,
-        warehouse: args.out,
+        warehouse: args.warehouse,
         ..Overrides::default()
     };
     let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;

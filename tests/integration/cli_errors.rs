@@ -94,3 +94,51 @@ fn error_budget_exceeded_fails_the_run_and_keeps_the_previous_tables() {
     assert_eq!(failed["failed_phase"], "extract");
     assert!(failed["error"].as_str().unwrap().contains("error budget"));
 }
+
+/// One meaning per flag: `--warehouse` names the warehouse on every command that has one,
+/// `--out` only a command's own output; `run`, `test` and `evaluate` keep `--out` as a
+/// hidden alias (the suite's `run_default` uses it).
+#[test]
+fn warehouse_names_the_warehouse_and_out_only_an_output() {
+    for command in [
+        "run",
+        "test",
+        "evaluate",
+        "query",
+        "report",
+        "docs",
+        "runs",
+        "quarantine",
+        "serve",
+    ] {
+        let out = patron(&repo(), &[command, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{command}: {}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--warehouse"), "{command} has no --warehouse:\n{help}");
+        let has_out = help.contains("--out ");
+        assert_eq!(
+            has_out,
+            matches!(command, "report" | "docs"),
+            "{command}: --out shown = {has_out}:\n{help}"
+        );
+    }
+}
+
+/// One `--format text|json` choice on every command that prints for people or scripts.
+#[test]
+fn format_is_text_or_json_on_every_printing_command() {
+    for command in ["explain", "lineage", "quarantine", "query", "runs"] {
+        let out = patron(&repo(), &[command, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains("--format"))
+            .take(8)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            line.contains("- text:") && line.contains("- json:") && !line.contains("- table:"),
+            "{command} --format:\n{line}"
+        );
+    }
+}

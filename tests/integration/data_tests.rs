@@ -186,7 +186,7 @@ fn an_unknown_selector_exits_2_with_a_suggestion() {
 
 #[test]
 fn lineage_traces_a_column_to_the_source_columns_it_is_computed_from() {
-    let out = patron(&repo(), &["lineage", "fct_customer.revenue", "--json"]);
+    let out = patron(&repo(), &["lineage", "fct_customer.revenue", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Net of returns: int_orders sums stg_sales' line revenue, which the status voids.
