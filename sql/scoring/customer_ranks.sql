@@ -4,6 +4,7 @@
 -- the population columns are the same on every row.
 --   r_rank, f_rank, m_rank, tenure_rank  PERCENT_RANK among buyers of recency (reversed),
 --                         frequency (purchase days), monetary and tenure; NULL for prospects
+--   f_repeat_rank         PERCENT_RANK of frequency among repeat buyers (NULL for the rest)
 --   potential_value       wallet headroom (potential_quantile of current_value among
 --                         customers with the same acquisition channel and cohort month, minus
 --                         own, floored at 0; 0 for prospects) + referrals made x mean
@@ -31,6 +32,7 @@
 WITH totals AS (
     SELECT
         COUNT(*) FILTER (WHERE is_buyer) AS buyers,
+        COUNT(*) FILTER (WHERE is_buyer AND purchase_days = 1) AS one_time_buyers,
         SUM(historical_value) AS value_total,
         COALESCE(AVG(CASE WHEN referred THEN current_value END), 0.0) AS referred_value
     FROM customer_values
@@ -122,6 +124,7 @@ splits AS (
 population AS (
     SELECT
         t.buyers,
+        t.one_time_buyers,
         t.value_total,
         s.hist_split,
         s.curr_split,
@@ -146,6 +149,7 @@ ranked AS (
     SELECT
         customer_id,
         is_buyer,
+        purchase_days,
         potential_value,
         RANK() OVER (PARTITION BY is_buyer ORDER BY recency_days DESC) AS r_place,
         RANK() OVER (PARTITION BY is_buyer ORDER BY purchase_days) AS f_place,
@@ -165,6 +169,11 @@ SELECT
     r.potential_value,
     CASE WHEN r.is_buyer THEN (CAST(r.r_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS r_rank,
     CASE WHEN r.is_buyer THEN (CAST(r.f_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS f_rank,
+    -- Among repeat buyers only: they rank after every one-time buyer, who all share place 1.
+    CASE
+        WHEN r.is_buyer AND r.purchase_days > 1 THEN (CAST(r.f_place - p.one_time_buyers AS DOUBLE) - 1.0)
+            / GREATEST(CAST(p.buyers - p.one_time_buyers AS DOUBLE) - 1.0, 1.0)
+    END AS f_repeat_rank,
     CASE WHEN r.is_buyer THEN (CAST(r.m_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS m_rank,
     CASE WHEN r.is_buyer THEN (CAST(r.tenure_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END
         AS tenure_rank,

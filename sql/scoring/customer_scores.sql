@@ -7,9 +7,12 @@
 --
 -- 1 RFM: recency = days since the last order, frequency = distinct purchase days,
 --   monetary = total revenue (or per purchase day with scoring.monetary = "average").
---   Scores 1-5 (5 best; recency reversed) = 1 + floor(5 * percent_rank), capped at 5, so
---   customers with the same value always get the same score. Segment from the R-F map in
---   seeds/rfm_segments.csv.
+--   R and M scores 1-5 (5 best; recency reversed) = 1 + floor(5 * percent_rank), capped at
+--   5, so customers with the same value always get the same score. F: 1 for one purchase
+--   day, else 2 + floor(4 * percent_rank among repeat buyers), capped at 5: a quintile of
+--   frequency is empty whenever one-time buyers are more than a fifth of the buyers (53%
+--   on the fixtures left F2 empty and whole cells of the R-F map with it). Segment from
+--   the R-F map in seeds/rfm_segments.csv.
 -- 2 Churn: p_alive (BG/NBD); churn_risk = the churn early-warning model's calibrated
 --   probability of no purchase in the next churn_holdout_days (churn_predictions, trained
 --   by patron on every signal), or 1 - p_alive when the run fell back to BG/NBD
@@ -60,6 +63,7 @@ WITH joined AS (
         n.potential_value,
         n.r_rank,
         n.f_rank,
+        n.f_repeat_rank,
         n.m_rank,
         n.tenure_rank,
         n.value_before,
@@ -92,7 +96,11 @@ loyalty AS (
         CASE WHEN is_buyer THEN (f_rank + tenure_rank) / 2.0 ELSE 0.0 END AS repeat_patronage,
         -- LEAST ignores NULLs, so the scores are computed for buyers only.
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
-        CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * f_rank)) AS INT) END AS f_score,
+        CASE
+            WHEN NOT is_buyer THEN NULL
+            WHEN purchase_days = 1 THEN 1
+            ELSE CAST(2 + LEAST(3, FLOOR(4 * f_repeat_rank)) AS INT)
+        END AS f_score,
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * m_rank)) AS INT) END AS m_score
     FROM joined
 ),

@@ -231,6 +231,14 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
         let ties = scalar(&ctx, &format!("SELECT COUNT(*) FROM (SELECT {value} FROM customer_scores WHERE {score} IS NOT NULL GROUP BY {value} HAVING COUNT(DISTINCT {score}) > 1)")).await;
         assert_eq!(ties, 0.0, "{score}: tied values with different scores");
     }
+    // Every F score occurs, although 53% of the buyers bought on one day only (a plain
+    // quintile of frequency left F2 empty): one-time buyers are F1, repeat buyers F2-F5.
+    assert_eq!(
+        ints(&ctx, "SELECT DISTINCT f_score FROM customer_scores WHERE f_score IS NOT NULL ORDER BY 1").await,
+        vec![1, 2, 3, 4, 5]
+    );
+    let f1 = scalar(&ctx, "SELECT COUNT(*) FROM customer_scores WHERE (frequency = 1) <> (f_score = 1)").await;
+    assert_eq!(f1, 0.0, "F1 is exactly the one-time buyers");
     // Recency is reversed: the most recent buyers score 5.
     let r5 = scalar(&ctx, "SELECT MAX(recency_days) FROM customer_scores WHERE r_score = 5").await;
     let r1 = scalar(&ctx, "SELECT MIN(recency_days) FROM customer_scores WHERE r_score = 1").await;
