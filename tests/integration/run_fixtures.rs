@@ -234,10 +234,18 @@ async fn rfm_and_value_tier_follow_the_domain_rules() {
     // Every F score occurs, although 53% of the buyers bought on one day only (a plain
     // quintile of frequency left F2 empty): one-time buyers are F1, repeat buyers F2-F5.
     assert_eq!(
-        ints(&ctx, "SELECT DISTINCT f_score FROM customer_scores WHERE f_score IS NOT NULL ORDER BY 1").await,
+        ints(
+            &ctx,
+            "SELECT DISTINCT f_score FROM customer_scores WHERE f_score IS NOT NULL ORDER BY 1"
+        )
+        .await,
         vec![1, 2, 3, 4, 5]
     );
-    let f1 = scalar(&ctx, "SELECT COUNT(*) FROM customer_scores WHERE (frequency = 1) <> (f_score = 1)").await;
+    let f1 = scalar(
+        &ctx,
+        "SELECT COUNT(*) FROM customer_scores WHERE (frequency = 1) <> (f_score = 1)",
+    )
+    .await;
     assert_eq!(f1, 0.0, "F1 is exactly the one-time buyers");
     // Recency is reversed: the most recent buyers score 5.
     let r5 = scalar(&ctx, "SELECT MAX(recency_days) FROM customer_scores WHERE r_score = 5").await;
