@@ -126,9 +126,16 @@ impl BgNbdFitOptions {
     }
 }
 
-fn invalid(name: &'static str, value: f64, requirement: String, row: Option<usize>) -> ModelError {
+/// An invalid input of `model` (BG/NBD or the modified BG/NBD, which share the domain).
+pub(super) fn invalid(
+    model: &'static str,
+    name: &'static str,
+    value: f64,
+    requirement: String,
+    row: Option<usize>,
+) -> ModelError {
     ModelError::InvalidInput {
-        model: MODEL,
+        model,
         name,
         value,
         requirement,
@@ -136,10 +143,17 @@ fn invalid(name: &'static str, value: f64, requirement: String, row: Option<usiz
     }
 }
 
-/// Validate one customer's `(x, t_x, T)`.
-fn validate_observation(x: f64, t_x: f64, t_cal: f64, row: Option<usize>) -> Result<(), ModelError> {
+/// Validate one customer's `(x, t_x, T)` for `model`.
+pub(super) fn validate_observation(
+    model: &'static str,
+    x: f64,
+    t_x: f64,
+    t_cal: f64,
+    row: Option<usize>,
+) -> Result<(), ModelError> {
     if !(x.is_finite() && x >= 0.0 && x == x.floor()) {
         return Err(invalid(
+            model,
             "x",
             x,
             "must be a finite, non-negative whole number of repeat purchases".into(),
@@ -147,10 +161,11 @@ fn validate_observation(x: f64, t_x: f64, t_cal: f64, row: Option<usize>) -> Res
         ));
     }
     if !(t_cal.is_finite() && t_cal > 0.0) {
-        return Err(invalid("T", t_cal, "must be finite and > 0".into(), row));
+        return Err(invalid(model, "T", t_cal, "must be finite and > 0".into(), row));
     }
     if !(t_x.is_finite() && t_x >= 0.0 && t_x <= t_cal) {
         return Err(invalid(
+            model,
             "t_x",
             t_x,
             format!("must satisfy 0 <= t_x <= T = {t_cal}"),
@@ -160,11 +175,13 @@ fn validate_observation(x: f64, t_x: f64, t_cal: f64, row: Option<usize>) -> Res
     Ok(())
 }
 
-fn validate_horizon(t: f64) -> Result<(), ModelError> {
+/// Validate a prediction horizon `t` for `model`.
+pub(super) fn validate_horizon(model: &'static str, t: f64) -> Result<(), ModelError> {
     if t.is_finite() && t >= 0.0 {
         Ok(())
     } else {
         Err(invalid(
+            model,
             "t",
             t,
             "prediction horizon must be finite and >= 0".into(),
@@ -175,7 +192,7 @@ fn validate_horizon(t: f64) -> Result<(), ModelError> {
 
 /// `(ln(1 + e^u), 1 / (1 + e^-u))`: the softplus function and its derivative,
 /// the logistic function, with one `exp` and one `ln_1p` and no overflow.
-fn softplus(u: f64) -> (f64, f64) {
+pub(super) fn softplus(u: f64) -> (f64, f64) {
     let e = (-u.abs()).exp();
     let value = u.max(0.0) + e.ln_1p();
     let logistic = if u >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
@@ -303,7 +320,7 @@ fn repeat_buyer(xt: &XTerms, age: TimeTerms, last: TimeTerms) -> (f64, f64) {
 /// `0 <= t_x <= T`, `T > 0`.
 pub fn log_likelihood(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
     Ok(LlConstants::new(params).customer(x, t_x, t_cal))
 }
 
@@ -353,9 +370,15 @@ impl Prepared {
         let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
         let (mut total_weight, mut sum_wx, mut sum_wt) = (0.0, 0.0, 0.0);
         for (i, s) in data.iter().enumerate() {
-            validate_observation(s.x, s.t_x, s.t_cal, Some(i))?;
+            validate_observation(MODEL, s.x, s.t_x, s.t_cal, Some(i))?;
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid("weight", s.weight, "must be finite and >= 0".into(), Some(i)));
+                return Err(invalid(
+                    MODEL,
+                    "weight",
+                    s.weight,
+                    "must be finite and >= 0".into(),
+                    Some(i),
+                ));
             }
             if s.weight > 0.0 {
                 rows.push(s);
@@ -375,6 +398,7 @@ impl Prepared {
         let mut index = |v: f64| {
             times.index_of(v).ok_or_else(|| {
                 invalid(
+                    MODEL,
                     "T",
                     v,
                     "at most 2^32 distinct values of t_x and T are supported".into(),
@@ -643,7 +667,7 @@ fn log_dropout_odds(p: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> f64 {
 }
 
 /// `1 / (1 + e^u)` without overflow.
-fn logistic_complement(u: f64) -> f64 {
+pub(super) fn logistic_complement(u: f64) -> f64 {
     if u > 0.0 {
         let e = (-u).exp();
         e / (1.0 + e)
@@ -661,7 +685,7 @@ fn logistic_complement(u: f64) -> f64 {
 /// Invalid parameters or observation, as for [`log_likelihood`].
 pub fn p_alive(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
     Ok(logistic_complement(log_dropout_odds(params, x, t_x, t_cal)))
 }
 
@@ -685,17 +709,24 @@ pub fn p_alive(params: &BgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64
 /// Invalid parameters, observation or horizon (`t` finite, `>= 0`).
 pub fn p_no_purchase(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
-    validate_horizon(t)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_horizon(MODEL, t)?;
     if t == 0.0 {
         return Ok(1.0);
     }
     let odds = log_dropout_odds(params, x, t_x, t_cal);
-    let silent_if_alive = (-(params.r + x) * (t / (params.alpha + t_cal)).ln_1p()).exp();
+    Ok(no_purchase_given_odds(params.r, params.alpha, odds, t, x, t_cal))
+}
+
+/// `1 - P(alive) + P(alive) ((α+T)/(α+T+t))^(r+x)` from the log odds of having
+/// dropped out: the rest of [`p_no_purchase`], the same for BG/NBD and the modified
+/// BG/NBD (alive, neither drops out without a purchase).
+pub(super) fn no_purchase_given_odds(r: f64, alpha: f64, odds: f64, t: f64, x: f64, t_cal: f64) -> f64 {
+    let silent_if_alive = (-(r + x) * (t / (alpha + t_cal)).ln_1p()).exp();
     // Both terms are non-negative: no cancellation. Their sum exceeds 1 only by
     // rounding (clamped; a comparison, so that nothing would hide a NaN).
     let p = logistic_complement(-odds) + logistic_complement(odds) * silent_if_alive;
-    Ok(if p > 1.0 { 1.0 } else { p })
+    if p > 1.0 { 1.0 } else { p }
 }
 
 /// Half-width of the window around `a = 1` in which the expectations are
@@ -750,8 +781,8 @@ fn expectation_factor(p: &BgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> R
 /// magnitude beyond `α + T`).
 pub fn expected_purchases(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
-    validate_horizon(t)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_horizon(MODEL, t)?;
     let alive = logistic_complement(log_dropout_odds(params, x, t_x, t_cal));
     Ok(alive * expectation_factor(params, x, params.alpha + t_cal, t)?)
 }
@@ -779,7 +810,7 @@ pub fn predict_purchases(params: &BgNbdParams, t: f64, x: f64, t_x: f64, t_cal: 
 /// failure for astronomically long horizons.
 pub fn expected_purchases_unconditional(params: &BgNbdParams, t: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_horizon(t)?;
+    validate_horizon(MODEL, t)?;
     expectation_factor(params, 0.0, params.alpha, t)
 }
 

@@ -45,8 +45,11 @@
 //! `b+1`. For the expected purchases this is WH's corrected conditional
 //! expectation, in the form the `lifetimes` package implements.
 
-use super::bgnbd::check_interior;
 pub use super::bgnbd::{RfSummary, group_summaries};
+use super::bgnbd::{
+    check_interior, invalid, logistic_complement, no_purchase_given_odds, softplus, validate_horizon,
+    validate_observation,
+};
 use super::distinct::DistinctValues;
 use super::error::ModelError;
 use super::optimize::{MinimizeOptions, minimize_with_gradient};
@@ -143,76 +146,10 @@ impl MbgNbdFitOptions {
     }
 }
 
-fn invalid(name: &'static str, value: f64, requirement: String, row: Option<usize>) -> ModelError {
-    ModelError::InvalidInput {
-        model: MODEL,
-        name,
-        value,
-        requirement,
-        row,
-    }
-}
-
-/// Validate one customer's `(x, t_x, T)` (the same domain as BG/NBD's).
-fn validate_observation(x: f64, t_x: f64, t_cal: f64, row: Option<usize>) -> Result<(), ModelError> {
-    if !(x.is_finite() && x >= 0.0 && x == x.floor()) {
-        return Err(invalid(
-            "x",
-            x,
-            "must be a finite, non-negative whole number of repeat purchases".into(),
-            row,
-        ));
-    }
-    if !(t_cal.is_finite() && t_cal > 0.0) {
-        return Err(invalid("T", t_cal, "must be finite and > 0".into(), row));
-    }
-    if !(t_x.is_finite() && t_x >= 0.0 && t_x <= t_cal) {
-        return Err(invalid(
-            "t_x",
-            t_x,
-            format!("must satisfy 0 <= t_x <= T = {t_cal}"),
-            row,
-        ));
-    }
-    Ok(())
-}
-
-fn validate_horizon(t: f64) -> Result<(), ModelError> {
-    if t.is_finite() && t >= 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(
-            "t",
-            t,
-            "prediction horizon must be finite and >= 0".into(),
-            None,
-        ))
-    }
-}
-
 /// The recency the model uses: `t_x`, or 0 for a customer without repeat
 /// purchases (their last purchase is the first, at time 0).
 fn recency(x: f64, t_x: f64) -> f64 {
     if x == 0.0 { 0.0 } else { t_x }
-}
-
-/// `(ln(1 + e^u), 1 / (1 + e^-u))`: the softplus function and its derivative,
-/// the logistic function, with one `exp` and one `ln_1p` and no overflow.
-fn softplus(u: f64) -> (f64, f64) {
-    let e = (-u.abs()).exp();
-    let value = u.max(0.0) + e.ln_1p();
-    let logistic = if u >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-    (value, logistic)
-}
-
-/// `1 / (1 + e^u)` without overflow.
-fn logistic_complement(u: f64) -> f64 {
-    if u > 0.0 {
-        let e = (-u).exp();
-        e / (1.0 + e)
-    } else {
-        1.0 / (1.0 + u.exp())
-    }
 }
 
 /// Number of parameters; gradients are with respect to `(ln r, ln α, ln a, ln b)`.
@@ -342,7 +279,7 @@ fn time_part(xt: &XTerms, age: TimeTerms, last: TimeTerms) -> (f64, f64) {
 /// `0 <= t_x <= T`, `T > 0`.
 pub fn log_likelihood(params: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
     Ok(LlConstants::new(params).customer(x, t_x, t_cal))
 }
 
@@ -388,9 +325,15 @@ impl Prepared {
         let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
         let (mut total_weight, mut sum_wx, mut sum_wt) = (NeumaierSum::default(), 0.0, 0.0);
         for (i, s) in data.iter().enumerate() {
-            validate_observation(s.x, s.t_x, s.t_cal, Some(i))?;
+            validate_observation(MODEL, s.x, s.t_x, s.t_cal, Some(i))?;
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid("weight", s.weight, "must be finite and >= 0".into(), Some(i)));
+                return Err(invalid(
+                    MODEL,
+                    "weight",
+                    s.weight,
+                    "must be finite and >= 0".into(),
+                    Some(i),
+                ));
             }
             if s.weight > 0.0 {
                 rows.push(s);
@@ -410,6 +353,7 @@ impl Prepared {
         let mut index = |v: f64| {
             times.index_of(v).ok_or_else(|| {
                 invalid(
+                    MODEL,
                     "T",
                     v,
                     "at most 2^32 distinct values of t_x and T are supported".into(),
@@ -623,7 +567,7 @@ fn log_dropout_odds(p: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> f64 {
 /// Invalid parameters or observation, as for [`log_likelihood`].
 pub fn p_alive(params: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
     Ok(logistic_complement(log_dropout_odds(params, x, t_x, t_cal)))
 }
 
@@ -701,8 +645,8 @@ fn alive_expectation(p: &MbgNbdParams, x: f64, alpha_plus_age: f64, t: f64) -> R
 /// overflows (absurd parameters).
 pub fn expected_purchases(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
-    validate_horizon(t)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_horizon(MODEL, t)?;
     let alive = logistic_complement(log_dropout_odds(params, x, t_x, t_cal));
     if alive == 0.0 {
         // Certainly dropped out: no purchases, whatever an alive customer would make.
@@ -723,7 +667,7 @@ pub fn expected_purchases(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal
 /// value overflows (absurd parameters).
 pub fn expected_purchases_unconditional(params: &MbgNbdParams, t: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_horizon(t)?;
+    validate_horizon(MODEL, t)?;
     Ok(params.b / (params.a + params.b) * alive_expectation(params, 0.0, params.alpha, t)?)
 }
 
@@ -747,17 +691,13 @@ pub fn expected_purchases_unconditional(params: &MbgNbdParams, t: f64) -> Result
 /// Invalid parameters, observation or horizon (`t` finite, `>= 0`).
 pub fn p_no_purchase(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(x, t_x, t_cal, None)?;
-    validate_horizon(t)?;
+    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_horizon(MODEL, t)?;
     if t == 0.0 {
         return Ok(1.0);
     }
     let odds = log_dropout_odds(params, x, t_x, t_cal);
-    let silent_if_alive = (-(params.r + x) * (t / (params.alpha + t_cal)).ln_1p()).exp();
-    // Both terms are non-negative: no cancellation. Their sum exceeds 1 only by
-    // rounding (clamped; a comparison, so that nothing would hide a NaN).
-    let p = logistic_complement(-odds) + logistic_complement(odds) * silent_if_alive;
-    Ok(if p > 1.0 { 1.0 } else { p })
+    Ok(no_purchase_given_odds(params.r, params.alpha, odds, t, x, t_cal))
 }
 
 #[cfg(test)]
