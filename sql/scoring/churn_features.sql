@@ -4,7 +4,9 @@
 -- chain re-run with $as_of moved back by scoring.churn_holdout_days), so the model is
 -- trained on exactly the features it scores with. "Recent" is the last
 -- scoring.recent_window_days days (90 by default), "prior" the window before it.
---   p_alive            BG/NBD probability of being active (fitted as of the same day)
+--   p_alive            modified BG/NBD probability of being active (fitted as of the same day)
+--   p_no_purchase      modified BG/NBD probability of no purchase in the next churn_holdout_days:
+--                      the purchase model's own answer to the label, the fair baseline
 --   log_expected_purchases  ln(0.01 + BG/NBD expected purchase days in the next churn_holdout_days)
 --   recency_days       days since the last order
 --   gap_vs_rhythm      recency / own mean time between purchase days (repeat buyers);
@@ -64,7 +66,8 @@ rates AS (
 )
 SELECT
     f.customer_id,
-    COALESCE(bgnbd_p_alive(m.x, m.t_x, m.t_cal), 1.0) AS p_alive,
+    COALESCE(mbgnbd_p_alive(m.x, m.t_x, m.t_cal), 1.0) AS p_alive,
+    COALESCE(mbgnbd_p_no_purchase($churn_holdout_days / $time_unit_days, m.x, m.t_x, m.t_cal), 1.0) AS p_no_purchase,
     LN(0.01 + COALESCE(bgnbd_expected_purchases($churn_holdout_days / $time_unit_days, m.x, m.t_x, m.t_cal), 0.0))
         AS log_expected_purchases,
     CAST(f.recency_days AS DOUBLE) AS recency_days,

@@ -13,11 +13,12 @@
 --   frequency is empty whenever one-time buyers are more than a fifth of the buyers (53%
 --   on the fixtures left F2 empty and whole cells of the R-F map with it). Segment from
 --   the R-F map in seeds/rfm_segments.csv.
--- 2 Churn: p_alive (BG/NBD); churn_risk = the churn early-warning model's calibrated
---   probability of no purchase in the next churn_holdout_days (churn_predictions, trained
---   by patron on every signal), or 1 - p_alive when the run fell back to BG/NBD
---   (churn_model says which); churn_band low/medium/high; expected purchases in the next 90
---   and 365 days.
+-- 2 Churn: churn_risk = the probability that the buyer has lapsed for good (will not buy
+--   again), for every buyer: 1 - p_alive of the modified BG/NBD (one-time buyers too),
+--   adjusted by the churn model's signals where that model beat the purchase model out of
+--   time (churn_predictions; churn_model says which); churn_band low/medium/high on it.
+--   p_no_purchase_90d = P(no purchase in the next churn_holdout_days) from the same model,
+--   for campaign timing; expected purchases in the next 90 and 365 days (BG/NBD).
 -- 3 Spend (Gamma-Gamma) and 4 Value: p_alive, expected purchases, expected_order_value,
 --   historical_value and current_value (discounted CLV) come from customer_values, the
 --   ranks, potential_value and the splits from customer_ranks; their headers give the
@@ -35,7 +36,7 @@
 --   100 x (attitude + repeat) / 2.
 -- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
 -- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
---   `code=value` (comma-separated, '' when none); with the BG/NBD fallback the rule codes
+--   `code=value` (comma-separated, '' when none); when churn_model is mbgnbd the rule codes
 --   long_gap, open_complaint, low_csat, unsubscribed, spend_falling, high_return_rate
 --   (return_rate >= high_return_rate; the churn model has return_rate as a feature).
 --
@@ -58,6 +59,7 @@ WITH joined AS (
         f.unsubscribed,
         f.return_rate,
         cp.churn_risk AS model_churn_risk,
+        cp.p_no_purchase AS model_p_no_purchase,
         cp.churn_reasons AS model_churn_reasons,
         cp.churn_model AS model_churn_model,
         n.potential_value,
@@ -108,7 +110,8 @@ scored AS (
     SELECT
         loyalty.*,
         CAST(ROUND(100.0 * (attitude + repeat_patronage) / 2.0) AS INT) AS loyalty_score,
-        CASE WHEN model_churn_risk IS NOT NULL THEN model_churn_risk ELSE 1.0 - p_alive END AS churn_risk,
+        COALESCE(model_churn_risk, 1.0 - p_alive) AS churn_risk,
+        COALESCE(model_p_no_purchase, p_no_purchase) AS p_no_purchase_90d,
         spend_prior_window > 0 AND spend_recent_window < $spend_falling_ratio * spend_prior_window AS spend_falling,
         CASE
             WHEN NOT is_buyer THEN false
@@ -129,7 +132,7 @@ SELECT
     CASE WHEN s.is_buyer THEN seg.rfm_segment ELSE 'prospect' END AS rfm_segment,
     s.p_alive,
     s.churn_risk,
-    CASE WHEN s.churn_risk IS NULL THEN NULL ELSE COALESCE(s.model_churn_model, 'bgnbd') END AS churn_model,
+    CASE WHEN s.p_no_purchase_90d IS NULL THEN NULL ELSE COALESCE(s.model_churn_model, 'mbgnbd') END AS churn_model,
     CASE
         WHEN s.churn_risk IS NULL THEN NULL
         WHEN s.churn_risk >= $churn_band_high THEN 'high'
@@ -148,6 +151,7 @@ SELECT
             CASE WHEN s.return_rate >= $high_return_rate THEN 'high_return_rate' END
         )
     END AS churn_reasons,
+    s.p_no_purchase_90d,
     s.expected_purchases_90d,
     s.expected_purchases_365d,
     s.expected_order_value,

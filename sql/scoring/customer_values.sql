@@ -3,7 +3,10 @@
 -- (value, churn and spend; see docs/scoring.md) and the inputs of the scores that rank a customer
 -- among the others. customer_scores reads it once per ranking, so the models run once per
 -- customer. Customers who never ordered (prospects) have NULL model columns and value 0.
---   p_alive, expected_purchases_90d/365d  BG/NBD (NULL for prospects)
+--   p_alive               modified BG/NBD P(alive): below 1 for one-time buyers too (NULL for
+--                         prospects); churn_risk = 1 - p_alive
+--   p_no_purchase         modified BG/NBD P(no purchase in the next churn_holdout_days)
+--   expected_purchases_90d/365d  BG/NBD (NULL for prospects)
 --   expected_order_value  Gamma-Gamma: (gamma + m x) p / (p x + q - 1), the population mean
 --                         for one-time buyers; the customer's mean spend per purchase day
 --                         (net of partial returns, never negative) when the model could not
@@ -28,7 +31,8 @@ WITH modelled AS (
         f.purchase_days,
         f.tenure_days,
         CASE WHEN $monetary_average THEN f.revenue / NULLIF(f.purchase_days, 0) ELSE f.revenue END AS monetary,
-        bgnbd_p_alive(m.x, m.t_x, m.t_cal) AS p_alive,
+        mbgnbd_p_alive(m.x, m.t_x, m.t_cal) AS p_alive,
+        mbgnbd_p_no_purchase($churn_holdout_days / $time_unit_days, m.x, m.t_x, m.t_cal) AS p_no_purchase,
         bgnbd_expected_purchases(90.0 / $time_unit_days, m.x, m.t_x, m.t_cal) AS expected_purchases_90d,
         bgnbd_expected_purchases(365.0 / $time_unit_days, m.x, m.t_x, m.t_cal) AS expected_purchases_365d,
         -- x = 0 gives the population mean p * gamma / (q - 1), whatever the spend argument.
@@ -58,6 +62,7 @@ SELECT
     tenure_days,
     monetary,
     p_alive,
+    p_no_purchase,
     expected_purchases_90d,
     expected_purchases_365d,
     expected_order_value,

@@ -33,6 +33,7 @@ use crate::pipeline::{self, RunFailure, RunReport};
 use crate::progress::Progress;
 use crate::score::backtest::{self, HoldoutSpec};
 use crate::score::bgnbd::BgNbdParams;
+use crate::score::churn::BASELINE;
 use crate::score::error::ModelError;
 use crate::score::models::MODEL_INPUT_STAGE;
 use crate::score::truth::{self, Truth, TruthError, TruthEvaluation};
@@ -48,6 +49,8 @@ pub const EVALUATION_REPORT: &str = "evaluation.json";
 pub const SALES_SOURCE: &str = "sales";
 /// The scores table holding `churn_risk`.
 const SCORES_TABLE: &str = "customer_scores";
+/// The table holding the purchase model's own `p_no_purchase` (the fair baseline).
+const VALUES_TABLE: &str = "customer_values";
 /// The orders table the holdout purchases are counted from (`is_purchase`).
 const ORDERS_TABLE: &str = "int_orders";
 /// The short-term churn column, reported against the truth when a run has it.
@@ -226,16 +229,16 @@ pub struct EvaluationReport {
     pub purchased_in_holdout: u64,
     /// Customers without one (the positives of the AUC).
     pub no_purchase_in_holdout: u64,
-    /// Customers with a churn_risk, on whom the AUC is computed.
+    /// Customers with a p_no_purchase_90d, on whom the AUC is computed.
     pub auc_customers: u64,
-    /// AUC of churn_risk for "no purchase in the holdout" (ties 1/2); `None` when undefined.
+    /// AUC of p_no_purchase_90d for "no purchase in the holdout" (ties 1/2); `None` when
+    /// undefined.
     pub auc: Option<f64>,
     /// Why the AUC is `None`, when it is.
     pub auc_note: Option<String>,
-    /// The same AUC among repeat buyers (x > 0) only: BG/NBD gives one-time buyers
-    /// p_alive = 1, so churn_risk 0, whatever their recency; this is where it can rank.
+    /// The same AUC among repeat buyers (x > 0) only.
     pub auc_repeat_buyers: Option<f64>,
-    /// Repeat buyers with a churn_risk, on whom `auc_repeat_buyers` is computed.
+    /// Repeat buyers with a p_no_purchase_90d, on whom `auc_repeat_buyers` is computed.
     pub auc_repeat_buyers_customers: u64,
     /// AUC of the predicted purchases, reversed (fewer expected purchases = riskier), for
     /// "no purchase in the holdout": the same model's ranking without the x = 0 convention.
@@ -244,9 +247,10 @@ pub struct EvaluationReport {
     pub one_time_buyers: u64,
     /// One-time buyers who purchased in the holdout.
     pub one_time_buyers_purchased: u64,
-    /// The churn scores compared on the holdout, over the same customers (those with both
-    /// a p_alive and a churn_risk): BG/NBD `1 - p_alive` alone, and the run's `churn_risk`
-    /// (the churn model, or BG/NBD again when the calibration run fell back).
+    /// The short-term churn scores compared on the holdout, over the same customers: the
+    /// modified BG/NBD's own P(no purchase), the fair baseline, and the run's
+    /// `p_no_purchase_90d` (the churn model's, or the baseline again when the calibration
+    /// run kept the purchase model).
     pub churn_comparison: Vec<ChurnScoreEvaluation>,
     /// Model version of the calibration fit.
     pub model_version: String,
@@ -264,9 +268,9 @@ pub struct EvaluationReport {
 /// One churn score on the holdout: ranking, top-decile precision, probability accuracy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChurnScoreEvaluation {
-    /// `bgnbd_p_alive` (scored as 1 - p_alive) or `churn_risk`.
+    /// `mbgnbd_p_no_purchase` (the purchase model's own) or `p_no_purchase_90d` (the run's).
     pub score: String,
-    /// The model behind it: `bgnbd`, `logistic` or `gbt`.
+    /// The model behind it: `mbgnbd`, `logistic` or `gbt`.
     pub model: String,
     /// Customers compared.
     pub customers: u64,
@@ -282,19 +286,17 @@ pub struct ChurnScoreEvaluation {
     pub calibration: Vec<backtest::CalibrationBin>,
 }
 
-/// Compares `1 - p_alive` and `churn_risk` over the customers that have both.
+/// Compares the purchase model's own P(no purchase) and the run's `p_no_purchase_90d`
+/// over the customers that have both.
 fn churn_comparison(totals: &Totals, churn_model: &str) -> Vec<ChurnScoreEvaluation> {
     let keep: Vec<usize> = (0..totals.actual.len())
-        .filter(|&i| totals.p_alive[i].is_some() && totals.churn_risk[i].is_some())
+        .filter(|&i| totals.baseline[i].is_some() && totals.p_no_purchase[i].is_some())
         .collect();
     let positive: Vec<bool> = keep.iter().map(|&i| totals.actual[i] == 0.0).collect();
     let churn_rate = (!keep.is_empty()).then(|| positive.iter().filter(|p| **p).count() as f64 / keep.len() as f64);
-    let bgnbd: Vec<f64> = keep
-        .iter()
-        .filter_map(|&i| totals.p_alive[i].map(|p| 1.0 - p))
-        .collect();
-    let model: Vec<f64> = keep.iter().filter_map(|&i| totals.churn_risk[i]).collect();
-    [("bgnbd_p_alive", "bgnbd", bgnbd), ("churn_risk", churn_model, model)]
+    let baseline: Vec<f64> = keep.iter().filter_map(|&i| totals.baseline[i]).collect();
+    let model: Vec<f64> = keep.iter().filter_map(|&i| totals.p_no_purchase[i]).collect();
+    [(BASELINE, "mbgnbd", baseline), (P_NO_PURCHASE, churn_model, model)]
         .into_iter()
         .map(|(score, model, values)| ChurnScoreEvaluation {
             score: score.to_string(),
@@ -340,7 +342,7 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
         num(r.ratio)
     );
     println!(
-        "  AUC          {} churn_risk for no purchase in the holdout{}",
+        "  AUC          {} p_no_purchase_90d for no purchase in the holdout{}",
         num(r.auc),
         r.auc_note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     );
@@ -357,7 +359,7 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
     );
     for c in &r.churn_comparison {
         println!(
-            "  {:<13} ({:<8}) AUC {}  precision@10% {}  Brier {}  ({} customers, {} without a purchase)",
+            "  {:<20} ({:<8}) AUC {}  precision@10% {}  Brier {}  ({} customers, {} without a purchase)",
             c.score,
             c.model,
             num(c.auc),
@@ -559,7 +561,7 @@ pub async fn evaluate(args: &EvaluateArgs) -> Result<(EvaluationReport, PathBuf)
         auc_predicted_purchases,
         one_time_buyers,
         one_time_buyers_purchased,
-        churn_comparison: churn_comparison(&totals, models.churn.as_ref().map_or("bgnbd", |c| c.model.as_str())),
+        churn_comparison: churn_comparison(&totals, models.churn.as_ref().map_or("mbgnbd", |c| c.model.as_str())),
         model_version: models.model_version.clone(),
         bgnbd_params: models.bgnbd.as_ref().map(|fit| fit.params.clone()),
         bgnbd_fallback: models.bgnbd_fallback.as_ref().map(ToString::to_string),
@@ -627,17 +629,19 @@ struct Bounds {
 struct Totals {
     predicted: Vec<f64>,
     actual: Vec<f64>,
-    churn_risk: Vec<Option<f64>>,
-    p_alive: Vec<Option<f64>>,
+    /// The run's `p_no_purchase_90d`.
+    p_no_purchase: Vec<Option<f64>>,
+    /// The purchase model's own P(no purchase in the churn window): the fair baseline.
+    baseline: Vec<Option<f64>>,
     /// x > 0.
     repeat: Vec<bool>,
 }
 
-/// AUC of churn_risk for "no purchase in the holdout" over the customers `keep` selects
-/// that have a churn_risk; with their number, and why the AUC is undefined when it is.
+/// AUC of p_no_purchase_90d for "no purchase in the holdout" over the customers `keep`
+/// selects that have one; with their number, and why the AUC is undefined when it is.
 fn churn_auc(totals: &Totals, keep: impl Fn(usize) -> bool) -> (Option<f64>, u64, Option<String>) {
     let (mut scores, mut positive) = (Vec::new(), Vec::new());
-    for (i, risk) in totals.churn_risk.iter().enumerate() {
+    for (i, risk) in totals.p_no_purchase.iter().enumerate() {
         if let Some(r) = risk
             && keep(i)
         {
@@ -648,14 +652,14 @@ fn churn_auc(totals: &Totals, keep: impl Fn(usize) -> bool) -> (Option<f64>, u64
     let auc = backtest::auc(&scores, &positive);
     let note = match auc {
         Some(_) => None,
-        None if scores.is_empty() => Some("no customer has a churn_risk".to_string()),
+        None if scores.is_empty() => Some("no customer has a p_no_purchase_90d".to_string()),
         None if positive.iter().all(|p| *p) => {
             Some("every customer went without a purchase in the holdout: one class only".to_string())
         }
         None if positive.iter().all(|p| !*p) => {
             Some("every customer purchased in the holdout: one class only".to_string())
         }
-        None => Some("churn_risk has non-finite values".to_string()),
+        None => Some("p_no_purchase_90d has non-finite values".to_string()),
     };
     (auc, scores.len() as u64, note)
 }
@@ -676,11 +680,12 @@ SELECT
     m.x,
     m.t_x,
     m.t_cal,
-    s.churn_risk,
-    s.p_alive,
+    s.p_no_purchase_90d,
+    v.p_no_purchase AS mbgnbd_p_no_purchase,
     COALESCE(h.purchase_days, 0) AS actual_purchases
 FROM customer_model_input AS m
 LEFT JOIN customer_scores AS s ON s.customer_id = m.customer_id
+LEFT JOIN customer_values AS v ON v.customer_id = m.customer_id
 LEFT JOIN holdout AS h ON h.customer_id = m.customer_id
 ORDER BY m.customer_id
 ";
@@ -695,8 +700,8 @@ fn evaluation_schema() -> SchemaRef {
         Field::new("predicted_purchases", DataType::Float64, false),
         Field::new("actual_purchases", DataType::Int64, false),
         Field::new("abs_error", DataType::Float64, false),
-        Field::new("churn_risk", DataType::Float64, true),
-        Field::new("p_alive", DataType::Float64, true),
+        Field::new("p_no_purchase_90d", DataType::Float64, true),
+        Field::new("mbgnbd_p_no_purchase", DataType::Float64, true),
         Field::new("purchased_in_holdout", DataType::Boolean, false),
     ]))
 }
@@ -718,6 +723,7 @@ async fn evaluate_customers(
             scratch.join(TABLES_DIR).join(MODEL_INPUT_STAGE),
         ),
         (SCORES_TABLE.to_string(), scratch.join(TABLES_DIR).join(SCORES_TABLE)),
+        (VALUES_TABLE.to_string(), scratch.join(TABLES_DIR).join(VALUES_TABLE)),
         (ORDERS_TABLE.to_string(), end_dir.join(TABLES_DIR).join(ORDERS_TABLE)),
     ];
     for (table, path) in &inputs {
@@ -736,7 +742,9 @@ async fn evaluate_customers(
     let query_err = |message: String| EvaluateError::Table {
         table: table.clone(),
         path: path.clone(),
-        message: format!("joined with `{SCORES_TABLE}` and the end-of-data `{ORDERS_TABLE}`: {message}"),
+        message: format!(
+            "joined with `{SCORES_TABLE}`, `{VALUES_TABLE}` and the end-of-data `{ORDERS_TABLE}`: {message}"
+        ),
     };
     let params_sql = HashMap::from([
         ("after".to_string(), bounds.after.clone()),
@@ -754,8 +762,8 @@ async fn evaluate_customers(
     let mut totals = Totals {
         predicted: Vec::new(),
         actual: Vec::new(),
-        churn_risk: Vec::new(),
-        p_alive: Vec::new(),
+        p_no_purchase: Vec::new(),
+        baseline: Vec::new(),
         repeat: Vec::new(),
     };
     let mut row = 0usize;
@@ -769,15 +777,15 @@ async fn evaluate_customers(
         };
         let ids = column("customer_id", &DataType::Utf8)?;
         let ids = downcast::<StringArray>(&ids, "customer_id", &query_err)?;
-        let floats = ["x", "t_x", "t_cal", "churn_risk", "p_alive"]
+        let floats = ["x", "t_x", "t_cal", "p_no_purchase_90d", "mbgnbd_p_no_purchase"]
             .iter()
             .map(|name| column(name, &DataType::Float64))
             .collect::<Result<Vec<_>, _>>()?;
         let x = downcast::<Float64Array>(&floats[0], "x", &query_err)?;
         let t_x = downcast::<Float64Array>(&floats[1], "t_x", &query_err)?;
         let t_cal = downcast::<Float64Array>(&floats[2], "t_cal", &query_err)?;
-        let churn = downcast::<Float64Array>(&floats[3], "churn_risk", &query_err)?;
-        let p_alive = downcast::<Float64Array>(&floats[4], "p_alive", &query_err)?;
+        let churn = downcast::<Float64Array>(&floats[3], "p_no_purchase_90d", &query_err)?;
+        let baseline = downcast::<Float64Array>(&floats[4], "mbgnbd_p_no_purchase", &query_err)?;
         let actual = column("actual_purchases", &DataType::Int64)?;
         let actual = downcast::<Int64Array>(&actual, "actual_purchases", &query_err)?;
 
@@ -805,8 +813,8 @@ async fn evaluate_customers(
             predicted.push(p);
             totals.predicted.push(p);
             totals.actual.push(a);
-            totals.churn_risk.push(churn.is_valid(i).then(|| churn.value(i)));
-            totals.p_alive.push(p_alive.is_valid(i).then(|| p_alive.value(i)));
+            totals.p_no_purchase.push(churn.is_valid(i).then(|| churn.value(i)));
+            totals.baseline.push(baseline.is_valid(i).then(|| baseline.value(i)));
             totals.repeat.push(x.value(i) > 0.0);
         }
         let abs_error: Float64Array = predicted
@@ -824,7 +832,7 @@ async fn evaluate_customers(
             Arc::new(actual.clone()),
             Arc::new(abs_error),
             Arc::new(churn.clone()),
-            Arc::new(p_alive.clone()),
+            Arc::new(baseline.clone()),
             Arc::new(purchased),
         ];
         let out_batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| WriteError {

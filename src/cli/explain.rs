@@ -45,9 +45,9 @@ pub struct ExplainArgs {
 }
 
 /// Which rule or model produced each column of `customer_scores` (see docs/scoring.md and the
-/// header of customer_scores.sql). `{bgnbd}`, `{gamma_gamma}` and `{churn}` are replaced
-/// by the fitted models' descriptions.
-const PRODUCED_BY: [(&str, &str); 27] = [
+/// header of customer_scores.sql). `{bgnbd}`, `{mbgnbd}`, `{gamma_gamma}` and `{churn}` are
+/// replaced by the fitted models' descriptions.
+const PRODUCED_BY: [(&str, &str); 28] = [
     ("recency_days", "days since the last order"),
     ("frequency", "distinct purchase days"),
     ("monetary", "RFM monetary (scoring.monetary: total or average spend)"),
@@ -55,8 +55,12 @@ const PRODUCED_BY: [(&str, &str); 27] = [
     ("f_score", "RFM: 1 + floor(5 x percent rank of frequency)"),
     ("m_score", "RFM: 1 + floor(5 x percent rank of monetary)"),
     ("rfm_segment", "RFM R-F map (seeds/rfm_segments.csv)"),
-    ("p_alive", "{bgnbd}"),
-    ("churn_risk", "{churn}"),
+    ("p_alive", "{mbgnbd}"),
+    ("churn_risk", "1 - P(alive): {churn}"),
+    (
+        "p_no_purchase_90d",
+        "P(no purchase in scoring.churn_holdout_days): {churn}",
+    ),
     ("churn_model", "{churn}"),
     (
         "churn_band",
@@ -275,23 +279,24 @@ fn describe_models(params: &[Map<String, Value>], churn_model: Option<&str>) -> 
     };
     let mut out = HashMap::new();
     out.insert("bgnbd", format!("BG/NBD ({})", list("bgnbd", &|_| true)));
+    out.insert("mbgnbd", format!("modified BG/NBD ({})", list("mbgnbd", &|_| true)));
     out.insert(
         "gamma_gamma",
         format!("Gamma-Gamma ({})", list("gamma_gamma", &|_| true)),
     );
     let churn = match churn_model {
         Some(m @ ("logistic" | "gbt")) => format!(
-            "churn model `{m}`, Platt-calibrated ({})",
+            "modified BG/NBD adjusted by the churn model `{m}`, Platt-calibrated ({})",
             list(&format!("churn_{m}"), &|k| !k.starts_with("coef:"))
         ),
         _ => {
             let note = params
                 .iter()
-                .find(|r| r.get("model").and_then(Value::as_str) == Some("churn_bgnbd"))
+                .find(|r| r.get("model").and_then(Value::as_str) == Some("churn_mbgnbd"))
                 .and_then(|r| r.get("note").and_then(Value::as_str))
-                .map(|n| format!("; fallback: {n}"))
+                .map(|n| format!("; the churn model is not used: {n}"))
                 .unwrap_or_default();
-            format!("BG/NBD 1 - p_alive{note}")
+            format!("modified BG/NBD{note}")
         }
     };
     out.insert("churn", churn);

@@ -496,7 +496,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
         mess_rates: &MESS,
         notes: vec![
             "Customer ids C0000001.. are in order of acquisition; canonical id = trim + upper-case.",
-            "BG/NBD: first purchase at acquisition, repeat purchases Poisson(lambda), dropout with probability p after each repeat purchase.",
+            "Modified BG/NBD: first purchase at acquisition, repeat purchases Poisson(lambda), dropout with probability p after every purchase, the first included.",
             "Order value = sum(quantity * unit_price) - discount (up to cent rounding) ~ Gamma(p, rate nu).",
             "Bad rows are extra lines (never duplicated); valid rows are exactly the simulated data.",
             "A bad sales row is an extra line (line_no k+1) of an existing order; bad tickets/events use their own fresh id.",

@@ -597,11 +597,13 @@ impl Sim<'_> {
             self.report.referred_customers += 1;
         }
 
-        // BG/NBD purchases: first at acquisition, repeats Poisson(lambda), dropout after repeats.
+        // Modified BG/NBD purchases (Batislam et al. 2007): first at acquisition, repeats
+        // Poisson(lambda), dropout with probability p after every purchase, the first
+        // included: a one-time buyer may be gone, as in real shops.
         let mut times = vec![t0];
-        let mut dropout = None;
+        let mut dropout = (self.u() < p_drop).then_some(t0);
         let mut t = t0;
-        loop {
+        while dropout.is_none() {
             t += self.exp1() / lambda;
             if t.is_nan() || t >= self.weeks {
                 break;

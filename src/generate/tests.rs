@@ -526,8 +526,9 @@ fn generate_mess_kinds_look_as_documented() {
     }
 }
 
-/// Expected orders per buyer under BG/NBD with uniform acquisition over the window:
-/// 1 + mean over T of E[X(T)], E[X(T) | p] = (1 - (alpha / (alpha + p T))^r) / p.
+/// Expected orders per buyer under the modified BG/NBD with uniform acquisition over the
+/// window: 1 + mean over T of E[X(T)], E[X(T) | p] = (1 - p) (1 - (alpha / (alpha + p T))^r) / p
+/// (gone after the first purchase with probability p, else BG/NBD's repeat process).
 fn expected_orders_per_buyer(t: &TrueParameters, weeks: f64) -> f64 {
     let (np, nt) = (4000, 200);
     let mut norm = 0.0;
@@ -544,7 +545,7 @@ fn expected_orders_per_buyer(t: &TrueParameters, weeks: f64) -> f64 {
         let big_t = (j as f64 + 0.5) / nt as f64 * weeks;
         let ex: f64 = grid
             .iter()
-            .map(|&(p, w)| w * (1.0 - (t.alpha / (t.alpha + p * big_t)).powf(t.r)) / p)
+            .map(|&(p, w)| w * (1.0 - p) * (1.0 - (t.alpha / (t.alpha + p * big_t)).powf(t.r)) / p)
             .sum::<f64>()
             / norm;
         total += ex;

@@ -192,7 +192,11 @@ fn histogram_panel(id: &str, title: &str, quantity: &str, values: &[f64], edges:
 
 fn model_panel(m: &Value) -> String {
     let mut html = String::new();
-    for (key, name) in [("bgnbd", "BG/NBD"), ("gamma_gamma", "Gamma-Gamma")] {
+    for (key, name) in [
+        ("bgnbd", "BG/NBD"),
+        ("mbgnbd", "Modified BG/NBD (p_alive, churn_risk)"),
+        ("gamma_gamma", "Gamma-Gamma"),
+    ] {
         let fit = &m[key];
         let _ = writeln!(html, "<h3>{name}</h3>");
         if !fit.is_object() {
@@ -226,13 +230,16 @@ fn model_panel(m: &Value) -> String {
         html,
         "<p>chosen: <b data-churn-model=\"{0}\">{0}</b>; fallback reason: {1}</p>\
          <p class=\"muted\">validation: fitted as of {2}, tested on the {3} days after {4} \
-         (time-based holdout, {5} customers); AUC and Brier score for \"no purchase in the holdout\".</p>",
+         (time-based holdout, {5} customers: {6} to choose the model on, {7} to calibrate it on); \
+         AUC and Brier score for \"no purchase in the holdout\" on the first half.</p>",
         esc(&text(&churn["model"])),
         esc(churn["fallback_reason"].as_str().unwrap_or("none")),
         esc(&text(&churn["training_cutoff"])),
         esc(&text(&churn["holdout_days"])),
         esc(&text(&churn["validation_cutoff"])),
-        esc(&text(&churn["validation_customers"]))
+        esc(&text(&churn["validation_customers"])),
+        esc(&text(&churn["selection_customers"])),
+        esc(&text(&churn["calibration_customers"]))
     );
     let rows: Vec<_> = churn["validation"]
         .as_array()
@@ -246,6 +253,33 @@ fn model_panel(m: &Value) -> String {
         })
         .collect();
     html.push_str(&table(&["learner", "AUC", "Brier"], &rows));
+    let bins: Vec<_> = churn["calibration"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                String::new(),
+                vec![
+                    format!("{}-{}", text(&b["from"]), text(&b["to"])),
+                    text(&b["customers"]),
+                    text(&b["mean_predicted"]),
+                    text(&b["observed_rate"]),
+                ],
+            )
+        })
+        .collect();
+    if !bins.is_empty() {
+        let _ = writeln!(
+            html,
+            "<p>deployed model, calibrated: Brier {} on the half it was chosen on (its calibration never saw it)</p>",
+            esc(&text(&churn["calibrated_brier"]))
+        );
+        html.push_str(&table(
+            &["P(no purchase)", "customers", "mean predicted", "observed"],
+            &bins,
+        ));
+    }
     html
 }
 

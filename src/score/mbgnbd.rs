@@ -534,6 +534,17 @@ pub fn fit_mbgnbd_with(data: &[RfSummary], options: &MbgNbdFitOptions) -> Result
     })
 }
 
+/// The checks of a customer's state for the predictions: those of a fitted
+/// observation, except that a customer first seen on the as-of day (`x = t_x = T = 0`,
+/// nothing observed after the first purchase) is valid. Unlike BG/NBD, the model says
+/// something about them: they may have dropped out at that first purchase.
+fn validate_state(x: f64, t_x: f64, t_cal: f64) -> Result<(), ModelError> {
+    if x == 0.0 && t_x == 0.0 && t_cal == 0.0 {
+        return Ok(());
+    }
+    validate_observation(MODEL, x, t_x, t_cal, None)
+}
+
 /// Log of the odds that a customer has dropped out, `ln[a/(b+x)] +
 /// (r+x) ln[(α+T)/(α+t_x)]` (`t_x = 0` for `x = 0`): the ratio of the second
 /// term of `L` to the first.
@@ -563,11 +574,14 @@ fn log_dropout_odds(p: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> f64 {
 /// `b/(a+b)` (surviving the dropout chance at the first purchase) at `T = 0`
 /// and falls as `T` grows without a purchase.
 ///
+/// A customer whose first purchase is on the as-of day (`x = t_x = T = 0`) is
+/// defined here too: `b/(a+b)`.
+///
 /// # Errors
 /// Invalid parameters or observation, as for [`log_likelihood`].
 pub fn p_alive(params: &MbgNbdParams, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_state(x, t_x, t_cal)?;
     Ok(logistic_complement(log_dropout_odds(params, x, t_x, t_cal)))
 }
 
@@ -691,7 +705,7 @@ pub fn expected_purchases_unconditional(params: &MbgNbdParams, t: f64) -> Result
 /// Invalid parameters, observation or horizon (`t` finite, `>= 0`).
 pub fn p_no_purchase(params: &MbgNbdParams, t: f64, x: f64, t_x: f64, t_cal: f64) -> Result<f64, ModelError> {
     params.validate()?;
-    validate_observation(MODEL, x, t_x, t_cal, None)?;
+    validate_state(x, t_x, t_cal)?;
     validate_horizon(MODEL, t)?;
     if t == 0.0 {
         return Ok(1.0);

@@ -1,6 +1,6 @@
 //! The model step of a run: read the per-customer model input table (built by the SQL
-//! stage [`MODEL_INPUT_STAGE`]), fit BG/NBD on grouped (x, t_x, T) triples and
-//! Gamma-Gamma on repeat buyers, register the fitted models as SQL functions and as the
+//! stage [`MODEL_INPUT_STAGE`]), fit BG/NBD and the modified BG/NBD on grouped (x, t_x, T)
+//! triples and Gamma-Gamma on repeat buyers, register the fitted models as SQL functions and as the
 //! `model_params` table, and return what the manifest reports.
 
 use std::collections::BTreeMap;
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::bgnbd::{self, BgNbdFit, RfSummary};
 use super::fallback::{self, Fallback};
 use super::gamma_gamma::{self, GammaGammaFit, SpendSummary};
+use super::mbgnbd::{self, MbgNbdFit};
 use super::udf::{Models, Purchases};
 use super::{ScoringSettings, udf};
 
@@ -102,6 +103,11 @@ pub struct ModelMetrics {
     pub bgnbd_fallback: Option<Fallback>,
     /// The NBD parameters standing in for BG/NBD (fitted, or pooled), when it fell back.
     pub nbd: Option<ModelReport>,
+    /// Modified BG/NBD fit (`p_alive`, `churn_risk`, `p_no_purchase_90d`); `None` when the
+    /// data cannot identify it (see `mbgnbd_fallback`).
+    pub mbgnbd: Option<ModelReport>,
+    /// What stands in for the modified BG/NBD (the purchase model), and why.
+    pub mbgnbd_fallback: Option<Fallback>,
     /// Gamma-Gamma fit; `None` when it could not be fitted (see `gamma_gamma_fallback`).
     pub gamma_gamma: Option<ModelReport>,
     /// What stands in for Gamma-Gamma, and why, when it could not be fitted.
@@ -249,6 +255,25 @@ fn bgnbd_report(fit: &BgNbdFit, ms: u64, customers: u64, distinct: u64) -> Model
     }
 }
 
+fn mbgnbd_report(fit: &MbgNbdFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
+    let p = &fit.params;
+    ModelReport {
+        model: "mbgnbd".into(),
+        params: BTreeMap::from([
+            ("r".into(), p.r),
+            ("alpha".into(), p.alpha),
+            ("a".into(), p.a),
+            ("b".into(), p.b),
+        ]),
+        log_likelihood: fit.log_likelihood,
+        iterations: fit.iterations as u64,
+        converged: fit.converged,
+        fit_ms: ms,
+        customers,
+        distinct_inputs: distinct,
+    }
+}
+
 fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
     let p = &fit.params;
     ModelReport {
@@ -311,6 +336,31 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
             (Purchases::Nbd(params), None, Some(report), Some(fallback))
         }
     };
+    let started = Instant::now();
+    let (activity, mbgnbd_report, mbgnbd_fallback) = match mbgnbd::fit_mbgnbd(&triples) {
+        Ok(fit) => {
+            let report = mbgnbd_report(
+                &fit,
+                started.elapsed().as_millis() as u64,
+                customers,
+                triples.len() as u64,
+            );
+            (Some(fit.params), Some(report), None)
+        }
+        Err(e) => {
+            let fallback = Fallback {
+                model: "modified BG/NBD",
+                method: if matches!(purchases, Purchases::BgNbd(_)) {
+                    "bgnbd"
+                } else {
+                    "nbd"
+                },
+                reason: e.to_string(),
+            };
+            tracing::warn!(table, "{fallback}");
+            (None, None, Some(fallback))
+        }
+    };
     let spend_customers = spend.iter().map(|s| s.weight).sum::<f64>() as u64;
     let gg_fit = if spend_customers < 3 {
         Err(format!(
@@ -352,14 +402,22 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
         }
     };
     if settings.require_models
-        && let Some(f) = bgnbd_fallback.as_ref().or(gg_fallback.as_ref())
+        && let Some(f) = bgnbd_fallback
+            .as_ref()
+            .or(mbgnbd_fallback.as_ref())
+            .or(gg_fallback.as_ref())
     {
         return Err(ScoreError::ModelsRequired(f.clone()));
     }
 
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    for report in bgnbd_report.iter().chain(nbd_report.as_ref()).chain(gg_report.as_ref()) {
+    for report in bgnbd_report
+        .iter()
+        .chain(nbd_report.as_ref())
+        .chain(mbgnbd_report.as_ref())
+        .chain(gg_report.as_ref())
+    {
         for (k, v) in &report.params {
             hasher.update(k.as_bytes());
             hasher.update(v.to_bits().to_le_bytes());
@@ -370,6 +428,7 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
     let models = Models {
         purchases,
         gamma_gamma: gg,
+        activity,
     };
     udf::register(ctx, models, settings.time_unit_days);
     let metrics = ModelMetrics {
@@ -378,6 +437,8 @@ pub async fn fit_and_register(ctx: &SessionContext, settings: &ScoringSettings) 
         bgnbd: bgnbd_report,
         bgnbd_fallback,
         nbd: nbd_report,
+        mbgnbd: mbgnbd_report,
+        mbgnbd_fallback,
         gamma_gamma: gg_report,
         gamma_gamma_fallback: gg_fallback,
         frequency_spend_correlation: correlation,
@@ -411,13 +472,13 @@ pub fn model_params_schema() -> Arc<Schema> {
 /// Registers (or replaces) `model_params` on `ctx` from the metrics: one row per
 /// parameter of BG/NBD, Gamma-Gamma and the churn model. A BG/NBD fallback is the rows of
 /// the `nbd` parameters standing in, a Gamma-Gamma fallback one row `gamma_gamma` /
-/// `fallback`, a churn fallback one row `churn_bgnbd` / `fallback`, each with what fell
+/// `fallback`, a churn fallback one row `churn_mbgnbd` / `fallback`, each with what fell
 /// back and why in `note`.
 pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
     let schema = model_params_schema();
     let churn_fallback = m.churn.as_ref().and_then(|c| c.fallback_reason.as_ref()).map(|reason| {
         ModelReport {
-            model: "churn_bgnbd".into(),
+            model: "churn_mbgnbd".into(),
             params: BTreeMap::from([("fallback".to_string(), 1.0)]),
             log_likelihood: 0.0,
             iterations: 0,
@@ -446,13 +507,28 @@ pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusi
         }
         .with_note(&f.to_string())
     });
+    let activity_fallback = m.mbgnbd_fallback.as_ref().map(|f| {
+        ModelReport {
+            model: "mbgnbd".into(),
+            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
+            log_likelihood: 0.0,
+            iterations: 0,
+            converged: false,
+            fit_ms: 0,
+            customers: 0,
+            distinct_inputs: 0,
+        }
+        .with_note(&f.to_string())
+    });
     let reports: Vec<(ModelReport, Option<String>)> = m
         .bgnbd
         .iter()
+        .chain(m.mbgnbd.as_ref())
         .chain(m.gamma_gamma.as_ref())
         .map(|r| (r.clone(), None))
         .chain(nbd)
         .chain(spend_fallback)
+        .chain(activity_fallback)
         .chain(churn_fit)
         .chain(churn_fallback)
         .collect();

@@ -3,7 +3,9 @@
 //!
 //! | function | returns |
 //! |---|---|
-//! | `bgnbd_p_alive(x, t_x, t_cal)` | probability the customer is still active (1 when x = 0) |
+//! | `bgnbd_p_alive(x, t_x, t_cal)` | BG/NBD probability the customer is still active (1 when x = 0) |
+//! | `mbgnbd_p_alive(x, t_x, t_cal)` | modified BG/NBD probability the customer is still active (below 1 for one-time buyers too): `p_alive`, and `churn_risk` = 1 - it |
+//! | `mbgnbd_p_no_purchase(t, x, t_x, t_cal)` | modified BG/NBD probability of no purchase in the next `t` time units |
 //! | `bgnbd_expected_purchases(t, x, t_x, t_cal)` | expected purchases in the next `t` time units |
 //! | `bgnbd_discounted_purchases(x, t_x, t_cal, horizon_months, monthly_discount)` | sum over months k of (E[X(k)] - E[X(k-1)]) / (1 + d)^k |
 //! | `gg_expected_order_value(x, mean_repeat_spend)` | Gamma-Gamma expected value of a future purchase |
@@ -14,7 +16,8 @@
 //!
 //! When a model fell back ([`super::fallback`]), the same functions compute with its
 //! stand-in: without BG/NBD, `bgnbd_p_alive` is 1 and expected purchases come from the NBD
-//! parameters; without Gamma-Gamma, `gg_expected_order_value` is the customer's own mean
+//! parameters; without the modified BG/NBD, its two functions compute with the purchase
+//! model (BG/NBD, or the NBD stand-in, whose customers never drop out); without Gamma-Gamma, `gg_expected_order_value` is the customer's own mean
 //! repeat spend (NULL without one: the SQL stage then takes their average order value).
 
 use std::hash::{Hash, Hasher};
@@ -30,6 +33,7 @@ use datafusion::prelude::SessionContext;
 use super::bgnbd::{self, BgNbdParams};
 use super::fallback::NbdParams;
 use super::gamma_gamma::{self, GammaGammaParams};
+use super::mbgnbd::{self, MbgNbdParams};
 
 /// The purchase model the SQL functions compute with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,32 +51,40 @@ pub struct Models {
     pub purchases: Purchases,
     /// Gamma-Gamma; `None` when it fell back to own mean spend.
     pub gamma_gamma: Option<GammaGammaParams>,
+    /// The modified BG/NBD (activity: P(alive), P(no purchase)); `None` when it could not
+    /// be fitted, and the purchase model answers instead.
+    pub activity: Option<MbgNbdParams>,
 }
 
 impl Models {
-    /// BG/NBD alone (no spend model): the churn model's snapshots.
+    /// BG/NBD alone (no spend or activity model).
     pub fn bgnbd(params: BgNbdParams) -> Models {
         Models {
             purchases: Purchases::BgNbd(params),
             gamma_gamma: None,
+            activity: None,
         }
     }
 }
 
 /// Names of the model functions, for dependency discovery in stages.
-pub const MODEL_FUNCTIONS: [&str; 4] = [
+pub const MODEL_FUNCTIONS: [&str; 6] = [
     "bgnbd_p_alive",
     "bgnbd_expected_purchases",
     "bgnbd_discounted_purchases",
     "gg_expected_order_value",
+    "mbgnbd_p_alive",
+    "mbgnbd_p_no_purchase",
 ];
 
 /// Each model function: name, computation, number of arguments.
-const FUNCTIONS: [(&str, Kind, usize); 4] = [
+const FUNCTIONS: [(&str, Kind, usize); 6] = [
     (MODEL_FUNCTIONS[0], Kind::PAlive, 3),
     (MODEL_FUNCTIONS[1], Kind::ExpectedPurchases, 4),
     (MODEL_FUNCTIONS[2], Kind::DiscountedPurchases, 5),
     (MODEL_FUNCTIONS[3], Kind::ExpectedOrderValue, 2),
+    (MODEL_FUNCTIONS[4], Kind::ActivePAlive, 3),
+    (MODEL_FUNCTIONS[5], Kind::NoPurchase, 4),
 ];
 
 /// Which model computation a function performs.
@@ -82,6 +94,8 @@ enum Kind {
     ExpectedPurchases,
     DiscountedPurchases,
     ExpectedOrderValue,
+    ActivePAlive,
+    NoPurchase,
 }
 
 /// One model function with the fitted parameters it carries.
@@ -107,6 +121,9 @@ impl ModelFunction {
         if let Some(g) = &m.gamma_gamma {
             floats.extend([g.p, g.q, g.gamma]);
         }
+        if let Some(a) = &m.activity {
+            floats.extend([a.r, a.alpha, a.a, a.b]);
+        }
         floats
     }
 
@@ -118,10 +135,24 @@ impl ModelFunction {
     fn eval(&self, v: &[f64]) -> Option<f64> {
         let m = &self.models;
         let out = match (self.kind, &m.purchases) {
-            (Kind::PAlive, _) if is_new(v[0], v[1], v[2]) => Some(1.0),
-            (Kind::PAlive, Purchases::BgNbd(p)) => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
+            (Kind::ActivePAlive, _) if m.activity.is_some() => {
+                let a = m.activity.as_ref()?;
+                valid_history(v[0], v[1], v[2]).then(|| mbgnbd::p_alive(a, v[0], v[1], v[2]).ok())?
+            }
+            (Kind::NoPurchase, _) if m.activity.is_some() => {
+                let a = m.activity.as_ref()?;
+                (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0)
+                    .then(|| mbgnbd::p_no_purchase(a, v[0], v[1], v[2], v[3]).ok())?
+            }
+            (Kind::NoPurchase, Purchases::BgNbd(p)) => (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0)
+                .then(|| bgnbd::p_no_purchase(p, v[0], v[1], v[2], v[3]).ok())?,
+            // NBD: alive for sure, so no purchase in t has probability ((alpha+T)/(alpha+T+t))^(r+x).
+            (Kind::NoPurchase, Purchases::Nbd(n)) => (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0)
+                .then(|| ((n.alpha + v[3]) / (n.alpha + v[3] + v[0])).powf(n.r + v[1])),
+            (Kind::PAlive | Kind::ActivePAlive, _) if is_new(v[0], v[1], v[2]) => Some(1.0),
+            (Kind::PAlive | Kind::ActivePAlive, Purchases::BgNbd(p)) => bgnbd::p_alive(p, v[0], v[1], v[2]).ok(),
             // NBD: nobody drops out.
-            (Kind::PAlive, Purchases::Nbd(_)) => valid_history(v[0], v[1], v[2]).then_some(1.0),
+            (Kind::PAlive | Kind::ActivePAlive, Purchases::Nbd(_)) => valid_history(v[0], v[1], v[2]).then_some(1.0),
             (Kind::ExpectedPurchases, Purchases::BgNbd(p)) => expected(p, v[0], v[1], v[2], v[3]),
             (Kind::ExpectedPurchases, Purchases::Nbd(n)) => {
                 (valid_history(v[1], v[2], v[3]) && v[0] >= 0.0).then(|| n.expected_purchases(v[0], v[1], v[3]))
@@ -272,7 +303,7 @@ pub fn register(ctx: &SessionContext, models: Models, time_unit_days: f64) {
 }
 
 /// Format version of [`encode_model_function`]'s bytes.
-const WIRE_VERSION: u8 = 2;
+const WIRE_VERSION: u8 = 3;
 
 /// The fitted parameters of a model function as bytes, so a distributed engine can ship
 /// the function inside a query plan to processes that never ran the fit; `None` for any
@@ -284,6 +315,7 @@ pub fn encode_model_function(udf: &ScalarUDF) -> Option<Vec<u8>> {
         f.kind as u8,
         u8::from(matches!(f.models.purchases, Purchases::BgNbd(_))),
         u8::from(f.models.gamma_gamma.is_some()),
+        u8::from(f.models.activity.is_some()),
     ];
     for v in f.floats() {
         out.extend(v.to_le_bytes());
@@ -302,15 +334,16 @@ pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUD
         datafusion::error::DataFusionError::Plan(format!("model function {name}: {why} in the shipped parameters"))
     };
     Some((|| {
-        let (head, rest) = buf.split_at_checked(4).ok_or_else(|| bad("truncated header"))?;
+        let (head, rest) = buf.split_at_checked(5).ok_or_else(|| bad("truncated header"))?;
         if head[0] != WIRE_VERSION {
             return Err(bad(&format!(
                 "format version {} (this patron reads {WIRE_VERSION})",
                 head[0]
             )));
         }
-        let (has_bgnbd, has_gg) = (head[2] == 1, head[3] == 1);
-        let expected = 1 + if has_bgnbd { 4 } else { 2 } + if has_gg { 3 } else { 0 };
+        let (has_bgnbd, has_gg, has_activity) = (head[2] == 1, head[3] == 1, head[4] == 1);
+        let expected =
+            1 + if has_bgnbd { 4 } else { 2 } + if has_gg { 3 } else { 0 } + if has_activity { 4 } else { 0 };
         if rest.len() != expected * 8 || head[1] != kind as u8 {
             return Err(bad("unexpected length or kind"));
         }
@@ -332,7 +365,16 @@ pub fn decode_model_function(name: &str, buf: &[u8]) -> Option<DfResult<ScalarUD
         } else {
             None
         };
-        let models = Models { purchases, gamma_gamma };
+        let activity = if has_activity {
+            Some(MbgNbdParams::new(next()?, next()?, next()?, next()?).map_err(|e| bad(&e.to_string()))?)
+        } else {
+            None
+        };
+        let models = Models {
+            purchases,
+            gamma_gamma,
+            activity,
+        };
         Ok(model_function(fn_name, kind, arity, models, month_in_units))
     })())
 }
@@ -402,8 +444,13 @@ mod tests {
         let fallen_back = Models {
             purchases: Purchases::Nbd(NbdParams { r: 0.5, alpha: 8.0 }),
             gamma_gamma: None,
+            activity: None,
         };
-        for models in [fitted, fallen_back] {
+        let with_activity = Models {
+            activity: Some(MbgNbdParams::new(0.525, 6.183, 0.891, 1.614).unwrap()),
+            ..fitted
+        };
+        for models in [fitted, fallen_back, with_activity] {
             let here = SessionContext::new();
             register(&here, models, 7.0);
             let there = SessionContext::new();
@@ -423,18 +470,30 @@ mod tests {
             assert!(decode_model_function("abs", &[1]).is_none(), "not a model function");
             let sql = "SELECT bgnbd_p_alive(2, 30.43, 38.86), bgnbd_expected_purchases(39, 2, 30.43, 38.86), \
                        bgnbd_discounted_purchases(2, 30.43, 38.86, 12, 0.01), gg_expected_order_value(2, 30.0), \
-                       gg_expected_order_value(0, 0)";
+                       gg_expected_order_value(0, 0), mbgnbd_p_alive(0, 0, 30), mbgnbd_p_no_purchase(13, 2, 30.43, 38.86)";
             let row = |ctx: SessionContext| async move {
                 let b = ctx.sql(sql).await.unwrap().collect().await.unwrap().remove(0);
-                (0..5)
+                (0..7)
                     .map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().unwrap().value(0))
                     .collect::<Vec<_>>()
             };
             let (a, b) = (row(here).await, row(there).await);
             assert_eq!(a, b);
+            match models.activity {
+                // The modified BG/NBD lets a one-time buyer be gone.
+                Some(p) => {
+                    assert!(a[5] < 1.0, "{a:?}");
+                    assert_eq!(a[5], mbgnbd::p_alive(&p, 0.0, 0.0, 30.0).unwrap());
+                    assert_eq!(a[6], mbgnbd::p_no_purchase(&p, 13.0, 2.0, 30.43, 38.86).unwrap());
+                }
+                // Without it, the purchase model answers: BG/NBD keeps one-time buyers alive.
+                None => assert_eq!(a[5], 1.0, "{a:?}"),
+            }
+            assert!(a[6] > 0.0 && a[6] < 1.0, "{a:?}");
             if models == fallen_back {
                 // NBD: alive; (r + x) / (alpha + T) * t; own mean spend, else NULL (read as 0).
                 assert_eq!(a[0], 1.0);
+                assert!((a[6] - (46.86f64 / 59.86).powf(2.5)).abs() < 1e-12, "{a:?}");
                 assert!((a[1] - (0.5 + 2.0) / (8.0 + 38.86) * 39.0).abs() < 1e-12, "{a:?}");
                 assert_eq!((a[3], a[4]), (30.0, 0.0));
             }

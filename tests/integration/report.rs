@@ -132,7 +132,8 @@ fn report_shows_every_panel_with_the_published_numbers_and_renders_in_chromium()
     assert_eq!(q[0][1].parse::<u64>().unwrap(), rows_quarantined);
     let model = attrs(&html, r#"data-churn-model="([^"]*)""#);
     assert_eq!(model[0][1], manifest["models"]["churn"]["model"].as_str().unwrap());
-    assert!(html.contains("bgnbd_p_alive") && html.contains("Gamma-Gamma"));
+    assert!(html.contains("mbgnbd_p_no_purchase") && html.contains("Gamma-Gamma"));
+    assert!(html.contains("Modified BG/NBD"));
     assert!(!html.contains("no data"), "every chart has data on the fixtures");
 
     // An unwritable --out is an error naming the path.

@@ -235,14 +235,14 @@ fn serve_clients_pgjdbc_metadata_and_prepared_statement() {
     assert!(values("schema").contains(&"public".to_string()), "{printed}");
     assert!(values("table").contains(&"customer_scores".to_string()), "{printed}");
     let columns = values("column");
-    assert_eq!(columns.len(), 30, "{printed}");
+    assert_eq!(columns.len(), 31, "{printed}");
     // name:TYPE_NAME:java.sql.Types:ORDINAL_POSITION
     for expected in [
         "customer_id:text:12:1",
         "as_of:date:91:2",
         "recency_days:int4:4:3",
         "frequency:int8:-5:4",
-        "clv:float8:8:21",
+        "clv:float8:8:22",
     ] {
         assert!(columns.contains(&expected.to_string()), "{expected}: {columns:?}");
     }
@@ -396,7 +396,7 @@ fn serve_clients_grafana_and_metabase_catalog_queries_over_psql() {
     assert_eq!(tables.len().to_string(), published[0], "{tables:?}");
     // Column types as PostgreSQL names them.
     let columns = psql_rows(port, &grafana_columns("customer_scores"));
-    assert_eq!(columns.len(), 30, "{columns:?}");
+    assert_eq!(columns.len(), 31, "{columns:?}");
     for expected in [
         "customer_id|text",
         "as_of|date",

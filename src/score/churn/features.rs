@@ -25,34 +25,64 @@ pub enum Format {
     Decimal,
 }
 
-/// The numeric feature columns of `churn_features`, in model order, with their format.
-pub const NUMERIC: [(&str, Format); 19] = [
-    ("p_alive", Format::Decimal),
-    ("log_expected_purchases", Format::Signed),
-    ("recency_days", Format::Count),
-    ("gap_vs_rhythm", Format::Times),
-    ("frequency", Format::Count),
-    ("repeat_buyer", Format::Count),
-    ("spend_trend", Format::Signed),
-    ("return_rate", Format::Decimal),
-    ("tickets_recent", Format::Count),
-    ("complaints_recent", Format::Count),
-    ("open_complaints", Format::Count),
-    ("avg_csat", Format::Decimal),
-    ("csat_drop", Format::Signed),
-    ("open_rate_recent", Format::Decimal),
-    ("open_trend", Format::Signed),
-    ("click_trend", Format::Signed),
-    ("unsubscribed", Format::Count),
-    ("days_since_touch", Format::Count),
-    ("tenure_days", Format::Count),
+/// On which side of the training mean a feature's value can be a reason for churn risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Risk {
+    /// Above the mean (`recency_days`, `complaints_recent`).
+    Higher,
+    /// Below the mean (`avg_csat`, `open_rate_recent`).
+    Lower,
+    /// Either side (no direction a person would read into it: `tenure_days`).
+    Either,
+}
+
+impl Risk {
+    /// Whether `value` is on the risky side of `mean`.
+    pub fn allows(self, value: f64, mean: f64) -> bool {
+        match self {
+            Risk::Higher => value > mean,
+            Risk::Lower => value < mean,
+            Risk::Either => true,
+        }
+    }
+}
+
+/// The numeric feature columns of `churn_features`, in model order, with their reason
+/// format and risk direction (a feature is shown as a reason only when the model credits
+/// it with raising the risk *and* the customer's value lies on its risky side: no
+/// `recency_days` reason for a customer who bought yesterday).
+pub const NUMERIC: [(&str, Format, Risk); 20] = [
+    ("p_alive", Format::Decimal, Risk::Lower),
+    ("p_no_purchase", Format::Decimal, Risk::Higher),
+    ("log_expected_purchases", Format::Signed, Risk::Lower),
+    ("recency_days", Format::Count, Risk::Higher),
+    ("gap_vs_rhythm", Format::Times, Risk::Higher),
+    ("frequency", Format::Count, Risk::Lower),
+    ("repeat_buyer", Format::Count, Risk::Lower),
+    ("spend_trend", Format::Signed, Risk::Lower),
+    ("return_rate", Format::Decimal, Risk::Higher),
+    ("tickets_recent", Format::Count, Risk::Higher),
+    ("complaints_recent", Format::Count, Risk::Higher),
+    ("open_complaints", Format::Count, Risk::Higher),
+    ("avg_csat", Format::Decimal, Risk::Lower),
+    ("csat_drop", Format::Signed, Risk::Lower),
+    ("open_rate_recent", Format::Decimal, Risk::Lower),
+    ("open_trend", Format::Signed, Risk::Lower),
+    ("click_trend", Format::Signed, Risk::Lower),
+    ("unsubscribed", Format::Count, Risk::Higher),
+    ("days_since_touch", Format::Count, Risk::Higher),
+    ("tenure_days", Format::Count, Risk::Either),
 ];
 
 /// The categorical feature column (one-hot encoded over the training vocabulary).
 pub const CHANNEL: &str = "channel";
 
-/// Index of `p_alive` in [`NUMERIC`]: the BG/NBD baseline reads it.
+/// Index of `p_alive` in [`NUMERIC`]: the learners start from it ([`super::activity`]).
 pub const P_ALIVE: usize = 0;
+
+/// Index of `p_no_purchase` in [`NUMERIC`]: the purchase model's own probability of the
+/// label (no purchase in the window), the baseline the learners must beat.
+pub const P_NO_PURCHASE: usize = 1;
 
 /// The feature rows of one snapshot, sorted by customer id.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +146,7 @@ pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError>
             .ok_or_else(|| err("channel is not text".into()))?;
         let numeric = NUMERIC
             .iter()
-            .map(|(name, _)| column(name, &DataType::Float64))
+            .map(|(name, _, _)| column(name, &DataType::Float64))
             .collect::<Result<Vec<_>, _>>()?;
         let numeric: Vec<&Float64Array> = numeric
             .iter()
@@ -145,14 +175,21 @@ pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError>
 pub struct Encoding {
     /// Channels seen in training, sorted.
     pub channels: Vec<String>,
+    /// Training mean of each [`NUMERIC`] feature: the pivot of its [`Risk`] side.
+    pub means: Vec<f64>,
 }
 
 impl Encoding {
-    /// The vocabulary of `rows`.
+    /// The vocabulary and feature means of `rows`.
     pub fn of(rows: &FeatureRows) -> Self {
         let channels: BTreeSet<&String> = rows.channel.iter().collect();
+        let n = rows.values.len().max(1) as f64;
+        let means = (0..NUMERIC.len())
+            .map(|j| rows.values.iter().map(|v| v[j]).sum::<f64>() / n)
+            .collect();
         Encoding {
             channels: channels.into_iter().cloned().collect(),
+            means,
         }
     }
 
@@ -160,7 +197,7 @@ impl Encoding {
     pub fn columns(&self) -> Vec<String> {
         NUMERIC
             .iter()
-            .map(|(n, _)| n.to_string())
+            .map(|(n, _, _)| n.to_string())
             .chain(self.channels.iter().map(|c| format!("{CHANNEL}={c}")))
             .collect()
     }
@@ -200,7 +237,7 @@ fn trimmed(v: f64, decimals: usize) -> String {
 
 /// A reason code: `<column>=<value>` in the column's format.
 pub fn reason(feature: usize, value: f64) -> String {
-    let (name, format) = NUMERIC[feature];
+    let (name, format, _) = NUMERIC[feature];
     let shown = match format {
         Format::Count => trimmed(value.round(), 0),
         Format::Times => format!("{}x", trimmed(value, 1)),
@@ -229,7 +266,7 @@ pub(super) fn test_table(n: usize, order: impl Fn(usize) -> usize) -> datafusion
     let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
         rows.iter().map(|i| format!("c{i:05}")),
     ))];
-    for (j, (name, _)) in NUMERIC.iter().enumerate() {
+    for (j, (name, _, _)) in NUMERIC.iter().enumerate() {
         fields.push(Field::new(*name, DataType::Float64, true));
         columns.push(Arc::new(Float64Array::from_iter(
             rows.iter()
@@ -280,7 +317,7 @@ mod tests {
 
     #[test]
     fn reasons_are_short_and_readable() {
-        let idx = |n: &str| NUMERIC.iter().position(|(c, _)| *c == n).unwrap();
+        let idx = |n: &str| NUMERIC.iter().position(|(c, _, _)| *c == n).unwrap();
         assert_eq!(reason(idx("complaints_recent"), 2.0), "complaints_recent=2");
         assert_eq!(reason(idx("csat_drop"), -2.0), "csat_drop=-2");
         assert_eq!(reason(idx("open_trend"), 0.354), "open_trend=+0.35");

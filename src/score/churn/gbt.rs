@@ -1,13 +1,16 @@
-//! Gradient-boosted trees for the log-loss: small depth-limited regression trees on
-//! quantile-binned features, leaves set by one Newton step (`-G / (H + lambda)`), shrunk by
-//! the learning rate. Deterministic: no row or feature sampling, ties broken by order.
+//! Gradient-boosted trees adjusting the purchase model's P(alive) ([`super::activity`]):
+//! boosting starts from each row's `logit(p_alive)` and adds small depth-limited
+//! regression trees on quantile-binned features, leaves set by one Fisher-scoring step
+//! (`G / (H + lambda)` with the log-likelihood's gradient `G` and information `H`), shrunk
+//! by the learning rate. Deterministic: no row or feature sampling, ties broken by order.
 //!
-//! Attributions follow the tree path (Saabas): every node carries the Newton value it
-//! would predict as a leaf, and a split moves the prediction from the parent's value to
-//! the child's; that change is credited to the split's feature. Per row the credits of all
-//! trees add up exactly to the logit minus the model's expected value at the roots.
+//! Attributions are each tree's exact Shapley values ([`super::treeshap`], path-dependent
+//! TreeSHAP over the training rows' covers), summed over the trees: per row they add up
+//! exactly to the logit minus the model's expected logit.
 
-use super::{ChurnError, sigmoid};
+use super::ChurnError;
+use super::activity::{self, Anchor};
+use super::treeshap::{self, Tree};
 
 /// Training settings.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +46,8 @@ impl Default for GbtSettings {
 struct Node {
     /// Newton value of the node (the leaf value it would have), before shrinkage.
     value: f64,
+    /// Training rows that reached the node.
+    cover: f64,
     /// `(feature, threshold, left, right)`: rows with value <= threshold go left.
     split: Option<(usize, f64, usize, usize)>,
 }
@@ -50,7 +55,7 @@ struct Node {
 /// A fitted ensemble.
 #[derive(Debug, Clone)]
 pub struct Gbt {
-    /// Log-odds of the training churn rate: the starting logit.
+    /// Constant part of the adjustment (0: boosting starts at the purchase model).
     pub base: f64,
     trees: Vec<Vec<Node>>,
     learning_rate: f64,
@@ -91,6 +96,7 @@ impl Builder<'_> {
         let id = self.nodes.len();
         self.nodes.push(Node {
             value: self.value(g, h),
+            cover: rows.len() as f64,
             split: None,
         });
         if depth >= self.s.max_depth || rows.len() < 2 * self.s.min_leaf_rows {
@@ -154,13 +160,13 @@ impl Builder<'_> {
     }
 }
 
-/// Fits the ensemble.
+/// Fits the ensemble; `y` is "no purchase in the window".
 ///
 /// # Errors
 /// [`ChurnError::Fit`] for empty or ragged input.
-pub fn fit(rows: &[Vec<f64>], y: &[bool], s: GbtSettings) -> Result<Gbt, ChurnError> {
+pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], s: GbtSettings) -> Result<Gbt, ChurnError> {
     let d = rows.first().map_or(0, Vec::len);
-    if rows.is_empty() || rows.len() != y.len() || rows.iter().any(|r| r.len() != d) {
+    if rows.is_empty() || rows.len() != y.len() || rows.len() != anchors.len() || rows.iter().any(|r| r.len() != d) {
         return Err(ChurnError::Fit(
             "boosted trees need equal-length, non-empty rows".into(),
         ));
@@ -179,19 +185,24 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], s: GbtSettings) -> Result<Gbt, ChurnEr
                 .collect()
         })
         .collect();
-    let rate = (y.iter().filter(|v| **v).count() as f64 / y.len() as f64).clamp(1e-6, 1.0 - 1e-6);
-    let base = (rate / (1.0 - rate)).ln();
-    let mut logit = vec![base; rows.len()];
+    let mut logit: Vec<f64> = anchors.iter().map(|a| a.offset).collect();
     let mut model = Gbt {
-        base,
+        base: 0.0,
         trees: Vec::with_capacity(s.rounds),
         learning_rate: s.learning_rate,
         log_likelihood: 0.0,
     };
     for _ in 0..s.rounds {
-        let p: Vec<f64> = logit.iter().map(|z| sigmoid(*z)).collect();
-        let grad: Vec<f64> = p.iter().zip(y).map(|(p, y)| p - f64::from(u8::from(*y))).collect();
-        let hess: Vec<f64> = p.iter().map(|p| (p * (1.0 - p)).max(1e-12)).collect();
+        // The loss is the negative log-likelihood: its gradient is minus the likelihood's.
+        let (grad, hess): (Vec<f64>, Vec<f64>) = logit
+            .iter()
+            .zip(anchors)
+            .zip(y)
+            .map(|((eta, a), y)| {
+                let t = activity::terms(*a, *eta, *y);
+                (-t.gradient, t.weight)
+            })
+            .unzip();
         let mut builder = Builder {
             binned: &binned,
             edges: &feature_edges,
@@ -209,11 +220,9 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], s: GbtSettings) -> Result<Gbt, ChurnEr
     }
     model.log_likelihood = logit
         .iter()
+        .zip(anchors)
         .zip(y)
-        .map(|(z, y)| {
-            let p = sigmoid(*z).clamp(1e-15, 1.0 - 1e-15);
-            if *y { p.ln() } else { (1.0 - p).ln() }
-        })
+        .map(|((eta, a), y)| activity::terms(*a, *eta, *y).log_likelihood)
         .sum();
     Ok(model)
 }
@@ -227,7 +236,7 @@ fn leaf_value(tree: &[Node], row: &[f64]) -> f64 {
 }
 
 impl Gbt {
-    /// The logit of one row.
+    /// The adjustment of `eta` (logit of P(alive)) for one row: `eta = offset + this`.
     pub fn logit(&self, row: &[f64]) -> f64 {
         self.base
             + self
@@ -237,19 +246,17 @@ impl Gbt {
                 .sum::<f64>()
     }
 
-    /// Each feature's contribution to the logit along the row's paths; the root values
-    /// (the expected part) are left out, so `logit = base + roots + sum(contributions)`.
+    /// Each feature's Shapley value for the row's logit (TreeSHAP per tree, shrunk), so
+    /// `logit = expected_logit + sum(contributions)`.
     pub fn contributions(&self, row: &[f64], features: usize) -> Vec<f64> {
-        let mut out = vec![0.0; features];
+        let mut phi = vec![0.0; features];
         for tree in &self.trees {
-            let mut node = &tree[0];
-            while let Some((f, threshold, l, r)) = node.split {
-                let child = &tree[if row[f] <= threshold { l } else { r }];
-                out[f] += self.learning_rate * (child.value - node.value);
-                node = child;
-            }
+            treeshap::add_shap(&Nodes(tree), row, &mut phi);
         }
-        out
+        for p in &mut phi {
+            *p *= self.learning_rate;
+        }
+        phi
     }
 
     /// Number of trees.
@@ -257,9 +264,32 @@ impl Gbt {
         self.trees.len()
     }
 
-    /// The expected part of every logit: base plus the shrunk root values.
+    /// The expected part of every logit: base plus each tree's shrunk mean over the
+    /// training rows.
     pub fn expected_logit(&self) -> f64 {
-        self.base + self.trees.iter().map(|t| self.learning_rate * t[0].value).sum::<f64>()
+        self.base
+            + self
+                .trees
+                .iter()
+                .map(|t| self.learning_rate * treeshap::expected_value(&Nodes(t)))
+                .sum::<f64>()
+    }
+}
+
+/// One fitted tree as [`treeshap`] reads it.
+struct Nodes<'a>(&'a [Node]);
+
+impl Tree for Nodes<'_> {
+    fn split(&self, node: usize) -> Option<(usize, f64, usize, usize)> {
+        self.0[node].split
+    }
+
+    fn value(&self, node: usize) -> f64 {
+        self.0[node].value
+    }
+
+    fn cover(&self, node: usize) -> f64 {
+        self.0[node].cover
     }
 }
 
@@ -267,6 +297,41 @@ impl Gbt {
 mod tests {
     use super::*;
     use crate::score::backtest::auc;
+
+    /// Anchors of a purchase model that says nothing: P(alive) 1/2, never silent if alive.
+    fn flat(n: usize) -> Vec<Anchor> {
+        vec![
+            Anchor {
+                offset: 0.0,
+                silent: 0.0
+            };
+            n
+        ]
+    }
+
+    #[test]
+    fn without_signal_the_trees_keep_the_purchase_model() {
+        // Labels drawn exactly from the anchors: no tree improves the likelihood enough to
+        // move far from them.
+        let n = 4000u32;
+        let anchors: Vec<Anchor> = (0..n)
+            .map(|i| Anchor {
+                offset: f64::from(i % 9) / 2.0 - 2.0,
+                silent: 0.3,
+            })
+            .collect();
+        let rows: Vec<Vec<f64>> = (0..n).map(|i| vec![f64::from((i * 7919) % 101)]).collect();
+        let y: Vec<bool> = anchors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                f64::from((i as u32).wrapping_mul(2_654_435_761) % 10_000) / 10_000.0 < a.no_purchase(a.offset)
+            })
+            .collect();
+        let m = fit(&rows, &anchors, &y, GbtSettings::default()).unwrap();
+        let largest = rows.iter().map(|r| m.logit(r).abs()).fold(0.0, f64::max);
+        assert!(largest < 0.5, "adjustment {largest}");
+    }
 
     #[test]
     fn learns_an_interaction_a_linear_model_cannot() {
@@ -280,8 +345,9 @@ mod tests {
             rows.push(vec![a, b, noise]);
             y.push((a + b == 1.0) != (i % 10 == 0));
         }
-        let m = fit(&rows, &y, GbtSettings::default()).unwrap();
-        let scores: Vec<f64> = rows.iter().map(|r| m.logit(r)).collect();
+        let m = fit(&rows, &flat(rows.len()), &y, GbtSettings::default()).unwrap();
+        // The logit is P(alive)'s: churn ranks by its negative.
+        let scores: Vec<f64> = rows.iter().map(|r| -m.logit(r)).collect();
         let a = auc(&scores, &y).unwrap();
         assert!(a > 0.85, "AUC {a}");
         // Contributions plus the expected part add up to the logit.
@@ -296,8 +362,14 @@ mod tests {
     fn is_deterministic() {
         let rows: Vec<Vec<f64>> = (0..500).map(|i| vec![f64::from(i % 37), f64::from(i % 11)]).collect();
         let y: Vec<bool> = (0..500).map(|i| (i % 37) > 20 || i % 11 == 3).collect();
-        let a = fit(&rows, &y, GbtSettings::default()).unwrap();
-        let b = fit(&rows, &y, GbtSettings::default()).unwrap();
+        let anchors: Vec<Anchor> = (0..500)
+            .map(|i| Anchor {
+                offset: f64::from(i % 5) - 2.0,
+                silent: f64::from(i % 3) / 4.0,
+            })
+            .collect();
+        let a = fit(&rows, &anchors, &y, GbtSettings::default()).unwrap();
+        let b = fit(&rows, &anchors, &y, GbtSettings::default()).unwrap();
         for r in &rows {
             assert_eq!(a.logit(r).to_bits(), b.logit(r).to_bits());
         }

@@ -1,10 +1,12 @@
-//! L2-regularised logistic regression on standardised features, fitted by Newton's method
-//! (iteratively reweighted least squares) with step halving. Attributions are exact for a
-//! linear model: the logit is `intercept + sum_j coef_j * z_j`, so feature j contributes
-//! `coef_j * z_j` (coefficient times standardised deviation from the training mean).
+//! L2-regularised logistic adjustment of the purchase model's P(alive) on standardised
+//! features ([`super::activity`]: `eta = logit(p_alive) + intercept + sum_j coef_j z_j`),
+//! fitted by Fisher scoring with step halving, from zero (the purchase model itself).
+//! Attributions are exact for a linear model: feature j moves `eta` by `coef_j * z_j`
+//! (coefficient times standardised deviation from the training mean).
 
+use super::ChurnError;
+use super::activity::{self, Anchor};
 use super::linalg::solve_spd;
-use super::{ChurnError, sigmoid};
 
 /// A fitted model.
 #[derive(Debug, Clone)]
@@ -49,31 +51,34 @@ fn standardise(rows: &[Vec<f64>], d: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, scale)
 }
 
-/// Penalised log-likelihood and the plain log-likelihood at `beta` (intercept last).
-fn objective(z: &[Vec<f64>], y: &[bool], beta: &[f64], lambda: f64) -> (f64, f64) {
+/// `eta` of a standardised row at `beta` (intercept last).
+fn eta(anchor: Anchor, row: &[f64], beta: &[f64]) -> f64 {
     let d = beta.len() - 1;
-    let mut ll = 0.0;
-    for (row, &yi) in z.iter().zip(y) {
-        let eta = beta[d] + row.iter().zip(beta).map(|(a, b)| a * b).sum::<f64>();
-        // log sigma(eta) = -log(1 + e^-eta), computed stably.
-        ll += if yi { -softplus(-eta) } else { -softplus(eta) };
-    }
+    anchor.offset + beta[d] + row.iter().zip(beta).map(|(a, b)| a * b).sum::<f64>()
+}
+
+/// Penalised log-likelihood and the plain log-likelihood at `beta` (intercept last).
+fn objective(z: &[Vec<f64>], anchors: &[Anchor], y: &[bool], beta: &[f64], lambda: f64) -> (f64, f64) {
+    let d = beta.len() - 1;
+    let ll: f64 = z
+        .iter()
+        .zip(anchors)
+        .zip(y)
+        .map(|((row, &a), &yi)| activity::terms(a, eta(a, row, beta), yi).log_likelihood)
+        .sum();
     let penalty = 0.5 * lambda * beta[..d].iter().map(|b| b * b).sum::<f64>();
     (ll - penalty, ll)
 }
 
-fn softplus(x: f64) -> f64 {
-    if x > 30.0 { x } else { x.exp().ln_1p() }
-}
-
-/// Fits the model; `lambda` is the L2 penalty on the standardised coefficients (not on the
-/// intercept), on the scale of the summed log-likelihood.
+/// Fits the adjustment; `y` is "no purchase in the window", `lambda` the L2 penalty on the
+/// standardised coefficients (not on the intercept), on the scale of the summed
+/// log-likelihood.
 ///
 /// # Errors
 /// [`ChurnError::Fit`] when the rows are empty or ragged, or the Newton system is singular.
-pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, ChurnError> {
+pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], lambda: f64) -> Result<Logistic, ChurnError> {
     let d = rows.first().map_or(0, Vec::len);
-    if rows.is_empty() || rows.len() != y.len() || rows.iter().any(|r| r.len() != d) {
+    if rows.is_empty() || rows.len() != y.len() || rows.len() != anchors.len() || rows.iter().any(|r| r.len() != d) {
         return Err(ChurnError::Fit(
             "logistic regression needs equal-length, non-empty rows".into(),
         ));
@@ -83,11 +88,9 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, Churn
         .iter()
         .map(|r| (0..d).map(|j| (r[j] - mean[j]) / scale[j]).collect())
         .collect();
-    let positives = y.iter().filter(|v| **v).count() as f64;
-    let rate = (positives / y.len() as f64).clamp(1e-6, 1.0 - 1e-6);
+    // From the purchase model itself (no adjustment).
     let mut beta = vec![0.0; d + 1];
-    beta[d] = (rate / (1.0 - rate)).ln();
-    let (mut current, _) = objective(&z, y, &beta, lambda);
+    let (mut current, _) = objective(&z, anchors, y, &beta, lambda);
     let mut iterations = 0;
     let mut converged = false;
     while iterations < MAX_ITER {
@@ -96,11 +99,9 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, Churn
         let k = d + 1;
         let mut grad = vec![0.0; k];
         let mut hess = vec![0.0; k * k];
-        for (row, &yi) in z.iter().zip(y) {
-            let eta = beta[d] + row.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>();
-            let p = sigmoid(eta);
-            let w = (p * (1.0 - p)).max(1e-12);
-            let r = f64::from(u8::from(yi)) - p;
+        for ((row, &anchor), &yi) in z.iter().zip(anchors).zip(y) {
+            let t = activity::terms(anchor, eta(anchor, row, &beta), yi);
+            let (w, r) = (t.weight, t.gradient);
             let x = |j: usize| if j == d { 1.0 } else { row[j] };
             for a in 0..k {
                 let xa = x(a);
@@ -125,7 +126,7 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, Churn
         let mut accepted = false;
         for _ in 0..30 {
             let trial: Vec<f64> = beta.iter().zip(&step).map(|(b, s)| b + t * s).collect();
-            let (value, _) = objective(&z, y, &trial, lambda);
+            let (value, _) = objective(&z, anchors, y, &trial, lambda);
             if value >= current - 1e-12 {
                 beta = trial;
                 current = value;
@@ -142,7 +143,7 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, Churn
             break;
         }
     }
-    let (_, log_likelihood) = objective(&z, y, &beta, lambda);
+    let (_, log_likelihood) = objective(&z, anchors, y, &beta, lambda);
     let intercept = beta[d];
     beta.truncate(d);
     Ok(Logistic {
@@ -157,7 +158,7 @@ pub fn fit(rows: &[Vec<f64>], y: &[bool], lambda: f64) -> Result<Logistic, Churn
 }
 
 impl Logistic {
-    /// Each feature's contribution to the logit: coefficient x standardised deviation.
+    /// Each feature's move of `eta` (logit of P(alive)): coefficient x standardised deviation.
     pub fn contributions(&self, row: &[f64]) -> Vec<f64> {
         row.iter()
             .enumerate()
@@ -165,7 +166,7 @@ impl Logistic {
             .collect()
     }
 
-    /// The logit (log-odds of churn) of one row.
+    /// The adjustment of `eta` (logit of P(alive)) for one row: `eta = offset + this`.
     pub fn logit(&self, row: &[f64]) -> f64 {
         self.intercept + self.contributions(row).iter().sum::<f64>()
     }
@@ -173,12 +174,13 @@ impl Logistic {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sigmoid;
     use super::*;
 
     /// Rows drawn deterministically from a known logistic model: the fit recovers it.
     #[test]
     fn recovers_known_coefficients() {
-        let (mut rows, mut y) = (Vec::new(), Vec::new());
+        let (mut rows, mut anchors, mut y) = (Vec::new(), Vec::new(), Vec::new());
         let mut state = 12345u64;
         let mut u = || {
             state = state
@@ -189,19 +191,25 @@ mod tests {
         for _ in 0..20_000 {
             let a = u() * 4.0 - 2.0;
             let b = u() * 2.0;
-            let p = sigmoid(0.5 + 1.5 * a - 2.0 * b);
+            // A purchase model's anchor, and the true adjustment of its P(alive).
+            let anchor = Anchor {
+                offset: u() * 4.0 - 2.0,
+                silent: u() * 0.8,
+            };
+            let alive = u() < sigmoid(anchor.offset + 0.5 + 1.5 * a - 2.0 * b);
             rows.push(vec![a, b]);
-            y.push(u() < p);
+            anchors.push(anchor);
+            y.push(!alive || u() < anchor.silent);
         }
-        let m = fit(&rows, &y, 1e-6).unwrap();
+        let m = fit(&rows, &anchors, &y, 1e-6).unwrap();
         assert!(m.converged);
         // Back on the original scale.
         let a = m.coef[0] / m.scale[0];
         let b = m.coef[1] / m.scale[1];
         let c = m.intercept - a * m.mean[0] - b * m.mean[1];
-        assert!((a - 1.5).abs() < 0.1, "{a}");
-        assert!((b + 2.0).abs() < 0.15, "{b}");
-        assert!((c - 0.5).abs() < 0.15, "{c}");
+        assert!((a - 1.5).abs() < 0.15, "{a}");
+        assert!((b + 2.0).abs() < 0.2, "{b}");
+        assert!((c - 0.5).abs() < 0.2, "{c}");
         // Contributions add up to the logit.
         let row = [1.0, 0.5];
         let total: f64 = m.contributions(&row).iter().sum();
@@ -211,9 +219,21 @@ mod tests {
     #[test]
     fn penalty_shrinks_and_separable_data_stays_finite() {
         let rows: Vec<Vec<f64>> = (0..40).map(|i| vec![f64::from(i)]).collect();
+        // No purchase from i = 20 on: P(alive) falls with i.
         let y: Vec<bool> = (0..40).map(|i| i >= 20).collect();
-        let loose = fit(&rows, &y, 0.1).unwrap();
-        let tight = fit(&rows, &y, 10.0).unwrap();
-        assert!(loose.coef[0].is_finite() && loose.coef[0] > tight.coef[0] && tight.coef[0] > 0.0);
+        let anchors = vec![
+            Anchor {
+                offset: 0.0,
+                silent: 0.0
+            };
+            40
+        ];
+        let loose = fit(&rows, &anchors, &y, 0.1).unwrap();
+        let tight = fit(&rows, &anchors, &y, 10.0).unwrap();
+        assert!(loose.coef[0].is_finite() && loose.coef[0] < tight.coef[0] && tight.coef[0] < 0.0);
+        // Without signal the fit stays at the purchase model.
+        let flat: Vec<Vec<f64>> = vec![vec![1.0]; 40];
+        let none = fit(&flat, &anchors, &(0..40).map(|i| i % 2 == 0).collect::<Vec<_>>(), 1.0).unwrap();
+        assert!(none.coef[0].abs() < 1e-9 && none.intercept.abs() < 1e-9, "{none:?}");
     }
 }

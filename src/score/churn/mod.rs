@@ -8,23 +8,35 @@
 //! same SQL as the ones scored. A customer is labelled churned when they bought nothing in
 //! the `H` days after the cut-off.
 //!
-//! Two learners are fitted on the training snapshot (c2, labels up to c1) and compared on
-//! the validation snapshot (c1, labels up to as_of): L2-regularised logistic regression
-//! and gradient-boosted trees. The one with the higher validation AUC wins if it beats
-//! BG/NBD's `1 - p_alive` there; Platt scaling is fitted on its validation predictions,
-//! then it is refitted on the validation snapshot (the latest labelled one) and scores the
-//! as-of features. Otherwise, or with too little history, the run falls back to BG/NBD
-//! (`churn_risk = 1 - p_alive`) and the manifest says why.
+//! Both learners adjust the purchase model rather than replace it ([`activity`]): they
+//! start from each buyer's modified BG/NBD `logit(p_alive)` and move it by the signals
+//! (tickets, CSAT, e-mail engagement, returns, spend trend, ...), fitted to the labels
+//! through `P(no purchase) = 1 - pi (1 - s)` (a lapsed buyer never buys; an active one
+//! stays silent with the purchase model's probability `s`). So one fit gives both
+//! published columns: `churn_risk = 1 - pi` (lapsed for good) and `p_no_purchase_90d`.
 //!
-//! The result is the table [`PREDICTIONS_TABLE`] (customer_id, churn_risk, churn_reasons,
-//! churn_model) that `customer_scores` joins.
+//! L2-regularised logistic regression and gradient-boosted trees are fitted on the
+//! training snapshot (c2, labels up to c1). The validation snapshot (c1, labels up to
+//! as_of) is split in two fixed halves by customer id: on the selection half the learner
+//! with the higher AUC wins if it beats the fair baseline there, the purchase model's own
+//! probability of the same label (the modified BG/NBD's P(no purchase in H), feature
+//! `p_no_purchase`); on the calibration half Platt scaling of `pi` is fitted; the deployed
+//! model's calibration (Brier, reliability bins) is then measured on the selection half.
+//! The deployed model is exactly the one selected and calibrated (no refit). Otherwise, or
+//! with too little history, both columns stay the purchase model's and the manifest says
+//! why.
+//!
+//! The result is the table [`PREDICTIONS_TABLE`] (customer_id, churn_risk, p_no_purchase,
+//! churn_reasons, churn_model) that `customer_scores` joins.
 
+pub mod activity;
 pub mod features;
 pub mod gbt;
 mod linalg;
 pub mod logistic;
 pub mod platt;
 mod scorer;
+pub mod treeshap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -41,7 +53,8 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
-use self::features::{Encoding, FeatureRows, NUMERIC, P_ALIVE};
+use self::activity::Anchor;
+use self::features::{Encoding, FeatureRows, NUMERIC, P_NO_PURCHASE};
 use super::ScoringSettings;
 use super::backtest;
 use super::models::{self, MODEL_INPUT_STAGE, ModelReport};
@@ -61,6 +74,8 @@ pub const MIN_CUSTOMERS: usize = 100;
 pub const MIN_CLASS: usize = 20;
 /// L2 penalty of the logistic regression (standardised features, summed log-likelihood).
 const LOGISTIC_LAMBDA: f64 = 1.0;
+/// The baseline's name in the validation scores: the modified BG/NBD's P(no purchase).
+pub const BASELINE: &str = "mbgnbd_p_no_purchase";
 /// Churn reasons shown per customer at most.
 pub const MAX_REASONS: usize = 3;
 
@@ -89,7 +104,7 @@ pub enum ChurnError {
     #[error("churn model: {0}")]
     Fit(String),
     /// BG/NBD or Gamma-Gamma could not be fitted as of a cut-off (too little or odd
-    /// history then): the run falls back to BG/NBD as of the as-of day.
+    /// history then): the run keeps the purchase model as of the as-of day.
     #[error("fitting the purchase models as of {day}: {message}")]
     SnapshotFit {
         /// The cut-off.
@@ -102,7 +117,7 @@ pub enum ChurnError {
 /// One learner's (or the baseline's) result on the validation snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct LearnerScore {
-    /// `logistic`, `gbt` or `bgnbd_p_alive` (the baseline, `1 - p_alive`).
+    /// `logistic`, `gbt` or [`BASELINE`] (the purchase model's P(no purchase)).
     pub learner: String,
     /// AUC for "no purchase in the holdout".
     pub auc: Option<f64>,
@@ -113,9 +128,10 @@ pub struct LearnerScore {
 /// What the churn step did; in the run manifest under `models.churn`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChurnReport {
-    /// The model behind `churn_risk`: `logistic`, `gbt`, or `bgnbd` (1 - p_alive).
+    /// The model behind `p_no_purchase_90d`: `logistic`, `gbt`, or `mbgnbd` (the purchase
+    /// model's own P(no purchase)).
     pub model: String,
-    /// Why the run fell back to BG/NBD, when it did.
+    /// Why the run kept the purchase model, when it did.
     pub fallback_reason: Option<String>,
     /// The label window in days.
     pub holdout_days: u32,
@@ -131,14 +147,24 @@ pub struct ChurnReport {
     pub validation_customers: u64,
     /// Share of them who churned.
     pub validation_churn_rate: Option<f64>,
-    /// Every learner and the baseline on the validation snapshot.
+    /// Validation buyers the learners and the baseline are compared on (a fixed half).
+    pub selection_customers: u64,
+    /// Validation buyers the Platt map is fitted on (the other half).
+    pub calibration_customers: u64,
+    /// Every learner and the baseline on the selection half: AUC and Brier of
+    /// P(no purchase in the window), uncalibrated.
     pub validation: Vec<LearnerScore>,
-    /// Platt scaling `p = sigmoid(a * logit + b)` fitted on the validation predictions.
+    /// Platt scaling of the adjusted P(alive), `sigmoid(a * eta + b)`, fitted on the
+    /// calibration half.
     pub platt_a: Option<f64>,
     /// See `platt_a`.
     pub platt_b: Option<f64>,
-    /// The final model's parameters (coefficients for logistic regression), also written
-    /// to `model_params`.
+    /// Brier score of the deployed (calibrated) model's P(no purchase) on the selection half.
+    pub calibrated_brier: Option<f64>,
+    /// Its reliability table there: mean predicted vs observed "no purchase" per bin.
+    pub calibration: Vec<backtest::CalibrationBin>,
+    /// The deployed model's parameters (coefficients for logistic regression), also
+    /// written to `model_params`.
     pub fit: Option<ModelReport>,
     /// Buyers scored as of the as-of day.
     pub scored_customers: u64,
@@ -158,6 +184,7 @@ impl Learner {
         }
     }
 
+    /// The adjustment of the logit of P(alive) for an encoded row.
     fn logit(&self, row: &[f64]) -> f64 {
         match self {
             Learner::Logistic(m) => m.logit(row),
@@ -165,6 +192,7 @@ impl Learner {
         }
     }
 
+    /// Each encoded column's move of the logit of P(alive).
     fn contributions(&self, row: &[f64]) -> Vec<f64> {
         match self {
             Learner::Logistic(m) => m.contributions(row),
@@ -172,10 +200,10 @@ impl Learner {
         }
     }
 
-    fn fit(kind: &str, x: &[Vec<f64>], y: &[bool]) -> Result<Learner, ChurnError> {
+    fn fit(kind: &str, x: &[Vec<f64>], anchors: &[Anchor], y: &[bool]) -> Result<Learner, ChurnError> {
         Ok(match kind {
-            "logistic" => Learner::Logistic(logistic::fit(x, y, LOGISTIC_LAMBDA)?),
-            _ => Learner::Gbt(gbt::fit(x, y, gbt::GbtSettings::default())?),
+            "logistic" => Learner::Logistic(logistic::fit(x, anchors, y, LOGISTIC_LAMBDA)?),
+            _ => Learner::Gbt(gbt::fit(x, anchors, y, gbt::GbtSettings::default())?),
         })
     }
 }
@@ -185,6 +213,7 @@ pub fn predictions_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("customer_id", DataType::Utf8, false),
         Field::new("churn_risk", DataType::Float64, false),
+        Field::new("p_no_purchase", DataType::Float64, false),
         Field::new("churn_reasons", DataType::Utf8, false),
         Field::new("churn_model", DataType::Utf8, false),
     ]))
@@ -434,9 +463,12 @@ fn too_small(what: &str, day: NaiveDate, y: &[bool]) -> Option<String> {
     }
 }
 
-/// The top positive contributions as reason codes, largest first (one-hot channel
-/// columns count as the channel).
-fn reasons(contributions: &[f64], values: &[f64], channel: &str) -> String {
+/// The contributions that raise the churn risk (lower P(alive)) as reason codes, largest
+/// first (one-hot channel columns count as the channel). `contributions` are moves of the
+/// churn logit, `-` those of the logit of P(alive). A numeric feature is a reason only
+/// when its value is also on its risky side of the training mean (`means`, see
+/// [`features::Risk`]): a tree's path credit can point either way, a reason must not.
+fn reasons(contributions: &[f64], values: &[f64], means: &[f64], channel: &str) -> String {
     let n = NUMERIC.len();
     let channel_total: f64 = contributions[n..].iter().sum();
     // Only the chosen few are formatted (and ties, to order them by their text): this runs
@@ -454,7 +486,7 @@ fn reasons(contributions: &[f64], values: &[f64], channel: &str) -> String {
         .chain(std::iter::once(channel_total))
         .enumerate()
         .map(|(j, c)| (c, j))
-        .filter(|(c, _)| *c > 1e-6)
+        .filter(|(c, j)| *c > 1e-6 && (*j == n || NUMERIC[*j].2.allows(values[*j], means[*j])))
         .collect();
     parts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| text(a.1).cmp(&text(b.1))));
     parts
@@ -483,7 +515,7 @@ pub async fn fit_and_register(
     let back = |d: NaiveDate| d.checked_sub_days(Days::new(u64::from(h))).unwrap_or(NaiveDate::MIN);
     let (c1, c2) = (back(as_of), back(back(as_of)));
     let mut report = ChurnReport {
-        model: "bgnbd".into(),
+        model: "mbgnbd".into(),
         fallback_reason: None,
         holdout_days: h,
         training_cutoff: c2.to_string(),
@@ -492,9 +524,13 @@ pub async fn fit_and_register(
         training_churn_rate: None,
         validation_customers: 0,
         validation_churn_rate: None,
+        selection_customers: 0,
+        calibration_customers: 0,
         validation: Vec::new(),
         platt_a: None,
         platt_b: None,
+        calibrated_brier: None,
+        calibration: Vec::new(),
         fit: None,
         scored_customers: 0,
     };
@@ -510,9 +546,9 @@ pub async fn fit_and_register(
     let outcome = train(ctx, &chain, settings, (c1, c2), scratch, &mut report).await?;
     match outcome {
         Err(reason) => {
-            tracing::warn!(%reason, "churn model not trained: churn_risk falls back to BG/NBD 1 - p_alive");
+            tracing::warn!(%reason, "churn model not used: p_no_purchase_90d is the purchase model's");
             report.fallback_reason = Some(reason);
-            report.model = "bgnbd".into();
+            report.model = "mbgnbd".into();
             register_empty(ctx).map_err(input_err(PREDICTIONS_TABLE))?;
         }
         Ok(model) => {
@@ -601,63 +637,86 @@ async fn train(
         return Ok(Err(why));
     }
 
-    let baseline: Vec<f64> = validation.values.iter().map(|v| 1.0 - v[P_ALIVE]).collect();
-    let baseline_auc = backtest::auc(&baseline, &y_valid);
+    // Selection and calibration see different buyers: a fixed half each, by id.
+    let (select, calibrate): (Vec<usize>, Vec<usize>) =
+        (0..validation.ids.len()).partition(|&i| selects(&validation.ids[i]));
+    report.selection_customers = select.len() as u64;
+    report.calibration_customers = calibrate.len() as u64;
+    let pick = |v: &[f64], rows: &[usize]| -> Vec<f64> { rows.iter().map(|&i| v[i]).collect() };
+    let picked = |rows: &[usize]| -> Vec<bool> { rows.iter().map(|&i| y_valid[i]).collect() };
+    let (y_select, y_calibrate) = (picked(&select), picked(&calibrate));
+    if let Some(why) = too_small("selection half of the validation", c1, &y_select)
+        .or_else(|| too_small("calibration half of the validation", c1, &y_calibrate))
+    {
+        return Ok(Err(why));
+    }
+
+    // The fair baseline: the purchase model's own probability of the same label.
+    let baseline: Vec<f64> = validation.values.iter().map(|v| v[P_NO_PURCHASE]).collect();
+    let baseline = pick(&baseline, &select);
+    let baseline_auc = backtest::auc(&baseline, &y_select);
     report.validation.push(LearnerScore {
-        learner: "bgnbd_p_alive".into(),
+        learner: BASELINE.into(),
         auc: baseline_auc,
-        brier: backtest::brier(&baseline, &y_valid),
+        brier: backtest::brier(&baseline, &y_select),
     });
+    let anchors_train: Vec<Anchor> = training.values.iter().map(|v| Anchor::of(v)).collect();
+    let anchors_valid: Vec<Anchor> = validation.values.iter().map(|v| Anchor::of(v)).collect();
     let encoding = Encoding::of(&training);
     let (x_train, x_valid) = (encoding.encode(&training), encoding.encode(&validation));
-    let mut best: Option<(f64, &str, Vec<f64>)> = None;
+    let mut best: Option<(f64, Learner, Vec<f64>)> = None;
     for kind in ["logistic", "gbt"] {
         let fit_started = Instant::now();
-        let learner = Learner::fit(kind, &x_train, &y_train)?;
+        let learner = Learner::fit(kind, &x_train, &anchors_train, &y_train)?;
         tracing::info!(
             learner = kind,
             ms = fit_started.elapsed().as_millis() as u64,
             "churn learner fitted"
         );
-        let logits: Vec<f64> = x_valid.iter().map(|r| learner.logit(r)).collect();
-        let probabilities: Vec<f64> = logits.iter().map(|z| sigmoid(*z)).collect();
-        let auc = backtest::auc(&logits, &y_valid);
+        // eta (logit of the adjusted P(alive)) of every validation buyer.
+        let etas: Vec<f64> = x_valid
+            .iter()
+            .zip(&anchors_valid)
+            .map(|(r, a)| a.offset + learner.logit(r))
+            .collect();
+        let q: Vec<f64> = select.iter().map(|&i| anchors_valid[i].no_purchase(etas[i])).collect();
+        let auc = backtest::auc(&q, &y_select);
         report.validation.push(LearnerScore {
             learner: kind.into(),
             auc,
-            brier: backtest::brier(&probabilities, &y_valid),
+            brier: backtest::brier(&q, &y_select),
         });
         if let Some(a) = auc
             && best.as_ref().is_none_or(|(b, _, _)| a > *b)
         {
-            best = Some((a, kind, logits));
+            best = Some((a, learner, etas));
         }
     }
-    let Some((auc, kind, logits)) = best else {
+    let Some((auc, learner, etas)) = best else {
         return Ok(Err("no learner has a validation AUC".into()));
     };
+    let kind = learner.name();
     if let Some(base) = baseline_auc
         && auc <= base
     {
         return Ok(Err(format!(
-            "the best learner ({kind}, validation AUC {auc:.3}) does not beat BG/NBD 1 - p_alive (AUC {base:.3}) \
-             on the window after {c1}"
+            "the best learner ({kind}, AUC {auc:.3}) does not beat the purchase model's own \
+             P(no purchase) (AUC {base:.3}) on the window after {c1}"
         )));
     }
-    let (a, b) = platt::fit(&logits, &y_valid);
+    // Platt scaling on the calibration half, which chose nothing.
+    let calibration_anchors: Vec<Anchor> = calibrate.iter().map(|&i| anchors_valid[i]).collect();
+    let (a, b) = platt::fit(&pick(&etas, &calibrate), &calibration_anchors, &y_calibrate);
     report.platt_a = Some(a);
     report.platt_b = Some(b);
+    // The deployed model's calibration, on the selection half (Platt never saw it).
+    let calibrated: Vec<f64> = select
+        .iter()
+        .map(|&i| anchors_valid[i].no_purchase(a * etas[i] + b))
+        .collect();
+    report.calibrated_brier = backtest::brier(&calibrated, &y_select);
+    report.calibration = backtest::calibration_table(&calibrated, &y_select, backtest::CALIBRATION_BINS);
 
-    // Refit on the latest labelled snapshot; the Platt map carries over.
-    let final_encoding = Encoding::of(&validation);
-    let x_final = final_encoding.encode(&validation);
-    let fit_started = Instant::now();
-    let learner = Learner::fit(kind, &x_final, &y_valid)?;
-    tracing::info!(
-        learner = kind,
-        ms = fit_started.elapsed().as_millis() as u64,
-        "churn learner refitted"
-    );
     let mut params = BTreeMap::from([
         ("platt_a".to_string(), a),
         ("platt_b".to_string(), b),
@@ -666,10 +725,13 @@ async fn train(
     if let Some(base) = baseline_auc {
         params.insert("baseline_auc".into(), base);
     }
+    if let Some(brier) = report.calibrated_brier {
+        params.insert("calibrated_brier".into(), brier);
+    }
     let (log_likelihood, iterations, converged) = match &learner {
         Learner::Logistic(m) => {
             params.insert("intercept".into(), m.intercept);
-            for (name, c) in final_encoding.columns().iter().zip(&m.coef) {
+            for (name, c) in encoding.columns().iter().zip(&m.coef) {
                 params.insert(format!("coef:{name}"), *c);
             }
             (m.log_likelihood, m.iterations, m.converged)
@@ -687,14 +749,26 @@ async fn train(
         iterations,
         converged,
         fit_ms: 0,
-        customers: y_valid.len() as u64,
-        distinct_inputs: x_final.len() as u64,
+        customers: y_train.len() as u64,
+        distinct_inputs: x_train.len() as u64,
     });
+    // The deployed model is the one selected and calibrated (trained as of c2), not a
+    // refit: the Platt map belongs to exactly this model.
     Ok(Ok(scorer::Model {
         learner,
-        encoding: final_encoding,
+        encoding,
         platt: (a, b),
     }))
+}
+
+/// Whether a validation buyer is in the selection half (the other half calibrates): a
+/// fixed split by a hash of the id, the same run after run.
+fn selects(id: &str) -> bool {
+    // FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash % 2 == 0
 }
 
 #[cfg(test)]
@@ -708,7 +782,9 @@ mod tests {
             values: vec![(0..NUMERIC.len()).map(|j| j as f64).collect()],
             channel: vec!["web".into()],
         };
-        let at = |name: &str| NUMERIC.iter().position(|(n, _)| *n == name).unwrap();
+        let at = |name: &str| NUMERIC.iter().position(|(n, _, _)| *n == name).unwrap();
+        // Every value above its mean: "higher is riskier" features can be reasons.
+        let means = vec![-1.0; NUMERIC.len()];
         let mut c = vec![0.0; NUMERIC.len() + 2];
         c[at("complaints_recent")] = 0.9;
         c[at("gap_vs_rhythm")] = 0.4;
@@ -716,7 +792,7 @@ mod tests {
         c[NUMERIC.len()] = 0.3;
         c[NUMERIC.len() + 1] = 0.3; // channel total 0.6
         assert_eq!(
-            reasons(&c, &rows.values[0], &rows.channel[0]),
+            reasons(&c, &rows.values[0], &means, &rows.channel[0]),
             format!(
                 "complaints_recent={},channel=web,gap_vs_rhythm={}x",
                 at("complaints_recent"),
@@ -724,8 +800,21 @@ mod tests {
             )
         );
         assert_eq!(
-            reasons(&vec![0.0; NUMERIC.len() + 2], &rows.values[0], &rows.channel[0]),
+            reasons(&vec![0.0; NUMERIC.len() + 2], &rows.values[0], &means, &rows.channel[0]),
             ""
+        );
+        // Credited with raising the risk, but on the healthy side of the mean: no reason
+        // (a recent buyer's recency, a good open rate).
+        let mut c = vec![0.0; NUMERIC.len() + 2];
+        c[at("recency_days")] = 0.8;
+        c[at("open_rate_recent")] = 0.7;
+        c[at("complaints_recent")] = 0.1;
+        let mut means = vec![0.0; NUMERIC.len()];
+        means[at("recency_days")] = 1e6;
+        means[at("open_rate_recent")] = -1.0;
+        assert_eq!(
+            reasons(&c, &rows.values[0], &means, &rows.channel[0]),
+            format!("complaints_recent={}", at("complaints_recent"))
         );
     }
 }

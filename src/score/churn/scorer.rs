@@ -18,6 +18,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::DataFrame;
 
+use super::activity::Anchor;
 use super::features::{CHANNEL, Encoding, NUMERIC, clean};
 use super::{Learner, reasons, sigmoid};
 
@@ -25,25 +26,43 @@ use super::{Learner, reasons, sigmoid};
 pub(super) struct Model {
     pub learner: Learner,
     pub encoding: Encoding,
-    /// Platt scaling: `p = sigmoid(a * logit + b)`.
+    /// Platt scaling of the adjusted P(alive): `pi = sigmoid(a * eta + b)`.
     pub platt: (f64, f64),
 }
 
+/// One buyer's scores.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Scored {
+    /// `1 - pi`: the probability that the buyer has lapsed for good.
+    pub churn_risk: f64,
+    /// `1 - pi (1 - s)`: no purchase in the label window.
+    pub p_no_purchase: f64,
+    /// The signals that raise the risk, as reason codes.
+    pub reasons: String,
+}
+
 impl Model {
-    /// Calibrated churn risk and reason codes of one buyer.
-    fn score(&self, values: &[f64], channel: &str, row: &mut Vec<f64>) -> (f64, String) {
+    /// Calibrated scores and reason codes of one buyer.
+    fn score(&self, values: &[f64], channel: &str, row: &mut Vec<f64>) -> Scored {
         self.encoding.encode_row(values, channel, row);
+        let anchor = Anchor::of(values);
         let (a, b) = self.platt;
-        let risk = sigmoid(a * self.learner.logit(row) + b);
-        (risk, reasons(&self.learner.contributions(row), values, channel))
+        let eta = a * (anchor.offset + self.learner.logit(row)) + b;
+        // Reasons explain the risk: a move down of P(alive)'s logit is a move up of the risk's.
+        let towards_churn: Vec<f64> = self.learner.contributions(row).iter().map(|c| -c).collect();
+        Scored {
+            churn_risk: 1.0 - sigmoid(eta),
+            p_no_purchase: anchor.no_purchase(eta),
+            reasons: reasons(&towards_churn, values, &self.encoding.means, channel),
+        }
     }
 }
 
 /// Name of the scoring function inside the predictions query.
 const FUNCTION: &str = "churn_score";
 
-/// `churn_score(<NUMERIC features as double>..., channel)`: a struct of `churn_risk` and
-/// `churn_reasons`.
+/// `churn_score(<NUMERIC features as double>..., channel)`: a struct of `churn_risk`,
+/// `p_no_purchase` and `churn_reasons`.
 struct ScoreFunction {
     model: Arc<Model>,
     signature: Signature,
@@ -74,6 +93,7 @@ impl Hash for ScoreFunction {
 fn output_fields() -> Fields {
     Fields::from(vec![
         Field::new("churn_risk", DataType::Float64, false),
+        Field::new("p_no_purchase", DataType::Float64, false),
         Field::new("churn_reasons", DataType::Utf8, false),
     ])
 }
@@ -106,6 +126,7 @@ impl ScalarUDFImpl for ScoreFunction {
             .downcast_ref::<StringArray>()
             .ok_or_else(|| internal("the channel argument is not text"))?;
         let mut risks = Float64Builder::with_capacity(n);
+        let mut silent = Float64Builder::with_capacity(n);
         let mut texts = StringBuilder::with_capacity(n, n * 48);
         let (mut values, mut row) = (vec![0.0; numeric.len()], Vec::new());
         for i in 0..n {
@@ -113,11 +134,16 @@ impl ScalarUDFImpl for ScoreFunction {
                 *slot = clean(c, i);
             }
             let ch = if channel.is_null(i) { "" } else { channel.value(i) };
-            let (risk, why) = self.model.score(&values, ch, &mut row);
-            risks.append_value(risk);
-            texts.append_value(why);
+            let scored = self.model.score(&values, ch, &mut row);
+            risks.append_value(scored.churn_risk);
+            silent.append_value(scored.p_no_purchase);
+            texts.append_value(scored.reasons);
         }
-        let columns: Vec<ArrayRef> = vec![Arc::new(risks.finish()), Arc::new(texts.finish())];
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(risks.finish()),
+            Arc::new(silent.finish()),
+            Arc::new(texts.finish()),
+        ];
         Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
             output_fields(),
             columns,
@@ -127,12 +153,13 @@ impl ScalarUDFImpl for ScoreFunction {
 }
 
 /// The predictions query over `features` (the as-of [`super::FEATURES_STAGE`] rows):
-/// `customer_id, churn_risk, churn_reasons, churn_model`, in the features' order.
+/// `customer_id, churn_risk, p_no_purchase, churn_reasons, churn_model`, in the features'
+/// order.
 pub(super) fn predictions(features: DataFrame, model: Arc<Model>) -> DfResult<DataFrame> {
     let name = model.learner.name();
     let mut args: Vec<Expr> = NUMERIC
         .iter()
-        .map(|(c, _)| cast_expr(col(*c), DataType::Float64))
+        .map(|(c, _, _)| cast_expr(col(*c), DataType::Float64))
         .collect();
     args.push(cast_expr(col(CHANNEL), DataType::Utf8));
     let mut types = vec![DataType::Float64; NUMERIC.len()];
@@ -149,6 +176,7 @@ pub(super) fn predictions(features: DataFrame, model: Arc<Model>) -> DfResult<Da
         .select(vec![
             col("customer_id"),
             get_field(col("score"), "churn_risk").alias("churn_risk"),
+            get_field(col("score"), "p_no_purchase").alias("p_no_purchase"),
             get_field(col("score"), "churn_reasons").alias("churn_reasons"),
             lit(name).alias("churn_model"),
         ])
@@ -169,9 +197,10 @@ mod tests {
         let encoding = Encoding::of(&rows);
         let x = encoding.encode(&rows);
         let y: Vec<bool> = (0..n).map(|i| (i * 13) % 7 < 3).collect();
+        let anchors: Vec<Anchor> = rows.values.iter().map(|v| Anchor::of(v)).collect();
         for kind in ["logistic", "gbt"] {
             let model = Arc::new(Model {
-                learner: Learner::fit(kind, &x, &y).unwrap(),
+                learner: Learner::fit(kind, &x, &anchors, &y).unwrap(),
                 encoding: encoding.clone(),
                 platt: (0.8, -0.3),
             });
@@ -185,14 +214,18 @@ mod tests {
             for b in &batches {
                 let ids = b.column(0).as_string::<i32>();
                 let risks = b.column(1).as_primitive::<Float64Type>();
-                let why = b.column(2).as_string::<i32>();
-                let names = b.column(3).as_string::<i32>();
+                let silent = b.column(2).as_primitive::<Float64Type>();
+                let why = b.column(3).as_string::<i32>();
+                let names = b.column(4).as_string::<i32>();
                 for r in 0..b.num_rows() {
                     let i = seen + r;
-                    let (risk, reasons) = model.score(&rows.values[i], &rows.channel[i], &mut row);
+                    let scored = model.score(&rows.values[i], &rows.channel[i], &mut row);
                     assert_eq!(ids.value(r), rows.ids[i]);
-                    assert_eq!(risks.value(r), risk, "{kind}, row {i}");
-                    assert_eq!(why.value(r), reasons, "{kind}, row {i}");
+                    assert_eq!(risks.value(r), scored.churn_risk, "{kind}, row {i}");
+                    assert_eq!(silent.value(r), scored.p_no_purchase, "{kind}, row {i}");
+                    // The two columns agree: lapsed buyers never buy.
+                    assert!(scored.p_no_purchase >= scored.churn_risk - 1e-12, "{kind}, row {i}");
+                    assert_eq!(why.value(r), scored.reasons, "{kind}, row {i}");
                     assert_eq!(names.value(r), kind);
                 }
                 seen += b.num_rows();

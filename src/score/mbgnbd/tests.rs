@@ -378,6 +378,15 @@ fn p_alive_definition() {
     assert!((got - want).abs() < 1e-15 && got < 1.0, "{got} vs {want}");
     let new = p_alive(&p, 0.0, 0.0, 1e-12).unwrap();
     assert!((new - p.b / (p.a + p.b)).abs() < 1e-12, "{new}");
+    // First seen on the as-of day (T = 0): defined, exactly b/(a+b), and the probability of
+    // no purchase in t is that of having dropped out plus alive-and-silent.
+    let today = p_alive(&p, 0.0, 0.0, 0.0).unwrap();
+    assert!((today - p.b / (p.a + p.b)).abs() < 1e-15, "{today}");
+    let silent = p_no_purchase(&p, 13.0, 0.0, 0.0, 0.0).unwrap();
+    let want = (1.0 - today) + today * (p.alpha / (p.alpha + 13.0)).powf(p.r);
+    assert!((silent - want).abs() < 1e-15, "{silent} vs {want}");
+    // A history with purchases still needs T > 0.
+    assert!(p_alive(&p, 1.0, 0.0, 0.0).is_err());
     // t_x is ignored for x = 0.
     assert_eq!(p_alive(&p, 0.0, 20.0, t_cal).unwrap(), got);
     // Purchase right at T: odds a/(b+x), so P = (b+x)/(a+b+x).
