@@ -49,9 +49,51 @@ pub enum RunError {
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
-    /// The query engine failed outside a stage (registering a table, building the session).
-    #[error("query engine: {0}")]
-    Engine(String),
+    /// The query engine failed outside a stage (building the session, registering a
+    /// table).
+    #[error("query engine: {context}: {source}")]
+    Engine {
+        /// What the run was doing.
+        context: String,
+        /// The engine's error.
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
+    /// A table the run holds (model parameters, churn predictions, a table carried from
+    /// the previous run) could not be written to the staging folder.
+    #[error("table `{table}`: {source}")]
+    Materialize {
+        /// The table.
+        table: String,
+        /// Why.
+        #[source]
+        source: Box<crate::transform::runner::MaterializeError>,
+    },
+    /// A task of the run stopped before finishing (it panicked or was cancelled).
+    #[error("{task}: the task stopped: {source}")]
+    Task {
+        /// The task: `extract of source `sales``, `stage `fct_customer``, ...
+        task: String,
+        /// The runtime's report.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The incremental extract could not carry the unchanged files' rows over from the
+    /// previous run.
+    #[error(
+        "source `{name}`: carrying the unchanged files over from run {previous_run}: {message}; rerun with --full-refresh"
+    )]
+    CarryOver {
+        /// The source.
+        name: String,
+        /// The run whose tables the rows come from.
+        previous_run: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The scan for superseded copies of a key failed.
+    #[error("duplicate-key scan: {0}")]
+    Duplicates(String),
     /// The data holds no timestamp to take the as-of date from.
     #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
     NoAsOf,
@@ -73,6 +115,26 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// A query-engine error with what the run was doing.
+    pub fn engine(context: impl Into<String>) -> impl FnOnce(datafusion::error::DataFusionError) -> RunError {
+        let context = context.into();
+        move |source| RunError::Engine {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    /// A materialisation error of `table`.
+    pub fn materialize(
+        table: impl Into<String>,
+    ) -> impl FnOnce(crate::transform::runner::MaterializeError) -> RunError {
+        let table = table.into();
+        move |source| RunError::Materialize {
+            table,
+            source: Box::new(source),
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         if self.is_locked() {
@@ -108,11 +170,65 @@ impl RunError {
         match self {
             RunError::Config(_) => "config",
             RunError::Extract(_) | RunError::NoAsOf => names::PHASE_EXTRACT,
-            RunError::Transform(_) | RunError::Engine(_) => names::PHASE_TRANSFORM,
+            RunError::CarryOver { .. } | RunError::Duplicates(_) => names::PHASE_EXTRACT,
+            RunError::Transform(_) | RunError::Engine { .. } | RunError::Materialize { .. } | RunError::Task { .. } => {
+                names::PHASE_TRANSFORM
+            }
             RunError::Score(_) => "score",
             RunError::DataTests { .. } => names::PHASE_TESTS,
             RunError::Aborted { .. } => "aborted",
             RunError::Publish(_) | RunError::Io { .. } => names::PHASE_PUBLISH,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn typed_errors_keep_their_source_phase_and_exit_code() {
+        let engine = RunError::engine("registering `raw_sales`")(datafusion::error::DataFusionError::Plan(
+            "no such file".into(),
+        ));
+        assert_eq!(
+            engine.to_string(),
+            "query engine: registering `raw_sales`: Error during planning: no such file"
+        );
+        assert!(engine.source().is_some_and(|s| s.to_string().contains("no such file")));
+        assert_eq!(
+            (engine.phase(), engine.exit_code()),
+            (names::PHASE_TRANSFORM, EXIT_RUN_FAILED)
+        );
+
+        let join = tokio::spawn(async { panic!("boom") })
+            .await
+            .expect_err("the task panicked");
+        let task = RunError::Task {
+            task: "stage `fct_customer`".into(),
+            source: join,
+        };
+        assert!(
+            task.to_string().starts_with("stage `fct_customer`: the task stopped: "),
+            "{task}"
+        );
+        assert!(task.source().is_some());
+        assert_eq!(task.exit_code(), EXIT_RUN_FAILED);
+
+        let carry = RunError::CarryOver {
+            name: "sales".into(),
+            previous_run: "R1".into(),
+            message: "raw table missing".into(),
+        };
+        assert_eq!(
+            carry.to_string(),
+            "source `sales`: carrying the unchanged files over from run R1: raw table missing; rerun with --full-refresh"
+        );
+        assert_eq!(
+            (carry.phase(), carry.exit_code()),
+            (names::PHASE_EXTRACT, EXIT_RUN_FAILED)
+        );
     }
 }

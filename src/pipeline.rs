@@ -420,9 +420,6 @@ async fn retain_versions(warehouse: &Warehouse, tables: &[PublishedTable], retai
     deleted
 }
 
-/// Extracts, transforms, scores and tests, then publishes. A cancellation before the
-/// publish drops the work in progress at once; during the publish it is checked before
-/// each table commit (see [`publish_delta`]).
 /// Writes the registered `model_params` table into the staging tables folder (and registers
 /// the written file in its place); returns (file, rows, bytes).
 async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(PathBuf, u64, u64), RunError> {
@@ -430,7 +427,7 @@ async fn write_model_params(ctx: &SessionContext, tables_dir: &Path) -> Result<(
     // (which a Ballista cluster's executors can do too).
     runner::materialize_here(ctx, MODEL_PARAMS_TABLE, tables_dir)
         .await
-        .map_err(|e| RunError::Engine(e.to_string()))
+        .map_err(RunError::materialize(MODEL_PARAMS_TABLE))
 }
 
 /// What a stage of a wave needs from the run, shared by the stage tasks.
@@ -494,7 +491,7 @@ async fn carry_published(
     p.register_clustered(ctx, name, cluster_by).await?;
     runner::make_portable(ctx, name, &state.staging.join(PORTABLE_DIR))
         .await
-        .map_err(|e| RunError::Engine(format!("table `{name}` as published before: {e}")))?;
+        .map_err(RunError::materialize(name))?;
     let rows = runs::latest_succeeded(history, Some(&plan.name))
         .and_then(|r| r.table_rows.get(&location).copied())
         .unwrap_or(0);
@@ -623,7 +620,10 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 first_error.get_or_insert(RunError::Extract(e));
             }
             Err(join) => {
-                first_error.get_or_insert(RunError::Engine(format!("extract task failed: {join}")));
+                first_error.get_or_insert(RunError::Task {
+                    task: "extract".into(),
+                    source: join,
+                });
             }
         }
     }
@@ -646,14 +646,21 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             &extract::quarantine_schema(),
         )
         .await
-        .map_err(RunError::Engine)?;
+        .map_err(|message| RunError::CarryOver {
+            name: source.name.clone(),
+            previous_run: previous.run_id.clone(),
+            message,
+        })?;
         let expected: u64 = carried.iter().map(|f| f.rows_loaded).sum();
         if copied.0 != expected {
-            return Err(RunError::Engine(format!(
-                "source `{}`: run {} recorded {expected} rows for the unchanged files but its raw table holds {}; \
-                 rerun with --full-refresh",
-                source.name, previous.run_id, copied.0
-            )));
+            return Err(RunError::CarryOver {
+                name: source.name.clone(),
+                previous_run: previous.run_id.clone(),
+                message: format!(
+                    "that run recorded {expected} rows for the unchanged files but its raw table holds {}",
+                    copied.0
+                ),
+            });
         }
         if let Some(mut seen) = m.seen_keys.take() {
             // The carried rows' keys join the filter, so copies across runs are found too.
@@ -661,8 +668,15 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             let added = tokio::task::spawn_blocking(move || seen.add_parquet(&file).map(|()| seen)).await;
             m.seen_keys = Some(
                 added
-                    .map_err(|join| RunError::Engine(format!("extract task failed: {join}")))?
-                    .map_err(RunError::Engine)?,
+                    .map_err(|join| RunError::Task {
+                        task: format!("key filter of source `{}`", source.name),
+                        source: join,
+                    })?
+                    .map_err(|message| RunError::CarryOver {
+                        name: source.name.clone(),
+                        previous_run: previous.run_id.clone(),
+                        message,
+                    })?,
             );
         }
         incremental::merge_carried(m, carried, raw_file, q_file, copied);
@@ -691,11 +705,12 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
     std::fs::create_dir_all(&spill).map_err(staging_io(&spill))?;
     let ctx = build_context(&plan.engine, &spill, state.cluster.clone())
         .await
-        .map_err(|e| RunError::Engine(e.to_string()))?;
+        .map_err(RunError::engine("building the session"))?;
     for m in &state.extract {
-        runner::register_parquet_files(&ctx, &names::raw_table(&m.source), &m.raw_files)
+        let table = names::raw_table(&m.source);
+        runner::register_parquet_files(&ctx, &table, &m.raw_files)
             .await
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+            .map_err(RunError::engine(format!("registering `{table}`")))?;
     }
     let quarantine_files: Vec<PathBuf> = state
         .extract
@@ -704,7 +719,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         .collect();
     runner::register_parquet_files(&ctx, names::QUARANTINE_TABLE, &quarantine_files)
         .await
-        .map_err(|e| RunError::Engine(e.to_string()))?;
+        .map_err(RunError::engine(format!("registering `{}`", names::QUARANTINE_TABLE)))?;
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     progress.phase("extract: duplicate keys");
     let scanning = Instant::now();
@@ -717,7 +732,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         &duplicates_dir.join("part-00000.parquet"),
     )
     .await
-    .map_err(RunError::Engine)?;
+    .map_err(RunError::Duplicates)?;
     // Stages (and data tests) can read this run's duplicates, like its quarantine.
     runner::register_parquet(
         &ctx,
@@ -725,7 +740,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         &duplicates_dir.join("part-00000.parquet"),
     )
     .await
-    .map_err(|e| RunError::Engine(e.to_string()))?;
+    .map_err(RunError::engine(format!("registering `{}`", names::DUPLICATES_TABLE)))?;
     state.phase_done(PHASE_DUPLICATES, scanning);
     // Extract's readers and key filters are freed: the stages start without them.
     crate::engine::memory::release_free_memory();
@@ -802,7 +817,10 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         })
         .await;
         for (result, stage) in results.into_iter().zip(&to_run) {
-            let (m, tests) = result.map_err(|e| RunError::Engine(format!("stage `{}` stopped: {e}", stage.name)))??;
+            let (m, tests) = result.map_err(|join| RunError::Task {
+                task: format!("stage `{}`", stage.name),
+                source: join,
+            })??;
             state.stages.push(m);
             state.tests.extend(tests);
         }
@@ -849,11 +867,12 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
                 .map_err(models::ScoreError::from)?;
                 runner::make_portable(&ctx, churn::PREDICTIONS_TABLE, &state.staging.join(PORTABLE_DIR))
                     .await
-                    .map_err(|e| RunError::Engine(format!("table `{}`: {e}", churn::PREDICTIONS_TABLE)))?;
+                    .map_err(RunError::materialize(churn::PREDICTIONS_TABLE))?;
                 // model_params gains the churn model's rows: registered and written again.
                 if let Some(m) = state.models.as_mut() {
                     m.churn = Some(report);
-                    models::register_params_table(&ctx, m).map_err(|e| RunError::Engine(e.to_string()))?;
+                    models::register_params_table(&ctx, m)
+                        .map_err(RunError::engine(format!("registering `{MODEL_PARAMS_TABLE}`")))?;
                     let (output, rows, bytes) = write_model_params(&ctx, &tables_dir).await?;
                     if let Some(stage) = state.stages.iter_mut().find(|s| s.name == MODEL_PARAMS_TABLE) {
                         stage.rows = rows;
@@ -964,7 +983,7 @@ pub async fn lineage_graph(plan: &Plan) -> Result<(transform::Project, Vec<Strin
     let ctx = SessionContext::new();
     runner::register_seeds(&ctx, project.seeds.values()).await?;
     // Planning only needs the functions to exist; any valid parameters do.
-    let params = BgNbdParams::new(1.0, 1.0, 1.0, 1.0).map_err(|e| RunError::Engine(e.to_string()))?;
+    let params = BgNbdParams::new(1.0, 1.0, 1.0, 1.0).map_err(models::ScoreError::from)?;
     crate::score::udf::register(
         &ctx,
         crate::score::udf::Models::bgnbd(params),

@@ -60,6 +60,9 @@ pub enum ScoreError {
     /// `[scoring] require_models` is set and a model fell back.
     #[error("{0}; `[scoring] require_models = true` makes this fail the run")]
     ModelsRequired(Fallback),
+    /// Model parameters were rejected.
+    #[error(transparent)]
+    Model(#[from] super::error::ModelError),
 }
 
 /// One fitted model, as reported in the manifest and `model_params`.

@@ -259,6 +259,15 @@ pub enum MaterializeError {
     Write(crate::storage::WriteError),
 }
 
+impl std::error::Error for MaterializeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MaterializeError::Query(e) => Some(e),
+            MaterializeError::Write(e) => Some(e),
+        }
+    }
+}
+
 impl std::fmt::Display for MaterializeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
