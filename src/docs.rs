@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use crate::cli::dag::Graph;
 use crate::transform::Project;
+use crate::transform::graph::Graph;
 use crate::transform::lineage::{ColumnRef, LineageGraph};
 
 /// What the last run said about tables and tests (from its manifest), when there was one.

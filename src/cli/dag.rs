@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 
 use super::CliError;
 use crate::config::{Overrides, Plan};
 use crate::names;
 use crate::score::models;
-use crate::transform::{self, Project, discover, execution_order, select};
+use crate::transform::graph::Graph;
+use crate::transform::{self, discover, execution_order, select};
 
 /// Output format of the graph.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,97 +38,6 @@ pub struct DagArgs {
     /// Stages to show (dbt syntax); default all.
     #[arg(long, num_args = 1..)]
     pub select: Vec<String>,
-}
-
-/// A node of the graph.
-#[derive(Debug, Clone, Serialize)]
-pub struct Node {
-    /// Table name.
-    pub name: String,
-    /// `source`, `seed`, or the stage's layer (`staging`, `marts`, `scoring`, ...).
-    pub kind: String,
-    /// Stage file, for stages.
-    pub file: Option<String>,
-}
-
-/// An edge: `to` reads (or calls what is provided by) `from`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Edge {
-    /// Upstream table.
-    pub from: String,
-    /// Downstream stage.
-    pub to: String,
-}
-
-/// The graph of the selected stages and what they read.
-#[derive(Debug, Clone, Serialize)]
-pub struct Graph {
-    /// Nodes in execution order (inputs first).
-    pub nodes: Vec<Node>,
-    /// Edges, sorted.
-    pub edges: Vec<Edge>,
-}
-
-/// Builds the graph of `chosen` stages of `project`, in `order`.
-pub fn graph(project: &Project, plan: &Plan, order: &[String], chosen: &BTreeSet<String>) -> Graph {
-    let provided = models::providers();
-    let mut nodes = Vec::new();
-    let mut edges = BTreeSet::new();
-    let mut inputs = BTreeSet::new();
-    for name in order.iter().filter(|n| chosen.contains(*n)) {
-        let Some(stage) = project.stages.get(name) else {
-            continue;
-        };
-        for read in &stage.reads {
-            let from = provided.get(read).cloned().unwrap_or_else(|| read.clone());
-            edges.insert(Edge {
-                from: from.clone(),
-                to: name.clone(),
-            });
-            if !project.stages.contains_key(&from) {
-                inputs.insert(from);
-            }
-        }
-        for call in &stage.calls {
-            if let Some(from) = provided.get(call) {
-                edges.insert(Edge {
-                    from: from.clone(),
-                    to: name.clone(),
-                });
-            }
-        }
-    }
-    for input in &inputs {
-        let kind = if project.seeds.contains_key(input) {
-            "seed"
-        } else if plan.sources.iter().any(|s| names::raw_table(&s.name) == *input) {
-            "source"
-        } else {
-            "table"
-        };
-        nodes.push(Node {
-            name: input.clone(),
-            kind: kind.into(),
-            file: None,
-        });
-    }
-    for name in order.iter().filter(|n| chosen.contains(*n)) {
-        if let Some(stage) = project.stages.get(name) {
-            nodes.push(Node {
-                name: name.clone(),
-                kind: if stage.layer.is_empty() {
-                    "stage".into()
-                } else {
-                    stage.layer.clone()
-                },
-                file: Some(stage.path.display().to_string()),
-            });
-        }
-    }
-    Graph {
-        nodes,
-        edges: edges.into_iter().collect(),
-    }
 }
 
 /// Renders the graph.
@@ -186,6 +95,11 @@ pub fn render(g: &Graph, format: DagFormat) -> String {
     }
 }
 
+/// The raw tables of the pipeline's sources.
+pub fn source_tables(plan: &Plan) -> BTreeSet<String> {
+    plan.sources.iter().map(|s| names::raw_table(&s.name)).collect()
+}
+
 /// Prints the graph.
 pub fn run(args: DagArgs) -> Result<(), CliError> {
     let plan = Plan::load(&args.pipeline, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
@@ -195,6 +109,7 @@ pub fn run(args: DagArgs) -> Result<(), CliError> {
     let order = execution_order(&project, &external, &provided).map_err(|e| CliError::usage(e.to_string()))?;
     let chosen = select::select(&project, &provided, &args.select, &[])
         .map_err(|e: transform::TransformError| CliError::usage(e.to_string()))?;
-    print!("{}", render(&graph(&project, &plan, &order, &chosen), args.format));
+    let graph = transform::graph::graph(&project, &provided, &source_tables(&plan), &order, &chosen);
+    print!("{}", render(&graph, args.format));
     Ok(())
 }

@@ -39,7 +39,13 @@ pub async fn run(args: DocsArgs) -> Result<(), CliError> {
         code: e.exit_code(),
     })?;
     let chosen: BTreeSet<String> = project.stages.keys().cloned().collect();
-    let graph = super::dag::graph(&project, &plan, &order, &chosen);
+    let graph = crate::transform::graph::graph(
+        &project,
+        &crate::score::models::providers(),
+        &super::dag::source_tables(&plan),
+        &order,
+        &chosen,
+    );
     let last = latest_manifest(&plan.warehouse)
         .await
         .map(|m| LastRun::from_manifest(&m))

@@ -11,6 +11,7 @@
 pub mod delta;
 pub mod lock;
 pub mod manifest;
+pub mod quarantine;
 pub mod read;
 pub mod runs;
 

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use self::svg::{Bar, Cell, Point, bars, bucket_labels, histogram, int, log_edges, num, short};
-use crate::cli::quarantine::Summary;
 use crate::docs::esc;
+use crate::publish::quarantine::Summary;
 
 /// The queries the report runs on `customer_scores` as the run published it.
 pub mod queries {

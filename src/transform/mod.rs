@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod dag;
 pub mod discover;
+pub mod graph;
 pub mod lineage;
 pub mod runner;
 pub mod select;
