@@ -239,56 +239,68 @@ async fn read_inputs(
     Ok((grouped, spend, customers))
 }
 
-fn bgnbd_report(fit: &BgNbdFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
-    let p = &fit.params;
+/// A fit's statistics: log-likelihood, iterations, convergence.
+type FitStats = (f64, usize, bool);
+
+/// The report of one fitted model: its parameters by name and the fit's statistics.
+fn fit_report(
+    model: &str,
+    params: &[(&str, f64)],
+    stats: FitStats,
+    ms: u64,
+    customers: u64,
+    distinct: u64,
+) -> ModelReport {
+    let (log_likelihood, iterations, converged) = stats;
     ModelReport {
-        model: "bgnbd".into(),
-        params: BTreeMap::from([
-            ("r".into(), p.r),
-            ("alpha".into(), p.alpha),
-            ("a".into(), p.a),
-            ("b".into(), p.b),
-        ]),
-        log_likelihood: fit.log_likelihood,
-        iterations: fit.iterations as u64,
-        converged: fit.converged,
+        model: model.into(),
+        params: params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        log_likelihood,
+        iterations: iterations as u64,
+        converged,
         fit_ms: ms,
         customers,
         distinct_inputs: distinct,
     }
+}
+
+fn bgnbd_report(fit: &BgNbdFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
+    let p = &fit.params;
+    let params = [("r", p.r), ("alpha", p.alpha), ("a", p.a), ("b", p.b)];
+    fit_report(
+        "bgnbd",
+        &params,
+        (fit.log_likelihood, fit.iterations, fit.converged),
+        ms,
+        customers,
+        distinct,
+    )
 }
 
 fn mbgnbd_report(fit: &MbgNbdFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
     let p = &fit.params;
-    ModelReport {
-        model: "mbgnbd".into(),
-        params: BTreeMap::from([
-            ("r".into(), p.r),
-            ("alpha".into(), p.alpha),
-            ("a".into(), p.a),
-            ("b".into(), p.b),
-        ]),
-        log_likelihood: fit.log_likelihood,
-        iterations: fit.iterations as u64,
-        converged: fit.converged,
-        fit_ms: ms,
+    let params = [("r", p.r), ("alpha", p.alpha), ("a", p.a), ("b", p.b)];
+    fit_report(
+        "mbgnbd",
+        &params,
+        (fit.log_likelihood, fit.iterations, fit.converged),
+        ms,
         customers,
-        distinct_inputs: distinct,
-    }
+        distinct,
+    )
 }
 
 fn gamma_gamma_report(fit: &GammaGammaFit, ms: u64, customers: u64, distinct: u64) -> ModelReport {
     let p = &fit.params;
-    ModelReport {
-        model: "gamma_gamma".into(),
-        params: BTreeMap::from([("p".into(), p.p), ("q".into(), p.q), ("gamma".into(), p.gamma)]),
-        log_likelihood: fit.log_likelihood,
-        iterations: fit.iterations as u64,
-        converged: fit.converged,
-        fit_ms: ms,
+    let params = [("p", p.p), ("q", p.q), ("gamma", p.gamma)];
+    fit_report(
+        "gamma_gamma",
+        &params,
+        (fit.log_likelihood, fit.iterations, fit.converged),
+        ms,
         customers,
-        distinct_inputs: distinct,
-    }
+        distinct,
+    )
 }
 
 /// Fits the models on `MODEL_INPUT_STAGE`, registers the SQL functions and the
@@ -479,50 +491,28 @@ pub fn model_params_schema() -> Arc<Schema> {
 /// back and why in `note`.
 pub fn register_params_table(ctx: &SessionContext, m: &ModelMetrics) -> datafusion::error::Result<()> {
     let schema = model_params_schema();
-    let churn_fallback = m.churn.as_ref().and_then(|c| c.fallback_reason.as_ref()).map(|reason| {
-        ModelReport {
-            model: "churn_mbgnbd".into(),
-            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
-            log_likelihood: 0.0,
-            iterations: 0,
-            converged: false,
-            fit_ms: 0,
-            customers: m.churn.as_ref().map_or(0, |c| c.training_customers),
-            distinct_inputs: 0,
-        }
-        .with_note(reason)
+    // A model that fell back is one `fallback` row with what stood in and why in `note`.
+    let fallback = |model: &str, customers: u64, note: &str| {
+        fit_report(model, &[("fallback", 1.0)], (0.0, 0, false), 0, customers, 0).with_note(note)
+    };
+    let churn_fallback = m.churn.as_ref().and_then(|c| {
+        c.fallback_reason
+            .as_ref()
+            .map(|reason| fallback("churn_mbgnbd", c.training_customers, reason))
     });
     let churn_fit = m.churn.as_ref().and_then(|c| c.fit.clone()).map(|r| (r, None));
     let nbd = m
         .nbd
         .clone()
         .map(|r| (r, m.bgnbd_fallback.as_ref().map(ToString::to_string)));
-    let spend_fallback = m.gamma_gamma_fallback.as_ref().map(|f| {
-        ModelReport {
-            model: "gamma_gamma".into(),
-            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
-            log_likelihood: 0.0,
-            iterations: 0,
-            converged: false,
-            fit_ms: 0,
-            customers: 0,
-            distinct_inputs: 0,
-        }
-        .with_note(&f.to_string())
-    });
-    let activity_fallback = m.mbgnbd_fallback.as_ref().map(|f| {
-        ModelReport {
-            model: "mbgnbd".into(),
-            params: BTreeMap::from([("fallback".to_string(), 1.0)]),
-            log_likelihood: 0.0,
-            iterations: 0,
-            converged: false,
-            fit_ms: 0,
-            customers: 0,
-            distinct_inputs: 0,
-        }
-        .with_note(&f.to_string())
-    });
+    let spend_fallback = m
+        .gamma_gamma_fallback
+        .as_ref()
+        .map(|f| fallback("gamma_gamma", 0, &f.to_string()));
+    let activity_fallback = m
+        .mbgnbd_fallback
+        .as_ref()
+        .map(|f| fallback("mbgnbd", 0, &f.to_string()));
     let reports: Vec<(ModelReport, Option<String>)> = m
         .bgnbd
         .iter()
