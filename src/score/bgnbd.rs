@@ -344,6 +344,66 @@ struct XGroup {
     rows: Vec<(u32, u32, f64)>,
 }
 
+/// The rows of a fit's data: every row checked (observation and weight), rows of weight
+/// 0 left out, the rest sorted by `x`; with their total weight and the weighted sums of
+/// `x` and `T` the starting point uses. Shared by BG/NBD and the modified BG/NBD.
+pub(super) struct Validated<'a> {
+    pub rows: Vec<&'a RfSummary>,
+    pub total_weight: f64,
+    pub sum_wx: f64,
+    pub sum_wt: f64,
+}
+
+/// Validates `data` for `model`'s fit (see [`Validated`]).
+pub(super) fn validated<'a>(model: &'static str, data: &'a [RfSummary]) -> Result<Validated<'a>, ModelError> {
+    let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
+    let (mut total_weight, mut sum_wx, mut sum_wt) = (NeumaierSum::default(), 0.0, 0.0);
+    for (i, s) in data.iter().enumerate() {
+        validate_observation(model, s.x, s.t_x, s.t_cal, Some(i))?;
+        if !(s.weight.is_finite() && s.weight >= 0.0) {
+            return Err(invalid(
+                model,
+                "weight",
+                s.weight,
+                "must be finite and >= 0".into(),
+                Some(i),
+            ));
+        }
+        if s.weight > 0.0 {
+            rows.push(s);
+            total_weight.add(s.weight);
+            sum_wx += s.weight * s.x;
+            sum_wt += s.weight * s.t_cal;
+        }
+    }
+    if rows.is_empty() {
+        return Err(ModelError::EmptyData {
+            model,
+            reason: format!("{} rows, total weight 0", data.len()),
+        });
+    }
+    rows.sort_by(|p, q| p.x.total_cmp(&q.x));
+    Ok(Validated {
+        rows,
+        total_weight: total_weight.value(),
+        sum_wx,
+        sum_wt,
+    })
+}
+
+/// The index of time `v` among the distinct times of a fit.
+pub(super) fn time_index(model: &'static str, times: &mut DistinctValues, v: f64) -> Result<u32, ModelError> {
+    times.index_of(v).ok_or_else(|| {
+        invalid(
+            model,
+            "T",
+            v,
+            "at most 2^32 distinct values of t_x and T are supported".into(),
+            None,
+        )
+    })
+}
+
 /// Validated data arranged so that every parameter-dependent term is
 /// computed once per distinct value rather than once per customer: the
 /// gamma-function terms per distinct `x`, the logarithms per distinct time
@@ -367,45 +427,14 @@ struct Prepared {
 
 impl Prepared {
     fn new(data: &[RfSummary]) -> Result<Self, ModelError> {
-        let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
-        let (mut total_weight, mut sum_wx, mut sum_wt) = (0.0, 0.0, 0.0);
-        for (i, s) in data.iter().enumerate() {
-            validate_observation(MODEL, s.x, s.t_x, s.t_cal, Some(i))?;
-            if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid(
-                    MODEL,
-                    "weight",
-                    s.weight,
-                    "must be finite and >= 0".into(),
-                    Some(i),
-                ));
-            }
-            if s.weight > 0.0 {
-                rows.push(s);
-                total_weight += s.weight;
-                sum_wx += s.weight * s.x;
-                sum_wt += s.weight * s.t_cal;
-            }
-        }
-        if rows.is_empty() {
-            return Err(ModelError::EmptyData {
-                model: MODEL,
-                reason: format!("{} rows, total weight 0", data.len()),
-            });
-        }
-        rows.sort_by(|p, q| p.x.total_cmp(&q.x));
+        let Validated {
+            rows,
+            total_weight,
+            sum_wx,
+            sum_wt,
+        } = validated(MODEL, data)?;
         let mut times = DistinctValues::default();
-        let mut index = |v: f64| {
-            times.index_of(v).ok_or_else(|| {
-                invalid(
-                    MODEL,
-                    "T",
-                    v,
-                    "at most 2^32 distinct values of t_x and T are supported".into(),
-                    None,
-                )
-            })
-        };
+        let mut index = |v: f64| time_index(MODEL, &mut times, v);
         let mut zeros: Vec<(u32, f64)> = Vec::new();
         let mut groups: Vec<XGroup> = Vec::new();
         for s in rows {

@@ -47,8 +47,8 @@
 
 pub use super::bgnbd::{RfSummary, group_summaries};
 use super::bgnbd::{
-    check_interior, invalid, logistic_complement, no_purchase_given_odds, softplus, validate_horizon,
-    validate_observation,
+    Validated, check_interior, logistic_complement, no_purchase_given_odds, softplus, time_index, validate_horizon,
+    validate_observation, validated,
 };
 use super::distinct::DistinctValues;
 use super::error::ModelError;
@@ -322,45 +322,14 @@ struct Prepared {
 
 impl Prepared {
     fn new(data: &[RfSummary]) -> Result<Self, ModelError> {
-        let mut rows: Vec<&RfSummary> = Vec::with_capacity(data.len());
-        let (mut total_weight, mut sum_wx, mut sum_wt) = (NeumaierSum::default(), 0.0, 0.0);
-        for (i, s) in data.iter().enumerate() {
-            validate_observation(MODEL, s.x, s.t_x, s.t_cal, Some(i))?;
-            if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return Err(invalid(
-                    MODEL,
-                    "weight",
-                    s.weight,
-                    "must be finite and >= 0".into(),
-                    Some(i),
-                ));
-            }
-            if s.weight > 0.0 {
-                rows.push(s);
-                total_weight.add(s.weight);
-                sum_wx += s.weight * s.x;
-                sum_wt += s.weight * s.t_cal;
-            }
-        }
-        if rows.is_empty() {
-            return Err(ModelError::EmptyData {
-                model: MODEL,
-                reason: format!("{} rows, total weight 0", data.len()),
-            });
-        }
-        rows.sort_by(|p, q| p.x.total_cmp(&q.x));
+        let Validated {
+            rows,
+            total_weight,
+            sum_wx,
+            sum_wt,
+        } = validated(MODEL, data)?;
         let mut times = DistinctValues::default();
-        let mut index = |v: f64| {
-            times.index_of(v).ok_or_else(|| {
-                invalid(
-                    MODEL,
-                    "T",
-                    v,
-                    "at most 2^32 distinct values of t_x and T are supported".into(),
-                    None,
-                )
-            })
-        };
+        let mut index = |v: f64| time_index(MODEL, &mut times, v);
         let mut groups: Vec<XGroup> = Vec::new();
         for s in &rows {
             let row = (index(recency(s.x, s.t_x))?, index(s.t_cal)?, s.weight);
@@ -376,7 +345,7 @@ impl Prepared {
             times: times.values().to_vec(),
             groups,
             rows: rows.len(),
-            total_weight: total_weight.value(),
+            total_weight,
             sum_wx,
             sum_wt,
         })
