@@ -250,8 +250,9 @@ impl Gbt {
     /// `logit = expected_logit + sum(contributions)`.
     pub fn contributions(&self, row: &[f64], features: usize) -> Vec<f64> {
         let mut phi = vec![0.0; features];
+        let mut work = Vec::new();
         for tree in &self.trees {
-            treeshap::add_shap(&Nodes(tree), row, &mut phi);
+            treeshap::add_shap(&Nodes(tree), row, &mut phi, &mut work);
         }
         for p in &mut phi {
             *p *= self.learning_rate;

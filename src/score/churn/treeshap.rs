@@ -30,89 +30,91 @@ pub fn expected_value(tree: &impl Tree) -> f64 {
 }
 
 /// Adds the Shapley value of each feature for `row` to `phi` (indexed by feature).
-pub fn add_shap(tree: &impl Tree, row: &[f64], phi: &mut [f64]) {
-    recurse(tree, row, phi, 0, &[], 1.0, 1.0, None);
+/// `work` is scratch space the caller keeps across calls, so scoring a customer base
+/// allocates per row at most once, not per node.
+pub fn add_shap(tree: &impl Tree, row: &[f64], phi: &mut [f64], work: &mut Vec<Step>) {
+    // The paths of the nodes on the way down are stored one after another: a node at
+    // depth k holds at most k + 1 elements, and the last one is extended in place.
+    let depth = depth(tree, 0);
+    let need = (depth + 2) * (depth + 3) / 2;
+    if work.len() < need {
+        work.resize(need, Step::default());
+    }
+    let mut walk = Walk { tree, row, phi };
+    walk.recurse(work, 0, 0, 1.0, 1.0, None);
+}
+
+fn depth(tree: &impl Tree, node: usize) -> usize {
+    tree.split(node)
+        .map_or(0, |(_, _, l, r)| 1 + depth(tree, l).max(depth(tree, r)))
 }
 
 /// One element of the path of unique features from the root: the feature, the share of
 /// rows that would reach here without it in the coalition (`zero`), with it (`one`), and
 /// the permutation weight.
-#[derive(Debug, Clone, Copy)]
-struct Step {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Step {
     feature: Option<usize>,
     zero: f64,
     one: f64,
     weight: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn recurse(
-    tree: &impl Tree,
-    row: &[f64],
-    phi: &mut [f64],
-    node: usize,
-    parent: &[Step],
-    zero: f64,
-    one: f64,
-    feature: Option<usize>,
-) {
-    let mut path = parent.to_vec();
-    extend(&mut path, zero, one, feature);
-    match tree.split(node) {
-        None => {
-            for i in 1..path.len() {
-                let w = unwound_sum(&path, i);
-                if let Some(f) = path[i].feature {
-                    phi[f] += w * (path[i].one - path[i].zero) * tree.value(node);
+/// One row's descent through one tree.
+struct Walk<'a, T: Tree> {
+    tree: &'a T,
+    row: &'a [f64],
+    phi: &'a mut [f64],
+}
+
+impl<T: Tree> Walk<'_, T> {
+    /// Visits `node`; `buf[..len]` is its parent's path, the rest of `buf` free space.
+    fn recurse(&mut self, buf: &mut [Step], len: usize, node: usize, zero: f64, one: f64, feature: Option<usize>) {
+        let (parent, rest) = buf.split_at_mut(len);
+        rest[..len].copy_from_slice(parent);
+        extend(&mut rest[..=len], zero, one, feature);
+        let mut path_len = len + 1;
+        match self.tree.split(node) {
+            None => {
+                let path = &rest[..path_len];
+                for i in 1..path.len() {
+                    let w = unwound_sum(path, i);
+                    if let Some(f) = path[i].feature {
+                        self.phi[f] += w * (path[i].one - path[i].zero) * self.tree.value(node);
+                    }
                 }
             }
-        }
-        Some((f, threshold, left, right)) => {
-            let (hot, cold) = if row[f] <= threshold {
-                (left, right)
-            } else {
-                (right, left)
-            };
-            let cover = tree.cover(node);
-            let (mut incoming_zero, mut incoming_one) = (1.0, 1.0);
-            if let Some(k) = path.iter().position(|s| s.feature == Some(f)) {
-                incoming_zero = path[k].zero;
-                incoming_one = path[k].one;
-                unwind(&mut path, k);
+            Some((f, threshold, left, right)) => {
+                let (hot, cold) = if self.row[f] <= threshold {
+                    (left, right)
+                } else {
+                    (right, left)
+                };
+                let cover = self.tree.cover(node);
+                let (mut incoming_zero, mut incoming_one) = (1.0, 1.0);
+                if let Some(k) = rest[..path_len].iter().position(|s| s.feature == Some(f)) {
+                    incoming_zero = rest[k].zero;
+                    incoming_one = rest[k].one;
+                    unwind(&mut rest[..path_len], k);
+                    path_len -= 1;
+                }
+                let (hot_share, cold_share) = (self.tree.cover(hot) / cover, self.tree.cover(cold) / cover);
+                self.recurse(rest, path_len, hot, incoming_zero * hot_share, incoming_one, Some(f));
+                self.recurse(rest, path_len, cold, incoming_zero * cold_share, 0.0, Some(f));
             }
-            recurse(
-                tree,
-                row,
-                phi,
-                hot,
-                &path,
-                incoming_zero * tree.cover(hot) / cover,
-                incoming_one,
-                Some(f),
-            );
-            recurse(
-                tree,
-                row,
-                phi,
-                cold,
-                &path,
-                incoming_zero * tree.cover(cold) / cover,
-                0.0,
-                Some(f),
-            );
         }
     }
 }
 
-/// Appends a feature to the path and updates the permutation weights.
-fn extend(path: &mut Vec<Step>, zero: f64, one: f64, feature: Option<usize>) {
-    let depth = path.len();
-    path.push(Step {
+/// Sets the path's last element to a feature and updates the permutation weights.
+fn extend(path: &mut [Step], zero: f64, one: f64, feature: Option<usize>) {
+    let depth = path.len() - 1;
+    path[depth] = Step {
         feature,
         zero,
         one,
         weight: if depth == 0 { 1.0 } else { 0.0 },
-    });
+    };
     let d = depth as f64;
     for i in (0..depth).rev() {
         path[i + 1].weight += one * path[i].weight * (i as f64 + 1.0) / (d + 1.0);
@@ -120,8 +122,9 @@ fn extend(path: &mut Vec<Step>, zero: f64, one: f64, feature: Option<usize>) {
     }
 }
 
-/// Removes path element `k`, undoing its [`extend`].
-fn unwind(path: &mut Vec<Step>, k: usize) {
+/// Removes path element `k`, undoing its [`extend`]; the path is one shorter after it
+/// (its last slot is left stale).
+fn unwind(path: &mut [Step], k: usize) {
     let depth = path.len() - 1;
     let (one, zero) = (path[k].one, path[k].zero);
     let d = depth as f64;
@@ -140,7 +143,6 @@ fn unwind(path: &mut Vec<Step>, k: usize) {
         path[i].zero = path[i + 1].zero;
         path[i].one = path[i + 1].one;
     }
-    path.pop();
 }
 
 /// The total permutation weight of the path with element `k` removed.
@@ -250,10 +252,12 @@ mod tests {
             [0.7, 0.9, 0.75],
             [0.6, -1.0, 0.2],
         ];
+        // One workspace for every call, as the scorer keeps it.
+        let mut work = Vec::new();
         for (t, tree) in trees.iter().enumerate() {
             for row in &rows {
                 let mut phi = vec![0.0; 3];
-                add_shap(tree, row, &mut phi);
+                add_shap(tree, row, &mut phi, &mut work);
                 let want = brute_force(tree, row, 3);
                 for (got, want) in phi.iter().zip(&want) {
                     assert!((got - want).abs() < 1e-12, "tree {t}, row {row:?}: {phi:?} vs {want:?}");
