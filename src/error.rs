@@ -1,184 +1,262 @@
-//! The error of a whole run and the exit-code contract the CLI documents:
-//! 0 success, 1 the run failed, 2 usage or configuration error, 3 data tests failed,
-//! 4 another run holds the warehouse lock (the run was skipped), 5 the run was aborted by
-//! SIGTERM/SIGINT (nothing published).
+//! The error of a whole run, the error of a command ([`CliError`]) and the exit-code
+//! contract the CLI documents: 0 success, 1 the run failed, 2 usage or configuration error,
+//! 3 data tests failed, 4 another run holds the warehouse lock (the run was skipped), 5 the
+//! run was aborted by SIGTERM/SIGINT (nothing published). [`exit_code`] is the one place
+//! that decides which code an error gets.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
 
 use crate::config::ConfigError;
-use crate::extract::ExtractError;
-use crate::names;
+use crate::evaluate::EvaluateError;
+use crate::generate::GenerateError;
+use crate::pipeline::{RunError, RunFailure};
 use crate::publish::PublishError;
+use crate::publish::quarantine::QuarantineError;
+use crate::publish::read::QueryError;
+use crate::publish::runs::ChooseRunError;
+use crate::report::data::ReportError;
+use crate::report::explain::ExplainError;
+use crate::schedule::ScheduleError;
+use crate::serve::ServeError;
 use crate::transform::TransformError;
+use crate::transform::checks::PublishedTestsError;
+use crate::warehouse::WarehouseError;
 
-/// Exit code: the run succeeded.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: the run failed (bad data over budget, SQL failure, I/O...).
-pub const EXIT_RUN_FAILED: u8 = 1;
-/// Exit code: usage or configuration error (bad flags, pipeline file, schema, missing
-/// inputs, stage files that do not parse or do not resolve).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code: an `error` data test failed; nothing was published.
-pub const EXIT_TESTS_FAILED: u8 = 3;
-/// Exit code: another run holds the warehouse lock; nothing was done.
-pub const EXIT_LOCKED: u8 = 4;
-/// Exit code: the run was aborted by SIGTERM or SIGINT; nothing was published.
-pub const EXIT_ABORTED: u8 = 5;
+pub use crate::exit_codes::{EXIT_ABORTED, EXIT_LOCKED, EXIT_OK, EXIT_RUN_FAILED, EXIT_TESTS_FAILED, EXIT_USAGE};
 
-/// Why a run stopped.
+/// A failed command: the library's typed error (or a problem the command found itself),
+/// printed after `patron: `; [`exit_code`] gives its exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Pipeline file or schema problem.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Extract failed.
-    #[error(transparent)]
-    Extract(#[from] ExtractError),
-    /// Stage discovery or execution failed.
-    #[error(transparent)]
-    Transform(#[from] TransformError),
-    /// Data tests of severity `error` failed; nothing was published.
-    #[error("{failed} data test(s) failed; nothing was published\n{report}")]
-    DataTests {
+pub enum CliError {
+    /// A usage or configuration problem the command found itself (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A failure the command found itself (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+    /// Data tests of severity `error` failed (exit code 3).
+    #[error("{failed} data test(s) failed")]
+    TestsFailed {
         /// Blocking failures.
         failed: usize,
-        /// Failing rows and reproducing queries.
-        report: String,
     },
-    /// The model fit failed.
-    #[error(transparent)]
-    Score(#[from] crate::score::models::ScoreError),
-    /// Publishing failed.
-    #[error(transparent)]
+    /// The pipeline file or a schema is wrong (exit code 2).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A pipeline run failed or did not start; the code is the run error's.
+    #[error("{}", run_failure_message(.0))]
+    Run(#[source] Box<RunFailure>),
+    /// Preparing the stages of a pipeline (outside a run) failed; the code is the run
+    /// error's.
+    #[error("{0}")]
+    Pipeline(#[from] RunError),
+    /// The stage files do not parse, do not resolve or the selection is wrong (exit code 2).
+    #[error("{0}")]
+    Stages(#[source] TransformError),
+    /// The backtest failed.
+    #[error("evaluate: {0}")]
+    Evaluate(#[from] EvaluateError),
+    /// A customer's card could not be made.
+    #[error("explain: {0}")]
+    Explain(#[from] ExplainError),
+    /// The data tests of the published tables could not run.
+    #[error("{0}")]
+    DataTests(#[from] PublishedTestsError),
+    /// The quarantine summary could not be made.
+    #[error("{0}")]
+    Quarantine(#[from] QuarantineError),
+    /// The report's data could not be gathered.
+    #[error("{0}")]
+    Report(#[from] ReportError),
+    /// The SQL server did not start or stopped.
+    #[error("{0}")]
+    Serve(#[from] ServeError),
+    /// The scheduler stopped.
+    #[error("{0}")]
+    Schedule(#[from] ScheduleError),
+    /// Generating synthetic exports failed.
+    #[error("{0}")]
+    Generate(#[from] GenerateError),
+    /// Reading the warehouse's runs, manifests or tables failed.
+    #[error("{0}")]
     Publish(#[from] PublishError),
-    /// The query engine failed outside a stage (building the session, registering a
-    /// table).
-    #[error("query engine: {context}: {source}")]
-    Engine {
-        /// What the run was doing.
-        context: String,
-        /// The engine's error.
-        #[source]
-        source: Box<datafusion::error::DataFusionError>,
-    },
-    /// A table the run holds (model parameters, churn predictions, a table carried from
-    /// the previous run) could not be written to the staging folder.
-    #[error("table `{table}`: {source}")]
-    Materialize {
-        /// The table.
-        table: String,
-        /// Why.
-        #[source]
-        source: Box<crate::transform::runner::MaterializeError>,
-    },
-    /// A task of the run stopped before finishing (it panicked or was cancelled).
-    #[error("{task}: the task stopped: {source}")]
-    Task {
-        /// The task: `extract of source `sales``, `stage `fct_customer``, ...
-        task: String,
-        /// The runtime's report.
-        #[source]
-        source: tokio::task::JoinError,
-    },
-    /// The incremental extract could not carry the unchanged files' rows over from the
-    /// previous run.
-    #[error(
-        "source `{name}`: carrying the unchanged files over from run {previous_run}: {message}; rerun with --full-refresh"
-    )]
-    CarryOver {
-        /// The source.
-        name: String,
-        /// The run whose tables the rows come from.
-        previous_run: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The scan for superseded copies of a key failed.
-    #[error("duplicate-key scan: {0}")]
-    Duplicates(String),
-    /// The data holds no timestamp to take the as-of date from.
-    #[error("no event timestamps in the extracted data to take the as-of date from; set `run.as_of` or pass --as-of")]
-    NoAsOf,
-    /// SIGTERM or SIGINT asked the run to stop; it stopped without publishing (tables it
-    /// had committed were restored).
-    #[error("aborted by SIGTERM/SIGINT {phase}; nothing was published")]
-    Aborted {
-        /// When: `before publishing` or `while publishing`.
-        phase: &'static str,
-    },
-    /// Any other I/O failure, with its path.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: std::path::PathBuf,
+    /// No run's tables can be read (an unknown run, a failed run, or no succeeded run).
+    #[error("{0}")]
+    ChooseRun(#[from] ChooseRunError),
+    /// A query on the published tables failed.
+    #[error("{0}")]
+    Query(#[from] QueryError),
+    /// `patron query` was given something other than a SELECT (exit code 2).
+    #[error("only a SELECT can run here: {0}")]
+    NotASelect(#[source] DataFusionError),
+    /// The query engine failed.
+    #[error("{0}")]
+    Engine(#[from] DataFusionError),
+    /// Formatting a result failed.
+    #[error("{0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Writing JSON failed.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The `--warehouse` given does not name a warehouse (exit code 2).
+    #[error("{0}")]
+    OpenWarehouse(#[source] WarehouseError),
+    /// Writing into the warehouse failed.
+    #[error("{0}")]
+    Warehouse(#[from] WarehouseError),
+    /// Writing an output file failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
+    /// Reading the standard input failed (exit code 2).
+    #[error("reading the password from stdin: {0}")]
+    Stdin(#[source] std::io::Error),
 }
 
-impl RunError {
-    /// A query-engine error with what the run was doing.
-    pub fn engine(context: impl Into<String>) -> impl FnOnce(datafusion::error::DataFusionError) -> RunError {
-        let context = context.into();
-        move |source| RunError::Engine {
-            context,
-            source: Box::new(source),
-        }
+impl CliError {
+    /// A usage or configuration error (exit code 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError::Usage(message.into())
     }
 
-    /// A materialisation error of `table`.
-    pub fn materialize(
-        table: impl Into<String>,
-    ) -> impl FnOnce(crate::transform::runner::MaterializeError) -> RunError {
-        let table = table.into();
-        move |source| RunError::Materialize {
-            table,
-            source: Box::new(source),
-        }
+    /// A failure (exit code 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError::Failed(message.into())
     }
 
-    /// The process exit code for this error.
+    /// The process exit code for this error (see [`exit_code`]).
     pub fn exit_code(&self) -> u8 {
-        if self.is_locked() {
-            return EXIT_LOCKED;
+        exit_code(self)
+    }
+}
+
+impl From<RunFailure> for CliError {
+    fn from(failure: RunFailure) -> Self {
+        CliError::Run(Box::new(failure))
+    }
+}
+
+/// `patron run`'s message for a failed run: `not started: ...` when another run holds the
+/// lock, else `run failed: ...` and the failed run's manifest.
+fn run_failure_message(failure: &RunFailure) -> String {
+    if failure.error.is_locked() {
+        return format!("not started: {}", failure.error);
+    }
+    let mut message = format!("run failed: {}", failure.error);
+    if let Some(p) = &failure.manifest_path {
+        message.push_str(&format!("\nmanifest: {p}"));
+    }
+    message
+}
+
+/// The process exit code of `error`: the first error of its chain (`error`, its source, the
+/// source's source...) that decides one; [`EXIT_RUN_FAILED`] when none does. This is the
+/// one place that maps errors to the documented codes.
+pub fn exit_code(error: &(dyn Error + 'static)) -> u8 {
+    let mut link = Some(error);
+    while let Some(e) = link {
+        if let Some(code) = decide(e) {
+            return code;
         }
-        let config = match self {
-            RunError::Config(_) => true,
-            RunError::Extract(e) => e.is_config_error(),
-            RunError::Transform(e) => e.is_config_error(),
-            _ => false,
+        link = e.source();
+    }
+    EXIT_RUN_FAILED
+}
+
+/// The exit code `e` itself decides, or `None` to look at its source.
+fn decide(e: &(dyn Error + 'static)) -> Option<u8> {
+    if let Some(e) = e.downcast_ref::<CliError>() {
+        return match e {
+            CliError::Usage(_)
+            | CliError::Config(_)
+            | CliError::Stages(_)
+            | CliError::NotASelect(_)
+            | CliError::OpenWarehouse(_)
+            | CliError::Stdin(_) => Some(EXIT_USAGE),
+            CliError::TestsFailed { .. } => Some(EXIT_TESTS_FAILED),
+            CliError::Run(failure) => Some(run_error_code(&failure.error)),
+            CliError::Pipeline(e) => Some(run_error_code(e)),
+            CliError::Failed(_) | CliError::Write { .. } => Some(EXIT_RUN_FAILED),
+            // Typed library errors: their own rules below.
+            _ => None,
         };
-        if config {
+    }
+    if e.is::<ConfigError>() {
+        return Some(EXIT_USAGE);
+    }
+    if let Some(e) = e.downcast_ref::<RunError>() {
+        return Some(run_error_code(e));
+    }
+    if let Some(failure) = e.downcast_ref::<RunFailure>() {
+        return Some(run_error_code(&failure.error));
+    }
+    if let Some(e) = e.downcast_ref::<EvaluateError>() {
+        return Some(match e {
+            EvaluateError::Config(_)
+            | EvaluateError::NoSalesSource { .. }
+            | EvaluateError::HoldoutOutOfRange { .. }
+            | EvaluateError::DateOutOfRange { .. }
+            | EvaluateError::Truth(_) => EXIT_USAGE,
+            EvaluateError::Run { failure, .. } => run_error_code(&failure.error),
+            _ => EXIT_RUN_FAILED,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<ExplainError>() {
+        return Some(match e {
+            ExplainError::EmptyId | ExplainError::UnknownCustomer { .. } => EXIT_USAGE,
+            _ => EXIT_RUN_FAILED,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<PublishedTestsError>() {
+        return Some(match e {
+            PublishedTestsError::Stages(_)
+            | PublishedTestsError::NothingPublished { .. }
+            | PublishedTestsError::NotPublished { .. } => EXIT_USAGE,
+            _ => EXIT_RUN_FAILED,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<QuarantineError>() {
+        return Some(match e {
+            QuarantineError::UnknownSource { .. } => EXIT_USAGE,
+            QuarantineError::Query(_) => EXIT_RUN_FAILED,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<ChooseRunError>() {
+        return Some(match e {
+            ChooseRunError::Unknown { .. } | ChooseRunError::NotSucceeded { .. } => EXIT_USAGE,
+            ChooseRunError::NoneSucceeded { .. } => EXIT_RUN_FAILED,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<ServeError>() {
+        return Some(if e.is_config_error() {
             EXIT_USAGE
-        } else if matches!(self, RunError::DataTests { .. }) {
-            EXIT_TESTS_FAILED
-        } else if matches!(self, RunError::Aborted { .. }) {
-            EXIT_ABORTED
         } else {
             EXIT_RUN_FAILED
-        }
+        });
     }
+    None
+}
 
-    /// True when the run did not start because another run holds the warehouse lock.
-    pub fn is_locked(&self) -> bool {
-        matches!(
-            self,
-            RunError::Publish(PublishError::Lock(crate::publish::lock::LockError::Held { .. }))
-        )
+/// The exit code of a run error: 4 when another run holds the lock, 2 for configuration
+/// problems, 3 when data tests failed, 5 when aborted, else 1.
+fn run_error_code(e: &RunError) -> u8 {
+    if e.is_locked() {
+        return EXIT_LOCKED;
     }
-
-    /// The pipeline phase the error belongs to, for the manifest.
-    pub fn phase(&self) -> &'static str {
-        match self {
-            RunError::Config(_) => "config",
-            RunError::Extract(_) | RunError::NoAsOf => names::PHASE_EXTRACT,
-            RunError::CarryOver { .. } | RunError::Duplicates(_) => names::PHASE_EXTRACT,
-            RunError::Transform(_) | RunError::Engine { .. } | RunError::Materialize { .. } | RunError::Task { .. } => {
-                names::PHASE_TRANSFORM
-            }
-            RunError::Score(_) => "score",
-            RunError::DataTests { .. } => names::PHASE_TESTS,
-            RunError::Aborted { .. } => "aborted",
-            RunError::Publish(_) | RunError::Io { .. } => names::PHASE_PUBLISH,
-        }
+    match e {
+        RunError::Config(_) => EXIT_USAGE,
+        RunError::Extract(x) if x.is_config_error() => EXIT_USAGE,
+        RunError::Transform(x) if x.is_config_error() => EXIT_USAGE,
+        RunError::DataTests { .. } => EXIT_TESTS_FAILED,
+        RunError::Aborted { .. } => EXIT_ABORTED,
+        _ => EXIT_RUN_FAILED,
     }
 }
 
@@ -187,6 +265,8 @@ mod tests {
     use std::error::Error as _;
 
     use super::*;
+    use crate::extract::ExtractError;
+    use crate::names;
 
     #[tokio::test]
     async fn typed_errors_keep_their_source_phase_and_exit_code() {
@@ -199,36 +279,146 @@ mod tests {
         );
         assert!(engine.source().is_some_and(|s| s.to_string().contains("no such file")));
         assert_eq!(
-            (engine.phase(), engine.exit_code()),
+            (engine.phase(), exit_code(&engine)),
             (names::PHASE_TRANSFORM, EXIT_RUN_FAILED)
         );
 
         let join = tokio::spawn(async { panic!("boom") })
             .await
             .expect_err("the task panicked");
-        let task = RunError::Task {
-            task: "stage `fct_customer`".into(),
+        let task = RunError::Transform(TransformError::Task {
+            stage: "fct_customer".into(),
             source: join,
-        };
+        });
         assert!(
             task.to_string().starts_with("stage `fct_customer`: the task stopped: "),
             "{task}"
         );
         assert!(task.source().is_some());
-        assert_eq!(task.exit_code(), EXIT_RUN_FAILED);
+        assert_eq!(exit_code(&task), EXIT_RUN_FAILED);
 
-        let carry = RunError::CarryOver {
-            name: "sales".into(),
+        let carry = RunError::Extract(ExtractError::CarryOver {
+            source_name: "sales".into(),
             previous_run: "R1".into(),
             message: "raw table missing".into(),
-        };
+        });
         assert_eq!(
             carry.to_string(),
             "source `sales`: carrying the unchanged files over from run R1: raw table missing; rerun with --full-refresh"
         );
         assert_eq!(
-            (carry.phase(), carry.exit_code()),
+            (carry.phase(), exit_code(&carry)),
             (names::PHASE_EXTRACT, EXIT_RUN_FAILED)
         );
+    }
+
+    fn failure(error: RunError) -> CliError {
+        CliError::from(RunFailure {
+            error,
+            manifest_path: Some("wh/runs/R1.json".into()),
+        })
+    }
+
+    /// Every documented code comes from the one [`exit_code`], whatever wraps the error.
+    #[test]
+    fn one_function_maps_every_error_to_its_exit_code() {
+        use crate::publish::lock::{LockError, LockOwner};
+        use crate::publish::runs::ChooseRunError;
+
+        let locked = RunError::Publish(PublishError::Lock(LockError::Held {
+            path: "wh/_lock.json".into(),
+            owner: Box::new(LockOwner {
+                run_id: "R0".into(),
+                host: "h".into(),
+                pid: 1,
+                started: "t".into(),
+                heartbeat: "t".into(),
+                heartbeat_unix_ms: 0,
+            }),
+            age_secs: 1,
+            timeout_secs: 60,
+        }));
+        let locked = failure(locked);
+        assert!(locked.to_string().starts_with("not started: "), "{locked}");
+        assert_eq!(locked.exit_code(), EXIT_LOCKED);
+
+        let aborted = failure(RunError::Aborted {
+            phase: "before publishing",
+        });
+        assert_eq!(
+            aborted.to_string(),
+            "run failed: aborted by SIGTERM/SIGINT before publishing; nothing was published\nmanifest: wh/runs/R1.json"
+        );
+        assert_eq!(aborted.exit_code(), EXIT_ABORTED);
+        let tests = RunError::DataTests {
+            failed: 2,
+            report: String::new(),
+        };
+        assert_eq!(failure(tests).exit_code(), EXIT_TESTS_FAILED);
+        let config = ConfigError::Read {
+            path: "nowhere.toml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(failure(RunError::Config(config)).exit_code(), EXIT_USAGE);
+        assert_eq!(failure(RunError::NoAsOf).exit_code(), EXIT_RUN_FAILED);
+
+        let evaluate = CliError::from(EvaluateError::Run {
+            what: "calibration run".into(),
+            failure: Box::new(RunFailure {
+                error: RunError::Aborted {
+                    phase: "while publishing",
+                },
+                manifest_path: None,
+            }),
+        });
+        assert!(
+            evaluate.to_string().starts_with("evaluate: calibration run failed: "),
+            "{evaluate}"
+        );
+        assert_eq!(evaluate.exit_code(), EXIT_ABORTED);
+        let no_sales = CliError::from(EvaluateError::NoSalesSource {
+            pipeline: "p.toml".into(),
+            found: "web".into(),
+        });
+        assert_eq!(no_sales.exit_code(), EXIT_USAGE);
+
+        assert_eq!(CliError::from(ExplainError::EmptyId).exit_code(), EXIT_USAGE);
+        assert_eq!(
+            CliError::from(ExplainError::EmptyId).to_string(),
+            "explain: the customer id is empty"
+        );
+        let missing = ExplainError::MissingTable {
+            warehouse: "wh".into(),
+            table: "fct_customer".into(),
+        };
+        assert_eq!(CliError::from(missing).exit_code(), EXIT_RUN_FAILED);
+
+        // Through a wrapper that does not decide, the chain's first decider does.
+        let unknown = ReportError::ChooseRun(ChooseRunError::Unknown {
+            run_id: "R9".into(),
+            warehouse: "wh".into(),
+        });
+        assert_eq!(CliError::from(unknown).exit_code(), EXIT_USAGE);
+        let none = ReportError::ChooseRun(ChooseRunError::NoneSucceeded { warehouse: "wh".into() });
+        assert_eq!(CliError::from(none).exit_code(), EXIT_RUN_FAILED);
+
+        assert_eq!(CliError::from(ServeError::Config("no".into())).exit_code(), EXIT_USAGE);
+        assert_eq!(
+            CliError::from(ServeError::NoRun { warehouse: "wh".into() }).exit_code(),
+            EXIT_RUN_FAILED
+        );
+        assert_eq!(CliError::usage("bad").exit_code(), EXIT_USAGE);
+        assert_eq!(CliError::failed("bad").exit_code(), EXIT_RUN_FAILED);
+        assert_eq!(CliError::TestsFailed { failed: 1 }.exit_code(), EXIT_TESTS_FAILED);
+        assert_eq!(
+            CliError::OpenWarehouse(crate::warehouse::WarehouseError {
+                location: "x://y".into(),
+                message: "unknown scheme".into(),
+            })
+            .exit_code(),
+            EXIT_USAGE
+        );
+        // A bare library error is decided the same way.
+        assert_eq!(exit_code(&RunError::NoAsOf), EXIT_RUN_FAILED);
     }
 }

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("patron: {e}");
-            ExitCode::from(e.code)
+            ExitCode::from(e.exit_code())
         }
     }
 }

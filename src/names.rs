@@ -70,6 +70,12 @@ pub fn raw_table(source: &str) -> String {
     format!("{RAW_TABLE_PREFIX}{source}")
 }
 
+/// The view of a source's raw table as of the as-of day, one row per primary key:
+/// `raw_<source>_current` (see `extract::current`).
+pub fn current_table(source: &str) -> String {
+    format!("{RAW_TABLE_PREFIX}{source}_current")
+}
+
 /// Folder under the warehouse (and a run's staging folder) holding the duplicates table.
 pub const DUPLICATES_DIR: &str = "duplicates";
 /// Table listing every extracted row whose primary key repeats another row of its source

@@ -22,7 +22,7 @@ use object_store::http::HttpBuilder;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problems;
+use crate::problems::Problems;
 
 /// Object store kinds patron reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

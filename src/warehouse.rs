@@ -13,7 +13,7 @@
 //! both commit version N ([`register_delta_handlers`]). A run's staging area is always a
 //! local folder ([`Warehouse::staging_root`]); only finished tables travel to the store
 //! (and, on a Ballista cluster, a copy of what the executors read:
-//! [`crate::engine::cluster_store`]).
+//! `engine::cluster_store`, which builds on this module).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};

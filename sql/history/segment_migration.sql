@@ -1,11 +1,8 @@
--- @description: For each segmentation, how many customers moved from which segment on the previous as-of day to which segment now, with their value.
--- segment_migration: the previous as-of day is the latest earlier day in
--- customer_scores_history (so reruns of one day compare with the day before, not with
--- themselves). One row per (segmentation, from_segment, to_segment); `movement` says
--- new (not scored on the previous day; from_segment NULL), gone (not scored now; to_segment
--- NULL), stayed or moved. On the first as-of day every customer is `new` and from_as_of is
--- NULL. Prospects have no churn band: their churn_band here is `prospect`.
+-- segment_migration: customers and clv by segment on the previous as-of day and now, one row per
+-- (segmentation, from_segment, to_segment); `movement` is new, gone, stayed or moved.
 WITH previous_day AS (
+    -- The latest earlier day in customer_scores_history, so reruns of one day compare with the
+    -- day before, not with themselves; NULL on the first as-of day.
     SELECT MAX(as_of) AS from_as_of FROM customer_scores_history WHERE as_of < CAST($as_of AS DATE)
 ),
 -- This day's and the previous day's scores: a join on the two days (a hash table of two
@@ -16,6 +13,7 @@ days AS (
         h.as_of,
         h.rfm_segment,
         h.value_tier,
+        -- Prospects have no churn band.
         COALESCE(h.churn_band, 'prospect') AS churn_band,
         h.lifecycle_stage,
         h.portfolio_quadrant,
@@ -131,6 +129,8 @@ SELECT
     CAST($as_of AS DATE) AS to_as_of,
     pairs.from_segment,
     pairs.to_segment,
+    -- new: not scored on the previous day (from_segment NULL; every customer on the first as-of
+    -- day); gone: not scored now (to_segment NULL).
     CASE
         WHEN NOT pairs.was_scored THEN 'new'
         WHEN NOT pairs.is_scored THEN 'gone'

@@ -1,8 +1,5 @@
--- @cluster_by: customer_id
--- fct_customer: one row per customer seen in any export (buyers, and people known only to
--- the service desk or the marketing tool), with their sales, service and marketing facts
--- as of the as-of day. Money is in the export currency, net of returns and refunds
--- (docs/returns.md): cancelled and fully returned orders are not orders here.
+-- fct_customer: each customer's sales, service and marketing facts as of the as-of day; one row
+-- per customer seen in any export, including people known only to service or marketing.
 WITH customers AS (
     SELECT customer_id FROM stg_sales
     UNION
@@ -24,8 +21,10 @@ first_orders AS (
     GROUP BY customer_id
 ),
 sales AS (
-    -- Orders net of their returns (int_orders); only purchases count as orders, days and
-    -- dates, while revenue, cost and the spend windows sum every order's net amount.
+    -- Orders net of their returns and refunds (int_orders, docs/returns.md); money is in the
+    -- export currency. Only purchases count as orders, days and dates (cancelled and fully
+    -- returned orders are not orders here), while revenue, cost and the spend windows sum
+    -- every order's net amount.
     SELECT
         o.customer_id,
         SUM(CASE WHEN o.is_purchase THEN 1 ELSE 0 END) AS orders,

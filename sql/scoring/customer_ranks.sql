@@ -1,35 +1,9 @@
--- @cluster_by: customer_id
--- customer_ranks: where each customer of customer_values stands among the others, as of the
--- as-of day, and the population figures customer_scores segments by. One row per customer;
--- the population columns are the same on every row.
---   r_rank, f_rank, m_rank, tenure_rank  PERCENT_RANK among buyers of recency (reversed),
---                         frequency (purchase days), monetary and tenure; NULL for prospects
---   f_repeat_rank         PERCENT_RANK of frequency among repeat buyers (NULL for the rest)
---   potential_value       wallet headroom (potential_quantile of current_value among
---                         customers with the same acquisition channel and cohort month, minus
---                         own, floored at 0; 0 for prospects) + referrals made x mean
---                         current_value of referred customers
---   value_before          historical value held by customers of higher historical value
---   value_total           historical value of all customers
---   hist_split, curr_split, pot_split, cost_split  the smallest buyer historical, current,
---                         potential value and cost to serve at or above
---                         segment_split_quantile of buyers
---   model_version         the fitted models' version (model_params)
---
--- How it runs in bounded memory: every ranking is a window that DataFusion computes while
--- the rows stream past in sorted order (RANK, ROW_NUMBER, and sums over the rows before),
--- and sorts spill to disk under the memory limit. No window frame is a RANGE up to the
--- current row: that holds all rows tied with it before it emits any, and the customers
--- without purchases all tie at zero (at 10M sales lines about 250,000 of them came out as
--- one 28 MB batch).
--- What needs all customers first (counts, totals, the split values, each peer group's
--- quantile) is a GROUP BY of its own, read from customer_values again (a stored table, so
--- reading it again is cheap). So
---   PERCENT_RANK = (RANK - 1) / MAX(buyers - 1, 1)   and
---   CUME_DIST    = (customers at or below the value) / customers
---                = (customers - RANK in descending order + 1) / customers,
--- in the same floating-point operations as DataFusion's own functions.
+-- customer_ranks: where each customer of customer_values stands among the others, and the
+-- population figures customer_scores segments by (the same on every row); one row per customer.
 WITH totals AS (
+    -- What needs all customers first (counts, totals, the split values, each peer group's
+    -- quantile) is a GROUP BY of its own, read from customer_values again: a stored table, so
+    -- reading it again is cheap.
     SELECT
         COUNT(*) FILTER (WHERE is_buyer) AS buyers,
         COUNT(*) FILTER (WHERE is_buyer AND purchase_days = 1) AS one_time_buyers,
@@ -57,6 +31,9 @@ peer_values AS (
     SELECT
         r.acquisition_channel,
         r.cohort_month,
+        -- CUME_DIST = (customers at or below the value) / customers
+        --           = (customers - RANK in descending order + 1) / customers,
+        -- in the same floating-point operations as DataFusion's CUME_DIST.
         MIN(CASE WHEN CAST(g.customers - r.place_desc + 1 AS DOUBLE) / CAST(g.customers AS DOUBLE) >= $potential_quantile THEN r.current_value END)
             AS peer_value
     FROM peer_groups AS g
@@ -76,6 +53,8 @@ potential AS (
         v.purchase_days,
         v.monetary,
         v.tenure_days,
+        -- Wallet headroom (the peer value minus the customer's own, floored at 0; 0 for
+        -- prospects) + referrals made x the mean current_value of referred customers.
         GREATEST(0.0, COALESCE(CASE WHEN v.is_buyer THEN v.peer_value ELSE 0.0 END, 0.0) - v.current_value)
             + v.referrals_made * t.referred_value AS potential_value
     FROM totals AS t
@@ -108,6 +87,7 @@ split_values AS (
 splits AS (
     SELECT
         w.measure,
+        -- CUME_DIST among buyers, as in peer_values.
         MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.place_desc + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
             AS split
     FROM totals AS t
@@ -142,7 +122,11 @@ population AS (
     ) AS s
     CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS mp
 ),
--- Each ranking sorts the customers once, on these few columns. value_ahead sums the rows
+-- Each ranking is a window that DataFusion computes while the rows stream past in sorted
+-- order, sorting the customers once on these few columns (sorts spill to disk under the
+-- memory limit). No window frame is a RANGE up to the current row: that holds all rows tied
+-- with it before it emits any, and the customers without purchases all tie at zero (at 10M
+-- sales lines about 250,000 of them came out as one 28 MB batch). value_ahead sums the rows
 -- before in (historical value descending, customer_id) order; minus the ties among them,
 -- it is the value held by customers of strictly higher historical value (ABC tiers).
 ranked AS (
@@ -167,9 +151,13 @@ ranked AS (
 SELECT
     r.customer_id,
     r.potential_value,
+    -- PERCENT_RANK among buyers (NULL for prospects) of recency (reversed), frequency, monetary
+    -- and tenure, from the window's rank and the buyer count of totals:
+    -- (RANK - 1) / MAX(buyers - 1, 1), in the same floating-point operations as PERCENT_RANK.
     CASE WHEN r.is_buyer THEN (CAST(r.r_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS r_rank,
     CASE WHEN r.is_buyer THEN (CAST(r.f_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS f_rank,
-    -- Among repeat buyers only: they rank after every one-time buyer, who all share place 1.
+    -- PERCENT_RANK among repeat buyers only (NULL for the rest): they rank after every one-time
+    -- buyer, who all share place 1.
     CASE
         WHEN r.is_buyer AND r.purchase_days > 1 THEN (CAST(r.f_place - p.one_time_buyers AS DOUBLE) - 1.0)
             / GREATEST(CAST(p.buyers - p.one_time_buyers AS DOUBLE) - 1.0, 1.0)
@@ -177,6 +165,7 @@ SELECT
     CASE WHEN r.is_buyer THEN (CAST(r.m_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END AS m_rank,
     CASE WHEN r.is_buyer THEN (CAST(r.tenure_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END
         AS tenure_rank,
+    -- Historical value held by customers of higher historical value, and by all customers.
     COALESCE(r.value_ahead, 0.0) - r.historical_value * CAST(r.ties_ahead AS DOUBLE) AS value_before,
     p.value_total,
     p.hist_split,

@@ -1,46 +1,5 @@
--- @cluster_by: customer_id
--- customer_scores: one row per customer of fct_customer, as of the as-of day. Every
--- threshold is a `[scoring]` setting of the pipeline file, passed in as `$<setting>`.
--- Customers who never ordered (known only to service or marketing) are `prospect`s: the
--- purchase models do not describe them, so their model columns (p_alive, churn_risk,
--- churn_band, expected purchases, expected order value) are NULL, their values 0.
---
--- 1 RFM: recency = days since the last order, frequency = distinct purchase days,
---   monetary = total revenue (or per purchase day with scoring.monetary = "average").
---   R and M scores 1-5 (5 best; recency reversed) = 1 + floor(5 * percent_rank), capped at
---   5, so customers with the same value always get the same score. F: 1 for one purchase
---   day, else 2 + floor(4 * percent_rank among repeat buyers), capped at 5: a quintile of
---   frequency is empty whenever one-time buyers are more than a fifth of the buyers (53%
---   on the fixtures left F2 empty and whole cells of the R-F map with it). Segment from
---   the R-F map in seeds/rfm_segments.csv.
--- 2 Churn: churn_risk = the probability that the buyer has lapsed for good (will not buy
---   again), for every buyer: 1 - p_alive of the modified BG/NBD (one-time buyers too),
---   adjusted by the churn model's signals where that model beat the purchase model out of
---   time (churn_predictions; churn_model says which); churn_band low/medium/high on it.
---   p_no_purchase_90d = P(no purchase in the next churn_holdout_days) from the same model,
---   for campaign timing; expected purchases in the next 90 and 365 days (BG/NBD).
--- 3 Spend (Gamma-Gamma) and 4 Value: p_alive, expected purchases, expected_order_value,
---   historical_value and current_value (discounted CLV) come from customer_values, the
---   ranks, potential_value and the splits from customer_ranks; their headers give the
---   formulas. potential_value = wallet headroom (potential_quantile of current_value among peers with
---   the same acquisition channel and cohort month, minus own, floored at 0) + referrals made
---   x mean current_value of referred customers; clv = current_value; value_tier ABC Pareto.
--- 5-7 Two-by-two segments split each axis at segment_split_quantile of buyers ("high" is
---   strictly above the split): portfolio (historical x potential), economic (current x
---   potential), investment (marketing + service cost x gross margin).
--- 8 Loyalty (Dick and Basu): attitude 0-1 = mean of the available parts among CSAT
---   ((avg - 1) / 4), engagement ((open rate + click rate) / 2), referrals (1 if any) and no
---   complaints (1 if none; buyers only: a prospect's silence is no evidence of attitude,
---   so a prospect is not "latent" loyal for want of complaints); repeat 0-1 =
---   mean of the percent ranks of frequency and tenure among buyers; loyalty_score =
---   100 x (attitude + repeat) / 2.
--- 9 Satisfaction x loyalty (Jones and Sasser): `unknown` without CSAT.
--- 10 Lifecycle stage, and churn_reasons: the churn model's top contributing features as
---   `code=value` (comma-separated, '' when none); when churn_model is mbgnbd the rule codes
---   long_gap, open_complaint, low_csat, unsubscribed, spend_falling, high_return_rate
---   (return_rate >= high_return_rate; the churn model has return_rate as a feature).
---
--- Every input is stored in customer order, so the joins below merge them as they stream.
+-- customer_scores: every score and segment of each customer as of the as-of day, one row per
+-- customer of fct_customer. Definitions in docs/scoring.md; each `$name` is a [scoring] setting.
 WITH joined AS (
     SELECT
         v.*,
@@ -76,6 +35,9 @@ WITH joined AS (
         n.cost_split,
         n.hist_split AS margin_split,
         n.model_version
+    -- The model outputs and values come from customer_values, the ranks, potential_value and
+    -- the two-by-two splits from customer_ranks. Every input is stored in customer order, so
+    -- these joins merge them as they stream.
     FROM customer_values AS v
     JOIN fct_customer AS f ON f.customer_id = v.customer_id
     LEFT JOIN churn_predictions AS cp ON cp.customer_id = v.customer_id
@@ -84,10 +46,13 @@ WITH joined AS (
 loyalty AS (
     SELECT
         joined.*,
+        -- Attitude and repeat patronage, 0-1 each: see docs/scoring.md, "Loyalty (Dick and Basu)".
         (
             CASE WHEN csat_responses > 0 THEN (avg_csat - 1.0) / 4.0 ELSE 0.0 END
             + CASE WHEN marketing_sent > 0 THEN (COALESCE(open_rate, 0.0) + COALESCE(click_rate, 0.0)) / 2.0 ELSE 0.0 END
             + CASE WHEN referrals_made > 0 THEN 1.0 ELSE 0.0 END
+            -- No complaints counts for buyers only: a prospect's silence is no evidence of
+            -- attitude, so a prospect is not `latent` loyal for want of complaints.
             + CASE WHEN is_buyer AND complaints = 0 THEN 1.0 ELSE 0.0 END
         ) / (
             CASE WHEN csat_responses > 0 THEN 1.0 ELSE 0.0 END
@@ -96,8 +61,11 @@ loyalty AS (
             + 1.0
         ) AS attitude,
         CASE WHEN is_buyer THEN (f_rank + tenure_rank) / 2.0 ELSE 0.0 END AS repeat_patronage,
-        -- LEAST ignores NULLs, so the scores are computed for buyers only.
+        -- RFM scores 1-5, 5 the best: see docs/scoring.md, "RFM". LEAST ignores NULLs, so the
+        -- scores are computed for buyers only.
         CASE WHEN is_buyer THEN CAST(1 + LEAST(4, FLOOR(5 * r_rank)) AS INT) END AS r_score,
+        -- F ranks repeat buyers among themselves: a plain quintile of frequency left F2 empty on
+        -- the fixtures (53% one-time buyers), and whole cells of the R-F map with it.
         CASE
             WHEN NOT is_buyer THEN NULL
             WHEN purchase_days = 1 THEN 1
@@ -110,8 +78,13 @@ scored AS (
     SELECT
         loyalty.*,
         CAST(ROUND(100.0 * (attitude + repeat_patronage) / 2.0) AS INT) AS loyalty_score,
+        -- churn_risk, the probability that the buyer has lapsed for good: 1 - p_alive of the
+        -- modified BG/NBD, adjusted by the churn model (churn_predictions) where that model beat
+        -- the purchase model out of time. p_no_purchase_90d, for campaign timing, comes from the
+        -- same model. See docs/scoring.md, "Churn risk, band and reasons".
         COALESCE(model_churn_risk, 1.0 - p_alive) AS churn_risk,
         COALESCE(model_p_no_purchase, p_no_purchase) AS p_no_purchase_90d,
+        -- Spend falling and long gap: see docs/scoring.md, "Lifecycle stage".
         spend_prior_window > 0 AND spend_recent_window < $spend_falling_ratio * spend_prior_window AS spend_falling,
         CASE
             WHEN NOT is_buyer THEN false
@@ -120,6 +93,8 @@ scored AS (
         END AS long_gap
     FROM loyalty
 )
+-- Prospects (never ordered) get NULL RFM scores and model columns, values of 0 and the segment
+-- `prospect`: see docs/scoring.md, "Buyers and prospects".
 SELECT
     s.customer_id,
     CAST($as_of AS DATE) AS as_of,
@@ -139,6 +114,8 @@ SELECT
         WHEN s.churn_risk >= $churn_band_medium THEN 'medium'
         ELSE 'low'
     END AS churn_band,
+    -- The churn model's top reasons as `code=value`, else (churn_model mbgnbd) these rule codes;
+    -- comma-separated, '' when none. The churn model has return_rate as a feature.
     CASE
         WHEN s.model_churn_reasons IS NOT NULL THEN s.model_churn_reasons
         ELSE CONCAT_WS(
@@ -159,12 +136,14 @@ SELECT
     s.current_value,
     s.potential_value,
     s.current_value AS clv,
+    -- ABC Pareto tiers on historical value: see docs/scoring.md, "Customer value and CLV".
     CASE
         WHEN NOT s.is_buyer OR s.historical_value <= 0 OR s.value_total <= 0 THEN 'C'
         WHEN s.value_before < $value_tier_a_share * s.value_total THEN 'A'
         WHEN s.value_before < $value_tier_b_share * s.value_total THEN 'B'
         ELSE 'C'
     END AS value_tier,
+    -- "High" is strictly above the split: see docs/scoring.md, "The two-by-two segments".
     CASE
         WHEN s.historical_value > s.hist_split AND s.potential_value > s.pot_split THEN 'invest'
         WHEN s.potential_value > s.pot_split THEN 'cultivate'
@@ -184,6 +163,7 @@ SELECT
         ELSE 'expected'
     END AS investment_class,
     s.loyalty_score,
+    -- See docs/scoring.md, "Loyalty (Dick and Basu)".
     CASE
         WHEN s.repeat_patronage >= $loyalty_repeat_high
             AND s.discounted_orders > $incentive_discount_share * s.orders THEN 'incentive'
@@ -192,6 +172,7 @@ SELECT
         WHEN s.repeat_patronage >= $loyalty_repeat_high THEN 'spurious'
         ELSE 'none'
     END AS loyalty_type,
+    -- See docs/scoring.md, "Satisfaction x loyalty (Jones and Sasser)".
     CASE
         WHEN s.csat_responses = 0 THEN 'unknown'
         WHEN s.avg_csat >= $satisfied_csat AND s.loyalty_score >= $loyalty_score_high THEN 'apostle'
@@ -200,6 +181,7 @@ SELECT
         WHEN s.open_complaints > 0 THEN 'terrorist'
         ELSE 'defector'
     END AS satisfaction_loyalty,
+    -- See docs/scoring.md, "Lifecycle stage".
     CASE
         WHEN NOT s.is_buyer THEN 'prospect'
         WHEN s.churn_risk > $churned_threshold THEN 'churned'

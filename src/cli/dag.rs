@@ -1,19 +1,15 @@
 //! `patron dag`: the stage graph (sources, seeds, stages and the model fit) as text,
 //! Mermaid, Graphviz dot or JSON.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
-
 use clap::{Args, ValueEnum};
 
-use super::CliError;
-use crate::config::{Overrides, Plan};
-use crate::names;
-use crate::score::models;
+use super::{CliError, PipelineArgs};
+use crate::config::Overrides;
 use crate::transform::graph::Graph;
-use crate::transform::{self, discover, execution_order, select};
+use crate::transform::{execution_order, select};
 
-/// Output format of the graph.
+/// Output format of the graph: `text` and `json` as on every other command, plus the
+/// graph formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DagFormat {
     /// Stages in execution order with what each reads.
@@ -29,9 +25,9 @@ pub enum DagFormat {
 /// Arguments of `patron dag`.
 #[derive(Debug, Args)]
 pub struct DagArgs {
-    /// Pipeline file.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
+    /// The pipeline whose graph to show.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: DagFormat,
@@ -95,21 +91,15 @@ pub fn render(g: &Graph, format: DagFormat) -> String {
     }
 }
 
-/// The raw tables of the pipeline's sources.
-pub fn source_tables(plan: &Plan) -> BTreeSet<String> {
-    plan.sources.iter().map(|s| names::raw_table(&s.name)).collect()
-}
-
 /// Prints the graph.
 pub fn run(args: DagArgs) -> Result<(), CliError> {
-    let plan = Plan::load(&args.pipeline, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
-    let project = discover(&plan.sql_dir).map_err(|e| CliError::usage(e.to_string()))?;
-    let provided = models::providers();
+    let plan = args.pipeline.load(&Overrides::default())?;
+    let project = crate::pipeline::project(&plan).map_err(CliError::Stages)?;
+    let provided = crate::score::step::providers();
     let external = crate::pipeline::external_tables(&plan);
-    let order = execution_order(&project, &external, &provided).map_err(|e| CliError::usage(e.to_string()))?;
-    let chosen = select::select(&project, &provided, &args.select, &[])
-        .map_err(|e: transform::TransformError| CliError::usage(e.to_string()))?;
-    let graph = transform::graph::graph(&project, &provided, &source_tables(&plan), &order, &chosen);
+    let order = execution_order(&project, &external, &provided).map_err(CliError::Stages)?;
+    let chosen = select::select(&project, &provided, &args.select, &[]).map_err(CliError::Stages)?;
+    let graph = crate::transform::graph::graph(&project, &provided, &plan.source_tables(), &order, &chosen);
     print!("{}", render(&graph, args.format));
     Ok(())
 }

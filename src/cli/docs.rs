@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::CliError;
-use crate::config::{Overrides, Plan};
+use super::{CliError, PipelineArgs, WarehouseArgs, write_output};
+use crate::config::Overrides;
 use crate::docs::{LastRun, render};
 use crate::names::DOCS_KEY;
 use crate::pipeline::lineage_graph;
@@ -15,12 +15,12 @@ use crate::publish::read::latest_manifest;
 /// Arguments of `patron docs`.
 #[derive(Debug, Args)]
 pub struct DocsArgs {
-    /// Pipeline file.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
-    /// Warehouse whose last run gives row counts and test results (overrides `run.warehouse`).
-    #[arg(long)]
-    pub warehouse: Option<String>,
+    /// The pipeline to describe.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The warehouse whose last run gives row counts and test results.
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
     /// Output file (default `<warehouse>/docs/index.html`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -29,20 +29,16 @@ pub struct DocsArgs {
 /// Writes the catalog and prints its path.
 pub async fn run(args: DocsArgs) -> Result<(), CliError> {
     let overrides = Overrides {
-        as_of: None,
-        warehouse: args.warehouse,
+        warehouse: args.warehouse.warehouse,
         ..Overrides::default()
     };
-    let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
-    let (project, order, lineage) = lineage_graph(&plan).await.map_err(|e| CliError {
-        message: e.to_string(),
-        code: e.exit_code(),
-    })?;
+    let plan = args.pipeline.load(&overrides)?;
+    let (project, order, lineage) = lineage_graph(&plan).await?;
     let chosen: BTreeSet<String> = project.stages.keys().cloned().collect();
     let graph = crate::transform::graph::graph(
         &project,
-        &crate::score::models::providers(),
-        &super::dag::source_tables(&plan),
+        &crate::score::step::providers(),
+        &plan.source_tables(),
         &order,
         &chosen,
     );
@@ -51,7 +47,7 @@ pub async fn run(args: DocsArgs) -> Result<(), CliError> {
         .map(|m| LastRun::from_manifest(&m))
         .unwrap_or_default();
     let html = render(&project, &order, &graph, &lineage, &last);
-    let written = super::write_output(args.out.as_deref(), &plan.warehouse, DOCS_KEY, html).await?;
+    let written = write_output(args.out.as_deref(), &plan.warehouse, DOCS_KEY, html).await?;
     println!("{written}");
     Ok(())
 }

@@ -73,7 +73,7 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
             TrueParameters::default()
         },
     };
-    let report = generate(&opts).map_err(|e| CliError::failed(e.to_string()))?;
+    let report = generate(&opts)?;
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }

@@ -1,12 +1,10 @@
 //! `patron lineage <table>.<column>`: which source columns a column is computed from,
 //! traced through the stages' logical plans (no data is read).
 
-use std::path::PathBuf;
-
 use clap::Args;
 
-use super::{CliError, OutputFormat};
-use crate::config::{Overrides, Plan};
+use super::{CliError, OutputFormat, PipelineArgs};
+use crate::config::Overrides;
 use crate::pipeline::lineage_graph;
 use crate::transform::dag::suggest;
 use crate::transform::lineage::ColumnRef;
@@ -16,9 +14,9 @@ use crate::transform::lineage::ColumnRef;
 pub struct LineageArgs {
     /// The column, as `table.column` (e.g. `customer_scores.clv`).
     pub column: String,
-    /// Pipeline file.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
+    /// The pipeline whose stages to trace.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// Output format: `text`, or `json` (`{"column", "direct", "sources"}`).
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
@@ -33,11 +31,8 @@ pub async fn run(args: LineageArgs) -> Result<(), CliError> {
         .column
         .split_once('.')
         .ok_or_else(|| CliError::usage(format!("`{}`: expected table.column", args.column)))?;
-    let plan = Plan::load(&args.pipeline, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
-    let (project, _order, graph) = lineage_graph(&plan).await.map_err(|e| CliError {
-        message: e.to_string(),
-        code: e.exit_code(),
-    })?;
+    let plan = args.pipeline.load(&Overrides::default())?;
+    let (project, _order, graph) = lineage_graph(&plan).await?;
     let Some(columns) = graph.columns(table) else {
         let hint = suggest(table, project.stages.keys().map(String::as_str))
             .map(|s| format!("; did you mean `{s}`?"))

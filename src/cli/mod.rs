@@ -1,5 +1,7 @@
-//! Command line: argument parsing with clap and one module per subcommand. Each
-//! subcommand returns a [`CliError`] whose exit code is part of the documented contract.
+//! Command line: argument parsing with clap and one module per subcommand. A subcommand
+//! only parses its arguments, calls into the library and prints; it returns a
+//! [`CliError`] wrapping the library's typed error, whose exit code
+//! ([`crate::error::exit_code`]) is part of the documented contract.
 
 pub mod ballista;
 pub mod dag;
@@ -17,12 +19,12 @@ pub mod schedule;
 pub mod serve;
 pub mod test;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Overrides, Plan};
-use crate::error::{EXIT_RUN_FAILED, EXIT_USAGE};
+use crate::config::{Overrides, Plan, Selection};
+pub use crate::error::CliError;
 use crate::warehouse::Warehouse;
 
 /// patron: customer data warehouse pipeline.
@@ -31,7 +33,7 @@ use crate::warehouse::Warehouse;
     name = "patron",
     version,
     about = "Extract customer exports, transform them with SQL, score every customer, publish for BI",
-    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --out /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n  patron explain C0000042 --format json\n  patron quarantine --source sales --limit 5\n  patron report --out report.html              # HTML report of the latest succeeded run\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
+    after_help = "Examples:\n  patron run                                   # pipelines/default.toml on the bundled fixtures\n  patron run --pipeline pipelines/shop.toml --as-of 2026-06-30 --warehouse /data/warehouse\n  patron generate --customers 2000 --seed 42 --out fixtures\n  patron runs --format json\n  patron query \"SELECT rfm_segment, count(*) FROM customer_scores GROUP BY 1\"\n  patron serve --listen 127.0.0.1:5432                 # then: psql -h 127.0.0.1 -d patron\n  patron explain C0000042 --format json\n  patron quarantine --source sales --limit 5\n  patron report --out report.html              # HTML report of the latest succeeded run\n\nExit codes: 0 ok, 1 run failed, 2 usage or configuration error, 3 data tests failed, 4 skipped: another run holds the warehouse lock, 5 aborted by SIGTERM/SIGINT.\nLogs: set RUST_LOG (e.g. RUST_LOG=patron=debug)."
 )]
 pub struct Cli {
     /// What to do.
@@ -92,31 +94,83 @@ pub enum OutputFormat {
     Json,
 }
 
-/// A failed command: message already formatted, and its exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CliError {
-    /// What to print.
-    pub message: String,
-    /// Exit code (1 to 5, see [`crate::error`]).
-    pub code: u8,
+/// `--pipeline`, shared by every command that reads a pipeline file.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Pipeline file.
+    #[arg(long, default_value = "pipelines/default.toml")]
+    pub pipeline: PathBuf,
 }
 
-impl CliError {
-    /// A usage or configuration error (exit code 2).
-    pub fn usage(message: impl Into<String>) -> Self {
-        CliError {
-            message: message.into(),
-            code: EXIT_USAGE,
+impl PipelineArgs {
+    /// Loads the pipeline file with `overrides` applied.
+    pub fn load(&self, overrides: &Overrides) -> Result<Plan, CliError> {
+        Ok(Plan::load(&self.pipeline, overrides)?)
+    }
+}
+
+/// `--select` and `--exclude`, the stage selection `run` and `test` share.
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Stages to run or test (dbt syntax: `name`, `+name`, `name+`, `tag:x`, `layer:x`);
+    /// with `run`, the stages they read that are not selected are read as the last run
+    /// published them.
+    #[arg(long, num_args = 1..)]
+    pub select: Vec<String>,
+    /// Stages to leave out (same syntax).
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
+}
+
+impl From<SelectionArgs> for Selection {
+    fn from(args: SelectionArgs) -> Self {
+        Selection {
+            select: args.select,
+            exclude: args.exclude,
         }
     }
+}
 
-    /// A failed run (exit code 1).
-    pub fn failed(message: impl Into<String>) -> Self {
-        CliError {
-            message: message.into(),
-            code: EXIT_RUN_FAILED,
-        }
+/// `--warehouse`, shared by every command that names a warehouse.
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseArgs {
+    /// Warehouse folder or object store URL such as s3://bucket/prefix (overrides the
+    /// pipeline's `run.warehouse`).
+    #[arg(long)]
+    pub warehouse: Option<String>,
+}
+
+/// `--out` as the hidden alias of `--warehouse` that `run`, `test` and `evaluate` keep for
+/// one release (elsewhere `--out` names a command's own output).
+#[derive(Debug, Clone, Args)]
+pub struct OutAlias {
+    /// The warehouse: a hidden alias of `--warehouse`, kept for one release.
+    #[arg(long = "out", hide = true, conflicts_with = "warehouse", value_name = "WAREHOUSE")]
+    pub out: Option<String>,
+}
+
+impl WarehouseArgs {
+    /// The warehouse given by `--warehouse`, else by the hidden `--out`.
+    pub fn or_out(self, alias: OutAlias) -> Option<String> {
+        self.warehouse.or(alias.out)
+    }
+}
+
+/// `--pipeline` and `--warehouse` of a command that reads a warehouse.
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// The pipeline whose warehouse to read.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The warehouse, overriding the pipeline's.
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+}
+
+impl ReadArgs {
+    /// The warehouse to read (see [`warehouse_of`]).
+    pub fn open(&self) -> Result<Warehouse, CliError> {
+        warehouse_of(&self.pipeline.pipeline, self.warehouse.warehouse.clone())
     }
 }
 
@@ -152,14 +206,14 @@ pub async fn write_output(
 ) -> Result<String, CliError> {
     match out {
         Some(out) => {
-            std::fs::write(out, text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
+            std::fs::write(out, text).map_err(|source| CliError::Write {
+                path: out.to_path_buf(),
+                source,
+            })?;
             Ok(out.display().to_string())
         }
         None => {
-            warehouse
-                .put(key, text)
-                .await
-                .map_err(|e| CliError::failed(e.to_string()))?;
+            warehouse.put(key, text).await?;
             Ok(warehouse.describe(key))
         }
     }
@@ -176,7 +230,82 @@ pub fn warehouse_of(pipeline: &Path, warehouse: Option<String>) -> Result<Wareho
     match (Plan::load(pipeline, &overrides), warehouse) {
         (Ok(plan), _) => Ok(plan.warehouse),
         (Err(_), Some(w)) => Warehouse::open(&w, Path::new("."), &crate::remote::StorageSettings::default())
-            .map_err(|e| CliError::usage(e.to_string())),
-        (Err(e), None) => Err(CliError::usage(e.to_string())),
+            .map_err(CliError::OpenWarehouse),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Command {
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .command
+    }
+
+    /// `--warehouse` names the warehouse of `run`, `test` and `evaluate`; `--out` still does,
+    /// as a hidden alias kept for one release, and not both at once.
+    #[test]
+    fn out_is_a_hidden_alias_of_warehouse_on_run_test_and_evaluate() {
+        for flag in ["--warehouse", "--out"] {
+            let warehouse = match parse(&["patron", "run", flag, "/tmp/wh"]) {
+                Command::Run(a) => a.warehouse.or_out(a.out),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(warehouse.as_deref(), Some("/tmp/wh"), "run {flag}");
+            let warehouse = match parse(&["patron", "test", flag, "/tmp/wh"]) {
+                Command::Test(a) => a.warehouse.or_out(a.out),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(warehouse.as_deref(), Some("/tmp/wh"), "test {flag}");
+            let warehouse = match parse(&["patron", "evaluate", flag, "/tmp/wh"]) {
+                Command::Evaluate(a) => a.warehouse.or_out(a.out),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(warehouse.as_deref(), Some("/tmp/wh"), "evaluate {flag}");
+        }
+        assert!(Cli::try_parse_from(["patron", "run", "--out", "a", "--warehouse", "b"]).is_err());
+        for command in ["run", "test", "evaluate"] {
+            let mut cli = Cli::command();
+            let sub = cli.find_subcommand_mut(command).expect("subcommand");
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("--warehouse"), "{command}:\n{help}");
+            assert!(!help.contains("--out"), "{command} shows --out:\n{help}");
+        }
+    }
+
+    /// The shared groups parse the same flags on every command.
+    #[test]
+    fn shared_groups_parse_pipeline_and_warehouse() {
+        match parse(&[
+            "patron",
+            "runs",
+            "--pipeline",
+            "p.toml",
+            "--warehouse",
+            "wh",
+            "--format",
+            "json",
+        ]) {
+            Command::Runs(a) => {
+                assert_eq!(a.read.pipeline.pipeline, PathBuf::from("p.toml"));
+                assert_eq!(a.read.warehouse.warehouse.as_deref(), Some("wh"));
+                assert_eq!(a.format, OutputFormat::Json);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["patron", "run", "--select", "a", "b", "--exclude", "c"]) {
+            Command::Run(a) => {
+                assert_eq!(a.pipeline.pipeline, PathBuf::from("pipelines/default.toml"));
+                let selection: Selection = a.selection.into();
+                assert_eq!((selection.select.len(), selection.exclude.len()), (2, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        Cli::command().debug_assert();
     }
 }

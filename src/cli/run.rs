@@ -1,40 +1,36 @@
 //! `patron run`: one pipeline run, with a summary on stdout.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
-use super::CliError;
-use crate::config::{AsOf, Overrides, Plan, Selection};
-use crate::engine::Engine;
 use tokio_util::sync::CancellationToken;
 
+use super::{CliError, OutAlias, PipelineArgs, SelectionArgs, WarehouseArgs};
+use crate::config::{AsOf, Overrides};
+use crate::engine::Engine;
 use crate::pipeline::{self, RunOptions};
 use crate::progress::Progress;
 
 /// Arguments of `patron run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Pipeline file.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
+    /// The pipeline to run.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// As-of date YYYY-MM-DD (or `latest`): events after this day are ignored.
     #[arg(long, value_parser = AsOf::parse)]
     pub as_of: Option<AsOf>,
-    /// Warehouse to publish into: a folder or an object store URL such as s3://bucket/prefix
-    /// (overrides `run.warehouse`). `--out` is a hidden alias kept for one release.
-    #[arg(long, alias = "out")]
-    pub warehouse: Option<String>,
+    /// The warehouse to publish into.
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+    /// `--out`, the hidden alias of `--warehouse`.
+    #[command(flatten)]
+    pub out: OutAlias,
     /// Reload every file of `incremental` sources instead of only new or changed ones.
     #[arg(long)]
     pub full_refresh: bool,
-    /// Run only these stages (dbt syntax: `name`, `+name`, `name+`, `tag:x`, `layer:x`);
-    /// the stages they read that are not selected are read as the last run published them.
-    #[arg(long, num_args = 1..)]
-    pub select: Vec<String>,
-    /// Stages to leave out (same syntax).
-    #[arg(long, num_args = 1..)]
-    pub exclude: Vec<String>,
+    /// The stages to run.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Where queries execute: `local` (this process), `standalone` (an in-process Ballista
     /// scheduler and executor) or `df://HOST:PORT` (a Ballista scheduler; every executor
     /// must read the warehouse under the same path). Overrides `engine.engine`.
@@ -76,98 +72,83 @@ pub fn cancel_on_signals() -> CancellationToken {
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         as_of: args.as_of,
-        warehouse: args.warehouse,
+        warehouse: args.warehouse.or_out(args.out),
         full_refresh: args.full_refresh,
-        selection: Selection {
-            select: args.select,
-            exclude: args.exclude,
-        },
+        selection: args.selection.into(),
         engine: args.engine,
     };
-    let plan = Plan::load(&args.pipeline, &overrides).map_err(|e| CliError::usage(e.to_string()))?;
+    let plan = args.pipeline.load(&overrides)?;
     let progress = Progress::for_stderr();
     let options = RunOptions {
         run_id: args.run_id,
         cancel: cancel_on_signals(),
     };
-    match pipeline::run_with(&plan, &progress, &options).await {
-        Ok(report) => {
-            let m = &report.manifest;
+    let report = pipeline::run_with(&plan, &progress, &options).await?;
+    print_report(&report, &plan.warehouse);
+    Ok(())
+}
+
+/// The summary of a succeeded run.
+fn print_report(report: &pipeline::RunReport, warehouse: &crate::warehouse::Warehouse) {
+    let m = &report.manifest;
+    println!(
+        "run {} succeeded in {:.1}s (as of {})",
+        m.run_id,
+        m.duration_ms as f64 / 1000.0,
+        m.as_of.as_deref().unwrap_or("?")
+    );
+    for s in &m.extract {
+        let reused = if s.files_reused > 0 {
+            format!(
+                " ({} rows of {} unchanged files carried over)",
+                s.rows_reused, s.files_reused
+            )
+        } else {
+            String::new()
+        };
+        let duplicates = if s.duplicate_rows > 0 {
+            format!(
+                ", {} superseded by a later copy of their key ({} changed)",
+                s.duplicate_rows, s.duplicate_rows_changed
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{duplicates}{reused}",
+            s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
+        );
+    }
+    for s in &m.stages {
+        println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
+    }
+    for t in m.tables.iter().filter(|t| t.version.is_some()) {
+        println!(
+            "  publish {:<24} {:>9} rows  version {}",
+            t.name,
+            t.rows,
+            t.version.unwrap_or_default()
+        );
+    }
+    if let Some(models) = &m.models {
+        let fallbacks: Vec<String> = [&models.bgnbd_fallback, &models.gamma_gamma_fallback]
+            .into_iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        if !fallbacks.is_empty() {
             println!(
-                "run {} succeeded in {:.1}s (as of {})",
-                m.run_id,
-                m.duration_ms as f64 / 1000.0,
-                m.as_of.as_deref().unwrap_or("?")
+                "warning: scored with model fallbacks: {} (`[scoring] require_models = true` makes this fail the run)",
+                fallbacks.join("; ")
             );
-            for s in &m.extract {
-                let reused = if s.files_reused > 0 {
-                    format!(
-                        " ({} rows of {} unchanged files carried over)",
-                        s.rows_reused, s.files_reused
-                    )
-                } else {
-                    String::new()
-                };
-                let duplicates = if s.duplicate_rows > 0 {
-                    format!(
-                        ", {} superseded by a later copy of their key ({} changed)",
-                        s.duplicate_rows, s.duplicate_rows_changed
-                    )
-                } else {
-                    String::new()
-                };
-                println!(
-                    "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{duplicates}{reused}",
-                    s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
-                );
-            }
-            for s in &m.stages {
-                println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
-            }
-            for t in m.tables.iter().filter(|t| t.version.is_some()) {
-                println!(
-                    "  publish {:<24} {:>9} rows  version {}",
-                    t.name,
-                    t.rows,
-                    t.version.unwrap_or_default()
-                );
-            }
-            if let Some(models) = &m.models {
-                let fallbacks: Vec<String> = [&models.bgnbd_fallback, &models.gamma_gamma_fallback]
-                    .into_iter()
-                    .flatten()
-                    .map(ToString::to_string)
-                    .collect();
-                if !fallbacks.is_empty() {
-                    println!(
-                        "warning: scored with model fallbacks: {} (`[scoring] require_models = true` makes this fail the run)",
-                        fallbacks.join("; ")
-                    );
-                }
-            }
-            if let Some(old) = &m.lock_taken_over {
-                println!("took over a stale warehouse lock: {old}");
-            }
-            if report.vacuumed_files > 0 {
-                println!("vacuum: {} old data files deleted", report.vacuumed_files);
-            }
-            println!("warehouse: {}", plan.warehouse);
-            println!("manifest:  {}", report.manifest_path);
-            Ok(())
-        }
-        Err(failure) if failure.error.is_locked() => Err(CliError {
-            message: format!("not started: {}", failure.error),
-            code: failure.error.exit_code(),
-        }),
-        Err(failure) => {
-            let mut message = format!("run failed: {}", failure.error);
-            if let Some(p) = &failure.manifest_path {
-                message.push_str(&format!("\nmanifest: {p}"));
-            }
-            Err(CliError {
-                message,
-                code: failure.error.exit_code(),
-            })
         }
     }
+    if let Some(old) = &m.lock_taken_over {
+        println!("took over a stale warehouse lock: {old}");
+    }
+    if report.vacuumed_files > 0 {
+        println!("vacuum: {} old data files deleted", report.vacuumed_files);
+    }
+    println!("warehouse: {warehouse}");
+    println!("manifest:  {}", report.manifest_path);
 }

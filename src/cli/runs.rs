@@ -1,21 +1,16 @@
 //! `patron runs`: the history of runs in a warehouse, from its `runs` table.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
-use super::{CliError, OutputFormat, warehouse_of};
+use super::{CliError, OutputFormat, ReadArgs};
 use crate::publish::runs;
 
 /// Arguments of `patron runs`.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
-    /// Pipeline file whose warehouse to read.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
-    /// Warehouse folder or object store URL such as s3://bucket/prefix (overrides the pipeline's `run.warehouse`).
-    #[arg(long)]
-    pub warehouse: Option<String>,
+    /// The warehouse to read.
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
@@ -23,15 +18,10 @@ pub struct RunsArgs {
 
 /// Prints every recorded run, oldest first.
 pub async fn run(args: RunsArgs) -> Result<(), CliError> {
-    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
-    let records = runs::read_all(&warehouse)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let warehouse = args.read.open()?;
+    let records = runs::read_all(&warehouse).await?;
     match args.format {
-        OutputFormat::Json => {
-            let text = serde_json::to_string_pretty(&records).map_err(|e| CliError::failed(e.to_string()))?;
-            println!("{text}");
-        }
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
         OutputFormat::Text => {
             if records.is_empty() {
                 println!("no runs recorded in {warehouse}");

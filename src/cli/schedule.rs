@@ -25,7 +25,7 @@ pub struct ScheduleArgs {
 pub async fn run(args: ScheduleArgs) -> Result<(), CliError> {
     let mut plans = Vec::with_capacity(args.pipelines.len());
     for file in &args.pipelines {
-        let mut plan = Plan::load(file, &Overrides::default()).map_err(|e| CliError::usage(e.to_string()))?;
+        let mut plan = Plan::load(file, &Overrides::default())?;
         let Some(schedule) = plan.schedule.take() else {
             return Err(CliError::usage(format!(
                 "{}: no [schedule] section: add one with at least `cron = \"...\"` (see docs/guide.md, Scheduling)",
@@ -41,7 +41,5 @@ pub async fn run(args: ScheduleArgs) -> Result<(), CliError> {
         }
         plans.push((plan, schedule));
     }
-    crate::schedule::run(plans, args.listen)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))
+    Ok(crate::schedule::run(plans, args.listen).await?)
 }

@@ -3,13 +3,11 @@
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliError, warehouse_of};
-use crate::config::{Overrides, Plan};
-use crate::error::EXIT_USAGE;
+use super::{CliError, ReadArgs};
+use crate::config::Overrides;
 use crate::serve::{self, PasswordHash, ServeOptions, ServeSettings, Users};
 
 /// Environment variable naming one extra user (with [`ENV_PASSWORD_HASH`]).
@@ -20,12 +18,9 @@ pub const ENV_PASSWORD_HASH: &str = "PATRON_SERVE_PASSWORD_HASH";
 /// Arguments of `patron serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Pipeline file whose warehouse and `[serve]` settings to use.
-    #[arg(long, default_value = "pipelines/default.toml")]
-    pub pipeline: PathBuf,
-    /// Warehouse folder or object store URL such as s3://bucket/prefix (overrides the pipeline's `run.warehouse`).
-    #[arg(long)]
-    pub warehouse: Option<String>,
+    /// The pipeline whose warehouse and `[serve]` settings to use.
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Address to listen on (overrides `[serve] listen`); port 0 picks a free port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -39,14 +34,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if args.hash_password {
         return hash_password();
     }
-    let settings = if args.pipeline.exists() || args.warehouse.is_none() {
-        Plan::load(&args.pipeline, &Overrides::default())
-            .map_err(|e| CliError::usage(e.to_string()))?
-            .serve
+    let settings = if args.read.pipeline.pipeline.exists() || args.read.warehouse.warehouse.is_none() {
+        args.read.pipeline.load(&Overrides::default())?.serve
     } else {
         ServeSettings::default()
     };
-    let warehouse = warehouse_of(&args.pipeline, args.warehouse)?;
+    let warehouse = args.read.open()?;
     let listen = match args.listen {
         Some(a) => a,
         None => settings
@@ -78,27 +71,17 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         users,
         settings,
     };
-    serve::serve(options).await.map_err(|e| {
-        if e.is_config_error() {
-            CliError::usage(e.to_string())
-        } else {
-            CliError::failed(e.to_string())
-        }
-    })
+    Ok(serve::serve(options).await?)
 }
 
 fn hash_password() -> Result<(), CliError> {
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| CliError::usage(format!("reading the password from stdin: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(CliError::Stdin)?;
     let password = line.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        return Err(CliError {
-            message: "no password on stdin (e.g. `read -s P; echo \"$P\" | patron serve --hash-password`)".into(),
-            code: EXIT_USAGE,
-        });
+        return Err(CliError::usage(
+            "no password on stdin (e.g. `read -s P; echo \"$P\" | patron serve --hash-password`)",
+        ));
     }
     println!("{}", PasswordHash::new(password));
     Ok(())

@@ -15,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Engine, EngineSettings};
+pub use crate::problems::{Problem, Problems};
 use crate::publish::PublishSettings;
 use crate::remote::StorageSettings;
 use crate::schedule::settings::{CronSchedule, ScheduleSettings};
 use crate::score::ScoringSettings;
-use crate::serve::ServeSettings;
+use crate::serve::settings::ServeSettings;
 use crate::warehouse::Warehouse;
 pub use schema::TableSchema;
 
@@ -58,47 +59,6 @@ pub enum ConfigError {
         /// What is wrong, with the field name.
         message: String,
     },
-}
-
-/// One configuration problem: the dotted key and what is wrong with it.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    /// Dotted key such as `sources[1].format`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}`: {}", self.key, self.message)
-    }
-}
-
-/// Collects problems while a section validates itself.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    /// Records a problem with `key`.
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    /// True when nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Records a problem unless `lo <= value <= hi`.
-    pub fn check_range(&mut self, key: &str, value: f64, lo: f64, hi: f64) {
-        if !(lo..=hi).contains(&value) {
-            self.push(key, format!("{value} is out of range [{lo}, {hi}]"));
-        }
-    }
 }
 
 /// When the run is "as of": events after the end of this day are ignored.
@@ -295,7 +255,7 @@ pub const DEFAULT_ERROR_BUDGET: f64 = 0.05;
 pub struct Overrides {
     /// `--as-of`.
     pub as_of: Option<AsOf>,
-    /// `--out`: warehouse folder (relative to the working directory) or object store URL.
+    /// `--warehouse`: warehouse folder (relative to the working directory) or object store URL.
     pub warehouse: Option<String>,
     /// `--full-refresh`: incremental sources reload every file.
     pub full_refresh: bool,
@@ -322,6 +282,11 @@ impl Selection {
 }
 
 impl Plan {
+    /// The raw tables of the pipeline's sources (`raw_<source>`).
+    pub fn source_tables(&self) -> std::collections::BTreeSet<String> {
+        self.sources.iter().map(|s| crate::names::raw_table(&s.name)).collect()
+    }
+
     /// Reads, parses and validates a pipeline file, and loads the schemas it names.
     pub fn load(pipeline_file: &Path, overrides: &Overrides) -> Result<Plan, ConfigError> {
         let text = std::fs::read_to_string(pipeline_file).map_err(|source| ConfigError::Read {
@@ -354,9 +319,9 @@ impl Plan {
         raw.scoring.validate(&mut problems);
         raw.publish.validate(&mut problems);
         raw.storage.validate(&mut problems);
-        // `--out` is relative to the working directory, `run.warehouse` to the pipeline.
+        // `--warehouse` is relative to the working directory, `run.warehouse` to the pipeline.
         let (key, location, base) = match &overrides.warehouse {
-            Some(w) => ("--out", w.as_str(), Path::new(".")),
+            Some(w) => ("--warehouse", w.as_str(), Path::new(".")),
             None => (
                 "run.warehouse",
                 raw.run.warehouse.as_deref().unwrap_or("warehouse"),
@@ -456,10 +421,10 @@ impl Plan {
         if let Some(e) = schema_errors.into_iter().next() {
             return Err(e);
         }
-        if !problems.0.is_empty() {
+        if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: pipeline_file.to_path_buf(),
-                problems: problems.0,
+                problems: problems.into_vec(),
             });
         }
         let config_hash = hash_inputs(&text, &sources, &sql_dir);
@@ -508,7 +473,7 @@ fn format_from_extension(location: &str) -> Option<Format> {
     let mut lower = location.to_ascii_lowercase();
     // `sales.csv.gz` is a CSV file, compressed.
     if let Some((stem, _)) = lower.rsplit_once('.')
-        && crate::extract::input::Codec::from_extension(&lower).is_some()
+        && crate::extract::codec::Codec::from_extension(&lower).is_some()
     {
         lower = stem.to_string();
     }

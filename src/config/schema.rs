@@ -3,7 +3,8 @@
 //! field `name`, `type` (string, integer, number, boolean, date, datetime), `format`,
 //! `description`, `constraints` (`required`, `minimum`, `maximum`, `enum`, `pattern`), the
 //! number options `decimalChar`, `groupChar` and `bareNumber`, the table's `primaryKey` and
-//! `missingValues`.
+//! `missingValues`; and patron's extensions `formats` and `timezone` (datetime fields) and
+//! `eventTime` (the table's).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +21,13 @@ pub struct TableSchema {
     pub name: String,
     /// Declared columns, in order.
     pub fields: Vec<FieldSpec>,
-    /// Columns that together identify a row; staging deduplicates on them.
+    /// Columns that together identify a row; the source's `raw_<source>_current` view
+    /// keeps the latest copy of each.
     pub primary_key: Vec<String>,
+    /// The date or datetime field that dates a row (patron's `eventTime`): rows dated after
+    /// the as-of day are left out of `raw_<source>_current`, and cannot supersede an
+    /// earlier copy there.
+    pub event_time: Option<String>,
     /// Raw strings read as null (default: the empty string).
     pub missing_values: Vec<String>,
 }
@@ -224,10 +230,22 @@ impl TableSchema {
                 return Err(bad(format!("primaryKey names `{k}`, which is not a field")));
             }
         }
+        if let Some(t) = &raw.event_time {
+            match fields.iter().find(|f| &f.name == t) {
+                Some(f) if matches!(f.kind, FieldKind::Date(_) | FieldKind::Datetime(_)) => {}
+                Some(_) => {
+                    return Err(bad(format!(
+                        "eventTime names `{t}`, which is not a date or datetime field"
+                    )));
+                }
+                None => return Err(bad(format!("eventTime names `{t}`, which is not a field"))),
+            }
+        }
         Ok(TableSchema {
             name: raw.name.unwrap_or_default(),
             fields,
             primary_key,
+            event_time: raw.event_time,
             missing_values: raw.missing_values.unwrap_or_else(|| vec![String::new()]),
         })
     }
@@ -255,6 +273,8 @@ struct RawSchema {
     fields: Vec<RawField>,
     primary_key: Option<PrimaryKey>,
     missing_values: Option<Vec<String>>,
+    /// patron's extension: the field that dates a row.
+    event_time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +494,27 @@ mod tests {
                 .to_string();
             assert!(err.contains("`a`") && err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn event_time_must_name_a_date_or_datetime_field() {
+        let parse = |event: &str| {
+            TableSchema::parse(
+                &format!(r#"{{"fields":[{{"name":"id"}},{{"name":"at","type":"datetime"}}],"eventTime":"{event}"}}"#),
+                Path::new("s.json"),
+            )
+        };
+        assert_eq!(parse("at").unwrap().event_time.as_deref(), Some("at"));
+        let wrong_type = parse("id").unwrap_err().to_string();
+        assert!(
+            wrong_type.contains("eventTime names `id`, which is not a date or datetime field"),
+            "{wrong_type}"
+        );
+        let missing = parse("when").unwrap_err().to_string();
+        assert!(
+            missing.contains("eventTime names `when`, which is not a field"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -182,7 +182,7 @@ type Stamp = (u64, Option<SystemTime>);
 /// `<warehouse>/_staging/<run_id>/<path below the local staging folder>`; files from
 /// elsewhere (seeds) under `external/`. Attached to the run's session
 /// ([`ClusterStaging::of`]); the registering functions of
-/// [`crate::transform::runner`] name tables by [`ClusterStaging::url_of`].
+/// `engine::register` name tables by [`ClusterStaging::url_of`].
 #[derive(Debug)]
 pub struct ClusterStaging {
     warehouse: Warehouse,

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod memory;
 pub mod merge_join;
 pub mod prefetch;
+pub mod register;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,7 +28,7 @@ use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problems;
+use crate::problems::Problems;
 use cluster_store::ClusterStaging;
 
 /// The scheduler port when a `df://` address names none (Ballista's default).

@@ -24,8 +24,8 @@ use super::SourceMetrics;
 use crate::config::SourcePlan;
 use crate::config::schema::FieldKind;
 use crate::names::{self, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, duplicates as d};
+use crate::quote::{ident, literal};
 use crate::storage::ParquetSink;
-use crate::transform::checks::{ident, literal};
 
 /// Name the kept keys of the source being checked are registered under.
 const SEEN_KEYS_TABLE: &str = "__patron_seen_keys";
@@ -47,12 +47,28 @@ pub fn duplicates_schema() -> SchemaRef {
 /// Where the keys that may repeat come from.
 #[derive(Debug, Clone, Copy)]
 pub enum Candidates<'a> {
-    /// A table of the keys extract's filter kept ([`super::seen::SeenKeys`]): every repeated key and a
+    /// A table of the keys extract's filter kept ([`crate::key_filter::SeenKeys`]): every repeated key and a
     /// few others.
     Kept(&'a str),
     /// Every key of the raw table, grouped: for a Ballista engine, whose executors cannot
     /// read a table held in this process (or a source extract did not filter).
     AllRows,
+}
+
+/// Key column `key` of `source` as the duplicate scan compares it, read from the table
+/// aliased `prefix` (`"r."`, or `""`): text keys trimmed, as the key filter hashes them, so
+/// `" E1"` and `"E1"` are copies of one key.
+pub(crate) fn compared_key(source: &SourcePlan, prefix: &str, key: &str) -> String {
+    let text = source
+        .schema
+        .fields
+        .iter()
+        .any(|f| f.name == key && matches!(f.kind, FieldKind::String));
+    if text {
+        format!("TRIM({prefix}{})", ident(key))
+    } else {
+        format!("{prefix}{}", ident(key))
+    }
 }
 
 /// The query listing the superseded copies of `source`'s rows in its raw table: the rows
@@ -66,26 +82,12 @@ pub fn duplicates_sql(source: &SourcePlan, run_id: &str, candidates: Candidates)
     }
     let table = ident(&names::raw_table(&source.name));
     let key_cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
-    // Text keys are compared trimmed, as staging's `TRIM` compares them (and extract's
-    // filter hashes them): `" E1"` and `"E1"` are copies of one key.
-    let compared = |prefix: &str, k: &str, c: &str| {
-        let text = source
-            .schema
-            .fields
-            .iter()
-            .any(|f| f.name == *k && matches!(f.kind, FieldKind::String));
-        if text {
-            format!("TRIM({prefix}{c})")
-        } else {
-            format!("{prefix}{c}")
-        }
-    };
-    let key_values: Vec<String> = key.iter().zip(&key_cols).map(|(k, c)| compared("", k, c)).collect();
+    let key_values: Vec<String> = key.iter().map(|k| compared_key(source, "", k)).collect();
     let key_list = key_values.join(", ");
     let join_on: Vec<String> = key
         .iter()
         .zip(&key_cols)
-        .map(|(k, c)| format!("({} IS NOT DISTINCT FROM k.{c})", compared("r.", k, c)))
+        .map(|(k, c)| format!("({} IS NOT DISTINCT FROM k.{c})", compared_key(source, "r.", k)))
         .collect();
     let distinct_keys: Vec<String> = key_values
         .iter()

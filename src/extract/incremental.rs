@@ -26,6 +26,7 @@ use crate::config::SourcePlan;
 use crate::names::{self, QUARANTINE_DIR, RAW_DIR};
 use crate::publish::read::PublishedVersion;
 use crate::publish::runs;
+use crate::quote::{ident, literal};
 use crate::storage::ParquetSink;
 use crate::warehouse::Warehouse;
 
@@ -129,22 +130,21 @@ pub async fn carry_over(
     quarantine_out: &Path,
     quarantine_schema: &SchemaRef,
 ) -> Result<(u64, u64), String> {
-    let files: Vec<String> = carried.iter().map(|f| f.path.replace('\'', "''")).collect();
-    let list = if files.is_empty() {
+    let list = if carried.is_empty() {
         "NULL".to_string()
     } else {
-        files.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ")
+        carried.iter().map(|f| literal(&f.path)).collect::<Vec<_>>().join(", ")
     };
     let raw = copy_rows(
         &previous.raw,
-        &format!("\"{}\" IN ({list})", names::SOURCE_FILE_COLUMN),
+        &format!("{} IN ({list})", ident(names::SOURCE_FILE_COLUMN)),
         raw_out,
         raw_schema,
     )
     .await?;
     let quarantine = copy_rows(
         &previous.quarantine,
-        &format!("\"{}\" IN ({list})", names::quarantine::FILE),
+        &format!("{} IN ({list})", ident(names::quarantine::FILE)),
         quarantine_out,
         quarantine_schema,
     )
@@ -156,7 +156,7 @@ async fn copy_rows(table: &PublishedVersion, filter: &str, out: &Path, schema: &
     let ctx = SessionContext::new();
     let what = |e: &dyn std::fmt::Display| format!("reading the previous load in {}: {e}", table.path);
     table.register(&ctx, "previous").await.map_err(|e| what(&e))?;
-    let columns: Vec<String> = schema.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
+    let columns: Vec<String> = schema.fields().iter().map(|f| ident(f.name())).collect();
     let sql = format!("SELECT {} FROM previous WHERE {filter}", columns.join(", "));
     let mut stream = ctx
         .sql(&sql)

@@ -4,13 +4,15 @@
 //! value and reason. Nothing is dropped: every data line of every file is either loaded or
 //! quarantined, and the counts per file are in the returned [`SourceMetrics`].
 
+pub mod codec;
+pub mod current;
 pub mod duplicates;
 pub mod fuzz;
 pub mod incremental;
 pub mod input;
 mod parallel;
 pub mod reader;
-pub mod seen;
+pub mod run;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use crate::names::quarantine as q;
 use crate::storage::{Layout, ParquetSink, RowGroupSink, WriteError};
 pub use input::{InputFile, LocalInput, fetch_inputs, list_inputs};
 use reader::{CsvReader, ExportReader, NdjsonReader, ParquetReader, Reject};
+pub use run::{SourcesRun, list_all, run_sources};
 
 /// Extract failures. Bad rows are not errors (they are quarantined); these are.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,28 @@ pub enum ExtractError {
         /// Where the rejected rows were written.
         quarantine: PathBuf,
     },
+    /// The incremental extract could not carry the unchanged files' rows over from the
+    /// previous run.
+    #[error(
+        "source `{source_name}`: carrying the unchanged files over from run {previous_run}: {message}; rerun with --full-refresh"
+    )]
+    CarryOver {
+        /// Source name.
+        source_name: String,
+        /// The run whose tables the rows come from.
+        previous_run: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A task of extract stopped before finishing (it panicked or was cancelled).
+    #[error("{task}: the task stopped: {source}")]
+    Task {
+        /// The task: `extract of source `sales``, `key filter of source `sales``.
+        task: String,
+        /// The runtime's report.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl ExtractError {
@@ -163,7 +188,7 @@ pub struct FileMetrics {
 }
 
 /// What extract did for one source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceMetrics {
     /// Source name.
     pub source: String,
@@ -204,7 +229,7 @@ pub struct SourceMetrics {
     /// The loaded keys that may repeat (with a primary key): what finding duplicates
     /// starts from. Taken once used.
     #[serde(skip)]
-    pub seen_keys: Option<seen::SeenKeys>,
+    pub seen_keys: Option<crate::key_filter::SeenKeys>,
 }
 
 /// Schema of the quarantine table.
@@ -324,7 +349,7 @@ fn extract_with(
         raw_schema: &raw_schema,
         q_schema: &q_schema,
         batch_size,
-        key: seen::KeyColumns::new(&raw_schema, &source.schema.primary_key),
+        key: crate::key_filter::KeyColumns::new(&raw_schema, &source.schema.primary_key),
     };
     let extracted = parallel::run(&extraction, threads, raw_sink, q_sink)?;
     crate::failpoint::hit_with(|| format!("extract.{}.end", source.name));

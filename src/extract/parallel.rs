@@ -17,11 +17,11 @@ use std::thread::{self, Scope, ScopedJoinHandle};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use super::input::Codec;
+use super::codec::Codec;
 use super::reader::{ExportReader, HeaderReport, TextBatch};
-use super::seen::{KeyColumns, SeenKeys};
 use super::{ExtractError, FileMetrics, LocalInput, open_reader, quarantine_batch, validate};
 use crate::config::{Compression, Format, SourcePlan};
+use crate::key_filter::{KeyColumns, SeenKeys};
 use crate::storage::{EncodedRowGroup, ParquetSink, RowGroupSink, WriteError};
 
 /// Batches a reader thread may read ahead of the batch being handed out.

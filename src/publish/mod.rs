@@ -8,6 +8,7 @@
 //! ([`swap_in`]): no history and no cross-table consistency, for tools without Delta.
 //! [`lock`] keeps a second run from publishing into the same warehouse at the same time.
 
+pub mod commit;
 pub mod delta;
 pub mod lock;
 pub mod manifest;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{Outcome, RunManifest, write_manifest};
 
-use crate::config::Problems;
+use crate::problems::Problems;
 
 /// Publish failures, with the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,10 @@ pub enum PublishError {
     /// Reading or writing an object of the warehouse failed.
     #[error(transparent)]
     Store(#[from] crate::warehouse::WarehouseError),
+    /// The publish was cancelled (SIGTERM/SIGINT) before its next table; the tables it had
+    /// committed were restored.
+    #[error("cancelled while publishing")]
+    Cancelled,
 }
 
 /// How tables are published (`[publish] format`).

@@ -7,8 +7,8 @@ use datafusion::prelude::{SessionContext, col};
 
 use super::runs::RunRecord;
 use super::{PublishError, delta};
+use crate::engine::register::{register_parquet, register_sorted_parquet};
 use crate::names::{LATEST_MANIFEST, RUNS_DIR, RUNS_TABLE, RUNS_TABLE_DIR, TABLES_DIR, published_table_name};
-use crate::transform::runner::{register_parquet, register_sorted_parquet};
 use crate::warehouse::Warehouse;
 
 /// Registers every published table of `warehouse` on `ctx` (Delta tables at their latest
@@ -185,4 +185,58 @@ async fn read_manifest(warehouse: &Warehouse, key: &str) -> Result<serde_json::V
         .await?
         .ok_or_else(|| bad("no such manifest".into()))?;
     Ok(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?)
+}
+
+/// A query on the published tables failed: what was being read, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct QueryError {
+    /// What was being read (`report`, `reading the quarantine`).
+    pub what: String,
+    /// The engine's, Arrow's or the JSON decoder's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The rows of a query as JSON objects (column name to value); `what` names the read in
+/// errors.
+pub async fn json_rows(
+    ctx: &SessionContext,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, QueryError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| QueryError {
+        what: what.to_string(),
+        source,
+    };
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| failed(e.into()))?
+        .collect()
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    let refs: Vec<_> = batches.iter().collect();
+    writer.write_batches(&refs).map_err(|e| failed(e.into()))?;
+    writer.finish().map_err(|e| failed(e.into()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| failed(e.into()))
+}
+
+/// A JSON row's value as text (`""` for NULL or missing).
+pub fn cell_text(row: &serde_json::Map<String, serde_json::Value>, key: &str) -> String {
+    match row.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A JSON row's value as a count (0 for NULL, missing or not a count).
+pub fn cell_u64(row: &serde_json::Map<String, serde_json::Value>, key: &str) -> u64 {
+    row.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0)
 }

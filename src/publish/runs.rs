@@ -224,3 +224,60 @@ pub async fn committed_version(warehouse: &Warehouse) -> Option<u64> {
         .filter_map(|name| name.strip_suffix(".json")?.parse::<u64>().ok())
         .max()
 }
+
+/// Why no run's tables can be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseRunError {
+    /// The run asked for is not recorded.
+    #[error("no run `{run_id}` in {warehouse}")]
+    Unknown {
+        /// The run asked for.
+        run_id: String,
+        /// The warehouse.
+        warehouse: String,
+    },
+    /// The run asked for did not succeed, so it published nothing.
+    #[error("run `{run_id}` {outcome}: it published nothing to read")]
+    NotSucceeded {
+        /// The run asked for.
+        run_id: String,
+        /// Its outcome.
+        outcome: String,
+    },
+    /// No run succeeded yet.
+    #[error("no succeeded run recorded in {warehouse}")]
+    NoneSucceeded {
+        /// The warehouse.
+        warehouse: String,
+    },
+}
+
+/// The run whose tables a read-only command looks at: `run_id` (which must have
+/// succeeded), else the latest succeeded run of any pipeline.
+pub fn chosen_run<'a>(
+    records: &'a [RunRecord],
+    run_id: Option<&str>,
+    warehouse: &Warehouse,
+) -> Result<&'a RunRecord, ChooseRunError> {
+    match run_id {
+        Some(id) => {
+            let r = records
+                .iter()
+                .find(|r| r.run_id == id)
+                .ok_or_else(|| ChooseRunError::Unknown {
+                    run_id: id.to_string(),
+                    warehouse: warehouse.to_string(),
+                })?;
+            if r.outcome != OUTCOME_SUCCEEDED {
+                return Err(ChooseRunError::NotSucceeded {
+                    run_id: id.to_string(),
+                    outcome: r.outcome.clone(),
+                });
+            }
+            Ok(r)
+        }
+        None => latest_succeeded(records, None).ok_or_else(|| ChooseRunError::NoneSucceeded {
+            warehouse: warehouse.to_string(),
+        }),
+    }
+}

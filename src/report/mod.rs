@@ -4,6 +4,8 @@
 //! lifecycle funnel, the model fits and the data quality. [`queries`] lists every query
 //! it runs on the published tables; the rest comes from the run manifest.
 
+pub mod data;
+pub mod explain;
 pub mod svg;
 
 use std::fmt::Write as _;
@@ -79,7 +81,7 @@ pub struct Segment {
     pub potential: f64,
 }
 
-/// Everything the page shows, gathered by `patron report`.
+/// Everything the page shows, gathered by [`data::gather`].
 #[derive(Debug)]
 pub struct ReportData {
     /// The run's manifest (`runs/<run_id>.json`).

@@ -16,7 +16,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Plan;
-use crate::error::{EXIT_ABORTED, EXIT_LOCKED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE};
+use crate::exit_codes::{EXIT_ABORTED, EXIT_LOCKED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE};
 use crate::names::OUTCOME_FAILED;
 use crate::publish::{lock, runs};
 
@@ -108,7 +108,7 @@ fn signal(child: &Child, signal: i32) {
     }
 }
 
-/// Runs `exe run --pipeline <file> --out <warehouse> --run-id <run_id>` under `limits`,
+/// Runs `exe run --pipeline <file> --warehouse <warehouse> --run-id <run_id>` under `limits`,
 /// stopping it when `stop` is cancelled.
 pub async fn run(exe: &Path, plan: &Plan, run_id: &str, limits: Limits, stop: &CancellationToken) -> Attempt {
     let started = Instant::now();
@@ -117,7 +117,7 @@ pub async fn run(exe: &Path, plan: &Plan, run_id: &str, limits: Limits, stop: &C
         .arg("run")
         .arg("--pipeline")
         .arg(&plan.pipeline_file)
-        .arg("--out")
+        .arg("--warehouse")
         .arg(plan.warehouse.to_string())
         .arg("--run-id")
         .arg(run_id)

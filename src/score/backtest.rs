@@ -2,8 +2,7 @@
 //! per-customer mean absolute error of predicted purchases, the rank-based AUC of a score
 //! for a binary outcome (here churn_risk for "no purchase in the holdout"), and the
 //! prediction of one customer's holdout purchases from the fitted BG/NBD model. Plain sync
-//! Rust over slices; reading and writing the warehouse is the command's job
-//! (`cli::evaluate`).
+//! Rust over slices; reading and writing the warehouse is the `evaluate` module's job.
 
 use std::fmt;
 

@@ -11,7 +11,9 @@ pub mod fallback;
 pub mod gamma_gamma;
 pub mod mbgnbd;
 pub mod optimize;
+pub mod report;
 pub mod special;
+pub mod step;
 #[cfg(test)]
 mod test_support;
 pub mod truth;
@@ -25,7 +27,7 @@ use chrono::{DateTime, Days, NaiveDate};
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problems;
+use crate::problems::Problems;
 
 /// How the RFM monetary value of a customer is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use super::bgnbd::{self, BgNbdFit, RfSummary};
 use super::fallback::{self, Fallback};
 use super::gamma_gamma::{self, GammaGammaFit, SpendSummary};
 use super::mbgnbd::{self, MbgNbdFit};
+use super::report::ModelReport;
 use super::udf::{Models, Purchases};
 use super::{ScoringSettings, udf};
 
@@ -28,20 +29,6 @@ use super::{ScoringSettings, udf};
 pub const MODEL_INPUT_STAGE: &str = "customer_model_input";
 /// The table holding the fitted parameters, available to stages after the fit.
 pub const MODEL_PARAMS_TABLE: &str = "model_params";
-
-/// What the model step provides to later stages: every model function and the
-/// `model_params` table, each available once [`MODEL_INPUT_STAGE`] has run.
-pub fn providers() -> crate::transform::Provided {
-    udf::MODEL_FUNCTIONS
-        .iter()
-        .chain(&[MODEL_PARAMS_TABLE])
-        .map(|name| (name.to_string(), MODEL_INPUT_STAGE.to_string()))
-        .chain([(
-            super::churn::PREDICTIONS_TABLE.to_string(),
-            super::churn::FEATURES_STAGE.to_string(),
-        )])
-        .collect()
-}
 
 /// Model step failures.
 #[derive(Debug, thiserror::Error)]
@@ -56,41 +43,31 @@ pub enum ScoreError {
     },
     /// The churn model step failed.
     #[error(transparent)]
-    Churn(#[from] super::churn::ChurnError),
+    Churn(#[from] super::churn::report::ChurnError),
     /// `[scoring] require_models` is set and a model fell back.
     #[error("{0}; `[scoring] require_models = true` makes this fail the run")]
     ModelsRequired(Fallback),
     /// Model parameters were rejected.
     #[error(transparent)]
     Model(#[from] super::error::ModelError),
-}
-
-/// One fitted model, as reported in the manifest and `model_params`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelReport {
-    /// `bgnbd` or `gamma_gamma`.
-    pub model: String,
-    /// Parameter name to value.
-    pub params: BTreeMap<String, f64>,
-    /// Maximised log-likelihood.
-    pub log_likelihood: f64,
-    /// Optimiser iterations.
-    pub iterations: u64,
-    /// Whether the optimiser met its convergence criterion.
-    pub converged: bool,
-    /// Fit wall time in milliseconds.
-    pub fit_ms: u64,
-    /// Customers the model was fitted on.
-    pub customers: u64,
-    /// Distinct inputs the likelihood was evaluated on (grouped triples for BG/NBD).
-    pub distinct_inputs: u64,
-}
-
-impl ModelReport {
-    /// The report with a note for `model_params`.
-    fn with_note(self, note: &str) -> (ModelReport, Option<String>) {
-        (self, Some(note.to_string()))
-    }
+    /// A model table could not be registered with the query engine.
+    #[error("registering `{table}`: {source}")]
+    Register {
+        /// The table.
+        table: String,
+        /// The engine's error.
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
+    /// A model table could not be written to the staging folder.
+    #[error("table `{table}`: {source}")]
+    Write {
+        /// The table.
+        table: String,
+        /// Why.
+        #[source]
+        source: Box<crate::transform::runner::MaterializeError>,
+    },
 }
 
 /// What the model step did.
@@ -120,7 +97,7 @@ pub struct ModelMetrics {
     pub frequency_spend_correlation: Option<f64>,
     /// The churn early-warning model (set once `churn_features` is built); `None` when the
     /// run has no such stage.
-    pub churn: Option<super::churn::ChurnReport>,
+    pub churn: Option<super::churn::report::ChurnReport>,
 }
 
 fn float_column(batch: &RecordBatch, name: &str, table: &str) -> Result<Float64Array, ScoreError> {

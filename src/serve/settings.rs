@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::auth::PasswordHash;
-use crate::config::Problems;
+use crate::problems::Problems;
 
 /// Serving settings (`[serve]` in the pipeline file).
 #[derive(Debug, Clone, Serialize, Deserialize)]

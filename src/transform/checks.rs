@@ -17,7 +17,8 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::extract::seen::{KeyColumns, SeenKeys};
+use crate::key_filter::{KeyColumns, SeenKeys};
+use crate::quote::{ident, literal};
 
 use super::TransformError;
 use super::spec::{DataTest, Severity, TestKind};
@@ -54,16 +55,6 @@ impl TestOutcome {
     pub fn blocks(&self) -> bool {
         !self.passed() && self.severity == Severity::Error
     }
-}
-
-/// `name` as a quoted SQL identifier (case kept, `"` doubled).
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `value` as a SQL string literal (`'` doubled).
-pub fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The query returning the rows that fail `test`.
@@ -421,4 +412,107 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// Why the data tests of the published tables could not run (`patron test`).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishedTestsError {
+    /// The stage files or the selection are wrong (exit code 2).
+    #[error("{0}")]
+    Stages(#[source] TransformError),
+    /// The warehouse has no published run (exit code 2).
+    #[error("{source}\nno published run to test in {warehouse}; run `patron run` first")]
+    NothingPublished {
+        /// The warehouse.
+        warehouse: String,
+        /// Why its latest manifest could not be read.
+        source: crate::publish::PublishError,
+    },
+    /// The latest manifest names no as-of date.
+    #[error("the latest manifest has no as_of date")]
+    NoAsOf,
+    /// The query engine could not be set up.
+    #[error("{0}")]
+    Engine(#[source] DataFusionError),
+    /// Registering the published tables failed.
+    #[error("{0}")]
+    Publish(#[source] crate::publish::PublishError),
+    /// A table the selected tests read is not published (exit code 2).
+    #[error("not published in {warehouse}: {tables}; run `patron run` first")]
+    NotPublished {
+        /// The warehouse.
+        warehouse: String,
+        /// The missing tables, comma-separated.
+        tables: String,
+    },
+    /// Registering the seeds or running a test failed.
+    #[error("{0}")]
+    Run(#[source] TransformError),
+}
+
+/// Runs the data tests of the stages of `project` (`provided`: what its model steps
+/// provide) that `select` and `exclude` choose (dbt
+/// syntax; all when `select` is empty), and the singular tests reading them, against the tables `plan`'s
+/// warehouse published last, with the named parameters of its latest run's as-of date.
+pub async fn test_published(
+    plan: &crate::config::Plan,
+    project: &super::Project,
+    provided: &super::Provided,
+    select: &[String],
+    exclude: &[String],
+) -> Result<Vec<TestOutcome>, PublishedTestsError> {
+    use crate::config::AsOf;
+    use crate::publish::read::{latest_manifest, register_published};
+    use PublishedTestsError as E;
+
+    let chosen = super::select::select(project, provided, select, exclude).map_err(E::Stages)?;
+    let manifest = latest_manifest(&plan.warehouse)
+        .await
+        .map_err(|source| E::NothingPublished {
+            warehouse: plan.warehouse.to_string(),
+            source,
+        })?;
+    let as_of = manifest["as_of"]
+        .as_str()
+        .and_then(|d| AsOf::parse(d).ok())
+        .and_then(|a| match a {
+            AsOf::Date(d) => Some(d),
+            AsOf::Latest => None,
+        })
+        .ok_or(E::NoAsOf)?;
+    let spill = std::env::temp_dir();
+    let ctx = crate::engine::build_context(&plan.engine, &spill, None)
+        .await
+        .map_err(E::Engine)?;
+    let published = register_published(&ctx, &plan.warehouse).await.map_err(E::Publish)?;
+    super::runner::register_seeds(&ctx, project.seeds.values())
+        .await
+        .map_err(E::Run)?;
+    let mut tests: Vec<_> = project
+        .stages
+        .values()
+        .filter(|s| chosen.contains(&s.name))
+        .flat_map(|s| s.spec.tests.iter().cloned())
+        .collect();
+    for t in &project.singular_tests {
+        if let TestKind::Singular { sql } = &t.kind {
+            let reads = super::discover::references(&t.file, sql).map_err(E::Stages)?.tables;
+            if reads.iter().any(|r| chosen.contains(r)) {
+                tests.push(t.clone());
+            }
+        }
+    }
+    let missing: Vec<_> = tests
+        .iter()
+        .filter(|t| !t.table.is_empty() && !published.contains(&t.table))
+        .map(|t| t.table.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(E::NotPublished {
+            warehouse: plan.warehouse.to_string(),
+            tables: missing.join(", "),
+        });
+    }
+    let params = plan.scoring.sql_params(as_of);
+    run_tests(&ctx, &tests, &params).await.map_err(E::Run)
 }

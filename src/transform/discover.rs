@@ -110,6 +110,51 @@ pub fn references(path: &Path, sql: &str) -> Result<References, TransformError> 
     })
 }
 
+impl Project {
+    /// Adds a view that patron generates rather than reads from a file (a source's
+    /// `raw_<source>_current`): table `name`, computed by `sql`, listed under `layer`, and
+    /// named in errors by `origin`, the file it is generated from. A stage or seed of the
+    /// same name is an error.
+    pub fn add_generated(
+        &mut self,
+        name: &str,
+        layer: &str,
+        origin: &Path,
+        sql: String,
+        description: String,
+    ) -> Result<(), TransformError> {
+        let first = self
+            .stages
+            .get(name)
+            .map(|s| s.path.clone())
+            .or_else(|| self.seeds.get(name).map(|s| s.path.clone()));
+        if let Some(first) = first {
+            return Err(TransformError::Duplicate {
+                name: name.to_string(),
+                first,
+                second: origin.to_path_buf(),
+            });
+        }
+        let refs = references(origin, &sql)?;
+        let spec = StageSpec {
+            description: Some(description),
+            materialized: super::spec::Materialized::View,
+            ..StageSpec::default()
+        };
+        let stage = Stage {
+            name: name.to_string(),
+            path: origin.to_path_buf(),
+            layer: layer.to_string(),
+            sql,
+            reads: refs.tables,
+            calls: refs.functions,
+            spec,
+        };
+        self.stages.insert(name.to_string(), stage);
+        Ok(())
+    }
+}
+
 /// Discovers every stage and seed under `sql_dir`.
 pub fn discover(sql_dir: &Path) -> Result<Project, TransformError> {
     if !sql_dir.is_dir() {

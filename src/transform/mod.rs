@@ -8,6 +8,7 @@ pub mod dag;
 pub mod discover;
 pub mod graph;
 pub mod lineage;
+pub mod run;
 pub mod runner;
 pub mod select;
 pub mod spec;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 pub use dag::{Provided, execution_order, upstream, waves};
 pub use discover::{Project, Seed, Stage, discover};
+pub use run::{StageInputs, Wave, plan_waves, run_wave};
 
 /// Transform failures, each naming the stage file.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +116,23 @@ pub enum TransformError {
         /// The unselected stage.
         stage: String,
     },
+    /// A stage's task stopped before finishing (it panicked or was cancelled).
+    #[error("stage `{stage}`: the task stopped: {source}")]
+    Task {
+        /// The stage.
+        stage: String,
+        /// The runtime's report.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl TransformError {
     /// True when the stage files themselves are wrong before anything ran.
     pub fn is_config_error(&self) -> bool {
-        !matches!(self, TransformError::Sql { .. } | TransformError::Write(_))
+        !matches!(
+            self,
+            TransformError::Sql { .. } | TransformError::Write(_) | TransformError::Task { .. }
+        )
     }
 }

@@ -173,8 +173,13 @@ pub struct StageSpec {
 #[serde(deny_unknown_fields)]
 struct RawSchemaFile {
     description: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
+    tags: Option<Vec<String>>,
+    materialized: Option<String>,
+    unique_key: Option<Vec<String>>,
+    incremental_column: Option<String>,
+    partition_by: Option<Vec<String>>,
+    on_schema_change: Option<String>,
+    cluster_by: Option<Vec<String>>,
     #[serde(default)]
     columns: BTreeMap<String, RawColumn>,
     #[serde(default)]
@@ -236,9 +241,49 @@ fn bad(path: &Path, message: impl Into<String>) -> TransformError {
     }
 }
 
-/// Reads `-- @key: value` lines at the top of a stage file into `spec`.
-fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), TransformError> {
-    let mut schema_change_set = false;
+/// A stage setting's value as written: header text (`a, b` for a list) or a TOML value.
+enum Value {
+    /// A header line's text after `:`.
+    Text(String),
+    /// A TOML string of the sidecar.
+    One(String),
+    /// A TOML array of strings of the sidecar.
+    List(Vec<String>),
+}
+
+impl Value {
+    fn list(self) -> Vec<String> {
+        match self {
+            Value::Text(t) => list(&t),
+            Value::One(v) => vec![v],
+            Value::List(v) => v,
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Value::Text(t) | Value::One(t) => t,
+            Value::List(v) => v.join(", "),
+        }
+    }
+}
+
+/// The settings a stage can carry, in its sidecar or (one or the other) as `-- @key: value`
+/// header lines.
+const SETTINGS: [&str; 8] = [
+    "description",
+    "materialized",
+    "tags",
+    "unique_key",
+    "incremental_column",
+    "partition_by",
+    "on_schema_change",
+    "cluster_by",
+];
+
+/// Reads the `-- @key: value` lines at the top of a stage file: (key, value, line).
+fn read_header(path: &Path, sql: &str) -> Result<Vec<(String, String, usize)>, TransformError> {
+    let mut settings = Vec::new();
     for (i, line) in sql.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -251,57 +296,66 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
         let (key, value) = setting
             .split_once(':')
             .ok_or_else(|| bad(path, format!("line {}: expected `-- @key: value`", i + 1)))?;
-        let value = value.trim();
-        match key.trim() {
-            "description" => spec.description = Some(value.to_string()),
-            "materialized" => {
-                spec.materialized = one_of(
-                    path,
-                    i + 1,
-                    "materialized",
-                    value,
-                    &[
-                        ("table", Materialized::Table),
-                        ("view", Materialized::View),
-                        ("incremental", Materialized::Incremental),
-                    ],
-                )?
-            }
-            "tags" => spec.tags = list(value),
-            "unique_key" => spec.unique_key = list(value),
-            "partition_by" => spec.partition_by = list(value),
-            "cluster_by" => spec.cluster_by = list(value),
-            "incremental_column" => spec.incremental_column = Some(value.to_string()).filter(|v| !v.is_empty()),
-            "on_schema_change" => {
-                spec.on_schema_change = one_of(
-                    path,
-                    i + 1,
-                    "on_schema_change",
-                    value,
-                    &[
-                        ("full_refresh", OnSchemaChange::FullRefresh),
-                        ("fail", OnSchemaChange::Fail),
-                        ("append_new_columns", OnSchemaChange::AppendNewColumns),
-                    ],
-                )?;
-                schema_change_set = true;
-            }
-            other => {
-                return Err(bad(
-                    path,
-                    format!(
-                        "line {}: unknown setting `@{other}` (use description, materialized, tags, unique_key, incremental_column, partition_by, on_schema_change, cluster_by)",
-                        i + 1
-                    ),
-                ));
-            }
+        settings.push((key.trim().to_string(), value.trim().to_string(), i + 1));
+    }
+    Ok(settings)
+}
+
+/// Sets setting `key` of `spec` to `value`; `at` says where it was written (`line 3: `,
+/// or empty in a sidecar), for the error.
+fn apply(spec: &mut StageSpec, path: &Path, at: &str, key: &str, value: Value) -> Result<(), TransformError> {
+    let choice = |value: Value, choices: &[(&str, Materialized)]| one_of(path, at, key, &value.text(), choices);
+    match key {
+        "description" => spec.description = Some(value.text()),
+        "materialized" => {
+            spec.materialized = choice(
+                value,
+                &[
+                    ("table", Materialized::Table),
+                    ("view", Materialized::View),
+                    ("incremental", Materialized::Incremental),
+                ],
+            )?
+        }
+        "tags" => {
+            spec.tags = value.list();
+            spec.tags.sort();
+            spec.tags.dedup();
+        }
+        "unique_key" => spec.unique_key = value.list(),
+        "partition_by" => spec.partition_by = value.list(),
+        "cluster_by" => spec.cluster_by = value.list(),
+        "incremental_column" => spec.incremental_column = Some(value.text()).filter(|v| !v.is_empty()),
+        "on_schema_change" => {
+            spec.on_schema_change = one_of(
+                path,
+                at,
+                key,
+                &value.text(),
+                &[
+                    ("full_refresh", OnSchemaChange::FullRefresh),
+                    ("fail", OnSchemaChange::Fail),
+                    ("append_new_columns", OnSchemaChange::AppendNewColumns),
+                ],
+            )?;
+        }
+        other => {
+            return Err(bad(
+                path,
+                format!("{at}unknown setting `@{other}` (use {})", SETTINGS.join(", ")),
+            ));
         }
     }
+    Ok(())
+}
+
+/// Checks that the settings of `spec` fit together (`path`: the file that holds them).
+fn check_settings(path: &Path, spec: &StageSpec, schema_change_set: bool) -> Result<(), TransformError> {
     let incremental = spec.materialized == Materialized::Incremental;
     if incremental && spec.unique_key.is_empty() {
         return Err(bad(
             path,
-            "an incremental stage needs `-- @unique_key: <columns>` to merge new rows into the previous table",
+            "an incremental stage needs `unique_key` (`-- @unique_key: <columns>`) to merge new rows into the previous table",
         ));
     }
     if spec.materialized == Materialized::View && !spec.partition_by.is_empty() {
@@ -326,11 +380,11 @@ fn read_header(path: &Path, sql: &str, spec: &mut StageSpec) -> Result<(), Trans
     Ok(())
 }
 
-/// The choice named `value` of a header setting, or an error naming the line and the
-/// choices.
+/// The choice named `value` of a setting, or an error naming where it was written (`at`)
+/// and the choices.
 fn one_of<T: Copy>(
     path: &Path,
-    line: usize,
+    at: &str,
     setting: &str,
     value: &str,
     choices: &[(&str, T)],
@@ -343,7 +397,7 @@ fn one_of<T: Copy>(
             let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
             bad(
                 path,
-                format!("line {line}: {setting} `{value}` is not one of {}", names.join(", ")),
+                format!("{at}{setting} `{value}` is not one of {}", names.join(", ")),
             )
         })
 }
@@ -426,12 +480,25 @@ pub fn test_name(kind: &TestKind) -> String {
     }
 }
 
-/// Reads the header of `sql_path` and its schema file `<stem>.toml`, if any.
+/// Reads the settings, descriptions and tests of a stage: its sidecar `<stem>.toml`, if
+/// any, and the `-- @key: value` lines of its header. A setting lives in one of the two;
+/// one set in both is an error.
 pub fn load_spec(table: &str, sql_path: &Path, sql: &str) -> Result<StageSpec, TransformError> {
     let mut spec = StageSpec::default();
-    read_header(sql_path, sql, &mut spec)?;
+    let header = read_header(sql_path, sql)?;
+    for (key, value, line) in &header {
+        apply(
+            &mut spec,
+            sql_path,
+            &format!("line {line}: "),
+            key,
+            Value::Text(value.clone()),
+        )?;
+    }
+    let in_header = |key: &str| header.iter().find(|(k, _, _)| k == key).map(|(_, _, line)| *line);
     let schema_path = sql_path.with_extension("toml");
     if !schema_path.is_file() {
+        check_settings(sql_path, &spec, in_header("on_schema_change").is_some())?;
         return Ok(spec);
     }
     let text = std::fs::read_to_string(&schema_path).map_err(|e| TransformError::Read {
@@ -439,12 +506,34 @@ pub fn load_spec(table: &str, sql_path: &Path, sql: &str) -> Result<StageSpec, T
         message: e.to_string(),
     })?;
     let raw: RawSchemaFile = toml::from_str(&text).map_err(|e| bad(&schema_path, e.to_string().trim_end()))?;
-    if let Some(d) = raw.description {
-        spec.description = Some(d);
+    let one = |v: Option<String>| v.map(Value::One);
+    let many = |v: Option<Vec<String>>| v.map(Value::List);
+    let sidecar = [
+        ("description", one(raw.description)),
+        ("materialized", one(raw.materialized)),
+        ("tags", many(raw.tags)),
+        ("unique_key", many(raw.unique_key)),
+        ("incremental_column", one(raw.incremental_column)),
+        ("partition_by", many(raw.partition_by)),
+        ("on_schema_change", one(raw.on_schema_change)),
+        ("cluster_by", many(raw.cluster_by)),
+    ];
+    let mut schema_change_set = in_header("on_schema_change").is_some();
+    for (key, value) in sidecar {
+        let Some(value) = value else { continue };
+        if let Some(line) = in_header(key) {
+            return Err(bad(
+                &schema_path,
+                format!(
+                    "`{key}` is set here and in the header of {} (line {line}); keep it in one place",
+                    sql_path.display()
+                ),
+            ));
+        }
+        schema_change_set |= key == "on_schema_change";
+        apply(&mut spec, &schema_path, "", key, value)?;
     }
-    spec.tags.extend(raw.tags);
-    spec.tags.sort();
-    spec.tags.dedup();
+    check_settings(&schema_path, &spec, schema_change_set)?;
     for (column, c) in raw.columns {
         if let Some(d) = c.description {
             spec.columns.insert(column.clone(), d);
@@ -576,5 +665,52 @@ mod tests {
             .to_string();
             assert!(e.contains("t.sql") && e.contains("@cluster_by"), "{e}");
         }
+    }
+
+    #[test]
+    fn settings_live_in_the_sidecar_or_the_header_but_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("t.sql");
+        let toml = dir.path().join("t.toml");
+        std::fs::write(
+            &toml,
+            "description = \"Orders\"\nmaterialized = \"incremental\"\nunique_key = [\"a\", \"b\"]\n\
+             incremental_column = \"b\"\non_schema_change = \"fail\"\ntags = [\"nightly\"]\n",
+        )
+        .unwrap();
+        let spec = load_spec("t", &sql, "-- prose\nSELECT 1 AS a, 2 AS b").unwrap();
+        assert_eq!(spec.description.as_deref(), Some("Orders"));
+        assert_eq!(spec.materialized, Materialized::Incremental);
+        assert_eq!(spec.unique_key, ["a", "b"]);
+        assert_eq!(spec.incremental_column.as_deref(), Some("b"));
+        assert_eq!(spec.on_schema_change, OnSchemaChange::Fail);
+        assert_eq!(spec.tags, ["nightly"]);
+
+        // The same setting in both places: which one counts would be a guess.
+        let e = load_spec("t", &sql, "-- @materialized: table\nSELECT 1 AS a")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.toml")
+                && e.contains("`materialized` is set here and in the header of")
+                && e.contains("(line 1)"),
+            "{e}"
+        );
+        // A bad value in the sidecar names the file and the choices; the combination is
+        // checked across both places.
+        std::fs::write(&toml, "materialized = \"tabel\"\n").unwrap();
+        let e = load_spec("t", &sql, "SELECT 1").unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("materialized `tabel` is not one of table, view, incremental"),
+            "{e}"
+        );
+        std::fs::write(&toml, "materialized = \"view\"\n").unwrap();
+        let e = load_spec("t", &sql, "-- @cluster_by: a\nSELECT 1 AS a")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("@cluster_by"), "{e}");
+        std::fs::write(&toml, "cluster_by = [\"a\"]\ncolour = \"red\"\n").unwrap();
+        let e = load_spec("t", &sql, "SELECT 1 AS a").unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("colour"), "{e}");
     }
 }

@@ -371,14 +371,14 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
     )
     .await;
     let id = ids[ids.len() / 2].clone();
-    let explain = patron::cli::explain::session();
-    patron::cli::explain::register(&explain, &Warehouse::local(&wh))
+    let explain = patron::report::explain::session();
+    patron::report::explain::register(&explain, &Warehouse::local(&wh))
         .await
         .unwrap();
     let mut bloom_pruned = 0;
     for t in tables {
-        let sql = format!("EXPLAIN ANALYZE {}", patron::cli::explain::lookup(t));
-        let plan: String = patron::cli::explain::query(&explain, sql.clone(), &id)
+        let sql = format!("EXPLAIN ANALYZE {}", patron::report::explain::lookup(t));
+        let plan: String = patron::report::explain::query(&explain, sql.clone(), &id)
             .await
             .unwrap()
             .iter()
@@ -394,7 +394,7 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
         // An id that sorts right after the customer's but is nowhere: where the statistics
         // keep a row group for it, the bloom filter drops it.
         let absent = format!("{id}_");
-        let plan: String = patron::cli::explain::query(&explain, sql, &absent)
+        let plan: String = patron::report::explain::query(&explain, sql, &absent)
             .await
             .unwrap()
             .iter()
@@ -410,7 +410,9 @@ async fn explain_queries_prune_row_groups_of_the_customer_clustered_tables() {
         "no table had a row group for the bloom filters to drop"
     );
     // The card itself reads the same tables.
-    let card = patron::cli::explain::card(&Warehouse::local(&wh), &id).await.unwrap();
+    let card = patron::report::explain::card(&Warehouse::local(&wh), &id)
+        .await
+        .unwrap();
     assert_eq!(card["customer_id"], id.as_str());
     assert!(!card["orders"].as_array().unwrap().is_empty());
 }

@@ -187,7 +187,26 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
             "{name}: loaded = valid + duplicate copies"
         );
     }
-    assert_eq!(manifest["stages"].as_array().unwrap().len(), TABLES.len());
+    // The published tables, and each source's generated current view (computed, not stored).
+    let mut listed: Vec<&str> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<&str> = TABLES
+        .iter()
+        .copied()
+        .chain(["raw_sales_current", "raw_service_current", "raw_marketing_current"])
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    for view in ["raw_sales_current", "raw_service_current", "raw_marketing_current"] {
+        let stage = manifest["stages"].as_array().unwrap().iter().find(|s| s["name"] == view).unwrap();
+        assert_eq!(stage["materialized"], "view", "{stage}");
+        assert_eq!(stage["layer"], "sources", "{stage}");
+    }
     for key in [
         "run_id",
         "started_at",

@@ -35,8 +35,11 @@ pub mod gbt;
 mod linalg;
 pub mod logistic;
 pub mod platt;
+pub mod report;
 mod scorer;
 pub mod treeshap;
+
+pub use report::{ChurnError, ChurnReport, LearnerScore};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -51,13 +54,13 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
-use serde::Serialize;
 
 use self::activity::Anchor;
 use self::features::{Encoding, FeatureRows, NUMERIC, P_NO_PURCHASE};
 use super::ScoringSettings;
 use super::backtest;
-use super::models::{self, MODEL_INPUT_STAGE, ModelReport};
+use super::models::{self, MODEL_INPUT_STAGE};
+use super::report::ModelReport;
 use crate::storage::Layout;
 use crate::transform::{Project, Provided, dag};
 
@@ -87,87 +90,6 @@ pub fn sigmoid(z: f64) -> f64 {
         let e = z.exp();
         e / (1.0 + e)
     }
-}
-
-/// Churn step failures.
-#[derive(Debug, thiserror::Error)]
-pub enum ChurnError {
-    /// A table could not be read or computed.
-    #[error("churn model: reading `{table}`: {message}")]
-    Input {
-        /// The table or stage.
-        table: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// A learner could not be fitted.
-    #[error("churn model: {0}")]
-    Fit(String),
-    /// BG/NBD or Gamma-Gamma could not be fitted as of a cut-off (too little or odd
-    /// history then): the run keeps the purchase model as of the as-of day.
-    #[error("fitting the purchase models as of {day}: {message}")]
-    SnapshotFit {
-        /// The cut-off.
-        day: NaiveDate,
-        /// The fit's error.
-        message: String,
-    },
-}
-
-/// One learner's (or the baseline's) result on the validation snapshot.
-#[derive(Debug, Clone, Serialize)]
-pub struct LearnerScore {
-    /// `logistic`, `gbt` or [`BASELINE`] (the purchase model's P(no purchase)).
-    pub learner: String,
-    /// AUC for "no purchase in the holdout".
-    pub auc: Option<f64>,
-    /// Brier score of the uncalibrated probabilities.
-    pub brier: Option<f64>,
-}
-
-/// What the churn step did; in the run manifest under `models.churn`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChurnReport {
-    /// The model behind `p_no_purchase_90d`: `logistic`, `gbt`, or `mbgnbd` (the purchase
-    /// model's own P(no purchase)).
-    pub model: String,
-    /// Why the run kept the purchase model, when it did.
-    pub fallback_reason: Option<String>,
-    /// The label window in days.
-    pub holdout_days: u32,
-    /// Training cut-off (features as of this day, labels from the next `holdout_days`).
-    pub training_cutoff: String,
-    /// Validation cut-off.
-    pub validation_cutoff: String,
-    /// Buyers in the training snapshot.
-    pub training_customers: u64,
-    /// Share of them who churned.
-    pub training_churn_rate: Option<f64>,
-    /// Buyers in the validation snapshot.
-    pub validation_customers: u64,
-    /// Share of them who churned.
-    pub validation_churn_rate: Option<f64>,
-    /// Validation buyers the learners and the baseline are compared on (a fixed half).
-    pub selection_customers: u64,
-    /// Validation buyers the Platt map is fitted on (the other half).
-    pub calibration_customers: u64,
-    /// Every learner and the baseline on the selection half: AUC and Brier of
-    /// P(no purchase in the window), uncalibrated.
-    pub validation: Vec<LearnerScore>,
-    /// Platt scaling of the adjusted P(alive), `sigmoid(a * eta + b)`, fitted on the
-    /// calibration half.
-    pub platt_a: Option<f64>,
-    /// See `platt_a`.
-    pub platt_b: Option<f64>,
-    /// Brier score of the deployed (calibrated) model's P(no purchase) on the selection half.
-    pub calibrated_brier: Option<f64>,
-    /// Its reliability table there: mean predicted vs observed "no purchase" per bin.
-    pub calibration: Vec<backtest::CalibrationBin>,
-    /// The deployed model's parameters (coefficients for logistic regression), also
-    /// written to `model_params`.
-    pub fit: Option<ModelReport>,
-    /// Buyers scored as of the as-of day.
-    pub scored_customers: u64,
 }
 
 /// A fitted learner.
@@ -308,7 +230,8 @@ async fn snapshot(
     rows
 }
 
-/// Runs `stage` as of `day` in the snapshot session and writes its table under `folder`.
+/// Runs `stage` as of `day` in the snapshot session and writes its table under `folder`
+/// (a view is registered as a view instead).
 async fn snapshot_stage(
     snap: &SessionContext,
     stage: &crate::transform::Stage,
@@ -318,6 +241,14 @@ async fn snapshot_stage(
 ) -> Result<(), ChurnError> {
     let started = Instant::now();
     let df = stage_query(snap, stage, params).await?;
+    if stage.spec.materialized == crate::transform::spec::Materialized::View {
+        // Computed on read, as in the run itself (a source's current view, read once).
+        return snap
+            .deregister_table(&stage.name)
+            .and_then(|_| snap.register_table(&stage.name, df.into_view()))
+            .map(|_| ())
+            .map_err(input_err(&stage.name));
+    }
     crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
         .await
         .map_err(|e| ChurnError::Input {

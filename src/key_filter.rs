@@ -1,9 +1,9 @@
-//! Keys seen before: while a source is extracted, the primary key of each loaded row goes
+//! Keys seen before (the key filter): while a source is extracted, the primary key of each loaded row goes
 //! through a Bloom filter, and the key of every row the filter may have seen already is
 //! kept aside. Every key loaded more than once is among those kept (a Bloom filter never
 //! misses a key it was given), along with a few keys loaded once (its false positives,
 //! about 1% of them in the tests). Finding the duplicate keys afterwards
-//! ([`super::duplicates`]) then joins the raw table with this short list instead of
+//! (`extract::duplicates`) then joins the raw table with this short list instead of
 //! grouping every row by its key, which held a hash table of every key.
 //!
 //! The filter is a split-block Bloom filter (the layout Parquet's bloom filters use): a
