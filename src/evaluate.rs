@@ -65,9 +65,11 @@ pub struct EvaluateOptions {
     pub holdout: HoldoutSpec,
     /// End of the data (default: the pipeline's `run.as_of`).
     pub as_of: Option<AsOf>,
-    /// Warehouse folder (overrides `run.warehouse`); the evaluation goes to
-    /// `<warehouse>/evaluations/<evaluation_id>/`.
+    /// Warehouse folder (overrides `run.warehouse`); unless `out` is given, the evaluation
+    /// goes to `<warehouse>/evaluations/<evaluation_id>/`.
     pub warehouse: Option<String>,
+    /// The folder the evaluation goes to instead: a new or empty folder.
+    pub out: Option<PathBuf>,
     /// The true state of each customer (`truth_customers.csv` of `patron generate`).
     pub truth: Option<PathBuf>,
 }
@@ -306,19 +308,38 @@ pub async fn evaluate(options: &EvaluateOptions) -> Result<(EvaluationReport, Pa
     }
     let truth = options.truth.as_deref().map(Truth::read).transpose()?;
     let evaluation_id = pipeline::new_run_id(Utc::now());
-    let Some(warehouse_dir) = plan.warehouse.local_dir() else {
-        return Err(EvaluateError::Config(crate::config::ConfigError::Invalid {
+    let invalid = |key: &str, message: String| {
+        EvaluateError::Config(crate::config::ConfigError::Invalid {
             path: options.pipeline.clone(),
             problems: vec![crate::config::Problem {
-                key: "--warehouse".into(),
-                message: format!(
-                    "`patron evaluate` runs its scratch runs in a local folder; {} is an object store",
+                key: key.into(),
+                message,
+            }],
+        })
+    };
+    let scratch = match (&options.out, plan.warehouse.local_dir()) {
+        (Some(out), _) => {
+            // A folder holding something else (an earlier evaluation's runs) would become
+            // part of this one's history.
+            if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+                return Err(invalid(
+                    "--out",
+                    format!("{} is not empty; give a new or empty folder", out.display()),
+                ));
+            }
+            out.clone()
+        }
+        (None, Some(warehouse_dir)) => warehouse_dir.join(EVALUATIONS_DIR).join(&evaluation_id),
+        (None, None) => {
+            return Err(invalid(
+                "--warehouse",
+                format!(
+                    "`patron evaluate` runs its scratch runs in a local folder; {} is an object store (or give --out DIR)",
                     plan.warehouse
                 ),
-            }],
-        }));
+            ));
+        }
     };
-    let scratch = warehouse_dir.join(EVALUATIONS_DIR).join(&evaluation_id);
     tracing::info!(%evaluation_id, scratch = %scratch.display(), "evaluation started");
 
     // The end-of-data run (into its own folder of the scratch warehouse): its `int_orders`

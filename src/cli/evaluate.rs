@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{CliError, OutAlias, PipelineArgs, WarehouseArgs};
+use super::{CliError, PipelineArgs, WarehouseArgs};
 use crate::config::AsOf;
 use crate::evaluate::{EvaluateOptions, EvaluationReport, evaluate};
 use crate::score::backtest::HoldoutSpec;
@@ -23,13 +23,14 @@ pub struct EvaluateArgs {
     /// End of the data YYYY-MM-DD (or `latest`, the latest event date): the holdout ends here.
     #[arg(long, value_parser = AsOf::parse)]
     pub as_of: Option<AsOf>,
-    /// The warehouse (a local folder); the evaluation goes to
+    /// The warehouse (a local folder); unless `--out` says otherwise, the evaluation goes to
     /// `<warehouse>/evaluations/<evaluation_id>/`.
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
-    /// `--out`, the hidden alias of `--warehouse`.
-    #[command(flatten)]
-    pub out: OutAlias,
+    /// The folder the evaluation goes to (its scratch runs, `tables/evaluation` and
+    /// `evaluation.json`): a new or empty folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// The true state of each customer (`truth_customers.csv` of `patron generate`): also
     /// report how well the end-of-data run's churn scores find the customers who truly
     /// dropped out by its as-of day.
@@ -43,7 +44,8 @@ pub async fn run(args: EvaluateArgs) -> Result<(), CliError> {
         pipeline: args.pipeline.pipeline,
         holdout: args.holdout,
         as_of: args.as_of,
-        warehouse: args.warehouse.or_out(args.out),
+        warehouse: args.warehouse.warehouse,
+        out: args.out,
         truth: args.truth,
     };
     let (report, report_path) = evaluate(&options).await?;

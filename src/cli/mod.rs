@@ -140,8 +140,8 @@ pub struct WarehouseArgs {
     pub warehouse: Option<String>,
 }
 
-/// `--out` as the hidden alias of `--warehouse` that `run`, `test` and `evaluate` keep for
-/// one release (elsewhere `--out` names a command's own output).
+/// `--out` as the hidden alias of `--warehouse` that `run` and `test` keep for one release
+/// (elsewhere `--out` names a command's own output).
 #[derive(Debug, Clone, Args)]
 pub struct OutAlias {
     /// The warehouse: a hidden alias of `--warehouse`, kept for one release.
@@ -247,10 +247,11 @@ mod tests {
             .command
     }
 
-    /// `--warehouse` names the warehouse of `run`, `test` and `evaluate`; `--out` still does,
-    /// as a hidden alias kept for one release, and not both at once.
+    /// `--warehouse` names the warehouse of `run`, `test` and `evaluate`; on `run` and `test`
+    /// `--out` still does, as a hidden alias kept for one release, and not both at once. On
+    /// `evaluate`, `--out` names the evaluation's own folder.
     #[test]
-    fn out_is_a_hidden_alias_of_warehouse_on_run_test_and_evaluate() {
+    fn out_is_a_hidden_alias_of_warehouse_on_run_and_test() {
         for flag in ["--warehouse", "--out"] {
             let warehouse = match parse(&["patron", "run", flag, "/tmp/wh"]) {
                 Command::Run(a) => a.warehouse.or_out(a.out),
@@ -262,14 +263,16 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             assert_eq!(warehouse.as_deref(), Some("/tmp/wh"), "test {flag}");
-            let warehouse = match parse(&["patron", "evaluate", flag, "/tmp/wh"]) {
-                Command::Evaluate(a) => a.warehouse.or_out(a.out),
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(warehouse.as_deref(), Some("/tmp/wh"), "evaluate {flag}");
+        }
+        match parse(&["patron", "evaluate", "--warehouse", "/tmp/wh", "--out", "/tmp/ev"]) {
+            Command::Evaluate(a) => {
+                assert_eq!(a.warehouse.warehouse.as_deref(), Some("/tmp/wh"));
+                assert_eq!(a.out, Some(PathBuf::from("/tmp/ev")));
+            }
+            other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["patron", "run", "--out", "a", "--warehouse", "b"]).is_err());
-        for command in ["run", "test", "evaluate"] {
+        for command in ["run", "test"] {
             let mut cli = Cli::command();
             let sub = cli.find_subcommand_mut(command).expect("subcommand");
             let help = sub.render_long_help().to_string();

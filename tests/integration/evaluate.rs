@@ -227,7 +227,7 @@ async fn evaluate_on_fixtures_backtests_the_models_without_touching_the_warehous
         &repo(),
         &[
             "evaluate",
-            "--out",
+            "--warehouse",
             wh.to_str().unwrap(),
             "--truth",
             truth_file.to_str().unwrap(),
@@ -290,6 +290,7 @@ async fn evaluate_on_fixtures_backtests_the_models_without_touching_the_warehous
 async fn evaluate_with_an_end_date_and_weeks_publishes_nothing_in_the_warehouse() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
+    let ev = dir.path().join("evaluation");
     let out = patron(
         &repo(),
         &[
@@ -298,15 +299,16 @@ async fn evaluate_with_an_end_date_and_weeks_publishes_nothing_in_the_warehouse(
             "2025-09-30",
             "--holdout",
             "12w",
-            "--out",
+            "--warehouse",
             wh.to_str().unwrap(),
+            "--out",
+            ev.to_str().unwrap(),
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for published in ["tables", "raw", "quarantine", "runs", "_staging"] {
-        assert!(!wh.join(published).exists(), "{published} written into the warehouse");
-    }
-    let eval_dir = only_evaluation(&wh);
+    // `--out` names the evaluation's own folder: nothing at all goes into the warehouse.
+    assert!(!wh.exists(), "the evaluation wrote into the warehouse");
+    let eval_dir = ev.clone();
     let report = read_json(&eval_dir.join("evaluation.json"));
     assert_eq!(report["end"], "2025-09-30");
     assert_eq!(report["end_source"], "--as-of");
@@ -336,12 +338,21 @@ fn a_bad_holdout_exits_2_before_anything_runs() {
     let wh = dir.path().join("warehouse");
     for bad in ["0", "0d", "0m", "abc", "-3w", "1.5m", "90x"] {
         let holdout = format!("--holdout={bad}");
-        let out = patron(&repo(), &["evaluate", &holdout, "--out", wh.to_str().unwrap()]);
+        let out = patron(&repo(), &["evaluate", &holdout, "--warehouse", wh.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--holdout") && err.contains(bad), "{bad}: {err}");
     }
     assert!(!wh.exists(), "nothing written");
+    // An `--out` folder that holds something already is refused before anything runs.
+    let used = dir.path().join("used");
+    std::fs::create_dir_all(&used).unwrap();
+    std::fs::write(used.join("keep.txt"), "x").unwrap();
+    let out = patron(&repo(), &["evaluate", "--out", used.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--out") && err.contains("is not empty"), "{err}");
+    assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1, "nothing written");
 }
 
 #[test]
@@ -358,7 +369,7 @@ fn a_pipeline_without_a_sales_source_exits_2_naming_it() {
             "evaluate",
             "--pipeline",
             p.to_str().unwrap(),
-            "--out",
+            "--warehouse",
             wh.to_str().unwrap(),
         ],
     );

@@ -203,7 +203,12 @@ async fn run_on_fixtures_publishes_every_table_and_reconciles() {
     expected.sort();
     assert_eq!(listed, expected);
     for view in ["raw_sales_current", "raw_service_current", "raw_marketing_current"] {
-        let stage = manifest["stages"].as_array().unwrap().iter().find(|s| s["name"] == view).unwrap();
+        let stage = manifest["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == view)
+            .unwrap();
         assert_eq!(stage["materialized"], "view", "{stage}");
         assert_eq!(stage["layer"], "sources", "{stage}");
     }
