@@ -559,7 +559,7 @@ def run_size(args, lines, work):
     warehouse = work / "warehouse"
     env = dict(os.environ, RUST_LOG="patron=warn")
     print("   patron run", flush=True)
-    run = measure([patron, "run", "--pipeline", str(pipeline), "--out", str(warehouse)], logs / "patron.log", env)
+    run = measure([patron, "run", "--pipeline", str(pipeline), "--warehouse", str(warehouse)], logs / "patron.log", env)
     manifest = json.loads((warehouse / "runs" / "latest.json").read_text())
     as_of = manifest["as_of"]
     rows = {s["source"]: s["rows_read"] for s in manifest["extract"]}
@@ -571,7 +571,7 @@ def run_size(args, lines, work):
     # (the peers do not do it); the staging stages run side by side, as they do in a run.
     print("   patron extract + fact (run --select +fct_customer)", flush=True)
     fact_run = measure(
-        [patron, "run", "--pipeline", str(pipeline), "--out", str(work / "warehouse-fact"), "--select", "+fct_customer"],
+        [patron, "run", "--pipeline", str(pipeline), "--warehouse", str(work / "warehouse-fact"), "--select", "+fct_customer"],
         logs / "patron-fact.log",
         env,
     )

@@ -66,7 +66,7 @@ fn main() {
     );
 
     let wh = scratch.path().join("fixtures-wh");
-    let run = run_measured("run on fixtures", patron(&["run", "--out", wh.to_str().unwrap()]));
+    let run = run_measured("run on fixtures", patron(&["run", "--warehouse", wh.to_str().unwrap()]));
     print_row("bundled fixtures", None, &wh, &run);
 
     for n in sizes {

@@ -131,13 +131,13 @@ def main():
         print("local engine", flush=True)
         local_wh = work / "warehouse-local"
         runs["local"] = {"client": compare.measure(
-            [patron, "run", "--pipeline", str(pipeline), "--out", str(local_wh)], work / "logs" / "local.log", env)}
+            [patron, "run", "--pipeline", str(pipeline), "--warehouse", str(local_wh)], work / "logs" / "local.log", env)}
         print(f"Ballista: scheduler + 2 executors x {args.slots} slots on 127.0.0.1", flush=True)
         cluster = Cluster(patron, work, args.slots)
         cluster_wh = work / "warehouse-ballista"
         try:
             runs["ballista"] = {"client": compare.measure(
-                [patron, "run", "--pipeline", str(pipeline), "--engine", cluster.engine, "--out", str(cluster_wh)],
+                [patron, "run", "--pipeline", str(pipeline), "--engine", cluster.engine, "--warehouse", str(cluster_wh)],
                 work / "logs" / "ballista.log", env)}
         finally:
             runs.setdefault("ballista", {})["cluster"] = cluster.stop()
