@@ -213,11 +213,9 @@ pub struct RunOptions {
 /// The tables a run registers before its stages, which stages may read: every source's
 /// raw table, the run's quarantine and its duplicates.
 pub fn external_tables(plan: &Plan) -> BTreeSet<String> {
-    plan.sources
-        .iter()
-        .map(|s| names::raw_table(&s.name))
-        .chain([names::QUARANTINE_TABLE.to_string(), names::DUPLICATES_TABLE.to_string()])
-        .collect()
+    let mut tables = plan.source_tables();
+    tables.extend([names::QUARANTINE_TABLE.to_string(), names::DUPLICATES_TABLE.to_string()]);
+    tables
 }
 
 /// The plan's stages: every stage and seed under its SQL folder, and every source's

@@ -141,6 +141,14 @@ pub async fn register_seeds(ctx: &SessionContext, seeds: impl Iterator<Item = &S
     Ok(())
 }
 
+/// Registers `df` as the view `name` (computed on read), replacing any earlier table of
+/// that name.
+pub fn register_view(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), DataFusionError> {
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, df.into_view())?;
+    Ok(())
+}
+
 /// The order of the rows a plan streams out, as far as it is by plain columns: empty
 /// unless the plan has one output partition (the rows of several would interleave).
 fn streamed_order(plan: &dyn ExecutionPlan) -> Vec<SortExpr> {
@@ -626,8 +634,7 @@ pub async fn run_stage(
     let written = match stage.spec.materialized {
         Materialized::View => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
-            ctx.deregister_table(&stage.name).map_err(sql_err)?;
-            ctx.register_table(&stage.name, df.into_view()).map_err(sql_err)?;
+            register_view(ctx, &stage.name, df).map_err(sql_err)?;
             Written::default()
         }
         Materialized::Table => {

@@ -243,11 +243,7 @@ async fn snapshot_stage(
     let df = stage_query(snap, stage, params).await?;
     if stage.spec.materialized == crate::transform::spec::Materialized::View {
         // Computed on read, as in the run itself (a source's current view, read once).
-        return snap
-            .deregister_table(&stage.name)
-            .and_then(|_| snap.register_table(&stage.name, df.into_view()))
-            .map(|_| ())
-            .map_err(input_err(&stage.name));
+        return crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name));
     }
     crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
         .await
