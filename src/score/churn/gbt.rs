@@ -58,6 +58,8 @@ pub struct Gbt {
     /// Constant part of the adjustment (0: boosting starts at the purchase model).
     pub base: f64,
     trees: Vec<Vec<Node>>,
+    /// Each tree's [`treeshap::Table`], where it has one (built once the trees are).
+    tables: Vec<Option<treeshap::Table>>,
     learning_rate: f64,
     /// Training log-likelihood of the final model.
     pub log_likelihood: f64,
@@ -189,6 +191,7 @@ pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], s: GbtSettings) ->
     let mut model = Gbt {
         base: 0.0,
         trees: Vec::with_capacity(s.rounds),
+        tables: Vec::new(),
         learning_rate: s.learning_rate,
         log_likelihood: 0.0,
     };
@@ -218,6 +221,7 @@ pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], s: GbtSettings) ->
         }
         model.trees.push(tree);
     }
+    model.tables = model.trees.iter().map(|t| treeshap::Table::new(&Nodes(t))).collect();
     model.log_likelihood = logit
         .iter()
         .zip(anchors)
@@ -251,8 +255,11 @@ impl Gbt {
     pub fn contributions(&self, row: &[f64], features: usize) -> Vec<f64> {
         let mut phi = vec![0.0; features];
         let mut work = Vec::new();
-        for tree in &self.trees {
-            treeshap::add_shap(&Nodes(tree), row, &mut phi, &mut work);
+        for (tree, table) in self.trees.iter().zip(&self.tables) {
+            match table {
+                Some(table) => table.add(row, &mut phi),
+                None => treeshap::add_shap(&Nodes(tree), row, &mut phi, &mut work),
+            }
         }
         for p in &mut phi {
             *p *= self.learning_rate;
@@ -357,6 +364,19 @@ mod tests {
             assert!((m.expected_logit() + total - m.logit(r)).abs() < 1e-9);
         }
         assert_eq!(m.trees(), GbtSettings::default().rounds);
+        // Every tree of the default depth is scored from its table, bit for bit what
+        // walking it gives.
+        assert!(m.tables.iter().all(Option::is_some));
+        let mut work = Vec::new();
+        for r in &rows {
+            let mut walked = vec![0.0; 3];
+            for tree in &m.trees {
+                treeshap::add_shap(&Nodes(tree), r, &mut walked, &mut work);
+            }
+            walked.iter_mut().for_each(|p| *p *= m.learning_rate);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&m.contributions(r, 3)), bits(&walked));
+        }
     }
 
     #[test]

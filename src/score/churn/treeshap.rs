@@ -33,6 +33,19 @@ pub fn expected_value(tree: &impl Tree) -> f64 {
 /// `work` is scratch space the caller keeps across calls, so scoring a customer base
 /// allocates per row at most once, not per node.
 pub fn add_shap(tree: &impl Tree, row: &[f64], phi: &mut [f64], work: &mut Vec<Step>) {
+    let left = |_: usize, f: usize, threshold: f64| row[f] <= threshold;
+    walk(tree, left, |f, term| phi[f] += term, work);
+}
+
+/// The TreeSHAP recursion over `tree`, where `left(node, feature, threshold)` says which
+/// way the row goes at an internal node; each Shapley term is passed to `emit(feature,
+/// term)` as it is found, in a fixed order.
+fn walk<T: Tree>(
+    tree: &T,
+    left: impl Fn(usize, usize, f64) -> bool,
+    mut emit: impl FnMut(usize, f64),
+    work: &mut Vec<Step>,
+) {
     // The paths of the nodes on the way down are stored one after another: a node at
     // depth k holds at most k + 1 elements, and the last one is extended in place.
     let depth = depth(tree, 0);
@@ -40,8 +53,75 @@ pub fn add_shap(tree: &impl Tree, row: &[f64], phi: &mut [f64], work: &mut Vec<S
     if work.len() < need {
         work.resize(need, Step::default());
     }
-    let mut walk = Walk { tree, row, phi };
+    let mut walk = Walk {
+        tree,
+        left: &left,
+        emit: &mut emit,
+    };
     walk.recurse(work, 0, 0, 1.0, 1.0, None);
+}
+
+/// Most internal nodes a tree may have for a [`Table`]: its size doubles with each.
+pub const MAX_TABLE_SPLITS: usize = 10;
+
+/// A tree's Shapley terms for every way a row can fall through its splits.
+///
+/// The recursion reads a row only at the splits (which way it goes), so one tree with `k`
+/// internal nodes has at most `2^k` outcomes. For each, the table keeps the terms the
+/// recursion emits, in its order: [`Table::add`] looks up a row's outcome and adds those
+/// terms to `phi` one by one, exactly the additions [`add_shap`] makes, so the values are
+/// bit for bit the same, without walking the tree per row (for depth-3 trees about 40 times
+/// fewer operations: at 181,000 buyers and 150 trees the walks were most of the run's CPU).
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// `(feature, threshold)` of each internal node: bit `i` of an outcome is set when the
+    /// row goes left at `splits[i]`.
+    splits: Vec<(usize, f64)>,
+    /// Where each outcome's terms start in `terms` (one more entry than outcomes).
+    starts: Vec<u32>,
+    /// `(feature, term)`, outcome after outcome.
+    terms: Vec<(usize, f64)>,
+}
+
+impl Table {
+    /// The table of `tree`; `None` when it has more than [`MAX_TABLE_SPLITS`] internal
+    /// nodes (use [`add_shap`]).
+    pub fn new(tree: &impl Tree) -> Option<Table> {
+        let mut splits = Vec::new();
+        let mut bit = Vec::new();
+        let mut todo = vec![0];
+        while let Some(node) = todo.pop() {
+            if bit.len() <= node {
+                bit.resize(node + 1, usize::MAX);
+            }
+            if let Some((f, threshold, l, r)) = tree.split(node) {
+                bit[node] = splits.len();
+                splits.push((f, threshold));
+                todo.extend([l, r]);
+            }
+        }
+        if splits.len() > MAX_TABLE_SPLITS {
+            return None;
+        }
+        let (mut starts, mut terms, mut work) = (vec![0u32], Vec::new(), Vec::new());
+        for outcome in 0..1usize << splits.len() {
+            let left = |node: usize, _: usize, _: f64| outcome & (1 << bit[node]) != 0;
+            walk(tree, left, |f, term| terms.push((f, term)), &mut work);
+            starts.push(u32::try_from(terms.len()).ok()?);
+        }
+        Some(Table { splits, starts, terms })
+    }
+
+    /// Adds the Shapley value of each feature for `row` to `phi`, as [`add_shap`] does.
+    pub fn add(&self, row: &[f64], phi: &mut [f64]) {
+        let outcome = self.splits.iter().enumerate().fold(0usize, |o, (i, &(f, threshold))| {
+            o | (usize::from(row[f] <= threshold) << i)
+        });
+        let (from, to) = (self.starts[outcome] as usize, self.starts[outcome + 1] as usize);
+        for &(f, term) in &self.terms[from..to] {
+            phi[f] += term;
+        }
+    }
 }
 
 fn depth(tree: &impl Tree, node: usize) -> usize {
@@ -61,13 +141,13 @@ pub struct Step {
 }
 
 /// One row's descent through one tree.
-struct Walk<'a, T: Tree> {
+struct Walk<'a, T: Tree, L, E> {
     tree: &'a T,
-    row: &'a [f64],
-    phi: &'a mut [f64],
+    left: &'a L,
+    emit: &'a mut E,
 }
 
-impl<T: Tree> Walk<'_, T> {
+impl<T: Tree, L: Fn(usize, usize, f64) -> bool, E: FnMut(usize, f64)> Walk<'_, T, L, E> {
     /// Visits `node`; `buf[..len]` is its parent's path, the rest of `buf` free space.
     fn recurse(&mut self, buf: &mut [Step], len: usize, node: usize, zero: f64, one: f64, feature: Option<usize>) {
         let (parent, rest) = buf.split_at_mut(len);
@@ -80,12 +160,12 @@ impl<T: Tree> Walk<'_, T> {
                 for i in 1..path.len() {
                     let w = unwound_sum(path, i);
                     if let Some(f) = path[i].feature {
-                        self.phi[f] += w * (path[i].one - path[i].zero) * self.tree.value(node);
+                        (self.emit)(f, w * (path[i].one - path[i].zero) * self.tree.value(node));
                     }
                 }
             }
             Some((f, threshold, left, right)) => {
-                let (hot, cold) = if self.row[f] <= threshold {
+                let (hot, cold) = if (self.left)(node, f, threshold) {
                     (left, right)
                 } else {
                     (right, left)
@@ -267,5 +347,48 @@ mod tests {
                 assert!((expected_value(tree) + total - prediction).abs() < 1e-12);
             }
         }
+    }
+
+    /// The table adds exactly what the walk adds, bit for bit, onto values already in
+    /// `phi` (as the ensemble sums tree after tree), for rows on either side of every
+    /// split, on a threshold and NaN; a tree with too many splits gets no table.
+    #[test]
+    fn table_adds_the_walks_terms_bit_for_bit() {
+        let tree = Plain(vec![
+            (Some((0, 0.5, 1, 2)), 0.0, 100.0),
+            (Some((1, 0.3, 3, 4)), 0.0, 60.0),
+            (Some((2, 0.7, 5, 6)), 0.0, 40.0),
+            (Some((0, 0.2, 7, 8)), 0.0, 25.0),
+            (None, 1.5, 35.0),
+            (None, -0.7, 30.0),
+            (Some((1, 0.8, 9, 10)), 0.0, 10.0),
+            (None, 2.0, 5.0),
+            (None, -1.0, 20.0),
+            (None, 0.4, 4.0),
+            (None, 3.0, 6.0),
+        ]);
+        let table = Table::new(&tree).expect("5 splits fit a table");
+        assert_eq!(table.starts.len(), (1 << 5) + 1);
+        let mut work = Vec::new();
+        let values = [-1.0, 0.0, 0.2, 0.25, 0.3, 0.5, 0.7, 0.75, 0.8, 2.0, f64::NAN];
+        for &a in &values {
+            for &b in &values {
+                for &c in &values {
+                    let row = [a, b, c];
+                    let (mut walked, mut looked_up) = (vec![0.1, -0.2, 1e-9], vec![0.1, -0.2, 1e-9]);
+                    add_shap(&tree, &row, &mut walked, &mut work);
+                    table.add(&row, &mut looked_up);
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&walked), bits(&looked_up), "row {row:?}");
+                }
+            }
+        }
+        // A complete tree of depth 4 has 15 splits: more than a table holds.
+        let mut nodes = Vec::new();
+        for i in 0..31 {
+            let split = (i < 15).then(|| (i % 3, 0.5, 2 * i + 1, 2 * i + 2));
+            nodes.push((split, i as f64, 1.0 + (31 - i) as f64));
+        }
+        assert!(Table::new(&Plain(nodes)).is_none());
     }
 }
