@@ -9,8 +9,8 @@ Run it through `benches/compare.sh`, which installs the Python packages and buil
 2. runs `patron run` (extract with validation and quarantine, the SQL stages, the model fit
    and scoring, publish as Delta), and again with `--select +fct_customer` (extract, staging,
    fact only), whose manifest's phase wall times are patron's extract and staging+fact;
-3. runs the same CSV/NDJSON -> Parquet (zstd) and the same staging + fct_customer SQL in
-   DuckDB and in Polars (lazy API, streaming sinks), each phase in its own process;
+3. runs the same CSV/NDJSON -> Parquet (zstd) and the same staging + int_orders + fct_customer
+   SQL in DuckDB and in Polars (lazy API, streaming sinks), each phase in its own process;
 4. fits BG/NBD and Gamma-Gamma with `lifetimes` on patron's `customer_model_input` and
    compares the parameters with patron's `model_params` (1e-3 relative);
 5. checks that the three fct_customer tables agree (row count and column totals).
@@ -39,6 +39,7 @@ SALES_COLUMNS = {
     "order_id": "VARCHAR", "line_no": "BIGINT", "customer_id": "VARCHAR", "order_ts": "TIMESTAMPTZ",
     "channel": "VARCHAR", "category": "VARCHAR", "quantity": "BIGINT", "unit_price": "DOUBLE",
     "discount": "DOUBLE", "unit_cost": "DOUBLE", "currency": "VARCHAR", "referred_by": "VARCHAR",
+    "status": "VARCHAR", "refund_of": "VARCHAR",
 }
 SERVICE_COLUMNS = {
     "ticket_id": "VARCHAR", "customer_id": "VARCHAR", "opened_at": "TIMESTAMPTZ", "closed_at": "TIMESTAMPTZ",
@@ -60,7 +61,8 @@ CHECK_SQL = """SELECT COUNT(*) AS customers, SUM(orders) AS orders, SUM(order_li
     SUM(open_tickets) AS open_tickets, SUM(marketing_sent) AS marketing_sent,
     SUM(marketing_clicks) AS marketing_clicks, SUM(CAST(unsubscribed AS INT)) AS unsubscribed,
     SUM(recency_days) AS recency_days, COUNT(acquisition_channel) AS with_channel,
-    SUM(spend_recent_window) AS spend_recent
+    SUM(spend_recent_window) AS spend_recent, SUM(cost) AS cost, SUM(returned_revenue) AS returned_revenue,
+    SUM(cancelled_orders) AS cancelled_orders, SUM(discounted_orders) AS discounted_orders
 FROM read_parquet('{path}')"""
 
 
@@ -141,8 +143,9 @@ def fact_params(as_of):
 
 
 def duckdb_fact(work, as_of):
-    """patron's sql/staging/*.sql and sql/marts/fct_customer.sql in DuckDB's dialect, each
-    table written to Parquet as patron materialises it."""
+    """patron's sql/staging/*.sql (with the as-of cut and the latest copy of each key of its
+    raw_<source>_current views), sql/intermediate/int_orders.sql and sql/marts/fct_customer.sql
+    in DuckDB's dialect, each table written to Parquet as patron materialises it."""
     p = fact_params(as_of)
     con = duckdb_connect()
     raw = Path(work) / "raw"
@@ -158,15 +161,29 @@ def duckdb_fact(work, as_of):
 WITH ranked AS (
     SELECT *, ROW_NUMBER() OVER (PARTITION BY TRIM(order_id), line_no ORDER BY _source_file DESC, _source_line DESC) AS copy_rank
     FROM raw_sales WHERE order_ts < TIMESTAMP '{p['as_of_end']}'
+),
+current_lines AS (
+    SELECT * EXCLUDE (discount, status, refund_of, copy_rank), COALESCE(discount, 0.0) AS discount,
+        COALESCE(LOWER(TRIM(status)), 'completed') AS status, NULLIF(TRIM(refund_of), '') AS refund_of,
+        CASE WHEN quantity < 0 THEN quantity * unit_price + COALESCE(discount, 0.0)
+             ELSE quantity * unit_price - COALESCE(discount, 0.0) END AS line_value
+    FROM ranked WHERE copy_rank = 1
 )
 SELECT TRIM(order_id) AS order_id, line_no, UPPER(TRIM(customer_id)) AS customer_id, order_ts,
     CAST(order_ts AS DATE) AS order_date, channel, category, quantity, unit_price,
-    COALESCE(discount, 0.0) AS discount, unit_cost, currency, NULLIF(UPPER(TRIM(referred_by)), '') AS referred_by,
-    quantity * unit_price - COALESCE(discount, 0.0) AS revenue,
-    CASE WHEN unit_cost IS NULL THEN (quantity * unit_price - COALESCE(discount, 0.0)) * (1.0 - {p['margin_rate']})
+    discount, unit_cost, currency, NULLIF(UPPER(TRIM(referred_by)), '') AS referred_by,
+    status, refund_of, COALESCE(refund_of, TRIM(order_id)) AS sale_order_id,
+    quantity > 0 AND status <> 'cancelled' AS sold,
+    CASE WHEN status <> 'cancelled' AND quantity >= 0 THEN line_value ELSE 0.0 END AS gross_revenue,
+    CASE WHEN status = 'cancelled' THEN 0.0 WHEN quantity < 0 THEN -line_value
+         WHEN status IN ('returned', 'refunded') THEN line_value ELSE 0.0 END AS returned_revenue,
+    CASE WHEN status = 'cancelled' OR (quantity >= 0 AND status IN ('returned', 'refunded')) THEN 0.0
+         ELSE line_value END AS revenue,
+    CASE WHEN status = 'cancelled' OR (quantity >= 0 AND status IN ('returned', 'refunded')) THEN 0.0
+         WHEN unit_cost IS NULL THEN line_value * (1.0 - {p['margin_rate']})
          ELSE quantity * unit_cost END AS cost,
     unit_cost IS NULL AS cost_estimated, _source_file, _source_line
-FROM ranked WHERE copy_rank = 1 ORDER BY order_id, line_no""",
+FROM current_lines ORDER BY customer_id, order_id, line_no""",
         "stg_service": f"""
 WITH ranked AS (
     SELECT *, ROW_NUMBER() OVER (PARTITION BY TRIM(ticket_id) ORDER BY _source_file DESC, _source_line DESC) AS copy_rank
@@ -177,7 +194,7 @@ SELECT TRIM(ticket_id) AS ticket_id, UPPER(TRIM(customer_id)) AS customer_id, op
     CASE WHEN closed_at < TIMESTAMP '{p['as_of_end']}' THEN 'closed' WHEN status = 'closed' THEN 'open' ELSE status END AS status,
     CASE WHEN closed_at IS NULL OR closed_at < TIMESTAMP '{p['as_of_end']}' THEN csat END AS csat,
     COALESCE(handling_cost, 0.0) AS handling_cost, _source_file, _source_line
-FROM ranked WHERE copy_rank = 1 ORDER BY ticket_id""",
+FROM ranked WHERE copy_rank = 1 ORDER BY customer_id, ticket_id""",
         "stg_marketing": f"""
 WITH ranked AS (
     SELECT *, ROW_NUMBER() OVER (PARTITION BY TRIM(event_id) ORDER BY _source_file DESC, _source_line DESC) AS copy_rank
@@ -185,35 +202,44 @@ WITH ranked AS (
 )
 SELECT TRIM(event_id) AS event_id, UPPER(TRIM(customer_id)) AS customer_id, event_ts, campaign, channel, event_type,
     COALESCE(cost, 0.0) AS cost, _source_file, _source_line
-FROM ranked WHERE copy_rank = 1 ORDER BY event_id""",
+FROM ranked WHERE copy_rank = 1 ORDER BY customer_id, event_id""",
+        "int_orders": """
+SELECT customer_id, sale_order_id AS order_id,
+    COALESCE(MIN(CASE WHEN sold THEN order_ts END), MIN(order_ts)) AS order_ts,
+    CAST(COALESCE(MIN(CASE WHEN sold THEN order_ts END), MIN(order_ts)) AS DATE) AS order_date,
+    SUM(gross_revenue) AS gross_revenue, SUM(returned_revenue) AS returned_revenue, SUM(revenue) AS revenue,
+    SUM(cost) AS cost, SUM(CASE WHEN sold THEN discount ELSE 0.0 END) > 0 AS discounted,
+    BOOL_AND(status = 'cancelled') AS cancelled,
+    BOOL_OR(sold) AND (SUM(returned_revenue) = 0 OR SUM(returned_revenue) < SUM(gross_revenue) * (1.0 - 1e-9))
+        AS is_purchase
+FROM stg_sales GROUP BY customer_id, sale_order_id ORDER BY customer_id, order_id""",
         "fct_customer": f"""
 WITH customers AS (
     SELECT customer_id FROM stg_sales UNION SELECT customer_id FROM stg_service UNION SELECT customer_id FROM stg_marketing
-),
-orders AS (
-    SELECT customer_id, order_id, MIN(order_ts) AS order_ts, SUM(revenue) AS revenue, SUM(cost) AS cost,
-        SUM(discount) > 0 AS discounted
-    FROM stg_sales GROUP BY customer_id, order_id
 ),
 first_orders AS (
     SELECT customer_id, channel AS acquisition_channel, referred_by FROM (
         SELECT customer_id, channel, referred_by,
             ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY order_ts, order_id, line_no) AS n
-        FROM stg_sales) AS firsts
+        FROM stg_sales WHERE sold) AS firsts
     WHERE n = 1
 ),
 sales AS (
-    SELECT customer_id, COUNT(*) AS orders, COUNT(DISTINCT CAST(order_ts AS DATE)) AS purchase_days,
-        MIN(order_ts) AS first_order_at, MAX(order_ts) AS last_order_at, SUM(revenue) AS revenue, SUM(cost) AS cost,
-        SUM(CASE WHEN discounted THEN 1 ELSE 0 END) AS discounted_orders,
+    SELECT customer_id, SUM(CASE WHEN is_purchase THEN 1 ELSE 0 END) AS orders,
+        COUNT(DISTINCT CASE WHEN is_purchase THEN order_date END) AS purchase_days,
+        MIN(CASE WHEN is_purchase THEN order_ts END) AS first_order_at,
+        MAX(CASE WHEN is_purchase THEN order_ts END) AS last_order_at, SUM(revenue) AS revenue,
+        SUM(gross_revenue) AS gross_revenue, SUM(returned_revenue) AS returned_revenue, SUM(cost) AS cost,
+        SUM(CASE WHEN is_purchase AND discounted THEN 1 ELSE 0 END) AS discounted_orders,
+        SUM(CASE WHEN cancelled THEN 1 ELSE 0 END) AS cancelled_orders,
         SUM(CASE WHEN order_ts >= TIMESTAMP '{p['recent_start']}' THEN revenue ELSE 0.0 END) AS spend_recent_window,
         SUM(CASE WHEN order_ts >= TIMESTAMP '{p['prior_start']}' AND order_ts < TIMESTAMP '{p['recent_start']}'
             THEN revenue ELSE 0.0 END) AS spend_prior_window
-    FROM orders GROUP BY customer_id
+    FROM int_orders GROUP BY customer_id
 ),
 lines AS (
     SELECT customer_id, COUNT(*) AS order_lines, COUNT(DISTINCT category) AS distinct_categories
-    FROM stg_sales GROUP BY customer_id
+    FROM stg_sales WHERE sold GROUP BY customer_id
 ),
 referrals AS (
     SELECT referred_by AS customer_id, COUNT(*) AS referrals_made FROM first_orders
@@ -239,7 +265,9 @@ marketing AS (
 SELECT c.customer_id, s.first_order_at, s.last_order_at, COALESCE(s.orders, 0) AS orders,
     COALESCE(l.order_lines, 0) AS order_lines, COALESCE(s.purchase_days, 0) AS purchase_days,
     COALESCE(s.revenue, 0.0) AS revenue, COALESCE(s.cost, 0.0) AS cost,
-    COALESCE(s.revenue, 0.0) - COALESCE(s.cost, 0.0) AS gross_margin, s.revenue / s.orders AS avg_order_value,
+    COALESCE(s.revenue, 0.0) - COALESCE(s.cost, 0.0) AS gross_margin, s.revenue / NULLIF(s.orders, 0) AS avg_order_value,
+    COALESCE(s.returned_revenue, 0.0) AS returned_revenue, s.returned_revenue / NULLIF(s.gross_revenue, 0.0) AS return_rate,
+    COALESCE(s.cancelled_orders, 0) AS cancelled_orders,
     COALESCE(l.distinct_categories, 0) AS distinct_categories, COALESCE(s.discounted_orders, 0) AS discounted_orders,
     DATE '{p['as_of']}' - CAST(s.first_order_at AS DATE) AS tenure_days,
     DATE '{p['as_of']}' - CAST(s.last_order_at AS DATE) AS recency_days,
@@ -312,7 +340,7 @@ def polars_extract(data, work):
 
 
 def polars_fact(work, as_of):
-    """The same staging and fct_customer logic with the Polars lazy API."""
+    """The same staging, int_orders and fct_customer logic with the Polars lazy API."""
     import polars as pl
 
     p = fact_params(as_of)
@@ -341,21 +369,37 @@ def polars_fact(work, as_of):
         )
 
     c = pl.col
-    gross = c("quantity") * c("unit_price") - c("discount").fill_null(0.0)
+    # The line's value after discount, signed: a return line's discount is given back too.
+    value = c("quantity") * c("unit_price")
+    line_value = pl.when(c("quantity") < 0).then(value + c("discount")).otherwise(value - c("discount"))
+    status = c("status")
+    cancelled = status == "cancelled"
+    taken_back = status.is_in(["returned", "refunded"])
+    no_revenue = cancelled | ((c("quantity") >= 0) & taken_back)
     stg_sales = (
         latest_copy(read_raw("sales").filter(c("order_ts") < as_of_end), [c("order_id").str.strip_chars(), c("line_no")])
+        .with_columns(
+            c("discount").fill_null(0.0), status.str.strip_chars().str.to_lowercase().fill_null("completed"),
+            pl.when(c("refund_of").str.strip_chars() != "").then(c("refund_of").str.strip_chars()).alias("refund_of"),
+        )
+        .with_columns(line_value.alias("line_value"))
         .select(
             c("order_id").str.strip_chars(), "line_no", c("customer_id").str.strip_chars().str.to_uppercase(),
             "order_ts", c("order_ts").dt.date().alias("order_date"), "channel", "category", "quantity", "unit_price",
-            c("discount").fill_null(0.0), "unit_cost", "currency",
+            "discount", "unit_cost", "currency",
             pl.when(c("referred_by").str.strip_chars() != "")
             .then(c("referred_by").str.strip_chars().str.to_uppercase()).alias("referred_by"),
-            gross.alias("revenue"),
-            pl.when(c("unit_cost").is_null()).then(gross * (1.0 - p["margin_rate"]))
+            "status", "refund_of", pl.coalesce("refund_of", c("order_id").str.strip_chars()).alias("sale_order_id"),
+            ((c("quantity") > 0) & ~cancelled).alias("sold"),
+            pl.when(~cancelled & (c("quantity") >= 0)).then(c("line_value")).otherwise(0.0).alias("gross_revenue"),
+            pl.when(cancelled).then(0.0).when(c("quantity") < 0).then(-c("line_value"))
+            .when(taken_back).then(c("line_value")).otherwise(0.0).alias("returned_revenue"),
+            pl.when(no_revenue).then(0.0).otherwise(c("line_value")).alias("revenue"),
+            pl.when(no_revenue).then(0.0).when(c("unit_cost").is_null()).then(c("line_value") * (1.0 - p["margin_rate"]))
             .otherwise(c("quantity") * c("unit_cost")).alias("cost"),
             c("unit_cost").is_null().alias("cost_estimated"), "_source_file", "_source_line",
         )
-        .sort(["order_id", "line_no"])
+        .sort(["customer_id", "order_id", "line_no"])
     )
     closed_in_time = c("closed_at") < as_of_end
     stg_service = (
@@ -368,7 +412,7 @@ def polars_fact(work, as_of):
             pl.when(c("closed_at").is_null() | closed_in_time).then(c("csat")).alias("csat"),
             c("handling_cost").fill_null(0.0), "_source_file", "_source_line",
         )
-        .sort("ticket_id")
+        .sort(["customer_id", "ticket_id"])
     )
     stg_marketing = (
         latest_copy(read_raw("marketing").filter(c("event_ts") < as_of_end), [c("event_id").str.strip_chars()])
@@ -376,7 +420,7 @@ def polars_fact(work, as_of):
             c("event_id").str.strip_chars(), c("customer_id").str.strip_chars().str.to_uppercase(), "event_ts",
             "campaign", "channel", "event_type", c("cost").fill_null(0.0), "_source_file", "_source_line",
         )
-        .sort("event_id")
+        .sort(["customer_id", "event_id"])
     )
     for name, frame in [("stg_sales", stg_sales), ("stg_service", stg_service), ("stg_marketing", stg_marketing)]:
         frame.sink_parquet(out / f"{name}.parquet", compression="zstd")
@@ -384,30 +428,51 @@ def polars_fact(work, as_of):
     service = pl.scan_parquet(out / "stg_service.parquet")
     marketing = pl.scan_parquet(out / "stg_marketing.parquet")
 
+    # int_orders: each order net of its returns and refunds.
+    sold, returned, gross_sum = c("sold"), c("returned_revenue").sum(), c("gross_revenue").sum()
+    (
+        sales_lines.group_by("customer_id", "sale_order_id")
+        .agg(
+            pl.coalesce(c("order_ts").filter(sold).min(), c("order_ts").min()).alias("order_ts"),
+            gross_sum.alias("gross_revenue"), returned.alias("returned_revenue"), c("revenue").sum(), c("cost").sum(),
+            (pl.when(sold).then(c("discount")).otherwise(0.0).sum() > 0).alias("discounted"),
+            (c("status") == "cancelled").all().alias("cancelled"),
+            (sold.any() & ((returned == 0) | (returned < gross_sum * (1.0 - 1e-9)))).alias("is_purchase"),
+        )
+        .select(
+            "customer_id", c("sale_order_id").alias("order_id"), "order_ts", c("order_ts").dt.date().alias("order_date"),
+            "gross_revenue", "returned_revenue", "revenue", "cost", "discounted", "cancelled", "is_purchase",
+        )
+        .sort(["customer_id", "order_id"])
+        .sink_parquet(out / "int_orders.parquet", compression="zstd")
+    )
+    orders = pl.scan_parquet(out / "int_orders.parquet")
+
     customers = pl.concat(
         [f.select("customer_id") for f in (sales_lines, service, marketing)]
     ).unique()
-    orders = sales_lines.group_by("customer_id", "order_id").agg(
-        c("order_ts").min(), c("revenue").sum(), c("cost").sum(), (c("discount").sum() > 0).alias("discounted")
-    )
     first_orders = (
-        sales_lines.sort("customer_id", "order_ts", "order_id", "line_no")
+        sales_lines.filter(sold).sort("customer_id", "order_ts", "order_id", "line_no")
         .group_by("customer_id", maintain_order=True)
         .agg(c("channel").first().alias("acquisition_channel"), c("referred_by").first())
     )
+    purchase = c("is_purchase")
     sales = orders.group_by("customer_id").agg(
-        pl.len().alias("orders"),
-        c("order_ts").dt.date().n_unique().alias("purchase_days"),
-        c("order_ts").min().alias("first_order_at"),
-        c("order_ts").max().alias("last_order_at"),
+        purchase.cast(pl.Int64).sum().alias("orders"),
+        c("order_date").filter(purchase).n_unique().alias("purchase_days"),
+        c("order_ts").filter(purchase).min().alias("first_order_at"),
+        c("order_ts").filter(purchase).max().alias("last_order_at"),
         c("revenue").sum(),
+        c("gross_revenue").sum(),
+        c("returned_revenue").sum(),
         c("cost").sum(),
-        c("discounted").cast(pl.Int64).sum().alias("discounted_orders"),
+        (purchase & c("discounted")).cast(pl.Int64).sum().alias("discounted_orders"),
+        c("cancelled").cast(pl.Int64).sum().alias("cancelled_orders"),
         pl.when(c("order_ts") >= recent).then(c("revenue")).otherwise(0.0).sum().alias("spend_recent_window"),
         pl.when((c("order_ts") >= prior) & (c("order_ts") < recent)).then(c("revenue")).otherwise(0.0)
         .sum().alias("spend_prior_window"),
     )
-    lines = sales_lines.group_by("customer_id").agg(
+    lines = sales_lines.filter(sold).group_by("customer_id").agg(
         pl.len().alias("order_lines"), c("category").drop_nulls().n_unique().alias("distinct_categories")
     )
     referrals = (
@@ -436,7 +501,8 @@ def polars_fact(work, as_of):
         c("cost").sum().alias("marketing_cost"),
     )
     days = lambda col: (pl.lit(as_of_day) - c(col).dt.date()).dt.total_days()  # noqa: E731
-    sent = pl.when(c("marketing_sent") != 0).then(c("marketing_sent"))
+    nonzero = lambda col: pl.when(c(col) != 0).then(c(col))  # noqa: E731
+    sent = nonzero("marketing_sent")
     fct = (
         customers.join(sales, on="customer_id", how="left")
         .join(lines, on="customer_id", how="left")
@@ -448,7 +514,9 @@ def polars_fact(work, as_of):
             "customer_id", "first_order_at", "last_order_at", c("orders").fill_null(0),
             c("order_lines").fill_null(0), c("purchase_days").fill_null(0), c("revenue").fill_null(0.0),
             c("cost").fill_null(0.0), (c("revenue").fill_null(0.0) - c("cost").fill_null(0.0)).alias("gross_margin"),
-            (c("revenue") / c("orders")).alias("avg_order_value"), c("distinct_categories").fill_null(0),
+            (c("revenue") / nonzero("orders")).alias("avg_order_value"), c("returned_revenue").fill_null(0.0),
+            (c("returned_revenue") / nonzero("gross_revenue")).alias("return_rate"), c("cancelled_orders").fill_null(0),
+            c("distinct_categories").fill_null(0),
             c("discounted_orders").fill_null(0), days("first_order_at").alias("tenure_days"),
             days("last_order_at").alias("recency_days"), c("spend_recent_window").fill_null(0.0),
             c("spend_prior_window").fill_null(0.0), "acquisition_channel",
@@ -557,7 +625,7 @@ def run_size(args, lines, work):
     input_bytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and f.suffix in (".csv", ".ndjson"))
     pipeline = write_pipeline(data, work, args.engine)
     warehouse = work / "warehouse"
-    env = dict(os.environ, RUST_LOG="patron=warn")
+    env = dict(os.environ, RUST_LOG=os.environ.get("PATRON_BENCH_LOG", "patron=warn"))
     print("   patron run", flush=True)
     run = measure([patron, "run", "--pipeline", str(pipeline), "--warehouse", str(warehouse)], logs / "patron.log", env)
     manifest = json.loads((warehouse / "runs" / "latest.json").read_text())
@@ -565,10 +633,18 @@ def run_size(args, lines, work):
     rows = {s["source"]: s["rows_read"] for s in manifest["extract"]}
     total_rows = sum(rows.values())
     stage_ms = {s["name"]: s["duration_ms"] for s in manifest["stages"]}
+    # Where the whole run's time goes: its phases, and its stages' times summed by layer
+    # (stages of a wave run side by side, so the sums can exceed the transform's wall time).
+    # The churn model's training (its cut-off snapshots, learners and scoring) is counted
+    # in `model_params`, layer `models`, after the purchase-model fits.
+    layer_ms = {}
+    for s in manifest["stages"]:
+        layer_ms[s["layer"]] = layer_ms.get(s["layer"], 0) + s["duration_ms"]
     # The peers' extract + fact, in patron: a second run of only fct_customer and what it
-    # reads (`--select +fct_customer`: extract, staging, fact; no models), whose phases give
-    # the wall times. Extract includes the duplicate-key scan, part of extract's validation
-    # (the peers do not do it); the staging stages run side by side, as they do in a run.
+    # reads (`--select +fct_customer`: extract, staging, int_orders, fact; no models), whose
+    # phases give the wall times. Extract includes the duplicate-key scan, part of extract's
+    # validation (the peers do not do it); the staging stages run side by side, as they do in
+    # a run.
     print("   patron extract + fact (run --select +fct_customer)", flush=True)
     fact_run = measure(
         [patron, "run", "--pipeline", str(pipeline), "--warehouse", str(work / "warehouse-fact"), "--select", "+fct_customer"],
@@ -590,6 +666,8 @@ def run_size(args, lines, work):
             "stages_s": sum(stage_ms.values()) / 1000,
             "fit_s": fit_s,
             "stage_ms": stage_ms,
+            "run_phase_ms": manifest["phase_ms"],
+            "run_layer_ms": layer_ms,
             "params": {m: models[m]["params"] for m in ("bgnbd", "gamma_gamma")},
         }
     }
@@ -683,6 +761,15 @@ def print_table(size):
         ratio = f"{r['ratio_to_best_peer']:.2f}x ({r['best_peer']})" if "ratio_to_best_peer" in r else ""
         print(f"{r['task']:<14} {r['system']:<10} {fmt(r['wall_s'], '8.2f')} {fmt(r['cpu_s'], '8.2f')} "
               f"{fmt(r['rows_per_s'], '11,.0f')} {fmt(r['peak_rss_mib'], '9.0f')}  {ratio}")
+    p = size["systems"]["patron"]
+    whole = p["run"]["wall_s"]
+    per_m = size["rows_total"] / 1e6
+    print(f"whole run / extract+fact: {whole / (p['extract_s'] + p['fact_s']):.2f}x; "
+          f"whole run per million rows read: {whole / per_m:.2f} s")
+    phases = ", ".join(f"{k} {v / 1000:.1f} s ({v / 1000 / per_m:.2f})" for k, v in p["run_phase_ms"].items())
+    print(f"whole run phases, s (s per million rows): {phases}")
+    layers = ", ".join(f"{k} {v / 1000:.1f} s" for k, v in sorted(p["run_layer_ms"].items(), key=lambda kv: -kv[1]))
+    print(f"whole run stage time by layer (model_params holds the churn training): {layers}")
     c = size["checks"]
     print(f"same fct_customer totals: duckdb {c['fct_customer_same_duckdb']}, polars {c['fct_customer_same_polars']}; "
           f"model parameters within 1e-3 of lifetimes: {c['params_within_1e-3']} "
