@@ -61,6 +61,10 @@ impl Model {
 /// Name of the scoring function inside the predictions query.
 const FUNCTION: &str = "churn_score";
 
+/// Fewest rows of a batch worth a scoring thread of their own (a buyer takes tens of
+/// microseconds: the boosted trees' Shapley values for the reasons).
+const MIN_ROWS_PER_THREAD: usize = 512;
+
 /// `churn_score(<NUMERIC features as double>..., channel)`: a struct of `churn_risk`,
 /// `p_no_purchase` and `churn_reasons`.
 struct ScoreFunction {
@@ -125,16 +129,43 @@ impl ScalarUDFImpl for ScoreFunction {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| internal("the channel argument is not text"))?;
+        // Each row's scores depend on that row alone: the batch is cut into one slice per
+        // core, scored side by side and put back in order, so the result is the same on
+        // any number of cores.
+        let score_rows = |rows: std::ops::Range<usize>| -> Vec<Scored> {
+            let (mut values, mut row) = (vec![0.0; numeric.len()], Vec::new());
+            rows.map(|i| {
+                for (slot, c) in values.iter_mut().zip(&numeric) {
+                    *slot = clean(c, i);
+                }
+                let ch = if channel.is_null(i) { "" } else { channel.value(i) };
+                self.model.score(&values, ch, &mut row)
+            })
+            .collect()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let slices = cores.min(n.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
+        let per_slice = n.div_ceil(slices);
+        let scored: Vec<Vec<Scored>> = if slices == 1 {
+            vec![score_rows(0..n)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..slices)
+                    .map(|k| {
+                        let rows = k * per_slice..((k + 1) * per_slice).min(n);
+                        scope.spawn(move || score_rows(rows))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| internal("a scoring thread panicked")))
+                    .collect::<DfResult<_>>()
+            })?
+        };
         let mut risks = Float64Builder::with_capacity(n);
         let mut silent = Float64Builder::with_capacity(n);
         let mut texts = StringBuilder::with_capacity(n, n * 48);
-        let (mut values, mut row) = (vec![0.0; numeric.len()], Vec::new());
-        for i in 0..n {
-            for (slot, c) in values.iter_mut().zip(&numeric) {
-                *slot = clean(c, i);
-            }
-            let ch = if channel.is_null(i) { "" } else { channel.value(i) };
-            let scored = self.model.score(&values, ch, &mut row);
+        for scored in scored.into_iter().flatten() {
             risks.append_value(scored.churn_risk);
             silent.append_value(scored.p_no_purchase);
             texts.append_value(scored.reasons);
@@ -192,7 +223,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_query_scores_every_row_as_the_model_does_in_memory() {
-        let n = 300;
+        // More rows than one scoring thread takes: on two or more cores the batch is split.
+        let n = 3 * MIN_ROWS_PER_THREAD;
         let rows = features::read(test_table(n, |i| i), "test").await.unwrap();
         let encoding = Encoding::of(&rows);
         let x = encoding.encode(&rows);
