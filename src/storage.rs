@@ -36,6 +36,9 @@ pub struct Layout {
     pub row_group_rows: usize,
     /// Columns the rows are sorted by first (`-- @cluster_by`): each gets a bloom filter.
     pub cluster_by: Vec<String>,
+    /// Columns whose values rarely repeat (a source's key and event time), written without
+    /// a dictionary: one would be as large as the column and cost a hash per value.
+    pub plain: Vec<String>,
 }
 
 impl Default for Layout {
@@ -43,13 +46,14 @@ impl Default for Layout {
         Layout {
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
             cluster_by: Vec::new(),
+            plain: Vec::new(),
         }
     }
 }
 
 impl Layout {
     /// The Parquet writer settings: Snappy, page statistics and page index on every column,
-    /// `row_group_rows` per row group, no dictionary for `_source_line`; with cluster columns, pages of
+    /// `row_group_rows` per row group, no dictionary for `_source_line` and the `plain` columns; with cluster columns, pages of
     /// [`CLUSTERED_PAGE_ROWS`] rows and bloom filters (no dictionary) on those columns.
     pub fn writer_properties(&self) -> WriterProperties {
         let mut builder = WriterProperties::builder()
@@ -63,6 +67,9 @@ impl Layout {
         // Line numbers are unique within a file: a dictionary of them is as large as the
         // column, and building it per row group was a visible cost of extract.
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(crate::names::SOURCE_LINE_COLUMN), false);
+        for column in &self.plain {
+            builder = builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+        }
         for column in &self.cluster_by {
             let path = ColumnPath::from(column.as_str());
             // Plain encoding: a dictionary page holds the whole row group's ids and would be

@@ -321,7 +321,17 @@ pub fn extract_source(
     threads: usize,
 ) -> Result<SourceMetrics, ExtractError> {
     let dirs = (raw_dir, quarantine_dir);
-    extract_with(source, files, run_id, dirs, batch_size, threads, &Layout::default())
+    extract_with(source, files, run_id, dirs, batch_size, threads, &raw_layout(source))
+}
+
+/// How a source's raw table is laid out: the default, with its key and event time columns
+/// written without a dictionary (their values rarely repeat).
+fn raw_layout(source: &SourcePlan) -> Layout {
+    let schema = &source.schema;
+    Layout {
+        plain: schema.primary_key.iter().chain(&schema.event_time).cloned().collect(),
+        ..Layout::default()
+    }
 }
 
 /// [`extract_source`] with the raw table laid out as `layout`.

@@ -708,6 +708,43 @@ mod tests {
         Ok((m, dir))
     }
 
+    /// A raw table's key and event time columns are written without a dictionary (their
+    /// values rarely repeat), the other columns with one.
+    #[test]
+    fn keys_and_event_times_have_no_dictionary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("sales.csv");
+        let mut text = String::from("order_id,line_no,customer_id,order_ts,channel,quantity,unit_price\n");
+        for i in 0..200 {
+            text.push_str(&format!(
+                "O{i},1,C{},2024-01-01T00:{:02}:00Z,web,1,2.5\n",
+                i % 7,
+                i % 60
+            ));
+        }
+        std::fs::write(&csv, text).unwrap();
+        let files = [LocalInput::local(&csv).unwrap()];
+        let (raw, q) = (tmp.path().join("raw"), tmp.path().join("q"));
+        super::super::extract_source(&sales_source(), &files, "run", &raw, &q, 64, 1).unwrap();
+        let file = std::fs::File::open(raw.join("sales/part-00000.parquet")).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let group = builder.metadata().row_group(0);
+        let dictionary = |name: &str| {
+            let column = group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap();
+            column.dictionary_page_offset().is_some()
+        };
+        let source = sales_source();
+        let event_time = source.schema.event_time.clone().unwrap();
+        for plain in source.schema.primary_key.iter().chain([&event_time]) {
+            assert!(!dictionary(plain), "{plain} has a dictionary");
+        }
+        assert!(dictionary("customer_id") && dictionary("channel"));
+    }
+
     #[test]
     fn threads_give_the_same_rows_order_metrics_and_quarantine_as_one_thread() {
         let tmp = tempfile::tempdir().unwrap();

@@ -167,6 +167,7 @@ async fn commit_delta(c: &Commit<'_>, targets: &[Target]) -> Result<Vec<Publishe
             let layout = Layout {
                 row_group_rows: c.row_group_rows,
                 cluster_by: t.cluster_by.clone(),
+                ..Layout::default()
             };
             let target = delta::CommitTarget {
                 warehouse: c.warehouse,

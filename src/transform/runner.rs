@@ -628,6 +628,7 @@ pub async fn run_stage(
     let layout = Layout {
         row_group_rows,
         cluster_by: stage.spec.cluster_by.clone(),
+        ..Layout::default()
     };
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let mut rows_new = None;
