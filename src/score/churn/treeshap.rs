@@ -323,25 +323,30 @@ mod tests {
             .collect()
     }
 
+    /// A depth-3 tree with uneven covers: feature 0 splits twice on one path, feature 2
+    /// only on the right.
+    fn uneven_tree() -> Plain {
+        Plain(vec![
+            (Some((0, 0.5, 1, 2)), 0.0, 100.0),
+            (Some((1, 0.3, 3, 4)), 0.0, 60.0),
+            (Some((2, 0.7, 5, 6)), 0.0, 40.0),
+            (Some((0, 0.2, 7, 8)), 0.0, 25.0),
+            (None, 1.5, 35.0),
+            (None, -0.7, 30.0),
+            (Some((1, 0.8, 9, 10)), 0.0, 10.0),
+            (None, 2.0, 5.0),
+            (None, -1.0, 20.0),
+            (None, 0.4, 4.0),
+            (None, 3.0, 6.0),
+        ])
+    }
+
     /// Depth-3 trees with repeated features, uneven covers and several rows: TreeSHAP
     /// equals the brute-force Shapley values and adds up to prediction minus mean.
     #[test]
     fn equals_brute_force_shapley_values() {
         let trees = [
-            // Feature 0 splits twice on one path; feature 2 only on the right.
-            Plain(vec![
-                (Some((0, 0.5, 1, 2)), 0.0, 100.0),
-                (Some((1, 0.3, 3, 4)), 0.0, 60.0),
-                (Some((2, 0.7, 5, 6)), 0.0, 40.0),
-                (Some((0, 0.2, 7, 8)), 0.0, 25.0),
-                (None, 1.5, 35.0),
-                (None, -0.7, 30.0),
-                (Some((1, 0.8, 9, 10)), 0.0, 10.0),
-                (None, 2.0, 5.0),
-                (None, -1.0, 20.0),
-                (None, 0.4, 4.0),
-                (None, 3.0, 6.0),
-            ]),
+            uneven_tree(),
             // One split: the credit goes to its feature alone.
             Plain(vec![
                 (Some((1, 0.0, 1, 2)), 0.0, 10.0),
@@ -378,19 +383,7 @@ mod tests {
     /// threshold and NaN; a tree with too many splits gets no table.
     #[test]
     fn table_adds_the_walks_values() {
-        let tree = Plain(vec![
-            (Some((0, 0.5, 1, 2)), 0.0, 100.0),
-            (Some((1, 0.3, 3, 4)), 0.0, 60.0),
-            (Some((2, 0.7, 5, 6)), 0.0, 40.0),
-            (Some((0, 0.2, 7, 8)), 0.0, 25.0),
-            (None, 1.5, 35.0),
-            (None, -0.7, 30.0),
-            (Some((1, 0.8, 9, 10)), 0.0, 10.0),
-            (None, 2.0, 5.0),
-            (None, -1.0, 20.0),
-            (None, 0.4, 4.0),
-            (None, 3.0, 6.0),
-        ]);
+        let tree = uneven_tree();
         let table = Table::new(&tree).expect("5 splits fit a table");
         assert_eq!(table.starts.len(), (1 << 5) + 1);
         let mut work = Vec::new();
