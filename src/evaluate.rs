@@ -320,7 +320,13 @@ pub async fn evaluate(options: &EvaluateOptions) -> Result<(EvaluationReport, Pa
     let scratch = match (&options.out, plan.warehouse.local_dir()) {
         (Some(out), _) => {
             // A folder holding something else (an earlier evaluation's runs) would become
-            // part of this one's history.
+            // part of this one's history; a file there would fail the first scratch run.
+            if out.exists() && !out.is_dir() {
+                return Err(invalid(
+                    "--out",
+                    format!("{} is a file, not a folder; give a new or empty folder", out.display()),
+                ));
+            }
             if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
                 return Err(invalid(
                     "--out",

@@ -353,6 +353,17 @@ fn a_bad_holdout_exits_2_before_anything_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--out") && err.contains("is not empty"), "{err}");
     assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1, "nothing written");
+    // So is an `--out` that names a file.
+    let file = used.join("keep.txt");
+    let out = patron(&repo(), &["evaluate", "--out", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--out") && err.contains("is a file"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "x",
+        "the file is left as it was"
+    );
 }
 
 #[test]
