@@ -139,11 +139,13 @@ impl Builder<'_> {
                 }
             }
         };
-        let cores = match self.s.threads {
-            0 => std::thread::available_parallelism().map_or(1, |c| c.get()),
-            n => n,
-        };
-        let threads = cores.min(rows.len() / MIN_ROWS_PER_THREAD).min(hists.len()).max(1);
+        // `s.threads` is resolved (never 0) by `fit`, once, not per node.
+        let threads = self
+            .s
+            .threads
+            .min(rows.len() / MIN_ROWS_PER_THREAD)
+            .min(hists.len())
+            .max(1);
         if threads == 1 {
             fill(&mut hists, 0);
         } else {
@@ -200,6 +202,13 @@ pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], s: GbtSettings) ->
             "boosted trees need equal-length, non-empty rows".into(),
         ));
     }
+    let s = GbtSettings {
+        threads: match s.threads {
+            0 => std::thread::available_parallelism().map_or(1, |c| c.get()),
+            n => n,
+        },
+        ..s
+    };
     let bins = s.bins.clamp(2, usize::from(u16::MAX));
     let feature_edges: Vec<Vec<f64>> = (0..d)
         .map(|j| edges(&mut rows.iter().map(|r| r[j]).collect::<Vec<_>>(), bins))

@@ -70,6 +70,8 @@ const MIN_ROWS_PER_THREAD: usize = 512;
 struct ScoreFunction {
     model: Arc<Model>,
     signature: Signature,
+    /// Cores a batch is shared out between (looked up once, not per batch).
+    cores: usize,
 }
 
 impl std::fmt::Debug for ScoreFunction {
@@ -143,8 +145,7 @@ impl ScalarUDFImpl for ScoreFunction {
             })
             .collect()
         };
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let slices = cores.min(n.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
+        let slices = self.cores.min(n.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
         let per_slice = n.div_ceil(slices);
         let scored: Vec<Vec<Scored>> = if slices == 1 {
             vec![score_rows(0..n)]
@@ -198,6 +199,7 @@ pub(super) fn predictions(features: DataFrame, model: Arc<Model>) -> DfResult<Da
     let function = ScalarUDF::new_from_impl(ScoreFunction {
         model,
         signature: Signature::exact(types, Volatility::Immutable),
+        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
     });
     features
         .select(vec![
