@@ -106,6 +106,13 @@ pub struct ScoringSettings {
     /// Churn model: at most this many buyers per cut-off to learn from (a fixed pick by
     /// hashed customer id, see [`churn::features::sample`]); every buyer is scored.
     pub churn_training_customers: usize,
+    /// Churn model: when the buyers outnumber `churn_training_customers`, a cut-off
+    /// snapshot computes the features of the sample only (the stages after
+    /// `customer_model_input` are filtered down to its buyers; the purchase models are
+    /// still refitted on every buyer). The features are the same as with `false`, which
+    /// computes them for every buyer and then picks the sample; see docs/scoring.md,
+    /// "Snapshots".
+    pub churn_sampled_snapshots: bool,
     /// Fail the run (exit 1) when BG/NBD or Gamma-Gamma cannot be fitted, instead of
     /// scoring with their documented fallbacks ([`fallback`]).
     pub require_models: bool,
@@ -138,6 +145,7 @@ impl Default for ScoringSettings {
             high_return_rate: 0.25,
             churn_holdout_days: 90,
             churn_training_customers: CHURN_TRAINING_CUSTOMERS,
+            churn_sampled_snapshots: true,
             require_models: false,
         }
     }

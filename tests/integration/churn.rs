@@ -167,22 +167,56 @@ async fn the_combined_model_earns_its_place_against_the_true_dropped_out_state()
         "churn_training_customers",
         toml::Value::Integer(8000),
     );
+    let sampled_run = |pipeline: &std::path::Path, wh: &std::path::Path| {
+        let out = patron_with_env(
+            dir.path(),
+            &[
+                "run",
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+                "--warehouse",
+                wh.to_str().unwrap(),
+            ],
+            &[("RUST_LOG", std::path::Path::new("patron=info"))],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).contains("features computed for the sample only")
+    };
     let wh2 = dir.path().join("wh-sampled");
-    let out = patron(
-        dir.path(),
-        &[
-            "run",
-            "--pipeline",
-            sampled.to_str().unwrap(),
-            "--warehouse",
-            wh2.to_str().unwrap(),
-        ],
+    assert!(
+        sampled_run(&sampled, &wh2),
+        "the snapshots compute the sample's features only"
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let churn = latest_manifest(&wh2)["models"]["churn"].clone();
     assert_eq!(churn["training_customers"], 8000, "{churn}");
     assert_eq!(churn["validation_customers"], 8000, "{churn}");
     assert_eq!(churn["scored_customers"].as_f64(), Some(by_model), "{churn}");
+
+    // Computing the snapshots' features for the sample only changes nothing: the same
+    // learners, validation scores, calibration and scores, to the last bit, as computing
+    // every buyer's features and then picking the same sample.
+    let whole = with_setting(
+        &sampled,
+        "scoring",
+        "churn_sampled_snapshots",
+        toml::Value::Boolean(false),
+    );
+    let wh3 = dir.path().join("wh-whole");
+    assert!(!sampled_run(&whole, &wh3), "every buyer's features are computed");
+    let without_time = |mut churn: serde_json::Value| {
+        churn["fit"].as_object_mut().unwrap().remove("fit_ms");
+        churn
+    };
+    let whole_churn = latest_manifest(&wh3)["models"]["churn"].clone();
+    assert_eq!(without_time(churn), without_time(whole_churn));
+    let scores = "SELECT customer_id, churn_risk, p_no_purchase_90d, churn_reasons, churn_model FROM customer_scores \
+                  WHERE churn_risk IS NOT NULL ORDER BY customer_id";
+    let (sampled_scores, whole_scores) = (
+        rows(&warehouse_session(&wh2).await, scores).await,
+        rows(&warehouse_session(&wh3).await, scores).await,
+    );
+    assert_eq!(sampled_scores.len(), fields.len());
+    assert!(sampled_scores == whole_scores, "the published churn scores differ");
 }
 
 #[tokio::test]

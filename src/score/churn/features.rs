@@ -3,12 +3,15 @@
 //! reason (`complaints_recent=2`, `gap_vs_rhythm=3.1x`). The column names are the reason
 //! codes, so a code always means the column of the same name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Float64Array, StringArray};
+use datafusion::arrow::array::{Array, BooleanArray, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, cast as cast_expr, col, create_udf};
 use datafusion::prelude::DataFrame;
+use datafusion::scalar::ScalarValue;
 
 use super::ChurnError;
 
@@ -111,11 +114,56 @@ pub fn clean(column: &Float64Array, i: usize) -> f64 {
 /// no more than `customers` rows, all of them, unchanged. The pick is a top-k: its memory
 /// is that of `customers` rows, whatever the size of the customer base.
 pub fn sample(df: DataFrame, customers: usize) -> datafusion::error::Result<DataFrame> {
-    use datafusion::functions::crypto::expr_fn::md5;
-    use datafusion::logical_expr::{cast, col};
-    df.sort(vec![md5(cast(col("customer_id"), DataType::Utf8)).sort(true, false)])?
+    by_hash(df)?
         .limit(0, Some(customers))?
         .sort(vec![col("customer_id").sort(true, false)])
+}
+
+/// `df` in the order [`sample`] picks from: by the MD5 of `customer_id`, NULL ids last.
+pub fn by_hash(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    use datafusion::functions::crypto::expr_fn::md5;
+    df.sort(vec![
+        md5(cast_expr(col("customer_id"), DataType::Utf8)).sort(true, false),
+    ])
+}
+
+/// Name of the function [`in_sample`] calls, registered in a snapshot's session only.
+pub const IN_SAMPLE_FUNCTION: &str = "__patron_churn_in_sample";
+
+/// The predicate "`customer_id` is one of `ids`", for a snapshot that computes its
+/// features for a sample only (see `docs/scoring.md`, "Snapshots"). It is a plain
+/// immutable function of the id, so DataFusion pushes it below sorts, aggregates grouped
+/// by the id and equi-joins on it, down to the scans; a NULL id is not in the sample.
+/// Register `udf` in the session that runs the returned expression.
+pub fn in_sample(ids: HashSet<String>) -> (ScalarUDF, Expr) {
+    let ids = Arc::new(ids);
+    let member = move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+        let [arg] = args else {
+            return datafusion::common::exec_err!("{IN_SAMPLE_FUNCTION} takes one argument");
+        };
+        let values = arg.to_array(1)?;
+        let values = cast(&values, &DataType::Utf8)?;
+        let values = values.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("text cast to Utf8 is not a StringArray".into())
+        })?;
+        let kept: BooleanArray = values
+            .iter()
+            .map(|v| Some(v.is_some_and(|v| ids.contains(v))))
+            .collect();
+        Ok(match arg {
+            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&kept, 0)?),
+            ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(kept)),
+        })
+    };
+    let udf = create_udf(
+        IN_SAMPLE_FUNCTION,
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Immutable,
+        Arc::new(member),
+    );
+    let predicate = udf.call(vec![cast_expr(col("customer_id"), DataType::Utf8)]);
+    (udf, predicate)
 }
 
 /// Reads a `churn_features` result. NULL numeric values are read as 0 (the SQL fills
@@ -255,8 +303,6 @@ pub fn reason(feature: usize, value: f64) -> String {
 /// feature), channel `web`/`app`/`shop` by `i % 3` (NULL for row 5).
 #[cfg(test)]
 pub(super) fn test_table(n: usize, order: impl Fn(usize) -> usize) -> datafusion::prelude::DataFrame {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::ArrayRef;
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
@@ -313,6 +359,55 @@ mod tests {
             smaller.iter().all(|id| small.contains(id)),
             "a smaller sample is part of a larger one (the same buyers across snapshots)"
         );
+    }
+
+    #[tokio::test]
+    async fn the_sample_filter_keeps_its_ids_and_no_null() {
+        use datafusion::arrow::array::ArrayRef;
+        use datafusion::arrow::record_batch::RecordBatch;
+
+        let ctx = datafusion::prelude::SessionContext::new();
+        let (udf, predicate) = in_sample(HashSet::from(["c7".to_string(), "c3".into(), "nobody".into()]));
+        ctx.register_udf(udf);
+        let column: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("c7"),
+            None,
+            Some("c3"),
+            Some("c4"),
+            Some("C7"),
+        ]));
+        let batch = RecordBatch::try_from_iter(vec![("customer_id", column)]).unwrap();
+        let kept = ctx
+            .read_batch(batch)
+            .unwrap()
+            .filter(predicate)
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let kept: Vec<String> = kept
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                ids.iter().map(|id| id.unwrap().to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            ["c7", "c3"],
+            "the sample's ids, in their order; ids compared exactly"
+        );
+        // A NULL id is not in the sample (false, not NULL), which lets DataFusion carry the
+        // filter across the equi-joins of LEFT JOINs to the other side.
+        let null = ctx
+            .sql(&format!("SELECT {IN_SAMPLE_FUNCTION}(CAST(NULL AS VARCHAR)) AS kept"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let null = null[0].column(0).as_any().downcast_ref::<BooleanArray>().unwrap();
+        assert!(null.is_valid(0) && !null.value(0));
     }
 
     #[test]

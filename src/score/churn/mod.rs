@@ -150,17 +150,68 @@ pub struct Snapshots<'a> {
     pub parallel: usize,
 }
 
-/// The stages a snapshot re-runs, in waves of stages that do not depend on each other
-/// (see [`dag::waves`]), and how many of a wave run at once.
+/// How a snapshot runs the stages of [`FEATURES_STAGE`]'s chain (see [`Chain::plan`]).
 struct Chain {
+    /// The stages run first, in waves of stages that do not depend on each other (see
+    /// [`dag::waves`]), each written to the snapshot's folder: every stage of the chain
+    /// but [`FEATURES_STAGE`], or when `sampled`, [`MODEL_INPUT_STAGE`] and the stages it
+    /// reads (the purchase models' refit needs every buyer).
     waves: Vec<Vec<crate::transform::Stage>>,
+    /// When `sampled`, the rest of the chain but [`FEATURES_STAGE`], in order: registered as
+    /// views, so that the sample's filter on [`FEATURES_STAGE`] reaches into them.
+    deferred: Vec<crate::transform::Stage>,
+    /// [`FEATURES_STAGE`].
+    features: crate::transform::Stage,
+    /// Whether the features are computed for the sample of buyers only.
+    sampled: bool,
+    /// Stages of a wave that run at once.
     parallel: usize,
 }
 
-/// The stages [`FEATURES_STAGE`] needs, itself last, in `order`.
-fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> Vec<&'a crate::transform::Stage> {
-    let mut needed = BTreeSet::from([FEATURES_STAGE.to_string()]);
-    let mut todo = vec![FEATURES_STAGE.to_string()];
+impl Chain {
+    /// The snapshot plan. With `sampled` (the caller's choice: more buyers than the
+    /// sample, a local engine), the features are computed for the learners' sample only,
+    /// provided the chain holds [`MODEL_INPUT_STAGE`]; otherwise every stage runs whole.
+    /// `None` without [`FEATURES_STAGE`].
+    fn plan(project: &Project, provided: &Provided, order: &[String], sampled: bool, parallel: usize) -> Option<Chain> {
+        let names = chain(project, provided, order, FEATURES_STAGE);
+        let features = project.stages.get(FEATURES_STAGE)?.clone();
+        let sampled = sampled && names.iter().any(|n| n == MODEL_INPUT_STAGE);
+        let first = if sampled {
+            chain(project, provided, order, MODEL_INPUT_STAGE)
+        } else {
+            names.clone()
+        };
+        let stage = |n: &String| project.stages.get(n).cloned();
+        let waves = dag::waves(project, provided, &first)
+            .into_iter()
+            .map(|wave| {
+                wave.iter()
+                    .filter(|n| *n != FEATURES_STAGE)
+                    .filter_map(stage)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|wave| !wave.is_empty())
+            .collect();
+        let deferred = names
+            .iter()
+            .filter(|n| !first.contains(n) && *n != FEATURES_STAGE)
+            .filter_map(stage)
+            .collect();
+        Some(Chain {
+            waves,
+            deferred,
+            features,
+            sampled,
+            parallel,
+        })
+    }
+}
+
+/// The stages `target` needs, itself included, in `order`.
+fn chain(project: &Project, provided: &Provided, order: &[String], target: &str) -> Vec<String> {
+    let mut needed = BTreeSet::from([target.to_string()]);
+    let mut todo = vec![target.to_string()];
     while let Some(name) = todo.pop() {
         if let Some(stage) = project.stages.get(&name) {
             for dep in dag::dependencies(project, provided, stage) {
@@ -170,11 +221,7 @@ fn chain<'a>(project: &'a Project, provided: &Provided, order: &'a [String]) -> 
             }
         }
     }
-    order
-        .iter()
-        .filter(|n| needed.contains(*n))
-        .filter_map(|n| project.stages.get(n))
-        .collect()
+    order.iter().filter(|n| needed.contains(*n)).cloned().collect()
 }
 
 /// A scratch session for a snapshot: it shares the run's registered tables (extracted
@@ -276,19 +323,16 @@ async fn snapshot_into(
 ) -> Result<FeatureRows, ChurnError> {
     let started = Instant::now();
     let params = settings.sql_params(day);
-    let mut rows = None;
     for wave in &chain.waves {
         // The stages of a wave depend on none of each other: up to `parallel` at once, each
         // a task of its own on the runtime's worker threads.
-        let queries: Vec<_> = wave.iter().filter(|stage| stage.name != FEATURES_STAGE).collect();
-        let names: Vec<&str> = queries.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = wave.iter().map(|s| s.name.as_str()).collect();
         let results = crate::engine::run_side_by_side(&names, chain.parallel, |i| {
-            let (snap, stage, params, folder) =
-                (snap.clone(), queries[i].clone(), params.clone(), folder.to_path_buf());
+            let (snap, stage, params, folder) = (snap.clone(), wave[i].clone(), params.clone(), folder.to_path_buf());
             async move { snapshot_stage(&snap, &stage, &params, &folder, day).await }
         })
         .await;
-        for (result, stage) in results.into_iter().zip(&queries) {
+        for (result, stage) in results.into_iter().zip(wave) {
             result.map_err(|e| ChurnError::Input {
                 table: stage.name.clone(),
                 message: format!("the stage task stopped: {e}"),
@@ -304,21 +348,74 @@ async fn snapshot_into(
                 })?;
             tracing::info!(%day, ms = fit_started.elapsed().as_millis() as u64, "churn snapshot purchase models fitted");
         }
-        if let Some(stage) = wave.iter().find(|s| s.name == FEATURES_STAGE) {
-            let stage_started = Instant::now();
-            let df = stage_query(snap, stage, &params).await.and_then(|df| {
-                features::sample(df, settings.churn_training_customers).map_err(input_err(&stage.name))
-            })?;
-            rows = Some(features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?);
-            tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
-            break;
+    }
+    let mut filter = None;
+    if chain.sampled {
+        if let Some(ids) = draw_sample(snap, settings.churn_training_customers).await? {
+            tracing::info!(%day, customers = ids.len(), "churn snapshot features computed for the sample only");
+            let (udf, predicate) = features::in_sample(ids);
+            snap.register_udf(udf);
+            filter = Some(predicate);
+        }
+        for stage in &chain.deferred {
+            let df = stage_query(snap, stage, &params).await?;
+            crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name))?;
         }
     }
+    let stage = &chain.features;
+    let stage_started = Instant::now();
+    let df = stage_query(snap, stage, &params).await?;
+    let df = match filter {
+        Some(predicate) => df.filter(predicate),
+        None => Ok(df),
+    }
+    .and_then(|df| features::sample(df, settings.churn_training_customers))
+    .map_err(input_err(&stage.name))?;
+    let rows = features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?;
+    tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
     tracing::info!(%day, ms = started.elapsed().as_millis() as u64, "churn snapshot done");
-    rows.ok_or_else(|| ChurnError::Input {
-        table: FEATURES_STAGE.into(),
-        message: "the stage is not in the run".into(),
-    })
+    Ok(rows)
+}
+
+/// The rows of the run's [`MODEL_INPUT_STAGE`] (its buyers); 0 without the stage.
+async fn buyers(ctx: &SessionContext) -> Result<usize, ChurnError> {
+    match ctx.table(MODEL_INPUT_STAGE).await {
+        Ok(df) => df.count().await.map_err(input_err(MODEL_INPUT_STAGE)),
+        Err(_) => Ok(0),
+    }
+}
+
+/// The learners' sample as of a snapshot, drawn from its [`MODEL_INPUT_STAGE`] (its
+/// buyers) in the order of [`features::sample`]: the `customers` ids with the smallest
+/// hash; `None` when there are no more buyers than that.
+async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<HashSet<String>>, ChurnError> {
+    use datafusion::logical_expr::col;
+    let err = input_err(MODEL_INPUT_STAGE);
+    let df = snap
+        .table(MODEL_INPUT_STAGE)
+        .await
+        .and_then(|df| df.select(vec![col("customer_id")]))
+        .and_then(|df| df.filter(col("customer_id").is_not_null()))
+        .and_then(features::by_hash)
+        .and_then(|df| df.limit(0, Some(customers + 1)))
+        .map_err(&err)?;
+    let mut ids = Vec::with_capacity(customers + 1);
+    for batch in df.collect().await.map_err(&err)? {
+        let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
+        let column = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| ChurnError::Input {
+                table: MODEL_INPUT_STAGE.into(),
+                message: "customer_id is not text".into(),
+            })?;
+        ids.extend(column.iter().flatten().map(str::to_string));
+    }
+    if ids.len() <= customers {
+        return Ok(None);
+    }
+    ids.truncate(customers);
+    Ok(Some(ids.into_iter().collect()))
 }
 
 /// The customers of `rows` with a purchase in the `days` days after `day` (up to the
@@ -461,15 +558,14 @@ pub async fn fit_and_register(
         fit: None,
         scored_customers: 0,
     };
-    let names: Vec<String> = chain(project, provided, order)
-        .into_iter()
-        .map(|s| s.name.clone())
-        .collect();
-    let waves = dag::waves(project, provided, &names)
-        .into_iter()
-        .map(|wave| wave.iter().filter_map(|n| project.stages.get(n).cloned()).collect())
-        .collect();
-    let chain = Chain { waves, parallel };
+    // The run's own buyers foretell whether a snapshot's will outnumber the sample.
+    let sampled = settings.churn_sampled_snapshots
+        && !crate::engine::is_distributed(ctx)
+        && buyers(ctx).await? > settings.churn_training_customers;
+    let chain = Chain::plan(project, provided, order, sampled, parallel).ok_or_else(|| ChurnError::Input {
+        table: FEATURES_STAGE.into(),
+        message: "the stage is not in the run".into(),
+    })?;
     let outcome = train(ctx, &chain, settings, (c1, c2), scratch, &mut report).await?;
     match outcome {
         Err(reason) => {
