@@ -127,6 +127,28 @@ pub fn by_hash(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     ])
 }
 
+/// The ids [`sample`] picks among `ids` when there are more than `customers`: those with
+/// the smallest MD5, in that order. MD5 in lowercase hex, as [`by_hash`] compares it, orders
+/// as the digest's bytes, so this is the same pick, computed here without a query (a
+/// snapshot draws it from every buyer).
+pub fn smallest_hashes(ids: Vec<String>, customers: usize) -> Vec<String> {
+    use md5::{Digest, Md5};
+    let mut hashed: Vec<([u8; 16], String)> = ids
+        .into_iter()
+        .map(|id| {
+            let mut digest = [0u8; 16];
+            digest.copy_from_slice(&Md5::digest(id.as_bytes()));
+            (digest, id)
+        })
+        .collect();
+    if hashed.len() > customers {
+        hashed.select_nth_unstable_by(customers, |a, b| a.0.cmp(&b.0));
+        hashed.truncate(customers);
+    }
+    hashed.sort_unstable_by_key(|h| h.0);
+    hashed.into_iter().map(|(_, id)| id).collect()
+}
+
 /// Name of the function [`in_sample`] calls, registered in a snapshot's session only.
 pub const IN_SAMPLE_FUNCTION: &str = "__patron_churn_in_sample";
 
@@ -359,6 +381,18 @@ mod tests {
             smaller.iter().all(|id| small.contains(id)),
             "a smaller sample is part of a larger one (the same buyers across snapshots)"
         );
+    }
+
+    #[tokio::test]
+    async fn smallest_hashes_pick_as_the_query_does() {
+        let n = 1000;
+        let all = ids(sample(test_table(n, |i| i), n).unwrap()).await;
+        for k in [1, 40, 100, 999, 1000, 2000] {
+            let mut picked = smallest_hashes(all.clone(), k);
+            assert_eq!(picked.len(), k.min(n));
+            picked.sort();
+            assert_eq!(picked, ids(sample(test_table(n, |i| i), k).unwrap()).await, "k = {k}");
+        }
     }
 
     #[tokio::test]

@@ -386,8 +386,8 @@ async fn buyers(ctx: &SessionContext) -> Result<usize, ChurnError> {
 }
 
 /// The learners' sample as of a snapshot, drawn from its [`MODEL_INPUT_STAGE`] (its
-/// buyers) in the order of [`features::sample`]: the `customers` ids with the smallest
-/// hash; `None` when there are no more buyers than that.
+/// buyers) as [`features::sample`] picks: the `customers` ids with the smallest hash;
+/// `None` when there are no more buyers than that.
 async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<HashSet<String>>, ChurnError> {
     use datafusion::logical_expr::col;
     let err = input_err(MODEL_INPUT_STAGE);
@@ -396,11 +396,11 @@ async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<H
         .await
         .and_then(|df| df.select(vec![col("customer_id")]))
         .and_then(|df| df.filter(col("customer_id").is_not_null()))
-        .and_then(features::by_hash)
-        .and_then(|df| df.limit(0, Some(customers + 1)))
         .map_err(&err)?;
-    let mut ids = Vec::with_capacity(customers + 1);
-    for batch in df.collect().await.map_err(&err)? {
+    let mut ids = Vec::new();
+    let mut stream = df.execute_stream().await.map_err(&err)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(&err)?;
         let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
         let column = column
             .as_any()
@@ -414,8 +414,7 @@ async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<H
     if ids.len() <= customers {
         return Ok(None);
     }
-    ids.truncate(customers);
-    Ok(Some(ids.into_iter().collect()))
+    Ok(Some(features::smallest_hashes(ids, customers).into_iter().collect()))
 }
 
 /// The customers of `rows` with a purchase in the `days` days after `day` (up to the
