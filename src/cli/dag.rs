@@ -100,6 +100,6 @@ pub fn run(args: DagArgs) -> Result<(), CliError> {
     let order = execution_order(&project, &external, &provided).map_err(CliError::Stages)?;
     let chosen = select::select(&project, &provided, &args.select, &[]).map_err(CliError::Stages)?;
     let graph = crate::transform::graph::graph(&project, &provided, &plan.source_tables(), &order, &chosen);
-    print!("{}", render(&graph, args.format));
+    out!("{}", render(&graph, args.format));
     Ok(())
 }

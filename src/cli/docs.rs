@@ -48,6 +48,6 @@ pub async fn run(args: DocsArgs) -> Result<(), CliError> {
         .unwrap_or_default();
     let html = render(&project, &order, &graph, &lineage, &last);
     let written = write_output(args.out.as_deref(), &plan.warehouse, DOCS_KEY, html).await?;
-    println!("{written}");
+    outln!("{written}");
     Ok(())
 }

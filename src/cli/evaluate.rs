@@ -55,38 +55,39 @@ pub async fn run(args: EvaluateArgs) -> Result<(), CliError> {
 
 fn print_summary(r: &EvaluationReport, report_path: &Path) {
     let num = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-    println!("evaluation {}", r.evaluation_id);
-    println!("  calibration  to {} (run {})", r.calibration_end, r.calibration_run_id);
-    println!("  holdout      {} ({} days), to {}", r.holdout, r.holdout_days, r.end);
-    println!(
+    outln!("evaluation {}", r.evaluation_id);
+    outln!("  calibration  to {} (run {})", r.calibration_end, r.calibration_run_id);
+    outln!("  holdout      {} ({} days), to {}", r.holdout, r.holdout_days, r.end);
+    outln!(
         "  customers    {} calibration buyers, {} purchased in the holdout",
-        r.customers, r.purchased_in_holdout
+        r.customers,
+        r.purchased_in_holdout
     );
-    println!("  MAE          {} purchases per customer", num(r.mae));
-    println!(
+    outln!("  MAE          {} purchases per customer", num(r.mae));
+    outln!(
         "  purchases    {:.1} predicted, {} actual (ratio {})",
         r.total_predicted,
         r.total_actual,
         num(r.ratio)
     );
-    println!(
+    outln!(
         "  AUC          {} p_no_purchase_90d for no purchase in the holdout{}",
         num(r.auc),
         r.auc_note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     );
-    println!(
+    outln!(
         "               {} among the {} repeat buyers ({} of the {} one-time buyers purchased)",
         num(r.auc_repeat_buyers),
         r.auc_repeat_buyers_customers,
         r.one_time_buyers_purchased,
         r.one_time_buyers
     );
-    println!(
+    outln!(
         "               {} expected purchases, reversed",
         num(r.auc_predicted_purchases)
     );
     for c in &r.churn_comparison {
-        println!(
+        outln!(
             "  {:<20} ({:<8}) AUC {}  precision@10% {}  Brier {}  ({} customers, {} without a purchase)",
             c.score,
             c.model,
@@ -106,18 +107,22 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "    calibration (score bin: mean score vs observed) {}",
             bins.join("; ")
         );
     }
     if let Some(t) = &r.truth {
-        println!(
+        outln!(
             "  truth        {} buyers as of {}, {} truly dropped out ({} unknown to {})",
-            t.customers, t.as_of, t.dropped_out, t.unknown_customers, t.file
+            t.customers,
+            t.as_of,
+            t.dropped_out,
+            t.unknown_customers,
+            t.file
         );
         for s in &t.scores {
-            println!(
+            outln!(
                 "  {:<18} AUC {}  Brier {}  for dropped out ({} customers)",
                 s.score,
                 num(s.auc),
@@ -126,6 +131,6 @@ fn print_summary(r: &EvaluationReport, report_path: &Path) {
             );
         }
     }
-    println!("table:  {}", r.table);
-    println!("report: {}", report_path.display());
+    outln!("table:  {}", r.table);
+    outln!("report: {}", report_path.display());
 }

@@ -25,8 +25,8 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
     let warehouse = args.read.open()?;
     let card = card(&warehouse, &args.customer_id).await?;
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&card)?),
-        OutputFormat::Text => print!("{}", render_text(&card)),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&card)?),
+        OutputFormat::Text => out!("{}", render_text(&card)),
     }
     Ok(())
 }

@@ -74,6 +74,6 @@ pub fn run(args: GenerateArgs) -> Result<(), CliError> {
         },
     };
     let report = generate(&opts)?;
-    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }

@@ -55,16 +55,16 @@ pub async fn run(args: LineageArgs) -> Result<(), CliError> {
         let list = |s: &std::collections::BTreeSet<ColumnRef>| s.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         let doc =
             serde_json::json!({ "column": target.to_string(), "direct": list(&direct), "sources": list(&sources) });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        println!("{target}");
-        println!(
+        outln!("{target}");
+        outln!(
             "  computed from: {}",
             direct.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
         );
-        println!("  source columns:");
+        outln!("  source columns:");
         for c in &sources {
-            println!("    {c}");
+            outln!("    {c}");
         }
     }
     Ok(())

@@ -3,6 +3,25 @@
 //! [`CliError`] wrapping the library's typed error, whose exit code
 //! ([`crate::error::exit_code`]) is part of the documented contract.
 
+/// `println!` for a command's results, written to [`Out`]: once the reader of standard
+/// output has gone (`patron run | head`), the rest is dropped instead of a panic, and the
+/// command finishes its work and exits with its own code.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` to [`Out`] (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 pub mod ballista;
 pub mod dag;
 pub mod docs;
@@ -19,7 +38,9 @@ pub mod schedule;
 pub mod serve;
 pub mod test;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -232,6 +253,54 @@ pub fn warehouse_of(pipeline: &Path, warehouse: Option<String>) -> Result<Wareho
         (Err(_), Some(w)) => Warehouse::open(&w, Path::new("."), &crate::remote::StorageSettings::default())
             .map_err(CliError::OpenWarehouse),
         (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// Whether standard output's reader has gone (a broken pipe).
+static OUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Standard output for a command's results. Once the reader has gone (`patron runs | head
+/// -1`), writes are dropped and succeed: the command's work and its exit code do not depend
+/// on who reads its output. Other write errors (a full disk behind `>`) are errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Out;
+
+impl Out {
+    fn dropped(result: std::io::Result<usize>, len: usize) -> std::io::Result<usize> {
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                OUT_CLOSED.store(true, Ordering::Relaxed);
+                Ok(len)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if OUT_CLOSED.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        Out::dropped(std::io::stdout().lock().write(buf), buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if OUT_CLOSED.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Out::dropped(std::io::stdout().lock().flush().map(|()| 0), 0).map(|_| ())
+    }
+}
+
+/// Writes `args` to [`Out`] (what [`outln!`] and [`out!`] call). An error other than a
+/// broken pipe is reported on standard error once; the command goes on.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = Out.write_fmt(args)
+        && !REPORTED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("patron: cannot write to standard output: {e}");
     }
 }
 

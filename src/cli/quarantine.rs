@@ -53,7 +53,7 @@ pub async fn run(args: QuarantineArgs) -> Result<(), CliError> {
     )
     .await?;
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => print_text(&report, &args),
     }
     Ok(())
@@ -72,37 +72,50 @@ fn print_text(r: &Summary, args: &QuarantineArgs) {
     } else {
         format!(" [{}]", filters.join(", "))
     };
-    println!(
+    outln!(
         "quarantine of run {} (pipeline {}, finished {}){filters}: {} rows rejected, {} entries",
-        r.run_id, r.pipeline, r.finished_at, r.rows, r.entries
+        r.run_id,
+        r.pipeline,
+        r.finished_at,
+        r.rows,
+        r.entries
     );
     if !r.summary.is_empty() {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "  {:<12} {:<18} {:>7} {:>7}  reason",
-            "source", "column", "rows", "entries"
+            "source",
+            "column",
+            "rows",
+            "entries"
         );
         for g in &r.summary {
             let column = if g.column.is_empty() { "(row)" } else { &g.column };
-            println!(
+            outln!(
                 "  {:<12} {:<18} {:>7} {:>7}  {}",
-                g.source, column, g.rows, g.entries, g.reason
+                g.source,
+                column,
+                g.rows,
+                g.entries,
+                g.reason
             );
         }
     }
     if r.duplicates.iter().any(|d| d.rows > 0) {
-        println!();
-        println!("duplicate primary keys (kept in raw; staging keeps the latest copy; table `duplicates`):");
+        outln!();
+        outln!("duplicate primary keys (kept in raw; staging keeps the latest copy; table `duplicates`):");
         for d in r.duplicates.iter().filter(|d| d.rows > 0) {
-            println!(
+            outln!(
                 "  {:<12} {:>7} superseded copies ({} with changed values)",
-                d.source, d.rows, d.changed
+                d.source,
+                d.rows,
+                d.changed
             );
         }
     }
     if !r.samples.is_empty() {
-        println!();
-        println!("first {} of {} entries:", r.samples.len(), r.entries);
+        outln!();
+        outln!("first {} of {} entries:", r.samples.len(), r.entries);
         for s in &r.samples {
             let column = text(s, q::COLUMN);
             let value = match s.get(q::RAW_VALUE) {
@@ -110,7 +123,7 @@ fn print_text(r: &Summary, args: &QuarantineArgs) {
                 _ => String::new(),
             };
             let column = if column.is_empty() { "(row)".to_string() } else { column };
-            println!(
+            outln!(
                 "  {} {}:{}  {column}{value}: {}",
                 text(s, q::SOURCE),
                 text(s, q::FILE),
@@ -118,7 +131,7 @@ fn print_text(r: &Summary, args: &QuarantineArgs) {
                 text(s, q::REASON)
             );
             let record: String = text(s, q::RAW_RECORD).chars().take(160).collect();
-            println!("      record: {record}");
+            outln!("      record: {record}");
         }
     }
 }

@@ -61,9 +61,9 @@ pub async fn run(args: QueryArgs) -> Result<(), CliError> {
         .map_err(CliError::NotASelect)?;
     let batches = df.collect().await?;
     match args.format {
-        OutputFormat::Text => println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?),
+        OutputFormat::Text => outln!("{}", arrow::util::pretty::pretty_format_batches(&batches)?),
         OutputFormat::Json => {
-            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
+            let mut writer = arrow::json::LineDelimitedWriter::new(super::Out);
             let refs: Vec<_> = batches.iter().collect();
             writer.write_batches(&refs).and_then(|_| writer.finish())?;
         }

@@ -25,6 +25,6 @@ pub async fn run(args: ReportArgs) -> Result<(), CliError> {
     let warehouse = args.read.open()?;
     let data = data::gather(&warehouse).await?;
     let written = write_output(args.out.as_deref(), &warehouse, REPORT_KEY, render(&data)).await?;
-    println!("{written}");
+    outln!("{written}");
     Ok(())
 }

@@ -91,7 +91,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
 /// The summary of a succeeded run.
 fn print_report(report: &pipeline::RunReport, warehouse: &crate::warehouse::Warehouse) {
     let m = &report.manifest;
-    println!(
+    outln!(
         "run {} succeeded in {:.1}s (as of {})",
         m.run_id,
         m.duration_ms as f64 / 1000.0,
@@ -114,16 +114,19 @@ fn print_report(report: &pipeline::RunReport, warehouse: &crate::warehouse::Ware
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "  extract {:<12} {:>9} rows read, {:>9} loaded, {:>6} quarantined{duplicates}{reused}",
-            s.source, s.rows_read, s.rows_loaded, s.rows_quarantined
+            s.source,
+            s.rows_read,
+            s.rows_loaded,
+            s.rows_quarantined
         );
     }
     for s in &m.stages {
-        println!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
+        outln!("  stage   {:<24} {:>9} rows  {:>6} ms", s.name, s.rows, s.duration_ms);
     }
     for t in m.tables.iter().filter(|t| t.version.is_some()) {
-        println!(
+        outln!(
             "  publish {:<24} {:>9} rows  version {}",
             t.name,
             t.rows,
@@ -137,18 +140,18 @@ fn print_report(report: &pipeline::RunReport, warehouse: &crate::warehouse::Ware
             .map(ToString::to_string)
             .collect();
         if !fallbacks.is_empty() {
-            println!(
+            outln!(
                 "warning: scored with model fallbacks: {} (`[scoring] require_models = true` makes this fail the run)",
                 fallbacks.join("; ")
             );
         }
     }
     if let Some(old) = &m.lock_taken_over {
-        println!("took over a stale warehouse lock: {old}");
+        outln!("took over a stale warehouse lock: {old}");
     }
     if report.vacuumed_files > 0 {
-        println!("vacuum: {} old data files deleted", report.vacuumed_files);
+        outln!("vacuum: {} old data files deleted", report.vacuumed_files);
     }
-    println!("warehouse: {warehouse}");
-    println!("manifest:  {}", report.manifest_path);
+    outln!("warehouse: {warehouse}");
+    outln!("manifest:  {}", report.manifest_path);
 }

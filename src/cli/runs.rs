@@ -21,19 +21,24 @@ pub async fn run(args: RunsArgs) -> Result<(), CliError> {
     let warehouse = args.read.open()?;
     let records = runs::read_all(&warehouse).await?;
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&records)?),
         OutputFormat::Text => {
             if records.is_empty() {
-                println!("no runs recorded in {warehouse}");
+                outln!("no runs recorded in {warehouse}");
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<32} {:<12} {:<24} {:<9} {:<10} {:>6}  error",
-                "run_id", "pipeline", "started_at", "outcome", "as_of", "tables"
+                "run_id",
+                "pipeline",
+                "started_at",
+                "outcome",
+                "as_of",
+                "tables"
             );
             for r in &records {
                 let error: String = r.error.as_deref().unwrap_or("").chars().take(80).collect();
-                println!(
+                outln!(
                     "{:<32} {:<12} {:<24} {:<9} {:<10} {:>6}  {}",
                     r.run_id,
                     r.pipeline,

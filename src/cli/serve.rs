@@ -83,6 +83,6 @@ fn hash_password() -> Result<(), CliError> {
             "no password on stdin (e.g. `read -s P; echo \"$P\" | patron serve --hash-password`)",
         ));
     }
-    println!("{}", PasswordHash::new(password));
+    outln!("{}", PasswordHash::new(password));
     Ok(())
 }

@@ -49,7 +49,7 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
         } else {
             "WARN"
         };
-        println!(
+        outln!(
             "{status} {:<22} {}",
             if o.table.is_empty() { "(singular)" } else { &o.table },
             o.name
@@ -57,7 +57,7 @@ pub async fn run(args: TestArgs) -> Result<(), CliError> {
     }
     let failed = outcomes.iter().filter(|o| o.blocks()).count();
     let passed = outcomes.iter().filter(|o| o.passed()).count();
-    println!(
+    outln!(
         "{} tests: {passed} passed, {failed} failed, {} warned",
         outcomes.len(),
         outcomes.len() - passed - failed

@@ -142,3 +142,26 @@ fn format_is_text_or_json_on_every_printing_command() {
         );
     }
 }
+
+/// `patron run | head -1`: the reader goes away after one line. The run still finishes,
+/// publishes and exits 0; no panic about a broken pipe.
+#[test]
+fn a_closed_stdout_does_not_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(["run", "--warehouse", wh.to_str().unwrap()])
+        .current_dir(repo())
+        .env("RUST_LOG", "patron=warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("patron starts");
+    // The reader closes before the run prints anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(wh.join("runs/latest.json").is_file(), "the run published");
+}
