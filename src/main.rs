@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn limit_malloc_arenas() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let cores = patron::engine::cores();
         let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only sets a malloc parameter; it runs first in `main`, before
         // any other thread exists.

@@ -181,7 +181,7 @@ impl EngineSettings {
     pub fn stage_parallelism(&self) -> usize {
         match self.stage_parallelism {
             0 => {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let cores = cores();
                 let by_memory = (self.memory_limit_mb / MB_PER_PARALLEL_STAGE) as usize;
                 cores.min(by_memory).max(1)
             }
@@ -307,6 +307,13 @@ pub(crate) fn local_state(
         .with_default_features()
         .with_physical_optimizer_rules(rules)
         .build()
+}
+
+/// The cores this process may use (std's count, which follows the cgroup's CPU quota), at
+/// least 1. It reads the cgroup files on each call: look it up once per piece of work, not
+/// per row or batch.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// A session that executes where `ctx` does (same engine, settings, functions) but starts
@@ -454,8 +461,7 @@ mod tests {
     #[test]
     fn stage_parallelism_defaults_to_the_cores_within_memory_and_job_timeout_to_six_hours() {
         let default = EngineSettings::default();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(default.stage_parallelism(), cores.min(4));
+        assert_eq!(default.stage_parallelism(), cores().min(4));
         let tight = EngineSettings {
             memory_limit_mb: 64,
             ..EngineSettings::default()

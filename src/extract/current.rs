@@ -14,7 +14,10 @@
 //!   null key values count as equal, as the duplicate scan compares them;
 //! - every other row passes straight through, unsorted: only the rows of repeated keys are
 //!   ranked. The short lists come first in each join (a hash join holds its first side in
-//!   memory while the other streams past).
+//!   memory while the other streams past). The rows of repeated keys are grouped (each row
+//!   is a group of its own) before the ranking's sort: without that, DataFusion pushed the
+//!   sort below the join, onto every row of the source, and a 10M-line source was sorted in
+//!   full to rank the few rows of repeated keys.
 
 use crate::config::SourcePlan;
 use crate::names::{self, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, duplicates as d};
@@ -68,9 +71,11 @@ pub fn current_sql(source: &SourcePlan) -> String {
         "WITH keyed AS (\n    SELECT *, {keyed_cols}\n    FROM {raw}{cut}\n),\n\
          repeated AS (\n    SELECT DISTINCT {k_keys}\n    FROM {dups} d\n    RIGHT SEMI JOIN keyed k\n        \
          ON d.{d_source} = {source_name} AND k.{file} = d.{d_file} AND k.{line} = d.{d_line}\n),\n\
-         older AS (\n    SELECT {file}, {line}\n    FROM (\n        SELECT\n            k.{file},\n            k.{line},\n            \
-         ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY k.{file} DESC, k.{line} DESC) AS newness\n        \
-         FROM repeated r\n        RIGHT SEMI JOIN keyed k ON {same_key}\n    )\n    WHERE newness > 1\n)\n\
+         copies AS (\n    SELECT k.{file}, k.{line}, {k_keys}\n    FROM repeated r\n    RIGHT SEMI JOIN keyed k ON {same_key}\n    \
+         GROUP BY k.{file}, k.{line}, {k_keys}\n),\n\
+         older AS (\n    SELECT {file}, {line}\n    FROM (\n        SELECT\n            {file},\n            {line},\n            \
+         ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {file} DESC, {line} DESC) AS newness\n        \
+         FROM copies\n    )\n    WHERE newness > 1\n)\n\
          SELECT k.* EXCLUDE ({keys})\nFROM older o\nRIGHT ANTI JOIN keyed k ON k.{file} = o.{file} AND k.{line} = o.{line}",
         keyed_cols = keyed_cols.join(", "),
         k_keys = k_keys.join(", "),

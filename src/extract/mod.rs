@@ -303,7 +303,7 @@ fn open_reader(
 
 /// Threads extract uses for a source unless told otherwise: the machine's cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::engine::cores()
 }
 
 /// Extracts one source into `raw_dir/<source>/` and `quarantine_dir/<source>/`, on

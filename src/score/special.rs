@@ -391,7 +391,7 @@ pub fn sum_arrays_in_parts<const N: usize>(rows: usize, part: impl Fn(usize, usi
     let parts = if rows < PARALLEL_ROWS {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+        crate::engine::cores().min(8)
     };
     if parts == 1 {
         return part(0, 1);

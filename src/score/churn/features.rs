@@ -127,26 +127,52 @@ pub fn by_hash(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     ])
 }
 
-/// The ids [`sample`] picks among `ids` when there are more than `customers`: those with
-/// the smallest MD5, in that order. MD5 in lowercase hex, as [`by_hash`] compares it, orders
-/// as the digest's bytes, so this is the same pick, computed here without a query (a
-/// snapshot draws it from every buyer).
-pub fn smallest_hashes(ids: Vec<String>, customers: usize) -> Vec<String> {
-    use md5::{Digest, Md5};
-    let mut hashed: Vec<([u8; 16], String)> = ids
-        .into_iter()
-        .map(|id| {
-            let mut digest = [0u8; 16];
-            digest.copy_from_slice(&Md5::digest(id.as_bytes()));
-            (digest, id)
-        })
-        .collect();
-    if hashed.len() > customers {
-        hashed.select_nth_unstable_by(customers, |a, b| a.0.cmp(&b.0));
-        hashed.truncate(customers);
+/// The pick of [`sample`] made from a stream of ids, here rather than in a query (a
+/// snapshot draws it from every buyer): the `customers` ids with the smallest MD5. MD5 in
+/// lowercase hex, as [`by_hash`] compares it, orders as the digest's bytes, so this is the
+/// same pick. Like the query's top-k, it holds `customers` ids at most, whatever the number
+/// pushed.
+#[derive(Debug)]
+pub struct SmallestHashes {
+    /// The ids kept so far, the largest digest on top.
+    kept: std::collections::BinaryHeap<([u8; 16], String)>,
+    customers: usize,
+    seen: usize,
+}
+
+impl SmallestHashes {
+    /// An empty pick of at most `customers` ids.
+    pub fn new(customers: usize) -> Self {
+        SmallestHashes {
+            kept: std::collections::BinaryHeap::with_capacity(customers.min(1 << 20)),
+            customers,
+            seen: 0,
+        }
     }
-    hashed.sort_unstable_by_key(|h| h.0);
-    hashed.into_iter().map(|(_, id)| id).collect()
+
+    /// Offers one id.
+    pub fn push(&mut self, id: &str) {
+        use md5::{Digest, Md5};
+        self.seen += 1;
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&Md5::digest(id.as_bytes()));
+        if self.kept.len() < self.customers {
+            self.kept.push((digest, id.to_string()));
+        } else if self.kept.peek().is_some_and(|(top, _)| digest < *top) {
+            self.kept.pop();
+            self.kept.push((digest, id.to_string()));
+        }
+    }
+
+    /// How many ids were offered.
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    /// The picked ids, smallest digest first.
+    pub fn into_ids(self) -> Vec<String> {
+        self.kept.into_sorted_vec().into_iter().map(|(_, id)| id).collect()
+    }
 }
 
 /// Name of the function [`in_sample`] calls, registered in a snapshot's session only.
@@ -388,7 +414,12 @@ mod tests {
         let n = 1000;
         let all = ids(sample(test_table(n, |i| i), n).unwrap()).await;
         for k in [1, 40, 100, 999, 1000, 2000] {
-            let mut picked = smallest_hashes(all.clone(), k);
+            let mut pick = SmallestHashes::new(k);
+            for id in &all {
+                pick.push(id);
+            }
+            assert_eq!(pick.seen(), n);
+            let mut picked = pick.into_ids();
             assert_eq!(picked.len(), k.min(n));
             picked.sort();
             assert_eq!(picked, ids(sample(test_table(n, |i| i), k).unwrap()).await, "k = {k}");

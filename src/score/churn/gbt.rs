@@ -204,7 +204,7 @@ pub fn fit(rows: &[Vec<f64>], anchors: &[Anchor], y: &[bool], s: GbtSettings) ->
     }
     let s = GbtSettings {
         threads: match s.threads {
-            0 => std::thread::available_parallelism().map_or(1, |c| c.get()),
+            0 => crate::engine::cores(),
             n => n,
         },
         ..s

@@ -397,7 +397,7 @@ async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<H
         .and_then(|df| df.select(vec![col("customer_id")]))
         .and_then(|df| df.filter(col("customer_id").is_not_null()))
         .map_err(&err)?;
-    let mut ids = Vec::new();
+    let mut pick = features::SmallestHashes::new(customers);
     let mut stream = df.execute_stream().await.map_err(&err)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&err)?;
@@ -409,12 +409,12 @@ async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<H
                 table: MODEL_INPUT_STAGE.into(),
                 message: "customer_id is not text".into(),
             })?;
-        ids.extend(column.iter().flatten().map(str::to_string));
+        column.iter().flatten().for_each(|id| pick.push(id));
     }
-    if ids.len() <= customers {
+    if pick.seen() <= customers {
         return Ok(None);
     }
-    Ok(Some(features::smallest_hashes(ids, customers).into_iter().collect()))
+    Ok(Some(pick.into_ids().into_iter().collect()))
 }
 
 /// The customers of `rows` with a purchase in the `days` days after `day` (up to the

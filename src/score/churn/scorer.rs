@@ -199,7 +199,7 @@ pub(super) fn predictions(features: DataFrame, model: Arc<Model>) -> DfResult<Da
     let function = ScalarUDF::new_from_impl(ScoreFunction {
         model,
         signature: Signature::exact(types, Volatility::Immutable),
-        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
+        cores: crate::engine::cores(),
     });
     features
         .select(vec![
