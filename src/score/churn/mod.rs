@@ -51,7 +51,7 @@ use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
@@ -390,27 +390,14 @@ async fn buyers(ctx: &SessionContext) -> Result<usize, ChurnError> {
 /// `None` when there are no more buyers than that.
 async fn draw_sample(snap: &SessionContext, customers: usize) -> Result<Option<HashSet<String>>, ChurnError> {
     use datafusion::logical_expr::col;
-    let err = input_err(MODEL_INPUT_STAGE);
     let df = snap
         .table(MODEL_INPUT_STAGE)
         .await
         .and_then(|df| df.select(vec![col("customer_id")]))
         .and_then(|df| df.filter(col("customer_id").is_not_null()))
-        .map_err(&err)?;
+        .map_err(input_err(MODEL_INPUT_STAGE))?;
     let mut pick = features::SmallestHashes::new(customers);
-    let mut stream = df.execute_stream().await.map_err(&err)?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(&err)?;
-        let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
-        let column = column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| ChurnError::Input {
-                table: MODEL_INPUT_STAGE.into(),
-                message: "customer_id is not text".into(),
-            })?;
-        column.iter().flatten().for_each(|id| pick.push(id));
-    }
+    for_each_id(df, MODEL_INPUT_STAGE, |id| pick.push(id)).await?;
     if pick.seen() <= customers {
         return Ok(None);
     }
@@ -433,33 +420,40 @@ async fn purchased_after(
         "SELECT DISTINCT customer_id FROM {ORDERS_STAGE} \
          WHERE is_purchase AND order_ts >= $after AND order_ts < $until AND customer_id IS NOT NULL"
     );
-    let err = |e: datafusion::error::DataFusionError| ChurnError::Input {
-        table: ORDERS_STAGE.into(),
-        message: e.to_string(),
-    };
-    let mut stream = ctx
+    let df = ctx
         .sql(&sql)
         .await
         .and_then(|df| df.with_param_values(params))
-        .map_err(err)?
-        .execute_stream()
-        .await
-        .map_err(err)?;
+        .map_err(input_err(ORDERS_STAGE))?;
     let wanted: HashSet<&str> = rows.ids.iter().map(String::as_str).collect();
     let mut out = HashSet::new();
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(err)?;
-        let ids = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
-        if let Some(ids) = ids.as_any().downcast_ref::<StringArray>() {
-            out.extend(
-                ids.iter()
-                    .flatten()
-                    .filter(|id| wanted.contains(id))
-                    .map(str::to_string),
-            );
+    for_each_id(df, ORDERS_STAGE, |id| {
+        if wanted.contains(id) {
+            out.insert(id.to_string());
         }
-    }
+    })
+    .await?;
     Ok(out)
+}
+
+/// Streams `df` (read from `table`) and calls `f` with each non-NULL value of its first
+/// column as text: the customer ids of a query, without holding its result.
+async fn for_each_id(df: DataFrame, table: &str, mut f: impl FnMut(&str)) -> Result<(), ChurnError> {
+    let err = input_err(table);
+    let mut stream = df.execute_stream().await.map_err(&err)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(&err)?;
+        let ids = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| err(e.into()))?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| ChurnError::Input {
+                table: table.to_string(),
+                message: "customer_id is not text".into(),
+            })?;
+        ids.iter().flatten().for_each(&mut f);
+    }
+    Ok(())
 }
 
 /// "No purchase after the cut-off" for every row.
