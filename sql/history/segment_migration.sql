@@ -138,8 +138,9 @@ SELECT
         ELSE 'moved'
     END AS movement,
     COUNT(*) AS customers,
-    SUM(pairs.clv) AS clv,
-    SUM(pairs.previous_clv) AS previous_clv
+    -- Summed exactly (docs/scoring.md, "Exact money").
+    CAST(SUM(CAST(pairs.clv AS DECIMAL(38, 6))) AS DOUBLE) AS clv,
+    CAST(SUM(CAST(pairs.previous_clv AS DECIMAL(38, 6))) AS DOUBLE) AS previous_clv
 FROM previous_day AS d
 CROSS JOIN pairs
 GROUP BY pairs.segmentation, d.from_as_of, pairs.from_segment, pairs.to_segment, pairs.was_scored, pairs.is_scored

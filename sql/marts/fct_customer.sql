@@ -24,21 +24,22 @@ sales AS (
     -- Orders net of their returns and refunds (int_orders, docs/returns.md); money is in the
     -- export currency. Only purchases count as orders, days and dates (cancelled and fully
     -- returned orders are not orders here), while revenue, cost and the spend windows sum
-    -- every order's net amount.
+    -- every order's net amount, summed exactly (docs/scoring.md, "Exact money").
     SELECT
         o.customer_id,
         SUM(CASE WHEN o.is_purchase THEN 1 ELSE 0 END) AS orders,
         COUNT(DISTINCT CASE WHEN o.is_purchase THEN o.order_date END) AS purchase_days,
         MIN(CASE WHEN o.is_purchase THEN o.order_ts END) AS first_order_at,
         MAX(CASE WHEN o.is_purchase THEN o.order_ts END) AS last_order_at,
-        SUM(o.revenue) AS revenue,
-        SUM(o.gross_revenue) AS gross_revenue,
-        SUM(o.returned_revenue) AS returned_revenue,
-        SUM(o.cost) AS cost,
+        CAST(SUM(CAST(o.revenue AS DECIMAL(38, 6))) AS DOUBLE) AS revenue,
+        CAST(SUM(CAST(o.gross_revenue AS DECIMAL(38, 6))) AS DOUBLE) AS gross_revenue,
+        CAST(SUM(CAST(o.returned_revenue AS DECIMAL(38, 6))) AS DOUBLE) AS returned_revenue,
+        CAST(SUM(CAST(o.cost AS DECIMAL(38, 6))) AS DOUBLE) AS cost,
         SUM(CASE WHEN o.is_purchase AND o.discounted THEN 1 ELSE 0 END) AS discounted_orders,
         SUM(CASE WHEN o.cancelled THEN 1 ELSE 0 END) AS cancelled_orders,
-        SUM(CASE WHEN o.order_ts >= $recent_start THEN o.revenue ELSE 0.0 END) AS spend_recent_window,
-        SUM(CASE WHEN o.order_ts >= $prior_start AND o.order_ts < $recent_start THEN o.revenue ELSE 0.0 END)
+        CAST(SUM(CASE WHEN o.order_ts >= $recent_start THEN CAST(o.revenue AS DECIMAL(38, 6)) ELSE 0 END) AS DOUBLE)
+            AS spend_recent_window,
+        CAST(SUM(CASE WHEN o.order_ts >= $prior_start AND o.order_ts < $recent_start THEN CAST(o.revenue AS DECIMAL(38, 6)) ELSE 0 END) AS DOUBLE)
             AS spend_prior_window
     FROM int_orders AS o
     GROUP BY o.customer_id
@@ -72,7 +73,7 @@ service AS (
         SUM(CASE WHEN category = 'complaint' AND status <> 'closed' THEN 1 ELSE 0 END) AS open_complaints,
         AVG(CAST(csat AS DOUBLE)) AS avg_csat,
         COUNT(csat) AS csat_responses,
-        SUM(handling_cost) AS service_cost
+        CAST(SUM(CAST(handling_cost AS DECIMAL(38, 6))) AS DOUBLE) AS service_cost
     FROM stg_service
     GROUP BY customer_id
 ),
@@ -84,7 +85,7 @@ marketing AS (
         SUM(CASE WHEN event_type = 'click' THEN 1 ELSE 0 END) AS marketing_clicks,
         SUM(CASE WHEN event_type = 'conversion' THEN 1 ELSE 0 END) AS marketing_conversions,
         MAX(CASE WHEN event_type = 'unsubscribe' THEN 1 ELSE 0 END) = 1 AS unsubscribed,
-        SUM(cost) AS marketing_cost
+        CAST(SUM(CAST(cost AS DECIMAL(38, 6))) AS DOUBLE) AS marketing_cost
     FROM stg_marketing
     GROUP BY customer_id
 )

@@ -3,7 +3,8 @@
 WITH days AS (
     -- Purchases on the same day are one purchase. A purchase is an order of int_orders with
     -- is_purchase (not cancelled or returned in full); its revenue is net of partial returns.
-    SELECT customer_id, order_date, SUM(revenue) AS day_revenue
+    -- Money is summed exactly (docs/scoring.md, "Exact money").
+    SELECT customer_id, order_date, SUM(CAST(revenue AS DECIMAL(38, 6))) AS day_revenue
     FROM int_orders
     WHERE is_purchase
     GROUP BY customer_id, order_date
@@ -28,8 +29,9 @@ SELECT
     (CAST(MAX(order_date) AS INT) - CAST(MIN(order_date) AS INT)) / $time_unit_days AS t_x,
     (CAST(CAST($as_of AS DATE) AS INT) - CAST(MIN(order_date) AS INT)) / $time_unit_days AS t_cal,
     -- Mean revenue of the repeat purchase days; NULL when x = 0.
-    SUM(CASE WHEN day_number > 1 THEN day_revenue END) / CAST(NULLIF(COUNT(*) - 1, 0) AS DOUBLE) AS mean_repeat_spend,
-    SUM(CASE WHEN day_number = 1 THEN day_revenue END) AS first_day_revenue
+    CAST(SUM(CASE WHEN day_number > 1 THEN day_revenue END) AS DOUBLE) / CAST(NULLIF(COUNT(*) - 1, 0) AS DOUBLE)
+        AS mean_repeat_spend,
+    CAST(SUM(CASE WHEN day_number = 1 THEN day_revenue END) AS DOUBLE) AS first_day_revenue
 FROM numbered
 GROUP BY customer_id
 ORDER BY customer_id

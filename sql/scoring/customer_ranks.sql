@@ -7,8 +7,9 @@ WITH totals AS (
     SELECT
         COUNT(*) FILTER (WHERE is_buyer) AS buyers,
         COUNT(*) FILTER (WHERE is_buyer AND purchase_days = 1) AS one_time_buyers,
-        SUM(historical_value) AS value_total,
-        COALESCE(AVG(CASE WHEN referred THEN current_value END), 0.0) AS referred_value
+        -- Money is summed exactly (docs/scoring.md, "Exact money").
+        CAST(SUM(CAST(historical_value AS DECIMAL(38, 6))) AS DOUBLE) AS value_total,
+        COALESCE(CAST(AVG(CASE WHEN referred THEN CAST(current_value AS DECIMAL(38, 6)) END) AS DOUBLE), 0.0) AS referred_value
     FROM customer_values
 ),
 -- Wallet headroom: the potential_quantile of current_value among customers of the same
@@ -128,7 +129,8 @@ population AS (
 -- with it before it emits any, and the customers without purchases all tie at zero (at 10M
 -- sales lines about 250,000 of them came out as one 28 MB batch). value_ahead sums the rows
 -- before in (historical value descending, customer_id) order; minus the ties among them,
--- it is the value held by customers of strictly higher historical value (ABC tiers).
+-- it is the value held by customers of strictly higher historical value (ABC tiers). It is
+-- summed exactly, as value_total is, so the two agree.
 ranked AS (
     SELECT
         customer_id,
@@ -140,7 +142,7 @@ ranked AS (
         RANK() OVER (PARTITION BY is_buyer ORDER BY monetary) AS m_place,
         RANK() OVER (PARTITION BY is_buyer ORDER BY tenure_days) AS tenure_place,
         historical_value,
-        SUM(historical_value) OVER (
+        SUM(CAST(historical_value AS DECIMAL(38, 6))) OVER (
             ORDER BY historical_value DESC, customer_id
             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
         ) AS value_ahead,
@@ -166,7 +168,7 @@ SELECT
     CASE WHEN r.is_buyer THEN (CAST(r.tenure_place AS DOUBLE) - 1.0) / GREATEST(CAST(p.buyers AS DOUBLE) - 1.0, 1.0) END
         AS tenure_rank,
     -- Historical value held by customers of higher historical value, and by all customers.
-    COALESCE(r.value_ahead, 0.0) - r.historical_value * CAST(r.ties_ahead AS DOUBLE) AS value_before,
+    CAST(COALESCE(r.value_ahead, 0) - CAST(r.historical_value AS DECIMAL(38, 6)) * r.ties_ahead AS DOUBLE) AS value_before,
     p.value_total,
     p.hist_split,
     p.curr_split,

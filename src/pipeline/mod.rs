@@ -583,6 +583,9 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
             state.stages.push(m);
             state.tests.extend(tests);
         }
+        // As dbt's `build` skips what sits downstream of a failed test: the run fails here,
+        // on the rows the test names, rather than in a later stage on what they cause.
+        fail_on_blocking_tests(state)?;
         scoring
             .after_wave(&ctx, &wave.ready, &mut state.models, &mut state.stages, progress)
             .await?;
@@ -673,19 +676,25 @@ async fn run_singular_tests(
     state
         .tests
         .extend(checks::run_tests(ctx, &project.singular_tests, params).await?);
-    let failed = state.tests.iter().filter(|t| t.blocks()).count();
-    if failed > 0 {
-        return Err(RunError::DataTests {
-            failed,
-            report: checks::describe_failures(&state.tests),
-        });
-    }
+    fail_on_blocking_tests(state)?;
     let warned = state.tests.iter().filter(|t| !t.passed()).count();
     if warned > 0 {
         tracing::warn!(
             "{warned} data test(s) of severity warn failed:\n{}",
             checks::describe_failures(&state.tests)
         );
+    }
+    Ok(())
+}
+
+/// [`RunError::DataTests`] when a data test of severity `error` has failed so far.
+fn fail_on_blocking_tests(state: &RunState) -> Result<(), RunError> {
+    let failed = state.tests.iter().filter(|t| t.blocks()).count();
+    if failed > 0 {
+        return Err(RunError::DataTests {
+            failed,
+            report: checks::describe_failures(&state.tests),
+        });
     }
     Ok(())
 }

@@ -211,3 +211,58 @@ fn lineage_traces_a_column_to_the_source_columns_it_is_computed_from() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `revenue`"));
 }
+
+/// An amount too large for the exact money sums (docs/scoring.md, "Exact money") is caught by
+/// the staging test on its row, which names the export file and line, and the run stops
+/// there: no later stage runs into a decimal overflow, and nothing is published.
+#[test]
+fn an_amount_beyond_exact_money_stops_the_run_on_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = scratch_project(dir.path());
+    let sales = dir.path().join("sales");
+    copy_dir(&repo().join("fixtures/sales"), &sales);
+    let file = sales.join("sales_2023.csv");
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(str::to_string).collect();
+    let price = lines[0].split(',').position(|c| c == "unit_price").unwrap();
+    let mut cells: Vec<&str> = lines[1].split(',').collect();
+    cells[price] = "1e33";
+    lines[1] = cells.join(",");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let pipeline = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("{}/fixtures/sales/", repo().display()),
+        &format!("{}/", sales.display()),
+    );
+    std::fs::write(&p, pipeline).unwrap();
+
+    let out = run_pipeline(dir.path(), &p, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FAIL stg_sales: expression(abs(gross_revenue) < 1e18"),
+        "{err}"
+    );
+    assert!(err.contains("1 failing row(s)") && err.contains("| 2e33"), "{err}");
+    assert!(err.contains("sales_2023.csv | 2 "), "the row's file and line: {err}");
+    assert!(!err.contains("Decimal128"), "stopped before the sums: {err}");
+    let runs = std::fs::read_dir(dir.path().join("wh/runs")).unwrap();
+    let manifest = runs
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(manifest.path()).unwrap()).unwrap();
+    let stages: Vec<&str> = m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        stages.contains(&"stg_sales") && !stages.contains(&"int_orders"),
+        "{stages:?}"
+    );
+    assert!(
+        !dir.path().join("wh/tables/customer_scores").exists(),
+        "nothing published"
+    );
+}
