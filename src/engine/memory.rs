@@ -28,7 +28,8 @@ use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool, MemoryReservat
 /// The share of the memory limit spilling operators leave to the others: one quarter.
 pub const NON_SPILLABLE_SHARE: f64 = 0.25;
 
-/// Most one sort may hold before it spills: DataFusion's sort merges every batch it holds
+/// Most one sort or hash aggregation ([`AGGREGATE_CONSUMER`]) may hold before it spills.
+/// The figure is the sorts': DataFusion's sort merges every batch it holds
 /// when it spills, and the wider that merge the slower (at 10M sales lines `stg_marketing`
 /// took 25.9 s with 384 MiB to sort in and 38-46 s with about 1.5 GiB, spilling as much).
 /// What a spilling sort really holds is more than it accounts for: it sorts each batch into
@@ -37,14 +38,14 @@ pub const NON_SPILLABLE_SHARE: f64 = 0.25;
 /// merged batches on a 876 MB heap (heaptrack, 10M lines); with 192 MiB the run peaked at
 /// 969-1087 MiB RSS against 1169-1187 MiB, in the same time (44.7-49.2 s in four runs against 47.2-47.7 s in two).
 /// A sort holding nothing takes its next batch whatever its size.
-/// Under a small limit, a sort holds at most [`SORT_CAP_SHARE`] of it instead.
-pub const SORT_CAP_BYTES: usize = 192 * 1024 * 1024;
+/// Under a small limit, a sort holds at most [`SPILL_CAP_SHARE`] of it instead.
+pub const SPILL_CAP_BYTES: usize = 192 * 1024 * 1024;
 
-/// Most of the memory limit one sort may hold before it spills, when that is less than
-/// [`SORT_CAP_BYTES`]: a spilling sort merges all it holds, and the merge takes more than
+/// Most of the memory limit one sort or hash aggregation may hold before it spills, when that is less than
+/// [`SPILL_CAP_BYTES`]: a spilling sort merges all it holds, and the merge takes more than
 /// the sort held (at 10M sales lines under 128 MiB, a sort that held 87.7 MB spilled
 /// through a merge of 118.7 MB and failed, the pool being full).
-pub const SORT_CAP_SHARE: f64 = 0.25;
+pub const SPILL_CAP_SHARE: f64 = 0.25;
 
 /// Fewest spill files one merge pass of a sort reads at once (DataFusion's
 /// `max_spill_merge_fan_in`; more files take more passes); see [`spill_merge_fan_in`].
@@ -84,6 +85,18 @@ pub fn release_free_memory() {
 /// How DataFusion 55 names a sort's buffer (`ExternalSorter[<partition>]`).
 const SORT_CONSUMER: &str = "ExternalSorter[";
 
+/// What DataFusion 55's names of a hash aggregation's state contain
+/// (`SingleHashAggregateStream[<partition>]`, likewise `Partial`, `Final`, `PartialReduce`
+/// and the older `GroupedHashAggregateStream[<partition>] (<aggregates>)`). One that can
+/// spill is capped like a sort. Uncapped, an aggregation of unsorted rows into millions of
+/// groups held them all (with as much again reserved to sort them should it spill), then
+/// emitted them as one batch, whose slices a sort after it counts at the whole batch's
+/// size: in a churn snapshot at 10M sales lines, the aggregation of the sales lines into
+/// 3.7M orders took the run from 763 MiB to 1155 MiB RSS, and the sort of its result
+/// spilled once per batch (431 times). Capped, it spills its groups sorted and merges them
+/// back in batches of their own.
+const AGGREGATE_CONSUMER: &str = "HashAggregateStream[";
+
 /// How DataFusion 55 names a sort's merges (`ExternalSorterMerge[<partition>]`): the merge
 /// of its batches when it spills, of its spill files, and the reserve kept for them. They
 /// cannot spill and are not capped.
@@ -96,8 +109,8 @@ const SORT_MERGE_CONSUMER: &str = "ExternalSorterMerge[";
 pub struct HeadroomPool {
     limit: usize,
     spillable_limit: usize,
-    /// Most one sort may hold ([`SORT_CAP_BYTES`], [`SORT_CAP_SHARE`]).
-    sort_cap: usize,
+    /// Most one sort or hash aggregation may hold ([`SPILL_CAP_BYTES`], [`SPILL_CAP_SHARE`]).
+    spill_cap: usize,
     used: AtomicUsize,
     spillable: AtomicUsize,
     /// Held by sorts' merges ([`SORT_MERGE_CONSUMER`]).
@@ -110,16 +123,16 @@ impl HeadroomPool {
         HeadroomPool {
             limit,
             spillable_limit: (limit as f64 * (1.0 - NON_SPILLABLE_SHARE)) as usize,
-            sort_cap: SORT_CAP_BYTES.min((limit as f64 * SORT_CAP_SHARE) as usize),
+            spill_cap: SPILL_CAP_BYTES.min((limit as f64 * SPILL_CAP_SHARE) as usize),
             used: AtomicUsize::new(0),
             spillable: AtomicUsize::new(0),
             merging: AtomicUsize::new(0),
         }
     }
 
-    /// The same pool with `sort_cap` bytes at most per sort.
-    pub fn with_sort_cap(mut self, sort_cap: usize) -> HeadroomPool {
-        self.sort_cap = sort_cap;
+    /// The same pool with `spill_cap` bytes at most per sort or hash aggregation.
+    pub fn with_spill_cap(mut self, spill_cap: usize) -> HeadroomPool {
+        self.spill_cap = spill_cap;
         self
     }
 }
@@ -163,12 +176,16 @@ impl MemoryPool for HeadroomPool {
         };
         let spills = reservation.consumer().can_spill();
         let consumer = reservation.consumer().name();
-        // A sort holding nothing is never capped: it has nothing to spill, and refusing its
-        // first batch (one batch can pass the cap: a 2M-row batch of scores took 393 MB)
-        // would fail the query.
+        // A sort or aggregation holding nothing is never capped: it has nothing to spill,
+        // and refusing its first batch (one batch can pass the cap: a 2M-row batch of
+        // scores took 393 MB) would fail the query.
         let held = reservation.size();
-        if spills && consumer.starts_with(SORT_CONSUMER) && held > 0 && held + additional > self.sort_cap {
-            return Err(refuse(self.sort_cap.saturating_sub(reservation.size()), "to one sort"));
+        let capped = consumer.starts_with(SORT_CONSUMER) || consumer.contains(AGGREGATE_CONSUMER);
+        if spills && capped && held > 0 && held + additional > self.spill_cap {
+            return Err(refuse(
+                self.spill_cap.saturating_sub(reservation.size()),
+                "to one operator",
+            ));
         }
         if spills {
             // With the sorts' merges: refused, an operator holding something spills it;
@@ -273,29 +290,52 @@ mod tests {
     }
 
     #[test]
-    fn one_sort_holds_at_most_the_sort_cap_and_other_consumers_are_not_capped() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_sort_cap(300));
+    fn one_sort_holds_at_most_the_cap_and_other_consumers_are_not_capped() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_spill_cap(300));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
         let other_sort = MemoryConsumer::new("ExternalSorter[1]")
             .with_can_spill(true)
             .register(&pool);
-        let aggregate = MemoryConsumer::new("GroupedHashAggregateStream[0]")
+        let window = MemoryConsumer::new("WindowAggStream[0]")
             .with_can_spill(true)
             .register(&pool);
         sort.try_grow(300).unwrap();
         let refused = sort.try_grow(1).unwrap_err().to_string();
         assert!(
-            refused.contains("ExternalSorter[0]") && refused.contains("one sort"),
+            refused.contains("ExternalSorter[0]") && refused.contains("one operator"),
             "{refused}"
         );
         assert_eq!(pool.reserved(), 300, "a refused request changes nothing");
         other_sort.try_grow(300).unwrap();
-        aggregate.try_grow(150).unwrap();
-        assert!(aggregate.try_grow(1).is_err(), "the spillable share (750) is full");
+        window.try_grow(150).unwrap();
+        assert!(window.try_grow(1).is_err(), "the spillable share (750) is full");
         sort.shrink(100);
-        aggregate.try_grow(100).unwrap();
+        window.try_grow(100).unwrap();
+    }
+
+    /// Every hash aggregation stream of DataFusion 55 is capped like a sort; the ordered
+    /// ones (which hold a group or two at a time) are not.
+    #[test]
+    fn hash_aggregations_are_capped_like_sorts() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(10_000).with_spill_cap(300));
+        for name in [
+            "SingleHashAggregateStream[0]",
+            "PartialHashAggregateStream[1]",
+            "FinalHashAggregateStream[0]",
+            "PartialReduceHashAggregateStream[0]",
+            "GroupedHashAggregateStream[0] (sum(x))",
+        ] {
+            let aggregate = MemoryConsumer::new(name).with_can_spill(true).register(&pool);
+            aggregate.try_grow(300).unwrap();
+            assert!(aggregate.try_grow(1).is_err(), "{name} is capped");
+        }
+        let ordered = MemoryConsumer::new("OrderedFinalAggregateStream[0]")
+            .with_can_spill(true)
+            .register(&pool);
+        ordered.try_grow(301).unwrap();
+        ordered.try_grow(1).unwrap();
     }
 
     /// A sort's merge is never refused by the spilling share, but counts in it: another
@@ -303,7 +343,7 @@ mod tests {
     /// still takes its first batch.
     #[test]
     fn sorts_merges_count_in_the_spilling_share() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_sort_cap(1000));
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_spill_cap(1000));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
@@ -337,18 +377,18 @@ mod tests {
     /// Under a small limit one sort holds at most a quarter of it; under a large one, the
     /// fixed cap.
     #[test]
-    fn the_sort_cap_is_a_quarter_of_a_small_limit() {
+    fn the_spill_cap_is_a_quarter_of_a_small_limit() {
         let small: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&small);
         sort.try_grow(250).unwrap();
-        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one sort"));
-        let large: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(8 * SORT_CAP_BYTES));
+        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one operator"));
+        let large: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(8 * SPILL_CAP_BYTES));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&large);
-        sort.try_grow(SORT_CAP_BYTES).unwrap();
+        sort.try_grow(SPILL_CAP_BYTES).unwrap();
         assert!(sort.try_grow(1).is_err());
     }
 
@@ -364,12 +404,12 @@ mod tests {
     /// it alone passes the cap (within the pool's limits), and the next one is refused.
     #[test]
     fn a_sort_holding_nothing_takes_a_batch_larger_than_the_cap() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_sort_cap(300));
+        let pool: Arc<dyn MemoryPool> = Arc::new(HeadroomPool::new(1000).with_spill_cap(300));
         let sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
         sort.try_grow(500).unwrap();
-        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one sort"));
+        assert!(sort.try_grow(1).unwrap_err().to_string().contains("one operator"));
         sort.free();
         assert!(sort.try_grow(751).is_err(), "the spillable share (750) still holds");
         sort.try_grow(750).unwrap();

@@ -204,7 +204,9 @@ async fn a_customer_missing_from_the_exports_is_gone_from_their_previous_segment
     let everyone = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
     let leaver = rows(
         &ctx,
-        "SELECT rfm_segment, value_tier, clv FROM customer_scores WHERE customer_id = 'C0000001'",
+        // segment_migration sums clv exactly, to the millionth (docs/scoring.md, "Exact money").
+        "SELECT rfm_segment, value_tier, CAST(CAST(clv AS DECIMAL(38, 6)) AS DOUBLE) FROM customer_scores \
+         WHERE customer_id = 'C0000001'",
     )
     .await;
     assert_eq!(leaver.len(), 1, "{leaver:?}");

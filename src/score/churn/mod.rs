@@ -152,10 +152,14 @@ pub struct Snapshots<'a> {
 
 /// How a snapshot runs the stages of [`FEATURES_STAGE`]'s chain (see [`Chain::plan`]).
 struct Chain {
-    /// The stages run first, in waves of stages that do not depend on each other (see
+    /// When `sampled`, the stages [`MODEL_INPUT_STAGE`] reads, in order: registered as
+    /// views, so that they are computed inside its query (their sums are exact, so the
+    /// order their rows arrive in does not matter) and not written out.
+    upstream: Vec<crate::transform::Stage>,
+    /// The stages run next, in waves of stages that do not depend on each other (see
     /// [`dag::waves`]), each written to the snapshot's folder: every stage of the chain
-    /// but [`FEATURES_STAGE`], or when `sampled`, [`MODEL_INPUT_STAGE`] and the stages it
-    /// reads (the purchase models' refit needs every buyer).
+    /// but [`FEATURES_STAGE`], or when `sampled`, [`MODEL_INPUT_STAGE`] alone (the purchase
+    /// models' refit needs every buyer).
     waves: Vec<Vec<crate::transform::Stage>>,
     /// When `sampled`, the rest of the chain but [`FEATURES_STAGE`], in order: registered as
     /// views, so that the sample's filter on [`FEATURES_STAGE`] reaches into them.
@@ -177,13 +181,17 @@ impl Chain {
         let names = chain(project, provided, order, FEATURES_STAGE);
         let features = project.stages.get(FEATURES_STAGE)?.clone();
         let sampled = sampled && names.iter().any(|n| n == MODEL_INPUT_STAGE);
-        let first = if sampled {
-            chain(project, provided, order, MODEL_INPUT_STAGE)
-        } else {
-            names.clone()
-        };
         let stage = |n: &String| project.stages.get(n).cloned();
-        let waves = dag::waves(project, provided, &first)
+        // Sampled: what the model input reads is views, the model input is written, and the
+        // rest waits for the sample. Otherwise every stage is written.
+        let (upstream, written) = if sampled {
+            let mut upstream = chain(project, provided, order, MODEL_INPUT_STAGE);
+            upstream.retain(|n| n != MODEL_INPUT_STAGE);
+            (upstream, vec![MODEL_INPUT_STAGE.to_string()])
+        } else {
+            (Vec::new(), names.clone())
+        };
+        let waves = dag::waves(project, provided, &written)
             .into_iter()
             .map(|wave| {
                 wave.iter()
@@ -195,10 +203,11 @@ impl Chain {
             .collect();
         let deferred = names
             .iter()
-            .filter(|n| !first.contains(n) && *n != FEATURES_STAGE)
+            .filter(|n| !upstream.contains(n) && !written.contains(n) && *n != FEATURES_STAGE)
             .filter_map(stage)
             .collect();
         Some(Chain {
+            upstream: upstream.iter().filter_map(stage).collect(),
             waves,
             deferred,
             features,
@@ -290,7 +299,7 @@ async fn snapshot_stage(
     let df = stage_query(snap, stage, params).await?;
     if stage.spec.materialized == crate::transform::spec::Materialized::View {
         // Computed on read, as in the run itself (a source's current view, read once).
-        return crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name));
+        return register_view(snap, stage, df);
     }
     crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
         .await
@@ -300,6 +309,24 @@ async fn snapshot_stage(
         })?;
     tracing::info!(%day, stage = %stage.name, ms = started.elapsed().as_millis() as u64, "churn snapshot stage done");
     Ok(())
+}
+
+/// Registers `stage` as a view of the snapshot session, with the snapshot's parameters.
+async fn register_snapshot_view(
+    snap: &SessionContext,
+    stage: &crate::transform::Stage,
+    params: &HashMap<String, ScalarValue>,
+) -> Result<(), ChurnError> {
+    let df = stage_query(snap, stage, params).await?;
+    register_view(snap, stage, df)
+}
+
+fn register_view(
+    snap: &SessionContext,
+    stage: &crate::transform::Stage,
+    df: datafusion::prelude::DataFrame,
+) -> Result<(), ChurnError> {
+    crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name))
 }
 
 /// `stage`'s query in the snapshot session, with the snapshot's parameters.
@@ -323,6 +350,9 @@ async fn snapshot_into(
 ) -> Result<FeatureRows, ChurnError> {
     let started = Instant::now();
     let params = settings.sql_params(day);
+    for stage in &chain.upstream {
+        register_snapshot_view(snap, stage, &params).await?;
+    }
     for wave in &chain.waves {
         // The stages of a wave depend on none of each other: up to `parallel` at once, each
         // a task of its own on the runtime's worker threads.
@@ -358,8 +388,7 @@ async fn snapshot_into(
             filter = Some(predicate);
         }
         for stage in &chain.deferred {
-            let df = stage_query(snap, stage, &params).await?;
-            crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name))?;
+            register_snapshot_view(snap, stage, &params).await?;
         }
     }
     let stage = &chain.features;
