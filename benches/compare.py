@@ -625,6 +625,10 @@ def run_size(args, lines, work):
     input_bytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file() and f.suffix in (".csv", ".ndjson"))
     pipeline = write_pipeline(data, work, args.engine)
     warehouse = work / "warehouse"
+    # Fresh warehouses: a kept one (`--work` reused) would hold a second version of each
+    # table, which the checks below, reading a table's Parquet files, would count twice.
+    for old in (warehouse, work / "warehouse-fact"):
+        shutil.rmtree(old, ignore_errors=True)
     env = dict(os.environ, RUST_LOG=os.environ.get("PATRON_BENCH_LOG", "patron=warn"))
     print("   patron run", flush=True)
     run = measure([patron, "run", "--pipeline", str(pipeline), "--warehouse", str(warehouse)], logs / "patron.log", env)
