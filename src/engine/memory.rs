@@ -182,10 +182,7 @@ impl MemoryPool for HeadroomPool {
         let held = reservation.size();
         let capped = consumer.starts_with(SORT_CONSUMER) || consumer.contains(AGGREGATE_CONSUMER);
         if spills && capped && held > 0 && held + additional > self.spill_cap {
-            return Err(refuse(
-                self.spill_cap.saturating_sub(reservation.size()),
-                "to one operator",
-            ));
+            return Err(refuse(self.spill_cap.saturating_sub(held), "to one operator"));
         }
         if spills {
             // With the sorts' merges: refused, an operator holding something spills it;

@@ -295,12 +295,12 @@ async fn snapshot_stage(
     folder: &Path,
     day: NaiveDate,
 ) -> Result<(), ChurnError> {
-    let started = Instant::now();
-    let df = stage_query(snap, stage, params).await?;
     if stage.spec.materialized == crate::transform::spec::Materialized::View {
         // Computed on read, as in the run itself (a source's current view, read once).
-        return register_view(snap, stage, df);
+        return register_snapshot_view(snap, stage, params).await;
     }
+    let started = Instant::now();
+    let df = stage_query(snap, stage, params).await?;
     crate::transform::runner::materialize(snap, &stage.name, df, folder, &Layout::default())
         .await
         .map_err(|e| ChurnError::Input {
@@ -318,14 +318,6 @@ async fn register_snapshot_view(
     params: &HashMap<String, ScalarValue>,
 ) -> Result<(), ChurnError> {
     let df = stage_query(snap, stage, params).await?;
-    register_view(snap, stage, df)
-}
-
-fn register_view(
-    snap: &SessionContext,
-    stage: &crate::transform::Stage,
-    df: datafusion::prelude::DataFrame,
-) -> Result<(), ChurnError> {
     crate::transform::runner::register_view(snap, &stage.name, df).map_err(input_err(&stage.name))
 }
 
