@@ -114,11 +114,16 @@ impl Learner {
         }
     }
 
-    /// Each encoded column's move of the logit of P(alive).
-    fn contributions(&self, row: &[f64]) -> Vec<f64> {
+    /// [`Learner::logit`] of each encoded row of `x` (row after row, `features` columns
+    /// each), and each column's move of it (row after row).
+    fn score_rows(&self, x: &[f64], features: usize) -> (Vec<f64>, Vec<f64>) {
         match self {
-            Learner::Logistic(m) => m.contributions(row),
-            Learner::Gbt(m) => m.contributions(row, row.len()),
+            Learner::Logistic(m) => {
+                let rows = x.chunks_exact(features.max(1));
+                let logits = rows.clone().map(|row| m.logit(row)).collect();
+                (logits, rows.flat_map(|row| m.contributions(row)).collect())
+            }
+            Learner::Gbt(m) => m.score_rows(x, features),
         }
     }
 

@@ -42,19 +42,38 @@ pub(super) struct Scored {
 }
 
 impl Model {
-    /// Calibrated scores and reason codes of one buyer.
-    fn score(&self, values: &[f64], channel: &str, row: &mut Vec<f64>) -> Scored {
-        self.encoding.encode_row(values, channel, row);
-        let anchor = Anchor::of(values);
-        let (a, b) = self.platt;
-        let eta = a * (anchor.offset + self.learner.logit(row)) + b;
-        // Reasons explain the risk: a move down of P(alive)'s logit is a move up of the risk's.
-        let towards_churn: Vec<f64> = self.learner.contributions(row).iter().map(|c| -c).collect();
-        Scored {
-            churn_risk: 1.0 - sigmoid(eta),
-            p_no_purchase: anchor.no_purchase(eta),
-            reasons: reasons(&towards_churn, values, &self.encoding.means, channel),
+    /// Calibrated scores and reason codes of buyers: `values` holds their [`NUMERIC`]
+    /// features one buyer after another, `channels` their channels. The learner scores
+    /// the rows together ([`Learner::score_rows`]); each buyer's scores depend on that
+    /// buyer alone.
+    fn score_rows(&self, values: &[f64], channels: &[&str]) -> Vec<Scored> {
+        let k = NUMERIC.len();
+        let mut encoded = Vec::with_capacity(channels.len() * (k + self.encoding.channels.len()));
+        let mut row = Vec::new();
+        for (v, channel) in values.chunks_exact(k).zip(channels) {
+            self.encoding.encode_row(v, channel, &mut row);
+            encoded.extend_from_slice(&row);
         }
+        let width = row.len();
+        let (logits, contributions) = self.learner.score_rows(&encoded, width);
+        let (a, b) = self.platt;
+        values
+            .chunks_exact(k)
+            .zip(channels)
+            .zip(logits)
+            .zip(contributions.chunks_exact(width.max(1)))
+            .map(|(((v, channel), logit), moves)| {
+                let anchor = Anchor::of(v);
+                let eta = a * (anchor.offset + logit) + b;
+                // Reasons explain the risk: a move down of P(alive)'s logit is a move up of the risk's.
+                let towards_churn: Vec<f64> = moves.iter().map(|c| -c).collect();
+                Scored {
+                    churn_risk: 1.0 - sigmoid(eta),
+                    p_no_purchase: anchor.no_purchase(eta),
+                    reasons: reasons(&towards_churn, v, &self.encoding.means, channel),
+                }
+            })
+            .collect()
     }
 }
 
@@ -135,15 +154,13 @@ impl ScalarUDFImpl for ScoreFunction {
         // core, scored side by side and put back in order, so the result is the same on
         // any number of cores.
         let score_rows = |rows: std::ops::Range<usize>| -> Vec<Scored> {
-            let (mut values, mut row) = (vec![0.0; numeric.len()], Vec::new());
-            rows.map(|i| {
-                for (slot, c) in values.iter_mut().zip(&numeric) {
-                    *slot = clean(c, i);
-                }
-                let ch = if channel.is_null(i) { "" } else { channel.value(i) };
-                self.model.score(&values, ch, &mut row)
-            })
-            .collect()
+            let mut values = Vec::with_capacity(rows.len() * numeric.len());
+            let mut channels = Vec::with_capacity(rows.len());
+            for i in rows {
+                values.extend(numeric.iter().map(|c| clean(c, i)));
+                channels.push(if channel.is_null(i) { "" } else { channel.value(i) });
+            }
+            self.model.score_rows(&values, &channels)
         };
         let slices = self.cores.min(n.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
         let per_slice = n.div_ceil(slices);
@@ -243,7 +260,6 @@ mod tests {
                 .collect()
                 .await
                 .unwrap();
-            let mut row = Vec::new();
             let mut seen = 0;
             for b in &batches {
                 let ids = b.column(0).as_string::<i32>();
@@ -253,7 +269,8 @@ mod tests {
                 let names = b.column(4).as_string::<i32>();
                 for r in 0..b.num_rows() {
                     let i = seen + r;
-                    let scored = model.score(&rows.values[i], &rows.channel[i], &mut row);
+                    // Scored alone, as the query scores it among the others.
+                    let scored = model.score_rows(&rows.values[i], &[rows.channel[i].as_str()]).remove(0);
                     assert_eq!(ids.value(r), rows.ids[i]);
                     assert_eq!(risks.value(r), scored.churn_risk, "{kind}, row {i}");
                     assert_eq!(silent.value(r), scored.p_no_purchase, "{kind}, row {i}");

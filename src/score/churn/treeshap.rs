@@ -85,6 +85,8 @@ pub struct Table {
     features: Vec<u32>,
     /// Shapley values, outcome after outcome.
     values: Vec<f64>,
+    /// The value of the leaf each outcome ends in.
+    leaves: Vec<f64>,
 }
 
 impl Table {
@@ -112,6 +114,7 @@ impl Table {
             starts: vec![0],
             features: Vec::new(),
             values: Vec::new(),
+            leaves: Vec::new(),
         };
         let (mut outcome_values, mut work) = (Vec::<(usize, f64)>::new(), Vec::new());
         for outcome in 0..1usize << table.splits.len() {
@@ -131,20 +134,39 @@ impl Table {
                 table.values.push(value);
             }
             table.starts.push(u32::try_from(table.values.len()).ok()?);
+            let mut node = 0;
+            while let Some((_, _, l, r)) = tree.split(node) {
+                node = if left(node, 0, 0.0) { l } else { r };
+            }
+            table.leaves.push(tree.value(node));
         }
         Some(table)
+    }
+
+    /// Which way `row` falls through the tree's splits.
+    pub fn outcome(&self, row: &[f64]) -> usize {
+        self.splits.iter().enumerate().fold(0usize, |o, (i, &(f, threshold))| {
+            o | (usize::from(row[f] <= threshold) << i)
+        })
+    }
+
+    /// The value of the leaf a row of `outcome` ends in (the tree's prediction for it).
+    pub fn leaf(&self, outcome: usize) -> f64 {
+        self.leaves[outcome]
+    }
+
+    /// Adds the Shapley value of each feature for a row of `outcome` to `phi`.
+    pub fn add_outcome(&self, outcome: usize, phi: &mut [f64]) {
+        let (from, to) = (self.starts[outcome] as usize, self.starts[outcome + 1] as usize);
+        for (&f, &value) in self.features[from..to].iter().zip(&self.values[from..to]) {
+            phi[f as usize] += value;
+        }
     }
 
     /// Adds the Shapley value of each feature for `row` to `phi`, as [`add_shap`] does
     /// (up to rounding).
     pub fn add(&self, row: &[f64], phi: &mut [f64]) {
-        let outcome = self.splits.iter().enumerate().fold(0usize, |o, (i, &(f, threshold))| {
-            o | (usize::from(row[f] <= threshold) << i)
-        });
-        let (from, to) = (self.starts[outcome] as usize, self.starts[outcome + 1] as usize);
-        for (&f, &value) in self.features[from..to].iter().zip(&self.values[from..to]) {
-            phi[f as usize] += value;
-        }
+        self.add_outcome(self.outcome(row), phi);
     }
 }
 
