@@ -148,7 +148,8 @@ pub struct EngineSettings {
     /// SQL stages that may run at the same time when none depends on another; 0 means one
     /// per core, but at most one per [`MB_PER_PARALLEL_STAGE`] of `memory_limit_mb`. Each
     /// stage is a query of its own, so results do not depend on it; 1 runs one stage at a
-    /// time (the least memory at once).
+    /// time (the least memory at once). Above 1, the churn model's two snapshots also run
+    /// side by side.
     pub stage_parallelism: usize,
     /// On a Ballista engine, seconds one query (a job) may take, from submission to its
     /// last result row, before it is cancelled on the scheduler and the run fails; 0 for

@@ -655,10 +655,24 @@ async fn train(
     report: &mut ChurnReport,
 ) -> Result<Trained, ChurnError> {
     let h = settings.churn_holdout_days;
-    // The two snapshots run one after the other, not side by side: they share the engine's
-    // memory pool, and at 1M customers two concurrent sorts of the marketing history
-    // exhausted a 4 GiB pool that one alone fits in.
-    let training = match snapshot(scratch_session(ctx).await?, chain, settings, c2, scratch).await {
+    // The two snapshots run side by side when stages may (`engine.stage_parallelism`): a
+    // snapshot's queries run on one partition each, so one snapshot alone keeps about one
+    // core busy. They share the engine's memory pool, where every sort and aggregation is
+    // capped ([`crate::engine::memory`]). The training snapshot's outcome is looked at
+    // first, as when they ran one after the other.
+    let (training, validation) = if chain.parallel > 1 {
+        let (training, validation) = futures::join!(
+            async { snapshot(scratch_session(ctx).await?, chain, settings, c2, scratch).await },
+            async { snapshot(scratch_session(ctx).await?, chain, settings, c1, scratch).await },
+        );
+        (training, Some(validation))
+    } else {
+        (
+            snapshot(scratch_session(ctx).await?, chain, settings, c2, scratch).await,
+            None,
+        )
+    };
+    let training = match training {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
@@ -668,7 +682,11 @@ async fn train(
     if let Some(why) = too_small("training", c2, &y_train) {
         return Ok(Err(why));
     }
-    let validation = match snapshot(scratch_session(ctx).await?, chain, settings, c1, scratch).await {
+    let validation = match validation {
+        Some(validation) => validation,
+        None => snapshot(scratch_session(ctx).await?, chain, settings, c1, scratch).await,
+    };
+    let validation = match validation {
         Err(e @ ChurnError::SnapshotFit { .. }) => return Ok(Err(e.to_string())),
         other => other?,
     };
