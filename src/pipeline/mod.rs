@@ -546,6 +546,7 @@ async fn prepare(plan: &Plan, state: &mut RunState, progress: &Progress) -> Resu
         params: params.clone(),
         tables_dir: state.staging.join(TABLES_DIR),
         row_group_rows: plan.publish.row_group_rows,
+        delta_publish: plan.publish.format == TableFormat::Delta,
     });
     let scoring = ScoreRun {
         settings: &plan.scoring,

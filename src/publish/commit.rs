@@ -39,6 +39,9 @@ pub struct Target {
     pub rows: u64,
     /// Columns the Delta table is partitioned by.
     pub partition_by: Vec<String>,
+    /// The staged rows replace only the partitions they fall in (see
+    /// [`StageMetrics::replaces_partitions`]).
+    pub replace_partitions: bool,
     /// The stage's `@cluster_by` columns (sorted first; bloom filters).
     pub cluster_by: Vec<String>,
 }
@@ -56,6 +59,7 @@ pub fn targets(staging: &Path, extract: &[SourceMetrics], duplicate_rows: u64, s
             staged: staging.join(RAW_DIR).join(&m.source),
             rows: m.rows_loaded,
             partition_by: Vec::new(),
+            replace_partitions: false,
             cluster_by: Vec::new(),
         });
         targets.push(Target {
@@ -65,6 +69,7 @@ pub fn targets(staging: &Path, extract: &[SourceMetrics], duplicate_rows: u64, s
             staged: staging.join(QUARANTINE_DIR).join(&m.source),
             rows: m.quarantine_entries,
             partition_by: Vec::new(),
+            replace_partitions: false,
             cluster_by: Vec::new(),
         });
     }
@@ -75,6 +80,7 @@ pub fn targets(staging: &Path, extract: &[SourceMetrics], duplicate_rows: u64, s
         staged: staging.join(DUPLICATES_DIR),
         rows: duplicate_rows,
         partition_by: Vec::new(),
+        replace_partitions: false,
         cluster_by: Vec::new(),
     });
     for m in stages.iter().filter(|m| m.materialized.is_stored()) {
@@ -85,6 +91,7 @@ pub fn targets(staging: &Path, extract: &[SourceMetrics], duplicate_rows: u64, s
             staged: staging.join(TABLES_DIR).join(&m.name),
             rows: m.rows,
             partition_by: m.partition_by.clone(),
+            replace_partitions: m.replaces_partitions,
             cluster_by: m.cluster_by.clone(),
         });
     }
@@ -174,6 +181,7 @@ async fn commit_delta(c: &Commit<'_>, targets: &[Target]) -> Result<Vec<Publishe
                 location: &t.location,
                 run_id: c.run_id,
                 partition_by: &t.partition_by,
+                replace_partitions: t.replace_partitions,
                 layout: &layout,
             };
             delta::overwrite_from_parquet(&ctx, &t.name, &t.staged, &target).await

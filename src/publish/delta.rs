@@ -16,8 +16,10 @@ use std::sync::Arc;
 use datafusion::arrow;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::Column;
+use datafusion::error::DataFusionError;
 use datafusion::execution::options::ParquetReadOptions;
-use datafusion::prelude::{Expr, SessionContext, cast};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, lit};
+use datafusion::scalar::ScalarValue;
 use deltalake::delta_datafusion::DeltaSessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
@@ -119,6 +121,9 @@ pub struct CommitTarget<'a> {
     pub run_id: &'a str,
     /// Delta partition columns.
     pub partition_by: &'a [String],
+    /// The staged rows replace only the partitions they fall in; the table's other
+    /// partitions stay (`@incremental_strategy: insert_overwrite`).
+    pub replace_partitions: bool,
     /// Parquet writer settings.
     pub layout: &'a Layout,
 }
@@ -134,6 +139,9 @@ pub struct CommitMetrics {
 
 /// Replaces the content of the Delta table at `location` with the Parquet files in the
 /// local folder `staged`, in one overwrite commit tagged with `run_id`. Rows keep their order.
+/// With `target.replace_partitions` the commit replaces only the partitions the staged rows
+/// fall in (Delta's `replaceWhere` on the partition values; new columns are added to the
+/// table's schema).
 ///
 /// The staged files join the table as they are (see [`adopt_staged_files`]) when their
 /// column types are Delta's own and their row groups are cut as `layout` cuts them, as
@@ -146,6 +154,7 @@ pub async fn overwrite_from_parquet(
     target: &CommitTarget<'_>,
 ) -> Result<CommitMetrics, PublishError> {
     if target.partition_by.is_empty()
+        && !target.replace_partitions
         && let Some(files) = adoptable_files(table, staged, target.layout)?
     {
         return adopt_staged_files(table, &files, target).await;
@@ -405,6 +414,7 @@ async fn rewrite_from_parquet(
         location,
         run_id,
         partition_by,
+        replace_partitions,
         layout,
     } = *target;
     let staged_text = staged.to_string_lossy();
@@ -435,26 +445,72 @@ async fn rewrite_from_parquet(
     } else {
         df
     };
+    let replaced = if replace_partitions {
+        let predicate = partition_predicate(df.clone(), partition_by)
+            .await
+            .map_err(|e| PublishError::Delta {
+                table: table.to_string(),
+                path: staged.display().to_string(),
+                message: format!("reading the staged table's partitions: {e}"),
+            })?;
+        Some(predicate)
+    } else {
+        None
+    };
     let current = open(warehouse, table, location).await?;
     let previous = current.version();
-    let written = current
+    let write = current
         .write(Vec::new())
         .with_input_plan(df.logical_plan().clone())
         .with_session_state(Arc::new(ctx.state()))
         .with_save_mode(SaveMode::Overwrite)
-        .with_schema_mode(SchemaMode::Overwrite)
         .with_table_name(table)
         .with_partition_columns(partition_by.to_vec())
         .with_writer_properties(layout.writer_properties())
-        .with_commit_properties(run_commit(run_id))
-        .await
-        .map_err(delta_err(table, warehouse.describe(location)))?;
+        .with_commit_properties(run_commit(run_id));
+    let write = match replaced {
+        // The other partitions keep their files; columns new in this run are added.
+        Some(predicate) => write.with_schema_mode(SchemaMode::Merge).with_replace_where(predicate),
+        None => write.with_schema_mode(SchemaMode::Overwrite),
+    };
+    let written = write.await.map_err(delta_err(table, warehouse.describe(location)))?;
     let version = written.version().ok_or_else(|| PublishError::Delta {
         table: table.to_string(),
         path: warehouse.describe(location),
         message: "the commit returned no version".into(),
     })?;
     Ok(CommitMetrics { version, previous })
+}
+
+/// The predicate matching the partitions (values of `columns`) the rows of `df` fall in:
+/// `(a = 1 AND b = 'x') OR ...`, partitions in ascending order; `false` when `df` has no rows.
+pub async fn partition_predicate(df: DataFrame, columns: &[String]) -> Result<Expr, DataFusionError> {
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let order = columns
+        .iter()
+        .map(|c| col(Column::new_unqualified(c)).sort(true, true))
+        .collect();
+    let batches = df.select_columns(&names)?.distinct()?.sort(order)?.collect().await?;
+    let mut any: Option<Expr> = None;
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let mut all: Option<Expr> = None;
+            for (i, c) in columns.iter().enumerate() {
+                let term = col(Column::new_unqualified(c)).eq(lit(ScalarValue::try_from_array(batch.column(i), row)?));
+                all = Some(match all {
+                    Some(all) => all.and(term),
+                    None => term,
+                });
+            }
+            if let Some(all) = all {
+                any = Some(match any {
+                    Some(any) => any.or(all),
+                    None => all,
+                });
+            }
+        }
+    }
+    Ok(any.unwrap_or_else(|| lit(false)))
 }
 
 /// Makes `version` the content of the table again, with a new commit (readers of the
@@ -585,12 +641,22 @@ mod tests {
     }
 
     async fn publish(warehouse: &Warehouse, staged: &Path) -> CommitMetrics {
+        publish_partitions(warehouse, staged, &[], false).await
+    }
+
+    async fn publish_partitions(
+        warehouse: &Warehouse,
+        staged: &Path,
+        partition_by: &[String],
+        replace_partitions: bool,
+    ) -> CommitMetrics {
         let layout = Layout::default();
         let target = CommitTarget {
             warehouse,
             location: "tables/t",
             run_id: "run",
-            partition_by: &[],
+            partition_by,
+            replace_partitions,
             layout: &layout,
         };
         overwrite_from_parquet(&publish_session(), "t", staged, &target)
@@ -628,6 +694,64 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    /// Every data file under the table folder, partition folders included.
+    fn all_data_files(warehouse: &Warehouse) -> Vec<PathBuf> {
+        let dir = warehouse.local_path("tables/t").unwrap();
+        let mut files: Vec<PathBuf> = walkdir(&dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn walkdir(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn replacing_partitions_keeps_the_other_partitions_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let warehouse = Warehouse::local(tmp.path().join("warehouse"));
+        let by = ["id".to_string()];
+        let staged = |name: &str, ids: &[&str], n: Vec<i64>| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            stage(&dir, ids, Arc::new(Int64Array::from(n)));
+            dir
+        };
+        let first = staged("first", &["a", "b", "c"], vec![1, 2, 3]);
+        publish_partitions(&warehouse, &first, &by, false).await;
+        let before = all_data_files(&warehouse);
+        assert_eq!(before.len(), 3);
+
+        // `b` is replaced (two rows now), `d` is new; `a` and `c` keep their files.
+        let second = staged("second", &["b", "b", "d"], vec![20, 21, 40]);
+        let m = publish_partitions(&warehouse, &second, &by, true).await;
+        assert_eq!((m.version, m.previous), (1, Some(0)));
+        assert_eq!(rows(&warehouse, None).await, ["a=1", "b=20", "b=21", "c=3", "d=40"]);
+        assert_eq!(rows(&warehouse, Some(0)).await, ["a=1", "b=2", "c=3"]);
+        let live = local_files(&warehouse, "t", "tables/t", None).await.unwrap().unwrap();
+        let kept: Vec<&PathBuf> = before.iter().filter(|f| live.contains(f)).collect();
+        assert_eq!(kept.len(), 2, "{live:?}");
+        assert!(kept.iter().all(|f| !f.to_string_lossy().contains("id=b")), "{kept:?}");
+
+        // No new rows replace nothing.
+        let empty = staged("empty", &[], vec![]);
+        let m = publish_partitions(&warehouse, &empty, &by, true).await;
+        assert_eq!(m.previous, Some(1));
+        assert_eq!(rows(&warehouse, None).await, ["a=1", "b=20", "b=21", "c=3", "d=40"]);
     }
 
     #[tokio::test]

@@ -84,6 +84,7 @@ impl ScoreRun<'_> {
                     materialized: Materialized::Table,
                     rows_new: None,
                     partition_by: Vec::new(),
+                    replaces_partitions: false,
                     cluster_by: Vec::new(),
                     spilled_bytes: 0,
                     output,

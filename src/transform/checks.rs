@@ -87,6 +87,29 @@ pub fn failing_rows_sql(test: &DataTest) -> String {
     }
 }
 
+/// `test` pointed at table `rows` (a stage's new partitions) when it can pass or fail on those
+/// rows alone: a test of one row at a time, or `unique` on columns that include every
+/// partition column (`partition_by`), whose repeats can only be within one partition.
+/// Other tests (`row_count`, `unique` across partitions) are returned as they are.
+pub fn on_rows_of(test: &DataTest, rows: &str, partition_by: &[String]) -> DataTest {
+    let within_rows = match &test.kind {
+        TestKind::NotNull(_)
+        | TestKind::AcceptedValues { .. }
+        | TestKind::Relationships { .. }
+        | TestKind::Expression(_) => true,
+        TestKind::Unique(cols) => partition_by.iter().all(|p| cols.contains(p)),
+        TestKind::RowCount { .. } | TestKind::Singular { .. } => false,
+    };
+    if within_rows {
+        DataTest {
+            table: rows.to_string(),
+            ..test.clone()
+        }
+    } else {
+        test.clone()
+    }
+}
+
 /// Tells apart the candidate tables of `unique` tests that run at the same time.
 static CANDIDATE_TABLES: AtomicU64 = AtomicU64::new(0);
 
@@ -271,6 +294,20 @@ mod tests {
             severity: Severity::Error,
             file: PathBuf::from("t.toml"),
         }
+    }
+
+    #[test]
+    fn tests_of_one_row_or_a_key_within_a_partition_move_to_the_new_rows() {
+        let by = ["as_of".to_string()];
+        let moved = |kind: TestKind| on_rows_of(&test(kind), "new", &by).table == "new";
+        assert!(moved(TestKind::NotNull("x".into())));
+        assert!(moved(TestKind::Expression("x > 0".into())));
+        assert!(moved(TestKind::Unique(vec!["as_of".into(), "customer_id".into()])));
+        assert!(!moved(TestKind::Unique(vec!["customer_id".into()])));
+        assert!(!moved(TestKind::RowCount {
+            min: Some(1),
+            max: None
+        }));
     }
 
     #[tokio::test]

@@ -90,6 +90,9 @@ pub struct StageInputs {
     pub tables_dir: PathBuf,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// The run publishes Delta tables (an `insert_overwrite` stage may then write only its
+    /// new partitions).
+    pub delta_publish: bool,
 }
 
 /// Runs the stages of one wave, up to `parallel` at once, each a query of its own on a
@@ -141,9 +144,37 @@ async fn run_one_stage(
         &inputs.tables_dir,
         previous.as_ref(),
         inputs.row_group_rows,
+        inputs.delta_publish,
     )
     .await?;
-    let tests = checks::run_tests(ctx, &stage.spec.tests, &inputs.params).await?;
+    let tests = if m.replaces_partitions {
+        // The previous partitions passed when they were written: the tests that look at one
+        // row at a time (or at a key within a partition) run on this run's rows only.
+        let new_rows = runner::new_rows_table(name);
+        let tests: Vec<_> = stage
+            .spec
+            .tests
+            .iter()
+            .map(|t| checks::on_rows_of(t, &new_rows, &stage.spec.partition_by))
+            .collect();
+        let outcomes = checks::run_tests(ctx, &tests, &inputs.params).await;
+        ctx.deregister_table(new_rows.as_str())
+            .map_err(|e| TransformError::Sql {
+                stage: name.clone(),
+                path: stage.path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut outcomes = outcomes?;
+        // Reported as the stage's own tests: its table, and the query that reproduces a
+        // failure on it.
+        for (o, test) in outcomes.iter_mut().zip(&stage.spec.tests) {
+            o.table.clone_from(&test.table);
+            o.query = checks::failing_rows_sql(test);
+        }
+        outcomes
+    } else {
+        checks::run_tests(ctx, &stage.spec.tests, &inputs.params).await?
+    };
     crate::failpoint::hit_with(|| format!("transform.after.{name}"));
     Ok((m, tests))
 }

@@ -22,7 +22,7 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::spec::{Materialized, OnSchemaChange};
+use super::spec::{IncrementalStrategy, Materialized, OnSchemaChange};
 use super::{Seed, Stage, TransformError};
 use crate::engine::register::{location_of, register_sorted_parquet};
 use crate::publish::read::PublishedVersion;
@@ -53,6 +53,11 @@ pub struct StageMetrics {
     /// Columns the published Delta table is partitioned by.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
+    /// `@incremental_strategy: insert_overwrite` on a Delta table: the stage's file holds
+    /// this run's rows only, and the publish replaces the partitions they fall in (the
+    /// table's other partitions stay as they are).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaces_partitions: bool,
     /// Columns the table is sorted by first (`-- @cluster_by`), with bloom filters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cluster_by: Vec<String>,
@@ -275,26 +280,41 @@ async fn first_value(ctx: &SessionContext, sql: &str) -> Result<ScalarValue, Dat
     ScalarValue::try_from_array(batch.column(0), 0)
 }
 
-/// An incremental stage: plan with `$is_incremental` / `$watermark`, materialise the new
-/// rows, then write new rows plus the previous rows whose key is not among them, ordered by
-/// the key. Returns (file, rows, bytes, new rows).
-async fn run_incremental(
+/// The table name a stage's new rows are registered under while an incremental stage runs
+/// (and, for a stage that replaces partitions, while its data tests run).
+pub fn new_rows_table(stage: &str) -> String {
+    format!("__new_{stage}")
+}
+
+/// An incremental stage's query, planned against its previous table.
+struct IncrementalPlan {
+    /// This run's query (`$is_incremental` true when `base`).
+    df: DataFrame,
+    /// The previous table is registered (as `__previous_<stage>`) and its rows are kept.
+    base: bool,
+    /// The columns of both sides when `append_new_columns` kept the previous rows of a table
+    /// whose columns changed.
+    evolved: Option<Vec<Field>>,
+}
+
+/// Registers the previous table (when there is one and it reads) as `prev_name` and plans
+/// the stage with `$is_incremental` / `$watermark`; settles a change of columns as
+/// `@on_schema_change` says.
+async fn plan_incremental(
     ctx: &SessionContext,
     stage: &Stage,
     params: &HashMap<String, ScalarValue>,
     out_dir: &Path,
     previous: Option<&PublishedVersion>,
-    layout: &Layout,
-) -> Result<(Written, u64), TransformError> {
+    prev_name: &str,
+) -> Result<IncrementalPlan, TransformError> {
     let sql_err = |e: DataFusionError| stage_error(stage, e);
-    let prev_name = format!("__previous_{}", stage.name);
-    let new_name = format!("__new_{}", stage.name);
     let mut base = false;
     if let Some(p) = previous {
         let portable = out_dir.parent().unwrap_or(out_dir).join(crate::names::PORTABLE_DIR);
-        match p.register(ctx, &prev_name).await {
+        match p.register(ctx, prev_name).await {
             Ok(()) => {
-                make_portable(ctx, &prev_name, &portable)
+                make_portable(ctx, prev_name, &portable)
                     .await
                     .map_err(|e| materialize_error(stage, e))?;
                 base = true
@@ -312,13 +332,13 @@ async fn run_incremental(
     let mut evolved: Option<Vec<Field>> = None;
     if base {
         let watermark = match &stage.spec.incremental_column {
-            Some(col) => first_value(ctx, &format!("SELECT max({}) FROM {}", ident(col), ident(&prev_name)))
+            Some(col) => first_value(ctx, &format!("SELECT max({}) FROM {}", ident(col), ident(prev_name)))
                 .await
                 .map_err(sql_err)?,
             None => ScalarValue::Null,
         };
         let planned = plan_stage(ctx, stage, bind(true, watermark)).await?;
-        let before = ctx.table(&prev_name).await.map_err(sql_err)?;
+        let before = ctx.table(prev_name).await.map_err(sql_err)?;
         let change = SchemaChange::between(before.schema().inner(), planned.schema().inner());
         match stage.spec.on_schema_change {
             _ if change.is_none() => df = Some(planned),
@@ -352,41 +372,111 @@ async fn run_incremental(
         Some(df) => df,
         None => plan_stage(ctx, stage, bind(false, ScalarValue::Null)).await?,
     };
-    let new_dir = out_dir.parent().unwrap_or(out_dir).join("incremental");
-    let new = materialize(ctx, &new_name, df, &new_dir, layout)
-        .await
-        .map_err(|e| materialize_error(stage, e))?;
-    let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
+    Ok(IncrementalPlan { df, base, evolved })
+}
+
+/// Fails when a row of table `name` has a NULL in one of `columns` (`what` says what they are
+/// for, in the error).
+async fn check_no_nulls(
+    ctx: &SessionContext,
+    stage: &Stage,
+    name: &str,
+    columns: &[String],
+    what: &str,
+) -> Result<(), TransformError> {
     let nulls = first_value(
         ctx,
         &format!(
             "SELECT count(*) FROM {} WHERE {}",
-            ident(&new_name),
-            keys.iter()
-                .map(|k| format!("{k} IS NULL"))
+            ident(name),
+            columns
+                .iter()
+                .map(|k| format!("{} IS NULL", ident(k)))
                 .collect::<Vec<_>>()
                 .join(" OR ")
         ),
     )
     .await
-    .map_err(sql_err)?;
-    if !matches!(nulls, ScalarValue::Int64(Some(0))) {
-        return Err(TransformError::Sql {
-            stage: stage.name.clone(),
-            path: stage.path.clone(),
-            message: format!(
-                "{nulls} new rows have a NULL in the unique key ({}): an incremental stage cannot merge them",
-                stage.spec.unique_key.join(", ")
-            ),
-        });
+    .map_err(|e| stage_error(stage, e))?;
+    if matches!(nulls, ScalarValue::Int64(Some(0))) {
+        return Ok(());
     }
+    Err(TransformError::Sql {
+        stage: stage.name.clone(),
+        path: stage.path.clone(),
+        message: format!("{nulls} new rows have a NULL in {what} ({})", columns.join(", ")),
+    })
+}
+
+/// What an incremental stage wrote.
+struct IncrementalWrite {
+    /// The stage's file: the whole table, or (`replaces_partitions`) the new rows only.
+    written: Written,
+    /// The rows this run's query selected.
+    new_rows: u64,
+    /// The file holds the new rows only; publishing replaces the partitions they fall in.
+    replaces_partitions: bool,
+}
+
+/// An incremental stage: plan with `$is_incremental` / `$watermark`, materialise the new
+/// rows, then join them to the previous table as the stage's `@incremental_strategy` says.
+/// `partitions_in_place`: the publish can replace a Delta table's partitions in place.
+async fn run_incremental(
+    ctx: &SessionContext,
+    stage: &Stage,
+    params: &HashMap<String, ScalarValue>,
+    out_dir: &Path,
+    previous: Option<&PublishedVersion>,
+    layout: &Layout,
+    partitions_in_place: bool,
+) -> Result<IncrementalWrite, TransformError> {
+    let prev_name = format!("__previous_{}", stage.name);
+    let plan = plan_incremental(ctx, stage, params, out_dir, previous, &prev_name).await?;
+    let result = match stage.spec.incremental_strategy {
+        IncrementalStrategy::Merge => merge(ctx, stage, out_dir, layout, plan, &prev_name).await,
+        IncrementalStrategy::InsertOverwrite => {
+            insert_overwrite(ctx, stage, out_dir, layout, plan, &prev_name, partitions_in_place).await
+        }
+    };
+    if ctx.table_exist(prev_name.as_str()).unwrap_or(false) {
+        ctx.deregister_table(prev_name.as_str())
+            .map_err(|e| stage_error(stage, e))?;
+    }
+    result
+}
+
+/// `@incremental_strategy: merge`: writes the new rows plus the previous rows whose key is
+/// not among them, ordered by the key.
+async fn merge(
+    ctx: &SessionContext,
+    stage: &Stage,
+    out_dir: &Path,
+    layout: &Layout,
+    plan: IncrementalPlan,
+    prev_name: &str,
+) -> Result<IncrementalWrite, TransformError> {
+    let sql_err = |e: DataFusionError| stage_error(stage, e);
+    let IncrementalPlan { df, base, evolved } = plan;
+    let new_name = new_rows_table(&stage.name);
+    let new_dir = out_dir.parent().unwrap_or(out_dir).join("incremental");
+    let new = materialize(ctx, &new_name, df, &new_dir, layout)
+        .await
+        .map_err(|e| materialize_error(stage, e))?;
+    check_no_nulls(
+        ctx,
+        stage,
+        &new_name,
+        &stage.spec.unique_key,
+        "the unique key: an incremental stage cannot merge them",
+    )
+    .await?;
+    let keys: Vec<String> = stage.spec.unique_key.iter().map(|k| ident(k)).collect();
     if let Some(columns) = &evolved {
         // Both sides take the union of the columns (NULL where a side lacks one).
-        for name in [&new_name, &prev_name] {
-            let aligned = align(ctx.table(name.as_str()).await.map_err(sql_err)?, columns).map_err(sql_err)?;
-            ctx.deregister_table(name.as_str()).map_err(sql_err)?;
-            ctx.register_table(name.as_str(), aligned.into_view())
-                .map_err(sql_err)?;
+        for name in [new_name.as_str(), prev_name] {
+            let aligned = align(ctx.table(name).await.map_err(sql_err)?, columns).map_err(sql_err)?;
+            ctx.deregister_table(name).map_err(sql_err)?;
+            ctx.register_table(name, aligned.into_view()).map_err(sql_err)?;
         }
     }
     let order = keys.join(", ");
@@ -399,7 +489,7 @@ async fn run_incremental(
              ORDER BY {order}",
             on.join(" AND "),
             new = ident(&new_name),
-            prev = ident(&prev_name),
+            prev = ident(prev_name),
         )
     } else {
         format!("SELECT * FROM {} ORDER BY {order}", ident(&new_name))
@@ -417,11 +507,119 @@ async fn run_incremental(
     let mut merged = materialize(ctx, &stage.name, df, out_dir, layout)
         .await
         .map_err(|e| materialize_error(stage, e))?;
-    for name in [&prev_name, &new_name] {
-        ctx.deregister_table(name.as_str()).map_err(sql_err)?;
-    }
+    ctx.deregister_table(new_name.as_str()).map_err(sql_err)?;
     merged.spilled_bytes += new.spilled_bytes;
-    Ok((merged, new.rows))
+    Ok(IncrementalWrite {
+        written: merged,
+        new_rows: new.rows,
+        replaces_partitions: false,
+    })
+}
+
+/// `@incremental_strategy: insert_overwrite`: the new rows (ordered by the unique key, if
+/// any) replace every partition they fall in. With `in_place` the stage writes the new rows
+/// only, and its table for later stages is the new rows plus the previous table's other
+/// partitions (read where they are); the publish replaces the partitions in one Delta
+/// commit. Otherwise (a Parquet-folder warehouse) the whole table is written.
+/// The new rows stay registered as [`new_rows_table`] for the stage's data tests when the
+/// stage replaces partitions.
+async fn insert_overwrite(
+    ctx: &SessionContext,
+    stage: &Stage,
+    out_dir: &Path,
+    layout: &Layout,
+    plan: IncrementalPlan,
+    prev_name: &str,
+    in_place: bool,
+) -> Result<IncrementalWrite, TransformError> {
+    let sql_err = |e: DataFusionError| stage_error(stage, e);
+    let IncrementalPlan { df, base, evolved } = plan;
+    let mut df = match &evolved {
+        Some(columns) => align(df, columns).map_err(sql_err)?,
+        None => df,
+    };
+    if !stage.spec.unique_key.is_empty() {
+        let order = stage
+            .spec
+            .unique_key
+            .iter()
+            .map(|k| col(datafusion::common::Column::new_unqualified(k)).sort(true, false))
+            .collect();
+        df = df.sort(order).map_err(sql_err)?;
+    }
+    let partition_by = &stage.spec.partition_by;
+    let new_name = new_rows_table(&stage.name);
+    let (new_dir, new_table) = if !base || in_place {
+        (out_dir.to_path_buf(), stage.name.as_str())
+    } else {
+        (
+            out_dir.parent().unwrap_or(out_dir).join("incremental"),
+            new_name.as_str(),
+        )
+    };
+    let new = materialize(ctx, new_table, df, &new_dir, layout)
+        .await
+        .map_err(|e| materialize_error(stage, e))?;
+    check_no_nulls(
+        ctx,
+        stage,
+        new_table,
+        partition_by,
+        "the partition columns: insert_overwrite cannot place them",
+    )
+    .await?;
+    if !base {
+        return Ok(IncrementalWrite {
+            new_rows: new.rows,
+            written: new,
+            replaces_partitions: false,
+        });
+    }
+    let new_df = ctx.table(new_table).await.map_err(sql_err)?;
+    let replaced = crate::publish::delta::partition_predicate(new_df.clone(), partition_by)
+        .await
+        .map_err(sql_err)?;
+    let mut kept = ctx
+        .table(prev_name)
+        .await
+        .map_err(sql_err)?
+        .filter(replaced.is_not_true())
+        .map_err(sql_err)?;
+    if let Some(columns) = &evolved {
+        kept = align(kept, columns).map_err(sql_err)?;
+    }
+    let table = new_df.clone().union(kept).map_err(sql_err)?;
+    if !in_place {
+        let order = stage
+            .spec
+            .unique_key
+            .iter()
+            .map(|k| col(datafusion::common::Column::new_unqualified(k)).sort(true, false))
+            .collect::<Vec<_>>();
+        let table = if order.is_empty() {
+            table
+        } else {
+            table.sort(order).map_err(sql_err)?
+        };
+        let mut written = materialize(ctx, &stage.name, table, out_dir, layout)
+            .await
+            .map_err(|e| materialize_error(stage, e))?;
+        ctx.deregister_table(new_name.as_str()).map_err(sql_err)?;
+        written.spilled_bytes += new.spilled_bytes;
+        return Ok(IncrementalWrite {
+            written,
+            new_rows: new.rows,
+            replaces_partitions: false,
+        });
+    }
+    let rows = table.clone().count().await.map_err(sql_err)? as u64;
+    register_view(ctx, &new_name, new_df).map_err(sql_err)?;
+    register_view(ctx, &stage.name, table).map_err(sql_err)?;
+    Ok(IncrementalWrite {
+        new_rows: new.rows,
+        written: Written { rows, ..new },
+        replaces_partitions: true,
+    })
 }
 
 /// How a stage's columns differ from its previous table's.
@@ -627,7 +825,9 @@ fn check_clustered(stage: &Stage, plan: &dyn ExecutionPlan, logical: &LogicalPla
 /// Runs one stage into `out_dir/<name>/part-00000.parquet` and registers the result.
 /// `previous` is the stage's table as the last succeeded run published it: incremental
 /// stages merge into it (`None`: a full refresh); other stages ignore it. Files get at most
-/// `row_group_rows` rows per row group.
+/// `row_group_rows` rows per row group. `delta_publish`: the run publishes Delta tables, so
+/// an `insert_overwrite` stage whose previous table is a Delta version writes its new rows
+/// only (see [`StageMetrics::replaces_partitions`]).
 pub async fn run_stage(
     ctx: &SessionContext,
     stage: &Stage,
@@ -635,7 +835,9 @@ pub async fn run_stage(
     out_dir: &Path,
     previous: Option<&PublishedVersion>,
     row_group_rows: usize,
+    delta_publish: bool,
 ) -> Result<StageMetrics, TransformError> {
+    let partitions_in_place = delta_publish && previous.is_some_and(|p| p.version.is_some());
     let started = Instant::now();
     let layout = Layout {
         row_group_rows,
@@ -644,6 +846,7 @@ pub async fn run_stage(
     };
     let sql_err = |e: DataFusionError| stage_error(stage, e);
     let mut rows_new = None;
+    let mut replaces_partitions = false;
     let written = match stage.spec.materialized {
         Materialized::View => {
             let df = plan_stage(ctx, stage, params.clone()).await?;
@@ -660,9 +863,10 @@ pub async fn run_stage(
                 .map_err(|e| materialize_error(stage, e))?
         }
         Materialized::Incremental => {
-            let (written, new) = run_incremental(ctx, stage, params, out_dir, previous, &layout).await?;
-            rows_new = Some(new);
-            written
+            let w = run_incremental(ctx, stage, params, out_dir, previous, &layout, partitions_in_place).await?;
+            rows_new = Some(w.new_rows);
+            replaces_partitions = w.replaces_partitions;
+            w.written
         }
     };
     let metrics = StageMetrics {
@@ -675,6 +879,7 @@ pub async fn run_stage(
         materialized: stage.spec.materialized,
         rows_new,
         partition_by: stage.spec.partition_by.clone(),
+        replaces_partitions,
         cluster_by: layout.cluster_by,
         spilled_bytes: written.spilled_bytes,
         output: written.file,

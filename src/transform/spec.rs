@@ -11,6 +11,7 @@
 //! -- @incremental_column: order_ts       (incremental: `$watermark` is its last max)
 //! -- @partition_by: order_date           (Delta publish: partition columns)
 //! -- @on_schema_change: append_new_columns  (incremental: full_refresh | fail | append_new_columns)
+//! -- @incremental_strategy: insert_overwrite (incremental: merge | insert_overwrite)
 //! -- @cluster_by: customer_id             (the ORDER BY starts with these: lookups prune)
 //! ```
 //! Schema file (`sql/marts/fct_customer.toml`):
@@ -140,6 +141,20 @@ pub enum OnSchemaChange {
     AppendNewColumns,
 }
 
+/// How an incremental stage's new rows join its previous table (dbt's `incremental_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncrementalStrategy {
+    /// New rows replace the previous rows with the same `unique_key`; the table is rewritten.
+    #[default]
+    Merge,
+    /// New rows replace every partition (`partition_by` values) they fall in; the previous
+    /// table's other partitions are kept as they are. Published to Delta as one commit that
+    /// removes the replaced partitions' files and adds the new ones, so a run writes only its
+    /// own partitions however long the table's history (a daily snapshot table).
+    InsertOverwrite,
+}
+
 /// Descriptions, settings and tests of one stage.
 #[derive(Debug, Clone, Default)]
 pub struct StageSpec {
@@ -157,6 +172,8 @@ pub struct StageSpec {
     pub partition_by: Vec<String>,
     /// Incremental stages: what a change of columns does.
     pub on_schema_change: OnSchemaChange,
+    /// Incremental stages: merge on the key, or replace whole partitions.
+    pub incremental_strategy: IncrementalStrategy,
     /// Columns the stage's output is sorted by first (its ORDER BY must start with them;
     /// the run checks): the written files get bloom filters on them and row groups small
     /// enough that a lookup by these columns skips most of the table.
@@ -179,6 +196,7 @@ struct RawSchemaFile {
     incremental_column: Option<String>,
     partition_by: Option<Vec<String>>,
     on_schema_change: Option<String>,
+    incremental_strategy: Option<String>,
     cluster_by: Option<Vec<String>>,
     #[serde(default)]
     columns: BTreeMap<String, RawColumn>,
@@ -270,7 +288,7 @@ impl Value {
 
 /// The settings a stage can carry, in its sidecar or (one or the other) as `-- @key: value`
 /// header lines.
-const SETTINGS: [&str; 8] = [
+const SETTINGS: [&str; 9] = [
     "description",
     "materialized",
     "tags",
@@ -278,6 +296,7 @@ const SETTINGS: [&str; 8] = [
     "incremental_column",
     "partition_by",
     "on_schema_change",
+    "incremental_strategy",
     "cluster_by",
 ];
 
@@ -339,6 +358,18 @@ fn apply(spec: &mut StageSpec, path: &Path, at: &str, key: &str, value: Value) -
                 ],
             )?;
         }
+        "incremental_strategy" => {
+            spec.incremental_strategy = one_of(
+                path,
+                at,
+                key,
+                &value.text(),
+                &[
+                    ("merge", IncrementalStrategy::Merge),
+                    ("insert_overwrite", IncrementalStrategy::InsertOverwrite),
+                ],
+            )?;
+        }
         other => {
             return Err(bad(
                 path,
@@ -352,10 +383,17 @@ fn apply(spec: &mut StageSpec, path: &Path, at: &str, key: &str, value: Value) -
 /// Checks that the settings of `spec` fit together (`path`: the file that holds them).
 fn check_settings(path: &Path, spec: &StageSpec, schema_change_set: bool) -> Result<(), TransformError> {
     let incremental = spec.materialized == Materialized::Incremental;
-    if incremental && spec.unique_key.is_empty() {
+    let overwrite = spec.incremental_strategy == IncrementalStrategy::InsertOverwrite;
+    if incremental && !overwrite && spec.unique_key.is_empty() {
         return Err(bad(
             path,
             "an incremental stage needs `unique_key` (`-- @unique_key: <columns>`) to merge new rows into the previous table",
+        ));
+    }
+    if overwrite && spec.partition_by.is_empty() {
+        return Err(bad(
+            path,
+            "`@incremental_strategy: insert_overwrite` replaces whole partitions: it needs `@partition_by`",
         ));
     }
     if spec.materialized == Materialized::View && !spec.partition_by.is_empty() {
@@ -371,10 +409,13 @@ fn check_settings(path: &Path, spec: &StageSpec, schema_change_set: bool) -> Res
              stage is ordered by its unique key)",
         ));
     }
-    if !incremental && (!spec.unique_key.is_empty() || spec.incremental_column.is_some() || schema_change_set) {
+    if !incremental
+        && (!spec.unique_key.is_empty() || spec.incremental_column.is_some() || schema_change_set || overwrite)
+    {
         return Err(bad(
             path,
-            "`@unique_key`, `@incremental_column` and `@on_schema_change` apply to `@materialized: incremental` stages only",
+            "`@unique_key`, `@incremental_column`, `@on_schema_change` and `@incremental_strategy` apply to \
+             `@materialized: incremental` stages only",
         ));
     }
     Ok(())
@@ -516,6 +557,7 @@ pub fn load_spec(table: &str, sql_path: &Path, sql: &str) -> Result<StageSpec, T
         ("incremental_column", one(raw.incremental_column)),
         ("partition_by", many(raw.partition_by)),
         ("on_schema_change", one(raw.on_schema_change)),
+        ("incremental_strategy", one(raw.incremental_strategy)),
         ("cluster_by", many(raw.cluster_by)),
     ];
     let mut schema_change_set = in_header("on_schema_change").is_some();
@@ -641,12 +683,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("`@on_schema_change` apply to `@materialized: incremental`"),
+            e.contains("`@on_schema_change` and `@incremental_strategy` apply to `@materialized: incremental`"),
             "{e}"
         );
         std::fs::write(dir.path().join("t.toml"), "[columns.a]\ntests = [\"uniq\"]\n").unwrap();
         let e = load_spec("t", &sql, "SELECT 1").unwrap_err().to_string();
         assert!(e.contains("t.toml") && e.contains("uniq"), "{e}");
+    }
+
+    #[test]
+    fn insert_overwrite_needs_partitions_and_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("t.sql");
+        let spec = load_spec(
+            "t",
+            &sql,
+            "-- @materialized: incremental\n-- @incremental_strategy: insert_overwrite\n-- @partition_by: day\nSELECT 1 AS day",
+        )
+        .unwrap();
+        assert_eq!(spec.incremental_strategy, IncrementalStrategy::InsertOverwrite);
+        assert!(spec.unique_key.is_empty());
+        for (header, needle) in [
+            (
+                "-- @materialized: incremental\n-- @incremental_strategy: insert_overwrite",
+                "it needs `@partition_by`",
+            ),
+            (
+                "-- @materialized: incremental\n-- @partition_by: day\n-- @incremental_strategy: replace",
+                "line 3: incremental_strategy `replace` is not one of merge, insert_overwrite",
+            ),
+            (
+                "-- @partition_by: day\n-- @incremental_strategy: insert_overwrite",
+                "apply to `@materialized: incremental` stages only",
+            ),
+            (
+                "-- @materialized: incremental\n-- @partition_by: day",
+                "needs `unique_key`",
+            ),
+        ] {
+            let e = load_spec("t", &sql, &format!("{header}\nSELECT 1 AS day"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("t.sql") && e.contains(needle), "{header}: {e}");
+        }
     }
 
     #[test]

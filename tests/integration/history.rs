@@ -17,6 +17,32 @@ fn run_as_of(warehouse: &Path, as_of: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// The data files of the latest `customer_scores_history` in the partition of `day`.
+async fn day_files(warehouse: &Path, day: &str) -> Vec<std::path::PathBuf> {
+    let table = warehouse.join("tables/customer_scores_history");
+    let mut files: Vec<_> =
+        patron::publish::delta::local_files(&patron::warehouse::Warehouse::local(&table), "history", "", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains(&format!("as_of={day}")))
+            .collect();
+    files.sort();
+    files
+}
+
+/// The manifest's entry of the history stage.
+fn history_stage(warehouse: &Path) -> serde_json::Value {
+    latest_manifest(warehouse)["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "customer_scores_history")
+        .unwrap()
+        .clone()
+}
+
 async fn count(warehouse: &Path, sql: &str) -> i64 {
     let ctx = warehouse_session(warehouse).await;
     scalar(&ctx, sql).await as i64
@@ -40,9 +66,17 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
     )
     .await;
     assert_eq!(only_new, 0, "the first as-of day has nothing to compare with");
+    let first_files = day_files(&wh, &first).await;
+    assert!(!first_files.is_empty());
     run_as_of(&wh, &second);
     let second_customers = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
     assert!(second_customers >= first_customers);
+    // The second day's run wrote its own partition only: the first day's files are the same.
+    assert_eq!(day_files(&wh, &first).await, first_files);
+    let stage = history_stage(&wh);
+    assert_eq!(stage["replaces_partitions"], true, "{stage}");
+    assert_eq!(stage["rows_new"], second_customers, "{stage}");
+    assert_eq!(stage["rows"], first_customers + second_customers, "{stage}");
 
     let ctx = warehouse_session(&wh).await;
     let days = rows(
@@ -136,10 +170,18 @@ async fn history_keeps_every_as_of_day_and_migration_compares_with_the_previous_
         "SELECT CAST(as_of AS VARCHAR), customer_id, rfm_segment, clv FROM customer_scores_history ORDER BY 1, 2";
     let migration = "SELECT * FROM segment_migration ORDER BY segmentation, from_segment, to_segment";
     let (h1, m1) = (rows(&ctx, history).await, rows(&ctx, migration).await);
+    let second_files = day_files(&wh, &second).await;
     run_as_of(&wh, &second);
     let ctx = warehouse_session(&wh).await;
     assert_eq!(rows(&ctx, history).await, h1);
     assert_eq!(rows(&ctx, migration).await, m1);
+    // The rerun replaced the second day's files and left the first day's alone.
+    assert_eq!(day_files(&wh, &first).await, first_files);
+    let replaced = day_files(&wh, &second).await;
+    assert!(
+        !replaced.is_empty() && replaced.iter().all(|f| !second_files.contains(f)),
+        "{replaced:?} vs {second_files:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,4 +300,25 @@ async fn a_customer_missing_from_the_exports_is_gone_from_their_previous_segment
     )
     .await;
     assert_eq!(kept, everyone - 1);
+
+    // Rerunning the first day, C0000001 still gone, replaces that day's rows with the rerun's
+    // (a merge on the key would have kept the leaver's old row); the next day is untouched.
+    let history = "SELECT CAST(as_of AS VARCHAR) AS day, COUNT(*), COUNT(CASE WHEN customer_id = 'C0000001' THEN 1 END) \
+                   FROM customer_scores_history GROUP BY as_of ORDER BY as_of";
+    assert_eq!(
+        rows(&ctx, history).await,
+        vec![
+            format!("{as_of}|{everyone}|1"),
+            format!("{next_day}|{}|0", everyone - 1)
+        ]
+    );
+    let out = run_pipeline(dir.path(), &p, &["--as-of", &as_of]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rerun = count(&wh, "SELECT COUNT(*) FROM customer_scores").await;
+    assert_eq!(rerun, everyone - 1);
+    let ctx = warehouse_session(&wh).await;
+    assert_eq!(
+        rows(&ctx, history).await,
+        vec![format!("{as_of}|{rerun}|0"), format!("{next_day}|{}|0", everyone - 1)]
+    );
 }
