@@ -7,6 +7,7 @@ pub mod cluster_store;
 pub mod codec;
 pub mod memory;
 pub mod merge_join;
+pub mod partitioned;
 pub mod prefetch;
 pub mod register;
 

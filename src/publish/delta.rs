@@ -33,6 +33,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt as _;
 
 use super::PublishError;
+use crate::engine::partitioned::{PartFile, PartitionedFiles};
 use crate::storage::Layout;
 use crate::warehouse::Warehouse;
 
@@ -589,6 +590,93 @@ pub async fn register(
         path,
         message: e.to_string(),
     })?;
+    Ok(())
+}
+
+/// [`register`] for reading a partitioned table by partition: on a local warehouse the
+/// table's live files are registered as plain Parquet with each file's partition values
+/// ([`PartitionedFiles`]), so filters on partition columns (a join's dynamic filters too)
+/// skip the other partitions' files, which the Delta provider reads. Columns in the
+/// table's order. Falls back to [`register`] for an object store, an unpartitioned table,
+/// a NULL partition value, or a table using a reader feature (deletion vectors, column
+/// mapping) that plain Parquet reading would miss.
+pub async fn register_by_partition(
+    ctx: &SessionContext,
+    name: &str,
+    warehouse: &Warehouse,
+    location: &str,
+    version: Option<u64>,
+) -> Result<(), PublishError> {
+    register(ctx, name, warehouse, location, version).await?;
+    let Some(root) = warehouse.local_path(location) else {
+        return Ok(());
+    };
+    let path = warehouse.describe(location);
+    let err = |message: String| PublishError::Delta {
+        table: name.to_string(),
+        path: path.clone(),
+        message,
+    };
+    let table = open_version(warehouse, name, location, version).await?;
+    let snapshot = table.snapshot().map_err(delta_err(name, path.clone()))?;
+    let partition_by: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+    let protocol = serde_json::to_value(snapshot.protocol()).map_err(|e| err(e.to_string()))?;
+    let plain = match protocol["minReaderVersion"].as_i64() {
+        Some(1) => true,
+        Some(3) => protocol["readerFeatures"]
+            .as_array()
+            .is_none_or(|f| f.iter().all(|f| f == "timestampNtz")),
+        _ => false,
+    };
+    if partition_by.is_empty() || !plain {
+        return Ok(());
+    }
+    let schema = ctx.table_provider(name).await.map_err(|e| err(e.to_string()))?.schema();
+    let mut partition_cols = Vec::with_capacity(partition_by.len());
+    for c in &partition_by {
+        let field = schema.field_with_name(c).map_err(|e| err(e.to_string()))?;
+        partition_cols.push(Arc::new(field.clone()));
+    }
+    let file_fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| !partition_by.contains(f.name()))
+        .cloned()
+        .collect();
+    let mut files = Vec::new();
+    for file in snapshot.log_data() {
+        let relative = file.path().into_owned();
+        if relative.contains("://") {
+            return Ok(());
+        }
+        let raw = file.partition_values_map();
+        let mut values = Vec::with_capacity(partition_cols.len());
+        for field in &partition_cols {
+            let Some(Some(text)) = raw.get(field.name()) else {
+                return Ok(());
+            };
+            values.push(ScalarValue::try_from_string(text.clone(), field.data_type()).map_err(|e| err(e.to_string()))?);
+        }
+        files.push(PartFile {
+            path: root.join(relative),
+            size: u64::try_from(file.size()).unwrap_or(0),
+            partition_values: values,
+        });
+    }
+    let provider = PartitionedFiles::try_new(
+        Arc::new(arrow::datatypes::Schema::new(file_fields)),
+        partition_cols,
+        &files,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let view = ctx
+        .read_table(Arc::new(provider))
+        .and_then(|df| df.select_columns(&names))
+        .map_err(|e| err(e.to_string()))?;
+    ctx.deregister_table(name).map_err(|e| err(e.to_string()))?;
+    ctx.register_table(name, view.into_view())
+        .map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 

@@ -101,6 +101,18 @@ impl PublishedVersion {
         register_version(ctx, name, &self.warehouse, &self.location, self.version).await
     }
 
+    /// [`Self::register`] for reading by partition: a partitioned Delta table of a local
+    /// warehouse is read through its files with their partition values, so filters on
+    /// partition columns skip files (see [`delta::register_by_partition`]).
+    pub async fn register_by_partition(&self, ctx: &SessionContext, name: &str) -> Result<(), PublishError> {
+        match self.version {
+            Some(version) => {
+                delta::register_by_partition(ctx, name, &self.warehouse, &self.location, Some(version)).await
+            }
+            None => self.register(ctx, name).await,
+        }
+    }
+
     /// [`Self::register`] for a stage's table that the stage wrote sorted by `cluster_by`
     /// (ascending, nulls last; see `-- @cluster_by`): registered as that one Parquet file,
     /// known to be sorted, so later stages join it by merging rather than through a hash

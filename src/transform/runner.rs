@@ -312,7 +312,17 @@ async fn plan_incremental(
     let mut base = false;
     if let Some(p) = previous {
         let portable = out_dir.parent().unwrap_or(out_dir).join(crate::names::PORTABLE_DIR);
-        match p.register(ctx, prev_name).await {
+        // Replacing partitions keeps the other partitions, which later stages may read a few
+        // of at a time (segment_migration: two days of the history). A cluster's executors
+        // read the table as the Parquet file `make_portable` writes.
+        let by_partition = stage.spec.incremental_strategy == IncrementalStrategy::InsertOverwrite
+            && !crate::engine::is_distributed(ctx);
+        let registered = if by_partition {
+            p.register_by_partition(ctx, prev_name).await
+        } else {
+            p.register(ctx, prev_name).await
+        };
+        match registered {
             Ok(()) => {
                 make_portable(ctx, prev_name, &portable)
                     .await
