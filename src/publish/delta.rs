@@ -418,15 +418,16 @@ async fn rewrite_from_parquet(
         replace_partitions,
         layout,
     } = *target;
+    let staged_err = |message: String| PublishError::Delta {
+        table: table.to_string(),
+        path: staged.display().to_string(),
+        message,
+    };
     let staged_text = staged.to_string_lossy();
     let df = ctx
         .read_parquet(staged_text.as_ref(), ParquetReadOptions::default())
         .await
-        .map_err(|e| PublishError::Delta {
-            table: table.to_string(),
-            path: staged.display().to_string(),
-            message: format!("reading the staged table: {e}"),
-        })?;
+        .map_err(|e| staged_err(format!("reading the staged table: {e}")))?;
     let needs_cast = df.schema().fields().iter().any(|f| delta_type(f.data_type()).is_some());
     let df = if needs_cast {
         let exprs: Vec<_> = df
@@ -438,22 +439,14 @@ async fn rewrite_from_parquet(
                 None => Expr::Column(Column::new_unqualified(f.name())),
             })
             .collect();
-        df.select(exprs).map_err(|e| PublishError::Delta {
-            table: table.to_string(),
-            path: staged.display().to_string(),
-            message: e.to_string(),
-        })?
+        df.select(exprs).map_err(|e| staged_err(e.to_string()))?
     } else {
         df
     };
     let replaced = if replace_partitions {
         let predicate = partition_predicate(df.clone(), partition_by)
             .await
-            .map_err(|e| PublishError::Delta {
-                table: table.to_string(),
-                path: staged.display().to_string(),
-                message: format!("reading the staged table's partitions: {e}"),
-            })?;
+            .map_err(|e| staged_err(format!("reading the staged table's partitions: {e}")))?;
         Some(predicate)
     } else {
         None

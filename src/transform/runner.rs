@@ -526,6 +526,16 @@ async fn merge(
     })
 }
 
+/// The stage's unique key as an ascending, nulls-last ordering.
+fn key_order(stage: &Stage) -> Vec<SortExpr> {
+    stage
+        .spec
+        .unique_key
+        .iter()
+        .map(|k| col(datafusion::common::Column::new_unqualified(k)).sort(true, false))
+        .collect()
+}
+
 /// `@incremental_strategy: insert_overwrite`: the new rows (ordered by the unique key, if
 /// any) replace every partition they fall in. With `in_place` the stage writes the new rows
 /// only, and its table for later stages is the new rows plus the previous table's other
@@ -549,13 +559,7 @@ async fn insert_overwrite(
         None => df,
     };
     if !stage.spec.unique_key.is_empty() {
-        let order = stage
-            .spec
-            .unique_key
-            .iter()
-            .map(|k| col(datafusion::common::Column::new_unqualified(k)).sort(true, false))
-            .collect();
-        df = df.sort(order).map_err(sql_err)?;
+        df = df.sort(key_order(stage)).map_err(sql_err)?;
     }
     let partition_by = &stage.spec.partition_by;
     let new_name = new_rows_table(&stage.name);
@@ -600,16 +604,10 @@ async fn insert_overwrite(
     }
     let table = new_df.clone().union(kept).map_err(sql_err)?;
     if !in_place {
-        let order = stage
-            .spec
-            .unique_key
-            .iter()
-            .map(|k| col(datafusion::common::Column::new_unqualified(k)).sort(true, false))
-            .collect::<Vec<_>>();
-        let table = if order.is_empty() {
+        let table = if stage.spec.unique_key.is_empty() {
             table
         } else {
-            table.sort(order).map_err(sql_err)?
+            table.sort(key_order(stage)).map_err(sql_err)?
         };
         let mut written = materialize(ctx, &stage.name, table, out_dir, layout)
             .await

@@ -257,6 +257,17 @@ fn a_warehouse_on_s3_publishes_delta_tables_equal_to_a_local_run_and_locks_by_co
         &runs[2]["table_versions"]["tables/customer_scores"],
     );
     assert_eq!((v1.as_u64(), v2.as_u64()), (Some(0), Some(1)), "{runs:?}");
+    // The rerun replaced the history's day in the bucket (a Delta replaceWhere commit): one
+    // day, each customer once.
+    let history = query(
+        dir.path(),
+        &pipeline,
+        WAREHOUSE,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT as_of) AS days FROM customer_scores_history",
+        &[],
+    );
+    let history: serde_json::Value = serde_json::from_str(&history[0]).unwrap();
+    assert_eq!((&history["n"], &history["days"]), (&n["n"], &serde_json::json!(1)));
     // Time travel reads the first run's versions; same rows, as the inputs did not change.
     let sql = "SELECT * FROM customer_scores ORDER BY customer_id";
     let first_id = runs[0]["run_id"].as_str().unwrap();
