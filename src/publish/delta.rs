@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use datafusion::arrow;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::ParquetReadOptions;
@@ -570,14 +571,7 @@ pub async fn register(
 ) -> Result<(), PublishError> {
     let path = warehouse.describe(location);
     let table = open_version(warehouse, name, location, version).await?;
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(delta_err(name, path.clone()))?;
-    let provider = table.table_provider().await.map_err(|e| PublishError::Delta {
-        table: name.to_string(),
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let provider = delta_provider(ctx, name, &table, &path).await?;
     ctx.register_table(name, provider).map_err(|e| PublishError::Delta {
         table: name.to_string(),
         path,
@@ -586,11 +580,30 @@ pub async fn register(
     Ok(())
 }
 
+/// The DataFusion provider of the opened Delta `table` (table `name` at `path`), with
+/// `ctx`'s session made ready to read it.
+async fn delta_provider(
+    ctx: &SessionContext,
+    name: &str,
+    table: &DeltaTable,
+    path: &str,
+) -> Result<Arc<dyn TableProvider>, PublishError> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta_err(name, path.to_string()))?;
+    table.table_provider().await.map_err(|e| PublishError::Delta {
+        table: name.to_string(),
+        path: path.to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// [`register`] for reading a partitioned table by partition: on a local warehouse the
 /// table's live files are registered as plain Parquet with each file's partition values
 /// ([`PartitionedFiles`]), so filters on partition columns (a join's dynamic filters too)
 /// skip the other partitions' files, which the Delta provider reads. Columns in the
-/// table's order. Falls back to [`register`] for an object store, an unpartitioned table,
+/// table's order. The table is read through the Delta provider, as [`register`] reads it,
+/// for an object store, an unpartitioned table,
 /// a NULL partition value, or a table using a reader feature (deletion vectors, column
 /// mapping) that plain Parquet reading would miss.
 pub async fn register_by_partition(
@@ -600,10 +613,6 @@ pub async fn register_by_partition(
     location: &str,
     version: Option<u64>,
 ) -> Result<(), PublishError> {
-    register(ctx, name, warehouse, location, version).await?;
-    let Some(root) = warehouse.local_path(location) else {
-        return Ok(());
-    };
     let path = warehouse.describe(location);
     let err = |message: String| PublishError::Delta {
         table: name.to_string(),
@@ -611,9 +620,33 @@ pub async fn register_by_partition(
         message,
     };
     let table = open_version(warehouse, name, location, version).await?;
-    let snapshot = table.snapshot().map_err(delta_err(name, path.clone()))?;
+    let provider = delta_provider(ctx, name, &table, &path).await?;
+    let by_files = match warehouse.local_path(location) {
+        Some(root) => partition_files(ctx, &table, &provider.schema(), &root).map_err(err)?,
+        None => None,
+    };
+    let registered = match by_files {
+        Some(files) => ctx.register_table(name, files.into_view()),
+        None => ctx.register_table(name, provider),
+    };
+    registered.map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// The live files of the opened Delta `table` (its folder `root`) as a DataFrame with the
+/// table's columns (`schema`, in order), read through [`PartitionedFiles`]; `None` when the
+/// table must be read through the Delta provider (see [`register_by_partition`]). Errors
+/// are messages.
+fn partition_files(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    schema: &arrow::datatypes::SchemaRef,
+    root: &Path,
+) -> Result<Option<DataFrame>, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let snapshot = table.snapshot().map_err(|e| err(&e))?;
     let partition_by: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-    let protocol = serde_json::to_value(snapshot.protocol()).map_err(|e| err(e.to_string()))?;
+    let protocol = serde_json::to_value(snapshot.protocol()).map_err(|e| err(&e))?;
     let plain = match protocol["minReaderVersion"].as_i64() {
         Some(1) => true,
         Some(3) => protocol["readerFeatures"]
@@ -622,12 +655,11 @@ pub async fn register_by_partition(
         _ => false,
     };
     if partition_by.is_empty() || !plain {
-        return Ok(());
+        return Ok(None);
     }
-    let schema = ctx.table_provider(name).await.map_err(|e| err(e.to_string()))?.schema();
     let mut partition_cols = Vec::with_capacity(partition_by.len());
     for c in &partition_by {
-        let field = schema.field_with_name(c).map_err(|e| err(e.to_string()))?;
+        let field = schema.field_with_name(c).map_err(|e| err(&e))?;
         partition_cols.push(Arc::new(field.clone()));
     }
     let file_fields: Vec<_> = schema
@@ -640,15 +672,15 @@ pub async fn register_by_partition(
     for file in snapshot.log_data() {
         let relative = file.path().into_owned();
         if relative.contains("://") {
-            return Ok(());
+            return Ok(None);
         }
         let raw = file.partition_values_map();
         let mut values = Vec::with_capacity(partition_cols.len());
         for field in &partition_cols {
             let Some(Some(text)) = raw.get(field.name()) else {
-                return Ok(());
+                return Ok(None);
             };
-            values.push(ScalarValue::try_from_string(text.clone(), field.data_type()).map_err(|e| err(e.to_string()))?);
+            values.push(ScalarValue::try_from_string(text.clone(), field.data_type()).map_err(|e| err(&e))?);
         }
         files.push(PartFile {
             path: root.join(relative),
@@ -661,16 +693,13 @@ pub async fn register_by_partition(
         partition_cols,
         &files,
     )
-    .map_err(|e| err(e.to_string()))?;
+    .map_err(|e| err(&e))?;
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let view = ctx
+    let df = ctx
         .read_table(Arc::new(provider))
         .and_then(|df| df.select_columns(&names))
-        .map_err(|e| err(e.to_string()))?;
-    ctx.deregister_table(name).map_err(|e| err(e.to_string()))?;
-    ctx.register_table(name, view.into_view())
-        .map_err(|e| err(e.to_string()))?;
-    Ok(())
+        .map_err(|e| err(&e))?;
+    Ok(Some(df))
 }
 
 /// The files of the Delta table at `location` as of `version` (or its latest), as local
