@@ -221,7 +221,17 @@ pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError>
         table: table.to_string(),
         message,
     };
-    let batches = df.collect().await.map_err(|e| err(e.to_string()))?;
+    let task = df.task_ctx();
+    let plan = df.create_physical_plan().await.map_err(|e| err(e.to_string()))?;
+    let batches = datafusion::physical_plan::collect(Arc::clone(&plan), Arc::new(task))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    tracing::debug!(
+        table,
+        "executed plan, with each operator's metrics:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true)
+    );
+    drop(plan);
     let mut rows = FeatureRows::default();
     for batch in batches {
         let column = |name: &str, to: &DataType| {
