@@ -8,14 +8,6 @@ WITH days AS (
     FROM int_orders
     WHERE is_purchase
     GROUP BY customer_id, order_date
-),
-numbered AS (
-    SELECT
-        customer_id,
-        order_date,
-        day_revenue,
-        ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY order_date) AS day_number
-    FROM days
 )
 -- patron fits BG/NBD, the modified BG/NBD and Gamma-Gamma on this table as soon as it is built;
 -- later stages call them as SQL functions and read model_params. See docs/scoring.md,
@@ -28,10 +20,13 @@ SELECT
     CAST(COUNT(*) - 1 AS DOUBLE) AS x,
     (CAST(MAX(order_date) AS INT) - CAST(MIN(order_date) AS INT)) / $time_unit_days AS t_x,
     (CAST(CAST($as_of AS DATE) AS INT) - CAST(MIN(order_date) AS INT)) / $time_unit_days AS t_cal,
-    -- Mean revenue of the repeat purchase days; NULL when x = 0.
-    CAST(SUM(CASE WHEN day_number > 1 THEN day_revenue END) AS DOUBLE) / CAST(NULLIF(COUNT(*) - 1, 0) AS DOUBLE)
+    -- Mean revenue of the repeat purchase days (all days but the first: an exact decimal
+    -- difference); NULL when x = 0. FIRST_VALUE with an ORDER BY is an aggregate over the
+    -- unsorted days: a ROW_NUMBER() window numbering the days sorted them first and took 2 s
+    -- of the stage's 5 at 10M sales lines.
+    CAST(SUM(day_revenue) - FIRST_VALUE(day_revenue ORDER BY order_date) AS DOUBLE) / CAST(NULLIF(COUNT(*) - 1, 0) AS DOUBLE)
         AS mean_repeat_spend,
-    CAST(SUM(CASE WHEN day_number = 1 THEN day_revenue END) AS DOUBLE) AS first_day_revenue
-FROM numbered
+    CAST(FIRST_VALUE(day_revenue ORDER BY order_date) AS DOUBLE) AS first_day_revenue
+FROM days
 GROUP BY customer_id
 ORDER BY customer_id
