@@ -37,6 +37,7 @@ pub mod logistic;
 pub mod platt;
 pub mod report;
 mod scorer;
+mod slices;
 pub mod treeshap;
 
 pub use report::{ChurnError, ChurnReport, LearnerScore};
@@ -391,12 +392,22 @@ async fn snapshot_into(
     let stage = &chain.features;
     let stage_started = Instant::now();
     let df = stage_query(snap, stage, &params).await?;
+    let sampled = filter.is_some();
     let df = match filter {
         Some(predicate) => df.filter(predicate),
         None => Ok(df),
     }
     .and_then(|df| features::sample(df, settings.churn_training_customers))
     .map_err(input_err(&stage.name))?;
+    let df = if sampled {
+        let (df, slices) = slices::share_scans(snap, df, features::IN_SAMPLE_FUNCTION, &folder.join("slices")).await?;
+        for (table, rows) in &slices {
+            tracing::info!(%day, %table, rows, "churn snapshot reads one slice of the sample's rows");
+        }
+        df
+    } else {
+        df
+    };
     let rows = features::read(df, &format!("{FEATURES_STAGE} as of {day}")).await?;
     tracing::info!(%day, stage = %stage.name, ms = stage_started.elapsed().as_millis() as u64, "churn snapshot stage done");
     tracing::info!(%day, ms = started.elapsed().as_millis() as u64, "churn snapshot done");
