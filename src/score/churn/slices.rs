@@ -87,27 +87,35 @@ pub async fn share_scans(
             .get(&key)
             .cloned()
             .unwrap_or_else(|| scans[0].table_name.table().to_string());
-        let query = LogicalPlanBuilder::scan(scans[0].table_name.clone(), Arc::clone(&scans[0].source), None)
-            .and_then(|b| b.filter(filter))
-            .and_then(|b| b.build())
-            .map_err(err)?;
-        let name = format!("__slice_{table}");
-        let written = materialize(
-            ctx,
-            &name,
-            DataFrame::new(ctx.state(), query),
-            folder,
-            &Layout::default(),
+        // Only the columns the scans read or filter on, without dictionaries (the slice is
+        // read once or twice and then removed: encoding speed counts, not size).
+        let schema = provider.schema();
+        let columns = read_columns(&scans, &schema);
+        let query = LogicalPlanBuilder::scan(
+            scans[0].table_name.clone(),
+            Arc::clone(&scans[0].source),
+            Some(columns.clone()),
         )
-        .await
-        .map_err(|e| ChurnError::Input {
-            table: table.clone(),
-            message: e.to_string(),
-        })?;
+        .and_then(|b| b.filter(filter))
+        .and_then(|b| b.build())
+        .map_err(err)?;
+        let layout = Layout {
+            plain: columns.iter().map(|&i| schema.field(i).name().clone()).collect(),
+            ..Layout::default()
+        };
+        let name = format!("__slice_{table}");
+        let written = materialize(ctx, &name, DataFrame::new(ctx.state(), query), folder, &layout)
+            .await
+            .map_err(|e| ChurnError::Input {
+                table: table.clone(),
+                message: e.to_string(),
+            })?;
         let read = ctx
             .read_parquet(
                 written.file.to_string_lossy().into_owned(),
-                ParquetReadOptions::default().schema(&provider.schema()),
+                // The table's schema: the scans' column numbers stay valid, and the columns
+                // no scan reads are not in the file.
+                ParquetReadOptions::default().schema(&schema),
             )
             .await
             .map_err(err)?;
@@ -178,6 +186,25 @@ fn calls(expr: &Expr, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The columns of `schema` that `scans` project or filter on, in schema order.
+fn read_columns(scans: &[TableScan], schema: &datafusion::arrow::datatypes::Schema) -> Vec<usize> {
+    let mut read = vec![false; schema.fields().len()];
+    for scan in scans {
+        match &scan.projection {
+            Some(columns) => columns.iter().for_each(|&i| read[i] = true),
+            None => read.iter_mut().for_each(|r| *r = true),
+        }
+        for filter in &scan.filters {
+            for column in filter.column_refs() {
+                if let Ok(i) = schema.index_of(&column.name) {
+                    read[i] = true;
+                }
+            }
+        }
+    }
+    (0..read.len()).filter(|&i| read[i]).collect()
+}
+
 /// The filters every scan of `scans` carries, compared without column qualifiers.
 fn common_filters(scans: &[TableScan]) -> Vec<Expr> {
     let unqualified = |scan: &TableScan| -> Vec<Expr> { scan.filters.iter().map(unqualify).collect() };
@@ -225,6 +252,8 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("customer_id", DataType::Utf8, false),
             Field::new("v", DataType::Int64, true),
+            // Read by no query: left out of the slices.
+            Field::new("w", DataType::Utf8, false),
         ]));
         let ids: Vec<String> = (0..60).map(|i| format!("C{}", i % 12)).collect();
         let batch = RecordBatch::try_new(
@@ -232,6 +261,7 @@ mod tests {
             vec![
                 Arc::new(StringArray::from(ids)),
                 Arc::new(Int64Array::from((0..60).collect::<Vec<i64>>())),
+                Arc::new(StringArray::from(vec!["unread"; 60])),
             ],
         )
         .unwrap();
@@ -274,6 +304,13 @@ mod tests {
         // The two scans under the sample's filter share a slice of its 10 rows; the third,
         // without it (the total over every row), still reads the table.
         assert_eq!(slices, Slices::from([("t".to_string(), 10)]));
+        let file = dir.path().join("slices/__slice_t/part-00000.parquet");
+        let written = ctx
+            .read_parquet(file.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let names: Vec<&String> = written.schema().fields().iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["customer_id", "v"], "the slice holds the columns read");
         let mut sources = Vec::new();
         df.logical_plan()
             .apply(|node| {
