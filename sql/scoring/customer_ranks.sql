@@ -68,39 +68,37 @@ potential AS (
     ) AS v
 ),
 -- The two-by-two splits: for each measure, the smallest buyer value at or above
--- segment_split_quantile of buyers ("high" is strictly above it). The four measures are
--- one sorted pass: each customer's row once per measure. Buyers are a window partition,
--- not a WHERE: a filter below the peer join would make DataFusion hold the customers in the
--- join's hash table instead of the peer groups.
-split_values AS (
-    SELECT
-        m.measure,
-        p.is_buyer,
-        CASE m.measure
-            WHEN 'historical' THEN p.historical_value
-            WHEN 'current' THEN p.current_value
-            WHEN 'potential' THEN p.potential_value
-            WHEN 'cost' THEN p.cost_to_serve
-        END AS value
-    FROM (VALUES ('historical'), ('current'), ('potential'), ('cost')) AS m (measure)
-    CROSS JOIN potential AS p
-),
+-- segment_split_quantile of buyers ("high" is strictly above it). One window per measure,
+-- each sorting the customers on that measure alone: one window over each customer's row
+-- once per measure, partitioned by the measure's name, took 4.4 s of CPU against 3.0 s at
+-- 2M customers. Buyers are a window partition, not a WHERE: a filter below
+-- the peer join would make DataFusion hold the customers in the join's hash table instead of
+-- the peer groups.
 splits AS (
     SELECT
-        w.measure,
         -- CUME_DIST among buyers, as in peer_values.
-        MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.place_desc + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.value END)
-            AS split
+        MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.hist_place + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.historical_value END)
+            AS hist_split,
+        MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.curr_place + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.current_value END)
+            AS curr_split,
+        MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.pot_place + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.potential_value END)
+            AS pot_split,
+        MIN(CASE WHEN w.is_buyer AND CAST(t.buyers - w.cost_place + 1 AS DOUBLE) / CAST(t.buyers AS DOUBLE) >= $segment_split_quantile THEN w.cost_to_serve END)
+            AS cost_split
     FROM totals AS t
     CROSS JOIN (
         SELECT
-            measure,
             is_buyer,
-            value,
-            RANK() OVER (PARTITION BY measure, is_buyer ORDER BY value DESC NULLS FIRST) AS place_desc
-        FROM split_values
+            historical_value,
+            current_value,
+            potential_value,
+            cost_to_serve,
+            RANK() OVER (PARTITION BY is_buyer ORDER BY historical_value DESC NULLS FIRST) AS hist_place,
+            RANK() OVER (PARTITION BY is_buyer ORDER BY current_value DESC NULLS FIRST) AS curr_place,
+            RANK() OVER (PARTITION BY is_buyer ORDER BY potential_value DESC NULLS FIRST) AS pot_place,
+            RANK() OVER (PARTITION BY is_buyer ORDER BY cost_to_serve DESC NULLS FIRST) AS cost_place
+        FROM potential
     ) AS w
-    GROUP BY w.measure
 ),
 population AS (
     SELECT
@@ -113,14 +111,7 @@ population AS (
         s.cost_split,
         mp.model_version
     FROM totals AS t
-    CROSS JOIN (
-        SELECT
-            MAX(CASE WHEN measure = 'historical' THEN split END) AS hist_split,
-            MAX(CASE WHEN measure = 'current' THEN split END) AS curr_split,
-            MAX(CASE WHEN measure = 'potential' THEN split END) AS pot_split,
-            MAX(CASE WHEN measure = 'cost' THEN split END) AS cost_split
-        FROM splits
-    ) AS s
+    CROSS JOIN splits AS s
     CROSS JOIN (SELECT MIN(model_version) AS model_version FROM model_params) AS mp
 ),
 -- Each ranking is a window that DataFusion computes while the rows stream past in sorted
