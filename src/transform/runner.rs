@@ -753,11 +753,7 @@ async fn materialize_plan(
             .map_err(MaterializeError::Write)?;
     }
     let (rows, bytes) = sink.close().map_err(MaterializeError::Write)?;
-    tracing::debug!(
-        table = name,
-        "executed plan, with each operator's metrics:\n{}",
-        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan_ref.as_ref()).indent(true)
-    );
+    log_executed_plan(name, plan_ref.as_ref());
     let spilled = spilled_bytes(plan_ref.as_ref());
     drop(plan_ref);
     crate::engine::memory::release_free_memory();
@@ -777,6 +773,16 @@ async fn materialize_plan(
         bytes,
         spilled_bytes: spilled,
     })
+}
+
+/// Logs `plan`, executed for `table`, with each operator's metrics (rows, time, spills) at
+/// debug level (`RUST_LOG=patron::transform=debug`).
+pub fn log_executed_plan(table: &str, plan: &dyn ExecutionPlan) {
+    tracing::debug!(
+        table,
+        "executed plan, with each operator's metrics:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan).indent(true)
+    );
 }
 
 /// The leading ascending, nulls-last plain-column keys of the ORDER BY at the top of a logical plan

@@ -226,11 +226,7 @@ pub async fn read(df: DataFrame, table: &str) -> Result<FeatureRows, ChurnError>
     let batches = datafusion::physical_plan::collect(Arc::clone(&plan), Arc::new(task))
         .await
         .map_err(|e| err(e.to_string()))?;
-    tracing::debug!(
-        table,
-        "executed plan, with each operator's metrics:\n{}",
-        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true)
-    );
+    crate::transform::runner::log_executed_plan(table, plan.as_ref());
     drop(plan);
     let mut rows = FeatureRows::default();
     for batch in batches {

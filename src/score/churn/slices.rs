@@ -68,9 +68,6 @@ pub async fn share_scans(
     let mut slices = Slices::new();
     for (key, scans) in marked {
         let common = common_filters(&scans);
-        let Some(filter) = conjunction(common.clone()) else {
-            continue;
-        };
         let provider = source_as_provider(&scans[0].source).map_err(err)?;
         // The scans' filters must be applied above them again (inexact), as they are for
         // Parquet files: a slice read in their place returns more rows than a scan passes.
@@ -83,6 +80,9 @@ pub async fn share_scans(
         if !common.iter().any(|f| calls(f, marker)) || !inexact {
             continue;
         }
+        let Some(filter) = conjunction(common) else {
+            continue;
+        };
         let table = names
             .get(&key)
             .cloned()
